@@ -1,0 +1,527 @@
+//! The JSON envelope `{"success": false, "error", "message"}`: writing and tolerant reading.
+
+use core::fmt;
+use std::borrow::Cow;
+
+use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::ser::{Serialize, SerializeStruct, Serializer};
+
+use crate::code::Code;
+
+/// The envelope to write: `{"success":false,"error":"<code>","message":"<text>"}`, members
+/// in that order. Borrowed, so writing it allocates nothing but the output.
+///
+/// ```
+/// use overten_errors::Envelope;
+/// let mut buf = Vec::with_capacity(128);
+/// Envelope::new("not_found", "No run \"r_1\"").write_json(&mut buf).unwrap();
+/// assert_eq!(buf, br#"{"success":false,"error":"not_found","message":"No run \"r_1\""}"#);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Envelope<'a> {
+    /// The wire code.
+    pub error: &'a str,
+    /// The public message.
+    pub message: &'a str,
+}
+
+impl<'a> Envelope<'a> {
+    /// An envelope for a code and a public message.
+    pub const fn new(error: &'a str, message: &'a str) -> Envelope<'a> {
+        Envelope { error, message }
+    }
+
+    /// Writes the JSON to `out` (a `Vec<u8>` with room allocates nothing).
+    pub fn write_json<W: std::io::Write>(&self, out: W) -> std::io::Result<()> {
+        serde_json::to_writer(out, self).map_err(std::io::Error::from)
+    }
+
+    /// The JSON as a new byte vector.
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.error.len() + self.message.len() + 48);
+        // Serializing two strings into a Vec cannot fail.
+        match self.write_json(&mut out) {
+            Ok(()) => out,
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+impl Serialize for Envelope<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut s = serializer.serialize_struct("Envelope", 3)?;
+        s.serialize_field("success", &false)?;
+        s.serialize_field("error", self.error)?;
+        s.serialize_field("message", self.message)?;
+        s.end()
+    }
+}
+
+/// An envelope as read from a response body.
+///
+/// Reading is tolerant where the page's forward-compatibility calls for it: a code this
+/// version does not know is kept as [`Code::Unknown`], unknown members are ignored, and
+/// `run_id` / `task_id` are kept when present as strings. It is strict where a body could
+/// not be an error envelope: see [`BodyError`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorBody {
+    /// The `error` member.
+    pub code: Code,
+    /// The `message` member, unescaped.
+    pub message: String,
+    /// The `run_id` member, when present.
+    pub run_id: Option<String>,
+    /// The `task_id` member, when present.
+    pub task_id: Option<String>,
+}
+
+/// The JSON type of a member that had the wrong one.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JsonType {
+    /// `null`
+    Null,
+    /// `true` or `false`
+    Bool,
+    /// a number
+    Number,
+    /// a string
+    String,
+    /// an array
+    Array,
+    /// an object
+    Object,
+}
+
+impl fmt::Display for JsonType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            JsonType::Null => "null",
+            JsonType::Bool => "a boolean",
+            JsonType::Number => "a number",
+            JsonType::String => "a string",
+            JsonType::Array => "an array",
+            JsonType::Object => "an object",
+        })
+    }
+}
+
+/// Why a body is not an error envelope. Never carries the body's text.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    /// The body is empty or only whitespace.
+    #[error("the body is empty")]
+    Empty,
+    /// The body is not JSON: a syntax error, truncation, bad UTF-8, or nesting past
+    /// `serde_json`'s recursion limit (128).
+    #[error("the body is not valid JSON (line {line}, column {column})")]
+    Json {
+        /// One-based line of the error.
+        line: usize,
+        /// One-based column of the error.
+        column: usize,
+    },
+    /// The body is JSON but not an object.
+    #[error("the body is {0}, not an object")]
+    NotAnObject(JsonType),
+    /// A required member is absent.
+    #[error("the body has no `{0}` member")]
+    Missing(&'static str),
+    /// A member has the wrong JSON type.
+    #[error("the `{member}` member is {found}, expected {expected}")]
+    WrongType {
+        /// The member.
+        member: &'static str,
+        /// What it should be.
+        expected: JsonType,
+        /// What it was.
+        found: JsonType,
+    },
+    /// `success` is `true`: this is not an error body.
+    #[error("the body says success: true")]
+    NotAnError,
+    /// A known member appears twice, so the body is ambiguous.
+    #[error("the `{0}` member appears more than once")]
+    Duplicate(&'static str),
+}
+
+impl From<serde_json::Error> for BodyError {
+    fn from(e: serde_json::Error) -> Self {
+        BodyError::Json {
+            line: e.line(),
+            column: e.column(),
+        }
+    }
+}
+
+impl ErrorBody {
+    /// Reads an envelope from body bytes.
+    ///
+    /// ```
+    /// use overten_errors::{BodyError, Code, ErrorBody, ErrorCode};
+    /// let body = ErrorBody::parse(br#"{"success":false,"error":"gone","message":"Expired","run_id":"run_9","extra":[1]}"#)?;
+    /// assert_eq!(body.code, ErrorCode::Gone);
+    /// assert_eq!(body.run_id.as_deref(), Some("run_9"));
+    ///
+    /// let newer = ErrorBody::parse(br#"{"success":false,"error":"quota_frozen","message":"x"}"#)?;
+    /// assert_eq!(newer.code, Code::Unknown("quota_frozen".into()));
+    ///
+    /// assert_eq!(ErrorBody::parse(b"<html>502</html>").unwrap_err(), BodyError::Json { line: 1, column: 1 });
+    /// # Ok::<(), BodyError>(())
+    /// ```
+    pub fn parse(bytes: &[u8]) -> Result<ErrorBody, BodyError> {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(BodyError::Empty);
+        }
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let top = Top::deserialize(&mut de)?;
+        de.end()?;
+        top.0
+    }
+}
+
+/// One member's value, kept whatever its type.
+enum Any<'de> {
+    Bool(bool),
+    Str(Cow<'de, str>),
+    Other(JsonType),
+}
+
+impl Any<'_> {
+    fn json_type(&self) -> JsonType {
+        match self {
+            Any::Bool(_) => JsonType::Bool,
+            Any::Str(_) => JsonType::String,
+            Any::Other(t) => *t,
+        }
+    }
+}
+
+struct AnyVisitor;
+
+impl<'de> Visitor<'de> for AnyVisitor {
+    type Value = Any<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Any<'de>, E> {
+        Ok(Any::Bool(v))
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Any<'de>, E> {
+        Ok(Any::Str(Cow::Borrowed(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Any<'de>, E> {
+        Ok(Any::Str(Cow::Owned(v.to_owned())))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Any<'de>, E> {
+        Ok(Any::Str(Cow::Owned(v)))
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Any<'de>, E> {
+        Ok(Any::Other(JsonType::Number))
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Any<'de>, E> {
+        Ok(Any::Other(JsonType::Number))
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Any<'de>, E> {
+        Ok(Any::Other(JsonType::Number))
+    }
+    fn visit_unit<E>(self) -> Result<Any<'de>, E> {
+        Ok(Any::Other(JsonType::Null))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Any<'de>, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Any::Other(JsonType::Array))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Any<'de>, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Any::Other(JsonType::Object))
+    }
+}
+
+impl<'de> Deserialize<'de> for Any<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(AnyVisitor)
+    }
+}
+
+/// The members the envelope knows.
+enum Key {
+    Success,
+    Error,
+    Message,
+    RunId,
+    TaskId,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl Visitor<'_> for KeyVisitor {
+            type Value = Key;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a member name")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Key, E> {
+                Ok(match v {
+                    "success" => Key::Success,
+                    "error" => Key::Error,
+                    "message" => Key::Message,
+                    "run_id" => Key::RunId,
+                    "task_id" => Key::TaskId,
+                    _ => Key::Other,
+                })
+            }
+        }
+        d.deserialize_identifier(KeyVisitor)
+    }
+}
+
+/// The whole body: the outer `Result` is serde's (syntax), the inner one ours (shape).
+struct Top(Result<ErrorBody, BodyError>);
+
+impl<'de> Deserialize<'de> for Top {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(TopVisitor)
+    }
+}
+
+struct TopVisitor;
+
+fn put<'de>(
+    slot: &mut Option<Any<'de>>,
+    value: Any<'de>,
+    name: &'static str,
+    dup: &mut Option<&'static str>,
+) {
+    if slot.replace(value).is_some() && dup.is_none() {
+        *dup = Some(name);
+    }
+}
+
+fn string_member<'de>(
+    value: Option<Any<'de>>,
+    member: &'static str,
+) -> Result<Cow<'de, str>, BodyError> {
+    match value {
+        None => Err(BodyError::Missing(member)),
+        Some(Any::Str(s)) => Ok(s),
+        Some(other) => Err(BodyError::WrongType {
+            member,
+            expected: JsonType::String,
+            found: other.json_type(),
+        }),
+    }
+}
+
+fn optional_string(value: Option<Any<'_>>) -> Option<String> {
+    match value {
+        Some(Any::Str(s)) => Some(s.into_owned()),
+        _ => None,
+    }
+}
+
+impl<'de> Visitor<'de> for TopVisitor {
+    type Value = Top;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Top, A::Error> {
+        let (mut success, mut error, mut message, mut run_id, mut task_id) =
+            (None, None, None, None, None);
+        let mut dup = None;
+        while let Some(key) = map.next_key::<Key>()? {
+            let (slot, name) = match key {
+                Key::Success => (&mut success, "success"),
+                Key::Error => (&mut error, "error"),
+                Key::Message => (&mut message, "message"),
+                Key::RunId => (&mut run_id, "run_id"),
+                Key::TaskId => (&mut task_id, "task_id"),
+                Key::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+            };
+            let value = map.next_value::<Any<'de>>()?;
+            put(slot, value, name, &mut dup);
+        }
+        Ok(Top(shape(dup, success, error, message, run_id, task_id)))
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Top, E> {
+        Ok(Top(Err(BodyError::NotAnObject(JsonType::Bool))))
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Top, E> {
+        Ok(Top(Err(BodyError::NotAnObject(JsonType::Number))))
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Top, E> {
+        Ok(Top(Err(BodyError::NotAnObject(JsonType::Number))))
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Top, E> {
+        Ok(Top(Err(BodyError::NotAnObject(JsonType::Number))))
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Top, E> {
+        Ok(Top(Err(BodyError::NotAnObject(JsonType::String))))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Top, E> {
+        Ok(Top(Err(BodyError::NotAnObject(JsonType::Null))))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Top, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Top(Err(BodyError::NotAnObject(JsonType::Array))))
+    }
+}
+
+fn shape(
+    dup: Option<&'static str>,
+    success: Option<Any<'_>>,
+    error: Option<Any<'_>>,
+    message: Option<Any<'_>>,
+    run_id: Option<Any<'_>>,
+    task_id: Option<Any<'_>>,
+) -> Result<ErrorBody, BodyError> {
+    if let Some(name) = dup {
+        return Err(BodyError::Duplicate(name));
+    }
+    match success {
+        None => return Err(BodyError::Missing("success")),
+        Some(Any::Bool(false)) => {}
+        Some(Any::Bool(true)) => return Err(BodyError::NotAnError),
+        Some(other) => {
+            return Err(BodyError::WrongType {
+                member: "success",
+                expected: JsonType::Bool,
+                found: other.json_type(),
+            });
+        }
+    }
+    let code = Code::parse(&string_member(error, "error")?);
+    let message = string_member(message, "message")?.into_owned();
+    Ok(ErrorBody {
+        code,
+        message,
+        run_id: optional_string(run_id),
+        task_id: optional_string(task_id),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorCode;
+
+    #[test]
+    fn writes_members_in_order() {
+        let json = Envelope::new("gone", "bye").to_json();
+        assert_eq!(json, br#"{"success":false,"error":"gone","message":"bye"}"#);
+    }
+
+    #[test]
+    fn typed_errors_for_bad_shapes() {
+        let cases: &[(&[u8], BodyError)] = &[
+            (b"", BodyError::Empty),
+            (b"  \n", BodyError::Empty),
+            (b"[1,2]", BodyError::NotAnObject(JsonType::Array)),
+            (b"\"x\"", BodyError::NotAnObject(JsonType::String)),
+            (b"null", BodyError::NotAnObject(JsonType::Null)),
+            (
+                br#"{"error":"gone","message":"m"}"#,
+                BodyError::Missing("success"),
+            ),
+            (
+                br#"{"success":true,"error":"gone","message":"m"}"#,
+                BodyError::NotAnError,
+            ),
+            (
+                br#"{"success":false,"message":"m"}"#,
+                BodyError::Missing("error"),
+            ),
+            (
+                br#"{"success":false,"error":"gone"}"#,
+                BodyError::Missing("message"),
+            ),
+            (
+                br#"{"success":"false","error":"gone","message":"m"}"#,
+                BodyError::WrongType {
+                    member: "success",
+                    expected: JsonType::Bool,
+                    found: JsonType::String,
+                },
+            ),
+            (
+                br#"{"success":false,"error":404,"message":"m"}"#,
+                BodyError::WrongType {
+                    member: "error",
+                    expected: JsonType::String,
+                    found: JsonType::Number,
+                },
+            ),
+            (
+                br#"{"success":false,"error":"gone","message":{"a":1}}"#,
+                BodyError::WrongType {
+                    member: "message",
+                    expected: JsonType::String,
+                    found: JsonType::Object,
+                },
+            ),
+            (
+                br#"{"success":false,"error":"gone","error":"not_found","message":"m"}"#,
+                BodyError::Duplicate("error"),
+            ),
+        ];
+        for (body, want) in cases {
+            assert_eq!(
+                &ErrorBody::parse(body).unwrap_err(),
+                want,
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    #[test]
+    fn syntax_errors_carry_no_body_text() {
+        for body in [
+            &b"{\"success\":false,\"error\":\"go"[..],
+            b"\xff\xfe",
+            b"{} trailing",
+            b"<html>secret</html>",
+        ] {
+            let err = ErrorBody::parse(body).unwrap_err();
+            assert!(matches!(err, BodyError::Json { .. }), "{err:?}");
+            assert!(!err.to_string().contains("secret"));
+        }
+        // Deep nesting neither overflows the stack nor passes as an envelope.
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert_eq!(
+            ErrorBody::parse(deep.as_bytes()),
+            Err(BodyError::NotAnObject(JsonType::Array))
+        );
+        let deep = format!(
+            r#"{{"success":false,"error":"gone","message":{}{}}}"#,
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        assert!(matches!(
+            ErrorBody::parse(deep.as_bytes()),
+            Err(BodyError::WrongType { member: "message", .. } | BodyError::Json { .. })
+        ));
+        let unclosed = "{\"a\":".repeat(100_000);
+        assert!(matches!(
+            ErrorBody::parse(unclosed.as_bytes()),
+            Err(BodyError::Json { .. })
+        ));
+    }
+
+    #[test]
+    fn escapes_are_read() {
+        let body = br#"{"success":false,"error":"invalid_request","message":"bad \"fmt\" \u00e9\n\ud83d\ude00"}"#;
+        let parsed = ErrorBody::parse(body).unwrap();
+        assert_eq!(parsed.code, ErrorCode::InvalidRequest);
+        assert_eq!(parsed.message, "bad \"fmt\" é\n😀");
+        let body = br#"{"succ\u0065ss":false,"error":"g\u006fne","message":""}"#;
+        assert_eq!(ErrorBody::parse(body).unwrap().code, ErrorCode::Gone);
+    }
+}

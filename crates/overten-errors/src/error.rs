@@ -1,0 +1,283 @@
+//! The error type servers raise and clients receive.
+
+use core::fmt;
+use std::borrow::Cow;
+
+use crate::code::{Code, ErrorCode};
+use crate::envelope::Envelope;
+use crate::pointer::{self, JsonPointer};
+use crate::retry::{RateLimit, RetryAfter, RetryRule};
+
+type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// An error of the Overten API: what a server raises and what a client receives.
+///
+/// It holds the code (known, or unknown with its raw string), the HTTP status, the public
+/// message, and when known the correlation ids, the rate-limit snapshot and `Retry-After`.
+/// A server may attach an internal cause with [`ApiError::with_cause`]: it is reachable
+/// through [`std::error::Error::source`] and `Debug` for logs, and never appears in
+/// `Display` or in the serialized body.
+///
+/// ```
+/// use overten_errors::{ApiError, ErrorCode};
+///
+/// let io = std::io::Error::other("db pool timed out after 30s on host db-7");
+/// let err = ApiError::from(ErrorCode::InternalError)
+///     .with_cause(io)
+///     .with_request_id("req_8f2c");
+/// assert_eq!(err.status(), 500);
+/// assert_eq!(err.to_string(), "internal_error (500): Unhandled server exception [request id: req_8f2c]");
+/// assert_eq!(err.to_json(), br#"{"success":false,"error":"internal_error","message":"Unhandled server exception"}"#);
+/// assert!(std::error::Error::source(&err).is_some());
+/// ```
+#[derive(Debug)]
+pub struct ApiError {
+    code: Code,
+    status: u16,
+    message: Cow<'static, str>,
+    request_id: Option<String>,
+    run_id: Option<String>,
+    task_id: Option<String>,
+    rate_limit: Option<RateLimit>,
+    retry_after: Option<RetryAfter>,
+    cause: Option<Cause>,
+}
+
+impl ApiError {
+    /// An error with a known code, its documented status, and a public message.
+    pub fn new(code: ErrorCode, message: impl Into<Cow<'static, str>>) -> ApiError {
+        ApiError::received(Code::Known(code), code.status(), message)
+    }
+
+    /// An error as a client received it: any code, the status it came with, the message.
+    pub fn received(code: Code, status: u16, message: impl Into<Cow<'static, str>>) -> ApiError {
+        ApiError {
+            code,
+            status,
+            message: message.into(),
+            request_id: None,
+            run_id: None,
+            task_id: None,
+            rate_limit: None,
+            retry_after: None,
+            cause: None,
+        }
+    }
+
+    /// A 500 `internal_error` whose public message is the page's generic text and whose
+    /// `cause` is kept for logs only.
+    pub fn internal(cause: impl Into<Cause>) -> ApiError {
+        ApiError::from(ErrorCode::InternalError).with_cause(cause)
+    }
+
+    /// A 422 `validation_error` for the field at `pointer`: the message is
+    /// `"<detail> (at #<pointer>)"`, the pointer in RFC 6901 fragment form so that
+    /// [`ApiError::field_pointer`] reads it back from the message alone.
+    ///
+    /// ```
+    /// use overten_errors::{ApiError, JsonPointer};
+    /// let at = JsonPointer::root().push("sheets").push("0").push("name");
+    /// let err = ApiError::validation(&at, "must not be empty");
+    /// assert_eq!(err.message(), "must not be empty (at #/sheets/0/name)");
+    /// assert_eq!(err.field_pointer(), Some(at));
+    /// ```
+    pub fn validation(pointer: &JsonPointer, detail: &str) -> ApiError {
+        let message = format!("{detail}{}{})", pointer::MARKER, pointer.to_fragment());
+        ApiError::new(ErrorCode::ValidationError, message)
+    }
+
+    /// Attaches an internal cause, for logs only.
+    #[must_use]
+    pub fn with_cause(mut self, cause: impl Into<Cause>) -> ApiError {
+        self.cause = Some(cause.into());
+        self
+    }
+
+    /// Sets the `X-Request-Id` value.
+    #[must_use]
+    pub fn with_request_id(mut self, id: impl Into<String>) -> ApiError {
+        self.request_id = Some(id.into());
+        self
+    }
+
+    /// Sets the `run_id` the error belongs to.
+    #[must_use]
+    pub fn with_run_id(mut self, id: impl Into<String>) -> ApiError {
+        self.run_id = Some(id.into());
+        self
+    }
+
+    /// Sets the `task_id` the error belongs to.
+    #[must_use]
+    pub fn with_task_id(mut self, id: impl Into<String>) -> ApiError {
+        self.task_id = Some(id.into());
+        self
+    }
+
+    /// Sets the rate-limit snapshot (`X-RateLimit-*`).
+    #[must_use]
+    pub fn with_rate_limit(mut self, rate_limit: RateLimit) -> ApiError {
+        self.rate_limit = Some(rate_limit);
+        self
+    }
+
+    /// Sets the `Retry-After` hint.
+    #[must_use]
+    pub fn with_retry_after(mut self, retry_after: RetryAfter) -> ApiError {
+        self.retry_after = Some(retry_after);
+        self
+    }
+
+    /// The code, known or not.
+    pub fn code(&self) -> &Code {
+        &self.code
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> u16 {
+        self.status
+    }
+
+    /// The public message: safe to show to end users.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The `X-Request-Id`, if known.
+    pub fn request_id(&self) -> Option<&str> {
+        self.request_id.as_deref()
+    }
+
+    /// The `run_id`, if known.
+    pub fn run_id(&self) -> Option<&str> {
+        self.run_id.as_deref()
+    }
+
+    /// The `task_id`, if known.
+    pub fn task_id(&self) -> Option<&str> {
+        self.task_id.as_deref()
+    }
+
+    /// The rate-limit snapshot, if known.
+    pub fn rate_limit(&self) -> Option<RateLimit> {
+        self.rate_limit
+    }
+
+    /// The `Retry-After` hint, if known.
+    pub fn retry_after(&self) -> Option<RetryAfter> {
+        self.retry_after
+    }
+
+    /// The retry rule: the code's row, or for an unknown code the page's status rule.
+    pub fn retry_rule(&self) -> RetryRule {
+        match self.code.known() {
+            Some(code) => code.retry(),
+            None => RetryRule::for_status(self.status),
+        }
+    }
+
+    /// The JSON pointer a `validation_error` message carries, read back from the message.
+    pub fn field_pointer(&self) -> Option<JsonPointer> {
+        pointer::find_in_message(&self.message)
+    }
+
+    /// The wire envelope of this error: code and public message, nothing else.
+    pub fn envelope(&self) -> Envelope<'_> {
+        Envelope::new(self.code.as_str(), &self.message)
+    }
+
+    /// The envelope as JSON bytes.
+    pub fn to_json(&self) -> Vec<u8> {
+        self.envelope().to_json()
+    }
+}
+
+impl From<ErrorCode> for ApiError {
+    /// An error with the code's status and, as public message, the page's "when it occurs".
+    fn from(code: ErrorCode) -> Self {
+        ApiError::new(code, code.when())
+    }
+}
+
+impl fmt::Display for ApiError {
+    /// What a support ticket needs: code, status, message and the correlation ids.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({}): {}", self.code, self.status, self.message)?;
+        let ids = [
+            ("request id", &self.request_id),
+            ("run id", &self.run_id),
+            ("task id", &self.task_id),
+        ];
+        let mut first = true;
+        for (label, value) in ids {
+            if let Some(value) = value {
+                f.write_str(if first { " [" } else { ", " })?;
+                write!(f, "{label}: {value}")?;
+                first = false;
+            }
+        }
+        if !first {
+            f.write_str("]")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ApiError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.cause
+            .as_deref()
+            .map(|c| c as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl serde::Serialize for ApiError {
+    /// Serializes as the wire envelope; the cause and the ids are never written.
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.envelope().serialize(serializer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cause_never_reaches_display_or_body() {
+        let secret = "password=hunter2 at db-7.internal";
+        let err = ApiError::new(ErrorCode::UpstreamError, "The model provider failed")
+            .with_cause(std::io::Error::other(secret));
+        assert!(!err.to_string().contains("hunter2"));
+        let body = String::from_utf8(err.to_json()).unwrap();
+        assert!(!body.contains("hunter2"));
+        assert!(
+            format!("{err:?}").contains("hunter2"),
+            "Debug keeps it for logs"
+        );
+        assert_eq!(
+            std::error::Error::source(&err).map(ToString::to_string),
+            Some(secret.to_owned())
+        );
+    }
+
+    #[test]
+    fn display_lists_ids_present() {
+        let err = ApiError::new(ErrorCode::NotFound, "No such run")
+            .with_run_id("run_1")
+            .with_task_id("task_2");
+        assert_eq!(
+            err.to_string(),
+            "not_found (404): No such run [run id: run_1, task id: task_2]"
+        );
+    }
+
+    #[test]
+    fn unknown_codes_use_the_status_rule() {
+        let err = ApiError::received(Code::parse("quota_frozen"), 503, "x");
+        assert_eq!(err.retry_rule(), RetryRule::Backoff);
+        let err = ApiError::received(Code::parse("quota_frozen"), 501, "x");
+        assert_eq!(err.retry_rule(), RetryRule::Never);
+        let err = ApiError::received(Code::parse("quota_frozen"), 418, "x");
+        assert_eq!(err.retry_rule(), RetryRule::Never);
+    }
+}

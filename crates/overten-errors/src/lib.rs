@@ -1,0 +1,76 @@
+//! The Overten API's error model as data.
+//!
+//! This crate is the single source of truth for the errors the Overten API sends: every
+//! error code of the published reference (wire string, category, HTTP status, when it
+//! occurs, how to fix it, retry rule) is declared once, in [`ErrorCode`]'s table, and
+//! everything else — parsing, display, statuses, retry decisions, and the generated docs,
+//! schemas and fixtures of the sibling crates — is derived from it.
+//!
+//! It holds:
+//!
+//! - the code table: [`ErrorCode`], [`CodeSpec`], [`Category`], and [`Code`] for codes as
+//!   received (known, or unknown and kept as sent);
+//! - the status table: [`STATUSES`], [`status_info`], [`StatusKind`];
+//! - the page's other numbers: [`Tier`], [`headers`], [`SYNC_TIMEOUT_SECONDS`],
+//!   [`RETENTION_DAYS`];
+//! - the wire types: [`Envelope`] (writing), [`ErrorBody`] (tolerant reading),
+//!   [`TaskFailure`];
+//! - the error type [`ApiError`], whose public message never carries an internal cause;
+//! - retry policy as data ([`RetryRule`], [`FALLBACK`], [`RetryPolicy`]) and one pure
+//!   decision function, [`RetryPolicy::decide`], plus a [`RetryBudget`].
+//!
+//! It does not do IO, read clocks or environment variables, or depend on `http`: statuses
+//! are `u16`, "now" and randomness are arguments. `overten-errors-http` converts to and from
+//! `http` types; `overten-errors-schema` builds JSON Schemas and `OpenAPI` components.
+//!
+//! # Server
+//!
+//! ```
+//! use overten_errors::{ApiError, ErrorCode, JsonPointer};
+//!
+//! let err = ApiError::validation(&JsonPointer::root().push("format"), "must be xlsx or csv")
+//!     .with_request_id("req_123");
+//! assert_eq!(err.status(), 422);
+//! assert_eq!(
+//!     err.to_json(),
+//!     br#"{"success":false,"error":"validation_error","message":"must be xlsx or csv (at #/format)"}"#
+//! );
+//! ```
+//!
+//! # Client
+//!
+//! ```
+//! use std::time::SystemTime;
+//! use overten_errors::{Advice, ApiError, ErrorBody, RetryPolicy, SplitMix64};
+//!
+//! let body = ErrorBody::parse(br#"{"success":false,"error":"upstream_error","message":"Provider outage"}"#)?;
+//! let err = ApiError::received(body.code, 502, body.message);
+//! let advice = RetryPolicy::default().decide(&err, 1, SystemTime::now(), &mut SplitMix64::new(1));
+//! assert!(matches!(advice, Advice::Retry { .. }));
+//! # Ok::<(), overten_errors::BodyError>(())
+//! ```
+#![forbid(unsafe_code)]
+
+mod code;
+mod envelope;
+mod error;
+mod limits;
+mod pointer;
+mod retry;
+mod status;
+mod task;
+
+pub use code::{Category, Code, CodeSpec, ErrorCode, ParseCodeError};
+pub use envelope::{BodyError, Envelope, ErrorBody, JsonType};
+pub use error::ApiError;
+pub use limits::{
+    HeaderSpec, ParseTierError, RATE_LIMIT_WINDOW_SECONDS, RETENTION_DAYS, SYNC_TIMEOUT_SECONDS,
+    Tier, headers,
+};
+pub use pointer::{JsonPointer, PointerError};
+pub use retry::{
+    Advice, Basis, FALLBACK, FallbackRule, RandomSource, RateLimit, RetryAfter, RetryAfterError,
+    RetryBudget, RetryPolicy, RetryRule, SplitMix64, StopReason,
+};
+pub use status::{STATUSES, StatusInfo, StatusKind, status_info};
+pub use task::{Failed, TaskError, TaskFailure, UNKNOWN_TASK_CODE_STATUS};

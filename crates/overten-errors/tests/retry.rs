@@ -1,0 +1,289 @@
+//! The retry decision, case by case.
+
+use std::time::{Duration, SystemTime};
+
+use overten_errors::{
+    Advice, ApiError, Basis, Code, ErrorCode, RateLimit, RetryAfter, RetryAfterError, RetryBudget,
+    RetryPolicy, SplitMix64, StopReason,
+};
+
+/// Sun, 06 Nov 1994 08:49:37 GMT, RFC 9110's sample date.
+fn now() -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777)
+}
+
+fn decide(err: &ApiError, attempt: u32) -> Advice {
+    RetryPolicy::default().decide(err, attempt, now(), &mut SplitMix64::new(42))
+}
+
+fn retry_after(err: ErrorCode, value: &str) -> ApiError {
+    ApiError::from(err).with_retry_after(RetryAfter::parse(value).unwrap())
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+#[test]
+fn rate_limit_honors_retry_after_in_every_rfc9110_form() {
+    for value in [
+        "42",
+        " 42\t",
+        "Sun, 06 Nov 1994 08:50:19 GMT",  // IMF-fixdate
+        "Sunday, 06-Nov-94 08:50:19 GMT", // obsolete RFC 850
+        "Sun Nov  6 08:50:19 1994",       // asctime
+    ] {
+        let advice = decide(&retry_after(ErrorCode::RateLimitExceeded, value), 1);
+        assert_eq!(
+            advice,
+            Advice::Retry {
+                after: secs(42),
+                basis: Basis::RetryAfter
+            },
+            "{value:?}"
+        );
+    }
+}
+
+#[test]
+fn retry_after_parse_errors_are_typed() {
+    assert_eq!(RetryAfter::parse(""), Err(RetryAfterError::Empty));
+    assert_eq!(RetryAfter::parse("  "), Err(RetryAfterError::Empty));
+    assert_eq!(RetryAfter::parse("-5"), Err(RetryAfterError::Negative));
+    assert_eq!(RetryAfter::parse("1.5"), Err(RetryAfterError::Invalid));
+    assert_eq!(RetryAfter::parse("soon"), Err(RetryAfterError::Invalid));
+    assert_eq!(RetryAfter::parse("4 2"), Err(RetryAfterError::Invalid));
+    assert_eq!(
+        RetryAfter::parse("99999999999999999999999999"),
+        Ok(RetryAfter::Seconds(u64::MAX))
+    );
+}
+
+#[test]
+fn hostile_retry_after_never_hot_loops_or_hangs() {
+    let policy = RetryPolicy::default();
+    // Zero and dates in the past wait the floor.
+    for value in ["0", "Thu, 01 Jan 1970 00:00:00 GMT"] {
+        assert_eq!(
+            decide(&retry_after(ErrorCode::RateLimitExceeded, value), 1),
+            Advice::Retry {
+                after: policy.min_wait,
+                basis: Basis::RetryAfter
+            }
+        );
+    }
+    // The maximum is honored; one second more is refused, as is anything enormous.
+    assert_eq!(
+        decide(&retry_after(ErrorCode::RateLimitExceeded, "300"), 1),
+        Advice::Retry {
+            after: secs(300),
+            basis: Basis::RetryAfter
+        }
+    );
+    for value in ["301", "18446744073709551615", "999999999999999999999", "Fri, 31 Dec 9999 23:59:59 GMT"] {
+        let advice = decide(&retry_after(ErrorCode::RateLimitExceeded, value), 1);
+        assert!(
+            matches!(advice, Advice::Stop(StopReason::WaitTooLong { max, .. }) if max == policy.max_wait),
+            "{value}: {advice:?}"
+        );
+    }
+}
+
+#[test]
+fn rate_limit_reset_is_used_when_retry_after_is_absent() {
+    let reset = 784_111_777 + 17;
+    let err = ApiError::from(ErrorCode::RateLimitExceeded).with_rate_limit(RateLimit {
+        limit: 10,
+        remaining: 0,
+        reset,
+    });
+    assert_eq!(
+        decide(&err, 1),
+        Advice::Retry {
+            after: secs(17),
+            basis: Basis::RateLimitReset
+        }
+    );
+    // Retry-After wins over the reset.
+    let err = err.with_retry_after(RetryAfter::Seconds(3));
+    assert_eq!(
+        decide(&err, 1),
+        Advice::Retry {
+            after: secs(3),
+            basis: Basis::RetryAfter
+        }
+    );
+    // Without either, a 429 backs off.
+    let advice = decide(&ApiError::from(ErrorCode::RateLimitExceeded), 1);
+    assert!(matches!(advice, Advice::Retry { basis: Basis::Backoff, .. }));
+}
+
+#[test]
+fn service_unavailable_waits_in_its_window_unless_told() {
+    let err = ApiError::from(ErrorCode::ServiceUnavailable);
+    let policy = RetryPolicy::default();
+    let (mut lo, mut hi) = (Duration::MAX, Duration::ZERO);
+    for seed in 0..2000 {
+        match policy.decide(&err, 1, now(), &mut SplitMix64::new(seed)) {
+            Advice::Retry {
+                after,
+                basis: Basis::WaitWindow,
+            } => {
+                assert!((secs(30)..=secs(60)).contains(&after), "{after:?}");
+                lo = lo.min(after);
+                hi = hi.max(after);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(lo < secs(31) && hi > secs(59), "draws cover the window: {lo:?}..{hi:?}");
+    assert_eq!(
+        decide(&retry_after(ErrorCode::ServiceUnavailable, "5"), 1),
+        Advice::Retry {
+            after: secs(5),
+            basis: Basis::RetryAfter
+        }
+    );
+}
+
+#[test]
+fn permanent_codes_stop_with_the_pages_fix() {
+    for &code in ErrorCode::ALL {
+        let advice = decide(&ApiError::from(code), 1);
+        if code.status() < 500 && ![408, 429].contains(&code.status()) {
+            assert_eq!(advice, Advice::Stop(StopReason::Permanent { fix: code.fix() }), "{code}");
+        }
+    }
+    assert_eq!(
+        decide(&ApiError::from(ErrorCode::NotImplemented), 1),
+        Advice::Stop(StopReason::Permanent {
+            fix: "Contact support@overten.ai"
+        })
+    );
+}
+
+#[test]
+fn sync_timeout_is_resubmitted_async_not_retried() {
+    for attempt in [1, 2, 100] {
+        assert_eq!(
+            decide(&ApiError::from(ErrorCode::SyncTimeoutUpgradeAsync), attempt),
+            Advice::ResubmitAsync
+        );
+    }
+}
+
+#[test]
+fn backoff_grows_doubles_and_caps() {
+    let policy = RetryPolicy {
+        max_attempts: 100,
+        ..RetryPolicy::default()
+    };
+    let err = ApiError::from(ErrorCode::UpstreamError);
+    // A draw of zero gives the whole base delay; the largest draw takes off the jitter share.
+    let mut zero = || 0u64;
+    let mut top = || u64::MAX;
+    for (attempt, base) in [(1, 1), (2, 2), (3, 4), (4, 8), (6, 32), (7, 32), (60, 32), (99, 32)] {
+        assert_eq!(
+            policy.decide(&err, attempt, now(), &mut zero),
+            Advice::Retry {
+                after: secs(base),
+                basis: Basis::Backoff
+            },
+            "attempt {attempt}"
+        );
+        let Advice::Retry { after, .. } = policy.decide(&err, attempt, now(), &mut top) else {
+            panic!()
+        };
+        let half = Duration::from_secs_f64(base as f64 / 2.0);
+        assert!(after >= half && after < half + Duration::from_millis(1), "{after:?}");
+    }
+}
+
+#[test]
+fn attempts_are_bounded() {
+    let err = ApiError::from(ErrorCode::InternalError);
+    assert!(matches!(decide(&err, 4), Advice::Retry { .. }));
+    assert_eq!(
+        decide(&err, 5),
+        Advice::Stop(StopReason::AttemptsExhausted { attempts: 5 })
+    );
+    assert_eq!(
+        decide(&err, u32::MAX),
+        Advice::Stop(StopReason::AttemptsExhausted { attempts: u32::MAX })
+    );
+}
+
+#[test]
+fn unknown_codes_fall_back_to_the_status_rule() {
+    let unknown = |status| ApiError::received(Code::parse("brand_new_code"), status, "m");
+    assert!(matches!(decide(&unknown(599), 1), Advice::Retry { basis: Basis::Backoff, .. }));
+    assert!(matches!(decide(&unknown(501), 1), Advice::Stop(StopReason::Permanent { .. })));
+    assert!(matches!(decide(&unknown(404), 1), Advice::Stop(StopReason::Permanent { .. })));
+    assert!(matches!(decide(&unknown(200), 1), Advice::Stop(StopReason::Permanent { .. })));
+    assert_eq!(decide(&unknown(408), 1), Advice::ResubmitAsync);
+    let with_hint = unknown(429).with_retry_after(RetryAfter::Seconds(9));
+    assert_eq!(
+        decide(&with_hint, 1),
+        Advice::Retry {
+            after: secs(9),
+            basis: Basis::RetryAfter
+        }
+    );
+}
+
+#[test]
+fn broken_policy_values_stay_bounded() {
+    let policy = RetryPolicy {
+        initial_delay: Duration::MAX,
+        multiplier: f64::NAN,
+        jitter: f64::INFINITY,
+        max_attempts: u32::MAX,
+        ..RetryPolicy::default()
+    };
+    let err = ApiError::from(ErrorCode::UpstreamError);
+    for attempt in [1, 2, 1000, u32::MAX - 1] {
+        let Advice::Retry { after, .. } = policy.decide(&err, attempt, now(), &mut SplitMix64::new(1)) else {
+            panic!()
+        };
+        assert!(after <= policy.max_delay);
+    }
+}
+
+#[test]
+fn budget_stops_retry_storms_and_refills_on_success() {
+    let mut budget = RetryBudget::default();
+    let retry = Advice::Retry {
+        after: secs(1),
+        basis: Basis::Backoff,
+    };
+    let admitted = (0..1000).take_while(|_| budget.admit(retry) == retry).count();
+    assert_eq!(admitted, 100, "500 tokens at 5 a retry");
+    assert_eq!(budget.admit(retry), Advice::Stop(StopReason::BudgetExhausted));
+    // Stops and resubmits pass untouched and cost nothing.
+    assert_eq!(budget.admit(Advice::ResubmitAsync), Advice::ResubmitAsync);
+    for _ in 0..5 {
+        budget.record_success();
+    }
+    assert_eq!(budget.admit(retry), retry);
+    assert_eq!(budget.admit(retry), Advice::Stop(StopReason::BudgetExhausted));
+    for _ in 0..10_000 {
+        budget.record_success();
+    }
+    assert_eq!(budget.tokens(), 500, "never above capacity");
+}
+
+#[test]
+fn advice_reads_well() {
+    assert_eq!(
+        Advice::Retry {
+            after: Duration::from_millis(1500),
+            basis: Basis::Backoff
+        }
+        .to_string(),
+        "retry in 1.500 s (backoff)"
+    );
+    assert_eq!(
+        decide(&ApiError::from(ErrorCode::Gone), 1).to_string(),
+        "stop: not retryable: Start a new run"
+    );
+}
