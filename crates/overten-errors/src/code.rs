@@ -257,6 +257,9 @@ pub enum Code {
     Known(ErrorCode),
     /// A code this version does not know, kept as sent.
     Unknown(Box<str>),
+    /// The response carried no code at all (an HTML page from a proxy, an empty body):
+    /// only its HTTP status can say what happened. Its wire string is empty.
+    Missing,
 }
 
 impl Code {
@@ -273,6 +276,7 @@ impl Code {
         match self {
             Code::Known(code) => code.as_str(),
             Code::Unknown(raw) => raw,
+            Code::Missing => "",
         }
     }
 
@@ -280,7 +284,7 @@ impl Code {
     pub const fn known(&self) -> Option<ErrorCode> {
         match self {
             Code::Known(code) => Some(*code),
-            Code::Unknown(_) => None,
+            Code::Unknown(_) | Code::Missing => None,
         }
     }
 }
@@ -298,8 +302,12 @@ impl PartialEq<ErrorCode> for Code {
 }
 
 impl fmt::Display for Code {
+    /// The wire string; `(no code)` for [`Code::Missing`].
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        match self {
+            Code::Missing => f.write_str("(no code)"),
+            other => f.write_str(other.as_str()),
+        }
     }
 }
 

@@ -506,7 +506,10 @@ mod tests {
         );
         assert!(matches!(
             ErrorBody::parse(deep.as_bytes()),
-            Err(BodyError::WrongType { member: "message", .. } | BodyError::Json { .. })
+            Err(BodyError::WrongType {
+                member: "message",
+                ..
+            } | BodyError::Json { .. })
         ));
         let unclosed = "{\"a\":".repeat(100_000);
         assert!(matches!(

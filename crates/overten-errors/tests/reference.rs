@@ -4,6 +4,13 @@
 //! its table cells together with no separator, so each row is checked as the exact
 //! concatenation of the crate's cells, in page order, with no row missing or extra.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests fail loudly on broken fixtures"
+)]
+
 use std::time::{Duration, SystemTime};
 
 use overten_errors::{
@@ -54,18 +61,42 @@ fn status_table_matches_page() {
             format!("{}{}{}", info.status, info.category, info.scenario)
         );
     }
-    let kinds: Vec<_> = STATUSES.iter().map(|s| s.kind()).collect();
-    assert_eq!(kinds.iter().filter(|k| **k == StatusKind::Success).count(), 4);
-    assert_eq!(kinds.iter().filter(|k| **k == StatusKind::Redirect).count(), 1);
-    assert_eq!(kinds.iter().filter(|k| **k == StatusKind::ClientError).count(), 11);
-    assert_eq!(kinds.iter().filter(|k| **k == StatusKind::ServerError).count(), 4);
+    let kinds: Vec<_> = STATUSES
+        .iter()
+        .map(overten_errors::StatusInfo::kind)
+        .collect();
+    assert_eq!(
+        kinds.iter().filter(|k| **k == StatusKind::Success).count(),
+        4
+    );
+    assert_eq!(
+        kinds.iter().filter(|k| **k == StatusKind::Redirect).count(),
+        1
+    );
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| **k == StatusKind::ClientError)
+            .count(),
+        11
+    );
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| **k == StatusKind::ServerError)
+            .count(),
+        4
+    );
 }
 
 /// The code tables: (category heading, row) in page order.
 fn code_rows() -> Vec<(&'static str, &'static str)> {
     let lines = lines();
     let from = lines.iter().position(|l| *l == "Error codes").unwrap();
-    let to = lines.iter().position(|l| *l == "Handling errors in code").unwrap();
+    let to = lines
+        .iter()
+        .position(|l| *l == "Handling errors in code")
+        .unwrap();
     let mut out = Vec::new();
     let mut heading = "";
     let mut in_table = false;
@@ -90,7 +121,10 @@ fn code_tables_match_page_row_for_row() {
     assert_eq!(rows.len(), ErrorCode::ALL.len());
     for ((heading, row), code) in rows.iter().zip(ErrorCode::ALL) {
         assert_eq!(*heading, code.category().title(), "{code}");
-        assert_eq!(*row, format!("{}{}{}", code.as_str(), code.when(), code.fix()));
+        assert_eq!(
+            *row,
+            format!("{}{}{}", code.as_str(), code.when(), code.fix())
+        );
         // The cell boundary: a lowercase wire string, then a capitalised sentence.
         let next = row[code.as_str().len()..].chars().next().unwrap();
         assert!(next.is_uppercase(), "{code}: row continues with {next:?}");
@@ -110,7 +144,11 @@ fn code_statuses_follow_the_status_table() {
         ("forbidden", 403, "Key valid but not permitted"),
         ("insufficient_credits", 402, "Out of credits"),
         ("invalid_request", 400, "Validation"),
-        ("validation_error", 422, "Field-level rejection on the request body"),
+        (
+            "validation_error",
+            422,
+            "Field-level rejection on the request body",
+        ),
         ("preflight_failed", 400, "preflight"),
         ("payload_too_large", 413, "Upload exceeds tier limit"),
         ("not_found", 404, "doesn’t exist or belongs to another org"),
@@ -119,8 +157,16 @@ fn code_statuses_follow_the_status_table() {
         ("sync_timeout_upgrade_async", 408, "Sync ceiling exceeded"),
         ("rate_limit_exceeded", 429, "Retry-After"),
         ("internal_error", 500, "Unhandled exception"),
-        ("upstream_error", 502, "model provider, storage, or rendering pipeline"),
-        ("service_unavailable", 503, "Capacity exhausted or scheduled maintenance"),
+        (
+            "upstream_error",
+            502,
+            "model provider, storage, or rendering pipeline",
+        ),
+        (
+            "service_unavailable",
+            503,
+            "Capacity exhausted or scheduled maintenance",
+        ),
         ("not_implemented", 501, "the feature isn’t live yet"),
     ];
     assert_eq!(expected.len(), ErrorCode::ALL.len());
@@ -130,7 +176,10 @@ fn code_statuses_follow_the_status_table() {
             .iter()
             .find(|r| r.starts_with(&status.to_string()))
             .unwrap();
-        assert!(row.contains(phrase), "{status} row {row:?} lacks {phrase:?}");
+        assert!(
+            row.contains(phrase),
+            "{status} row {row:?} lacks {phrase:?}"
+        );
         let code = ErrorCode::from_wire(wire).unwrap();
         assert_eq!(code.status(), *status, "{wire}");
     }
@@ -212,7 +261,12 @@ fn tiers_match_page() {
     for (row, tier) in rows.iter().zip(Tier::ALL) {
         assert_eq!(
             *row,
-            format!("{}{}{}", tier, tier.requests_per_minute(), tier.concurrent_runs())
+            format!(
+                "{}{}{}",
+                tier,
+                tier.requests_per_minute(),
+                tier.concurrent_runs()
+            )
         );
     }
 }
@@ -272,10 +326,16 @@ fn task_failure_matches_page_example() {
     let failure: TaskFailure = serde_json::from_str(block).unwrap();
     assert_eq!(failure.task_id, "task_...");
     assert_eq!(failure.error.code, ErrorCode::InternalError);
-    assert_eq!(failure.error.message, "AgentLoopError: max_tool_calls=30 exceeded");
+    assert_eq!(
+        failure.error.message,
+        "AgentLoopError: max_tool_calls=30 exceeded"
+    );
     assert_eq!((failure.credits_used, failure.duration_ms), (0, 45123));
     let back = serde_json::to_value(&failure).unwrap();
-    assert_eq!(back, serde_json::from_str::<serde_json::Value>(block).unwrap());
+    assert_eq!(
+        back,
+        serde_json::from_str::<serde_json::Value>(block).unwrap()
+    );
 
     let err = ApiError::from(failure);
     assert_eq!(err.status(), 500);

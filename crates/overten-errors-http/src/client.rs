@@ -1,0 +1,316 @@
+//! Client side: any response -> `ApiError` + one advised action.
+
+use core::fmt;
+use std::borrow::Cow;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, HeaderMap, HeaderName, HeaderValue};
+use http::{StatusCode, response};
+use http_body::Body;
+use http_body_util::{BodyExt, Limited};
+use overten_errors::{
+    Advice, ApiError, BodyError, Code, ErrorBody, RandomSource, RateLimit, RetryAfter,
+    RetryAfterError, RetryPolicy, status_info,
+};
+
+use crate::names;
+
+/// The largest body [`classify`] parses and [`read_body_limited`] reads: 64 KiB. An error
+/// envelope is a few hundred bytes; anything near this size is not one.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The longest `X-Request-Id` kept: 256 bytes. Longer values are dropped, not truncated,
+/// since a truncated id would point at the wrong trace.
+pub const MAX_REQUEST_ID_BYTES: usize = 256;
+
+/// What is wrong with one header.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderError {
+    /// The header was sent more than once with different values.
+    Duplicate,
+    /// The value is not visible ASCII text.
+    NotText,
+    /// The value is longer than this crate keeps.
+    TooLong,
+    /// The value is not a non-negative integer.
+    NotANumber,
+    /// The value is an integer too large for its field.
+    Overflow,
+    /// Only some of the `X-RateLimit-*` headers were sent.
+    Incomplete,
+    /// `Retry-After` is neither delta-seconds nor an HTTP-date.
+    RetryAfter(RetryAfterError),
+}
+
+impl fmt::Display for HeaderError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HeaderError::Duplicate => f.write_str("sent more than once with different values"),
+            HeaderError::NotText => f.write_str("not visible ASCII text"),
+            HeaderError::TooLong => f.write_str("too long"),
+            HeaderError::NotANumber => f.write_str("not a non-negative integer"),
+            HeaderError::Overflow => f.write_str("too large"),
+            HeaderError::Incomplete => f.write_str("only some X-RateLimit-* headers were sent"),
+            HeaderError::RetryAfter(e) => fmt::Display::fmt(e, f),
+        }
+    }
+}
+
+impl std::error::Error for HeaderError {}
+
+/// Why the body could not say what happened.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyIssue {
+    /// The body is larger than [`MAX_BODY_BYTES`]; it was not parsed (or read past the cap).
+    TooLarge,
+    /// The body is not an error envelope.
+    NotAnEnvelope(BodyError),
+}
+
+impl fmt::Display for BodyIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BodyIssue::TooLarge => write!(f, "body larger than {MAX_BODY_BYTES} bytes"),
+            BodyIssue::NotAnEnvelope(e) => write!(f, "not an error envelope: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for BodyIssue {}
+
+/// Every malformed part of a response, each typed; the error is built regardless.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Diagnostics {
+    /// Why the body did not give the code and message, if it did not.
+    pub body: Option<BodyIssue>,
+    /// A malformed `Retry-After` (ignored for the decision, which then backs off).
+    pub retry_after: Option<HeaderError>,
+    /// A malformed `X-RateLimit-*` header: which one, and what is wrong.
+    pub rate_limit: Option<(&'static HeaderName, HeaderError)>,
+    /// A malformed `X-Request-Id` (left off the error).
+    pub request_id: Option<HeaderError>,
+}
+
+impl Diagnostics {
+    /// True when nothing was malformed.
+    pub fn is_clean(&self) -> bool {
+        *self == Diagnostics::default()
+    }
+}
+
+/// A response read as an error.
+#[derive(Debug)]
+pub struct Received {
+    /// The error, with the ids and hints the response carried.
+    pub error: ApiError,
+    /// What was malformed, if anything.
+    pub diagnostics: Diagnostics,
+}
+
+impl Received {
+    /// The one action to take next: the core's [`RetryPolicy::decide`] for this error.
+    pub fn advise<R: RandomSource + ?Sized>(
+        &self,
+        policy: &RetryPolicy,
+        attempt: u32,
+        now: SystemTime,
+        rng: &mut R,
+    ) -> Advice {
+        policy.decide(&self.error, attempt, now, rng)
+    }
+}
+
+/// Reads a response's status, headers and body into an error.
+///
+/// The envelope gives the code and message (and `run_id` / `task_id`); a code this version
+/// does not know is kept. Where the body cannot say — an HTML page from a proxy, an empty,
+/// truncated, non-UTF-8 or deeply nested body, one over [`MAX_BODY_BYTES`] — the code is
+/// [`Code::Missing`], the status decides the retry rule, and the public message is the
+/// reference page's text for the status (or its reason phrase), never the body.
+pub fn classify(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Received {
+    classify_read(status, headers, Ok(body))
+}
+
+/// [`classify`] for `http::response::Parts`.
+pub fn classify_parts(parts: &response::Parts, body: &[u8]) -> Received {
+    classify(parts.status, &parts.headers, body)
+}
+
+/// Reads a whole response, body capped at [`MAX_BODY_BYTES`], and classifies it.
+///
+/// The outer error is the transport's (the connection broke while reading the body).
+pub async fn classify_response<B>(
+    response: http::Response<B>,
+) -> Result<Received, Box<dyn std::error::Error + Send + Sync>>
+where
+    B: Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (parts, body) = response.into_parts();
+    let read = read_body_limited(&parts.headers, body).await?;
+    Ok(classify_read(
+        parts.status,
+        &parts.headers,
+        read.as_deref().map_err(Clone::clone),
+    ))
+}
+
+fn classify_read(
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: Result<&[u8], BodyIssue>,
+) -> Received {
+    let mut diagnostics = Diagnostics::default();
+    let status_u16 = status.as_u16();
+    let mut error = match body.and_then(parse_body) {
+        Ok(parsed) => {
+            let mut err = ApiError::received(parsed.code, status_u16, parsed.message);
+            if let Some(id) = parsed.run_id {
+                err = err.with_run_id(id);
+            }
+            if let Some(id) = parsed.task_id {
+                err = err.with_task_id(id);
+            }
+            err
+        }
+        Err(issue) => {
+            diagnostics.body = Some(issue);
+            ApiError::received(Code::Missing, status_u16, status_message(status))
+        }
+    };
+    match single(headers, &names::REQUEST_ID).and_then(request_id) {
+        Ok(Some(id)) => error = error.with_request_id(id),
+        Ok(None) => {}
+        Err(e) => diagnostics.request_id = Some(e),
+    }
+    match single(headers, &names::RETRY_AFTER).and_then(retry_after) {
+        Ok(Some(ra)) => error = error.with_retry_after(ra),
+        Ok(None) => {}
+        Err(e) => diagnostics.retry_after = Some(e),
+    }
+    match rate_limit(headers) {
+        Ok(Some(rl)) => error = error.with_rate_limit(rl),
+        Ok(None) => {}
+        Err(e) => diagnostics.rate_limit = Some(e),
+    }
+    Received { error, diagnostics }
+}
+
+fn parse_body(body: &[u8]) -> Result<ErrorBody, BodyIssue> {
+    if body.len() > MAX_BODY_BYTES {
+        return Err(BodyIssue::TooLarge);
+    }
+    ErrorBody::parse(body).map_err(BodyIssue::NotAnEnvelope)
+}
+
+/// The public message for a response whose body said nothing usable.
+fn status_message(status: StatusCode) -> Cow<'static, str> {
+    match status_info(status.as_u16()) {
+        Some(info) => Cow::Borrowed(info.scenario),
+        None => match status.canonical_reason() {
+            Some(reason) => Cow::Borrowed(reason),
+            None => Cow::Owned(format!("HTTP status {}", status.as_u16())),
+        },
+    }
+}
+
+/// The header's one value; several identical values count as one.
+fn single<'h>(
+    headers: &'h HeaderMap,
+    name: &HeaderName,
+) -> Result<Option<&'h HeaderValue>, HeaderError> {
+    let mut values = headers.get_all(name).iter();
+    let Some(first) = values.next() else {
+        return Ok(None);
+    };
+    if values.any(|v| v != first) {
+        return Err(HeaderError::Duplicate);
+    }
+    Ok(Some(first))
+}
+
+fn text(value: &HeaderValue) -> Result<&str, HeaderError> {
+    value.to_str().map_err(|_| HeaderError::NotText)
+}
+
+fn request_id(value: Option<&HeaderValue>) -> Result<Option<String>, HeaderError> {
+    let Some(value) = value else { return Ok(None) };
+    if value.len() > MAX_REQUEST_ID_BYTES {
+        return Err(HeaderError::TooLong);
+    }
+    let id = text(value)?.trim();
+    Ok((!id.is_empty()).then(|| id.to_owned()))
+}
+
+fn retry_after(value: Option<&HeaderValue>) -> Result<Option<RetryAfter>, HeaderError> {
+    let Some(value) = value else { return Ok(None) };
+    RetryAfter::parse(text(value)?)
+        .map(Some)
+        .map_err(HeaderError::RetryAfter)
+}
+
+fn number<T: TryFrom<u64>>(value: &HeaderValue) -> Result<T, HeaderError> {
+    let s = text(value)?.trim_matches(|c| c == ' ' || c == '\t');
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(HeaderError::NotANumber);
+    }
+    let n: u64 = s.parse().map_err(|_| HeaderError::Overflow)?;
+    T::try_from(n).map_err(|_| HeaderError::Overflow)
+}
+
+type RateLimitResult = Result<Option<RateLimit>, (&'static HeaderName, HeaderError)>;
+
+fn rate_limit(headers: &HeaderMap) -> RateLimitResult {
+    fn field<T: TryFrom<u64>>(
+        headers: &HeaderMap,
+        name: &'static HeaderName,
+    ) -> Result<Option<T>, (&'static HeaderName, HeaderError)> {
+        single(headers, name)
+            .and_then(|v| v.map(number).transpose())
+            .map_err(|e| (name, e))
+    }
+    let limit = field::<u32>(headers, &names::RATE_LIMIT_LIMIT)?;
+    let remaining = field::<u32>(headers, &names::RATE_LIMIT_REMAINING)?;
+    let reset = field::<u64>(headers, &names::RATE_LIMIT_RESET)?;
+    match (limit, remaining, reset) {
+        (Some(limit), Some(remaining), Some(reset)) => Ok(Some(RateLimit {
+            limit,
+            remaining,
+            reset,
+        })),
+        (None, None, None) => Ok(None),
+        (None, ..) => Err((&names::RATE_LIMIT_LIMIT, HeaderError::Incomplete)),
+        (_, None, _) => Err((&names::RATE_LIMIT_REMAINING, HeaderError::Incomplete)),
+        (.., None) => Err((&names::RATE_LIMIT_RESET, HeaderError::Incomplete)),
+    }
+}
+
+/// Reads a body, but no further than [`MAX_BODY_BYTES`].
+///
+/// A `Content-Length` over the cap is refused before any byte is read. Returns
+/// [`BodyIssue::TooLarge`] past the cap; a transport error while reading is returned as the
+/// body's own error type, boxed.
+pub async fn read_body_limited<B>(
+    headers: &HeaderMap,
+    body: B,
+) -> Result<Result<Bytes, BodyIssue>, Box<dyn std::error::Error + Send + Sync>>
+where
+    B: Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Ok(Err(BodyIssue::TooLarge));
+    }
+    match Limited::new(body, MAX_BODY_BYTES).collect().await {
+        Ok(collected) => Ok(Ok(collected.to_bytes())),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Ok(Err(BodyIssue::TooLarge)),
+        Err(e) => Err(e),
+    }
+}

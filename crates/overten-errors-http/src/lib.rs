@@ -1,0 +1,59 @@
+//! `http` 1.x conversions for the Overten API's error model.
+//!
+//! For servers: [`into_response`] turns an [`ApiError`] into an `http::Response` with the
+//! right status, `Content-Type: application/json`, the envelope body, `X-Request-Id`,
+//! `X-RateLimit-*` and `Retry-After`; [`set_rate_limit_headers`] and [`set_request_id`] put
+//! the headers the API sends on every response onto success responses too.
+//!
+//! For clients: [`classify`] turns any response — an envelope, a code newer than this
+//! version, an HTML page from a proxy, an empty or truncated body — into an [`ApiError`]
+//! plus [`Diagnostics`] that name every malformed part, and [`Received::advise`] gives the
+//! one advised action from the core's pure decision function. [`read_body_limited`] reads a
+//! body no further than [`MAX_BODY_BYTES`].
+//!
+//! [`mock::Gateway`] is the API's gateway behaviour (key check, per-key per-minute limits,
+//! `/errors/{code}`) as pure logic; the `mock_server` example serves it over HTTP.
+//!
+//! This crate does no IO of its own and depends on no runtime: it converts between
+//! `overten-errors` values and `http` values, and that is all.
+//!
+//! ```
+//! use overten_errors::{ApiError, ErrorCode, RateLimit, RetryAfter};
+//! use overten_errors_http::{classify, into_response};
+//!
+//! // Server side.
+//! let err = ApiError::from(ErrorCode::RateLimitExceeded)
+//!     .with_request_id("req_1")
+//!     .with_rate_limit(RateLimit { limit: 10, remaining: 0, reset: 1_713_312_345 })
+//!     .with_retry_after(RetryAfter::Seconds(42));
+//! let resp: http::Response<Vec<u8>> = into_response(&err);
+//! assert_eq!(resp.status(), 429);
+//! assert_eq!(resp.headers()["retry-after"], "42");
+//!
+//! // Client side.
+//! let received = classify(resp.status(), resp.headers(), resp.body());
+//! assert_eq!(received.error.code(), &ErrorCode::RateLimitExceeded);
+//! assert_eq!(received.error.request_id(), Some("req_1"));
+//! assert!(received.diagnostics.is_clean());
+//! ```
+#![forbid(unsafe_code)]
+
+mod client;
+mod names;
+mod server;
+
+pub mod mock;
+
+pub use client::{
+    BodyIssue, Diagnostics, HeaderError, MAX_BODY_BYTES, MAX_REQUEST_ID_BYTES, Received, classify,
+    classify_parts, classify_response, read_body_limited,
+};
+pub use names::{
+    RATE_LIMIT_LIMIT, RATE_LIMIT_REMAINING, RATE_LIMIT_RESET, REQUEST_ID, RETRY_AFTER,
+};
+pub use server::{into_response, set_rate_limit_headers, set_request_id};
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;

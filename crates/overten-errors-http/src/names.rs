@@ -1,0 +1,46 @@
+//! `http::HeaderName`s for the core's header names, derived once.
+
+use std::sync::LazyLock;
+
+use http::HeaderName;
+use overten_errors::{HeaderSpec, headers};
+
+fn name(spec: &HeaderSpec) -> HeaderName {
+    // The core's names are ASCII tokens (a core test checks it); `from_bytes` lowercases.
+    HeaderName::from_bytes(spec.name.as_bytes()).unwrap_or(HeaderName::from_static("x-invalid"))
+}
+
+/// `X-RateLimit-Limit`.
+pub static RATE_LIMIT_LIMIT: LazyLock<HeaderName> =
+    LazyLock::new(|| name(&headers::RATE_LIMIT_LIMIT));
+/// `X-RateLimit-Remaining`.
+pub static RATE_LIMIT_REMAINING: LazyLock<HeaderName> =
+    LazyLock::new(|| name(&headers::RATE_LIMIT_REMAINING));
+/// `X-RateLimit-Reset`.
+pub static RATE_LIMIT_RESET: LazyLock<HeaderName> =
+    LazyLock::new(|| name(&headers::RATE_LIMIT_RESET));
+/// `Retry-After`.
+pub static RETRY_AFTER: LazyLock<HeaderName> = LazyLock::new(|| name(&headers::RETRY_AFTER));
+/// `X-Request-Id`.
+pub static REQUEST_ID: LazyLock<HeaderName> = LazyLock::new(|| name(&headers::REQUEST_ID));
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_match_the_core() {
+        let ours = [
+            &*RATE_LIMIT_LIMIT,
+            &*RATE_LIMIT_REMAINING,
+            &*RATE_LIMIT_RESET,
+            &*RETRY_AFTER,
+            &*REQUEST_ID,
+        ];
+        assert_eq!(ours.len(), headers::ALL.len());
+        for (name, spec) in ours.iter().zip(headers::ALL) {
+            assert_eq!(name.as_str(), spec.name.to_ascii_lowercase());
+        }
+        assert_eq!(*RETRY_AFTER, http::header::RETRY_AFTER);
+    }
+}
