@@ -2,7 +2,7 @@
 
 use http::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 use http::{Response, StatusCode};
-use overten_errors::{ApiError, RATE_LIMIT_WINDOW_SECONDS, RateLimit, RetryAfter, RetryRule};
+use overten_errors::{ApiError, HeaderUse, RATE_LIMIT_WINDOW_SECONDS, RateLimit, RetryAfter};
 
 use crate::names;
 
@@ -34,9 +34,9 @@ pub fn into_response<B: From<Vec<u8>>>(err: &ApiError) -> Response<B> {
     if let Some(rl) = err.rate_limit() {
         set_rate_limit_headers(headers, &rl);
     }
-    let retry_after = match (err.retry_rule(), err.retry_after()) {
-        (RetryRule::RetryAfter, None) => Some(RetryAfter::Seconds(RATE_LIMIT_WINDOW_SECONDS)),
-        (RetryRule::RetryAfter | RetryRule::Wait { .. }, hint) => hint,
+    let retry_after = match (err.retry_rule().retry_after_header(), err.retry_after()) {
+        (HeaderUse::Always, None) => Some(RetryAfter::Seconds(RATE_LIMIT_WINDOW_SECONDS)),
+        (HeaderUse::Always | HeaderUse::WhenKnown, hint) => hint,
         _ => None,
     };
     if let Some(value) = retry_after {

@@ -7,7 +7,9 @@ use crate::retry::RetryRule;
 
 /// The five groups the reference page sorts its error codes into.
 #[non_exhaustive]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 pub enum Category {
     /// API key problems: missing, revoked or not permitted.
     Authentication,

@@ -69,8 +69,8 @@ pub use limits::{
 };
 pub use pointer::{JsonPointer, PointerError};
 pub use retry::{
-    Advice, Basis, FALLBACK, FallbackRule, RandomSource, RateLimit, RetryAfter, RetryAfterError,
-    RetryBudget, RetryPolicy, RetryRule, SplitMix64, StopReason,
+    Advice, Basis, FALLBACK, FallbackRule, HeaderUse, RandomSource, RateLimit, RetryAfter,
+    RetryAfterError, RetryBudget, RetryPolicy, RetryRule, SplitMix64, StopReason,
 };
 pub use status::{STATUSES, StatusInfo, StatusKind, status_info};
 pub use task::{Failed, TaskError, TaskFailure, UNKNOWN_TASK_CODE_STATUS};

@@ -10,8 +10,13 @@ use std::time::SystemTime;
 use crate::error::ApiError;
 
 /// What a client should do with an error, per code.
+///
+/// Serialized as the catalog writes it: `{"action": "wait", "min_seconds": 30,
+/// "max_seconds": 60}`, the action being [`RetryRule::action`].
 #[non_exhaustive]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 pub enum RetryRule {
     /// Do not retry: the request has to change first.
     Never,
@@ -42,6 +47,15 @@ impl RetryRule {
         }
     }
 
+    /// Whether a response with this rule carries `Retry-After`.
+    pub const fn retry_after_header(self) -> HeaderUse {
+        match self {
+            RetryRule::RetryAfter => HeaderUse::Always,
+            RetryRule::Wait { .. } => HeaderUse::WhenKnown,
+            RetryRule::Never | RetryRule::Backoff | RetryRule::ResubmitAsync => HeaderUse::Never,
+        }
+    }
+
     /// The rule for a code this version does not know, from its HTTP status alone.
     ///
     /// The first row of [`FALLBACK`] whose range holds the status wins; a status in none of
@@ -61,6 +75,18 @@ impl fmt::Display for RetryRule {
             other => f.write_str(other.action()),
         }
     }
+}
+
+/// Whether a response sends a header. Closed: every header is sent always, sometimes or
+/// never.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HeaderUse {
+    /// On every such response.
+    Always,
+    /// When the server knows a value (a 503 with a known end of maintenance).
+    WhenKnown,
+    /// Never.
+    Never,
 }
 
 /// One row of the page's general rule, used for codes this version does not know.
@@ -544,6 +570,21 @@ impl RetryBudget {
             retry_cost,
             success_refill,
         }
+    }
+
+    /// The most tokens the bucket holds.
+    pub const fn capacity(&self) -> u32 {
+        self.capacity
+    }
+
+    /// Tokens a retry costs.
+    pub const fn retry_cost(&self) -> u32 {
+        self.retry_cost
+    }
+
+    /// Tokens a success returns.
+    pub const fn success_refill(&self) -> u32 {
+        self.success_refill
     }
 
     /// Tokens left.

@@ -355,3 +355,22 @@ fn rate_limit_sample_is_read() {
     let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_713_312_300);
     assert_eq!(rl.reset_in(now), Duration::from_secs(45));
 }
+
+#[test]
+fn serialized_names_match_as_str() {
+    for &c in Category::ALL {
+        assert_eq!(serde_json::to_value(c).unwrap(), c.as_str());
+    }
+    for status in [100, 200, 302, 404, 503, 700] {
+        let kind = StatusKind::of(status);
+        assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
+    }
+    for &code in ErrorCode::ALL {
+        let rule = code.retry();
+        assert_eq!(serde_json::to_value(rule).unwrap()["action"], rule.action());
+    }
+    assert_eq!(
+        serde_json::to_value(ErrorCode::ServiceUnavailable.retry()).unwrap(),
+        serde_json::json!({"action": "wait", "min_seconds": 30, "max_seconds": 60})
+    );
+}

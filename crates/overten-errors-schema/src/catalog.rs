@@ -1,0 +1,235 @@
+//! The machine-readable catalog.
+
+use std::time::Duration;
+
+use overten_errors::{
+    Category, ErrorCode, FALLBACK, RATE_LIMIT_WINDOW_SECONDS, RETENTION_DAYS, RetryBudget,
+    RetryPolicy, RetryRule, STATUSES, SYNC_TIMEOUT_SECONDS, StatusKind, Tier, headers,
+};
+use schemars::JsonSchema;
+use serde::Serialize;
+use serde_json::Value;
+
+/// Everything a client in another language needs to know about the error model.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct Catalog {
+    /// The version of `overten-errors` that wrote it.
+    pub version: String,
+    /// Every error code, in the reference page's order.
+    pub codes: Vec<CodeEntry>,
+    /// Every HTTP status the API returns.
+    pub statuses: Vec<StatusEntry>,
+    /// The rate-limit tiers.
+    pub tiers: Vec<TierEntry>,
+    /// The headers the API documents.
+    pub headers: Vec<HeaderEntry>,
+    /// What to do with a code this version does not know.
+    pub fallback: Fallback,
+    /// The default backoff a conforming client uses.
+    pub backoff: BackoffDefaults,
+    /// The default retry budget (token bucket).
+    pub retry_budget: BudgetDefaults,
+    /// The other numbers the page states.
+    pub limits: Limits,
+}
+
+/// One error code.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct CodeEntry {
+    /// The wire string.
+    pub code: String,
+    /// The page's category.
+    pub category: Category,
+    /// The HTTP status sent with it.
+    pub status: u16,
+    /// When it occurs, as published.
+    pub when: String,
+    /// How to fix it, as published.
+    pub fix: String,
+    /// What a client does on receiving it.
+    pub retry: RetryRule,
+}
+
+/// One HTTP status.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct StatusEntry {
+    /// The status code.
+    pub status: u16,
+    /// The page's category label.
+    pub category: String,
+    /// The page's typical scenario.
+    pub scenario: String,
+    /// The status class.
+    pub kind: StatusKind,
+}
+
+/// One tier.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct TierEntry {
+    /// The tier's name.
+    pub tier: String,
+    /// Requests allowed per key per minute.
+    pub requests_per_minute: u32,
+    /// Runs allowed at once.
+    pub concurrent_runs: u32,
+}
+
+/// One header.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct HeaderEntry {
+    /// The name as the page writes it.
+    pub name: String,
+    /// What it carries.
+    pub description: String,
+    /// When the API sends it.
+    pub sent: String,
+}
+
+/// The rule for unknown codes: the first row whose range holds the status wins.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct Fallback {
+    /// The rows, in order.
+    pub rules: Vec<FallbackEntry>,
+    /// The rule for a status in no row.
+    pub otherwise: RetryRule,
+}
+
+/// One row of the fallback rule.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct FallbackEntry {
+    /// First status covered.
+    pub from: u16,
+    /// Last status covered (inclusive).
+    pub to: u16,
+    /// What to do.
+    pub retry: RetryRule,
+    /// Why.
+    pub why: String,
+}
+
+/// The default retry policy (see `RetryPolicy::default` for the sources).
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct BackoffDefaults {
+    /// The first backoff delay, in milliseconds.
+    pub initial_delay_ms: u64,
+    /// Growth factor of each delay over the one before.
+    pub multiplier: f64,
+    /// The longest backoff delay, in milliseconds.
+    pub max_delay_ms: u64,
+    /// The random share of each delay: drawn uniformly from `[(1 - jitter) * d, d]`.
+    pub jitter: f64,
+    /// Most attempts in all, the first included.
+    pub max_attempts: u32,
+    /// Shortest wait when the server names one, in milliseconds.
+    pub min_wait_ms: u64,
+    /// Longest server-named wait a client honors before stopping, in milliseconds.
+    pub max_wait_ms: u64,
+}
+
+/// The default retry budget.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct BudgetDefaults {
+    /// Tokens the bucket holds when full.
+    pub capacity: u32,
+    /// Tokens one retry spends.
+    pub retry_cost: u32,
+    /// Tokens one success returns.
+    pub success_refill: u32,
+}
+
+/// The page's other numbers.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct Limits {
+    /// The sync ceiling: past it, 408 `sync_timeout_upgrade_async`.
+    pub sync_timeout_seconds: u64,
+    /// How long resources are kept before 410 `gone`.
+    pub retention_days: u64,
+    /// The rate-limit window.
+    pub rate_limit_window_seconds: u64,
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The catalog, from the core's tables.
+pub fn catalog() -> Catalog {
+    let policy = RetryPolicy::default();
+    let budget = RetryBudget::default();
+    Catalog {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        codes: ErrorCode::ALL
+            .iter()
+            .map(|c| CodeEntry {
+                code: c.as_str().to_owned(),
+                category: c.category(),
+                status: c.status(),
+                when: c.when().to_owned(),
+                fix: c.fix().to_owned(),
+                retry: c.retry(),
+            })
+            .collect(),
+        statuses: STATUSES
+            .iter()
+            .map(|s| StatusEntry {
+                status: s.status,
+                category: s.category.to_owned(),
+                scenario: s.scenario.to_owned(),
+                kind: s.kind(),
+            })
+            .collect(),
+        tiers: Tier::ALL
+            .iter()
+            .map(|t| TierEntry {
+                tier: t.as_str().to_owned(),
+                requests_per_minute: t.requests_per_minute(),
+                concurrent_runs: t.concurrent_runs(),
+            })
+            .collect(),
+        headers: headers::ALL
+            .iter()
+            .map(|h| HeaderEntry {
+                name: h.name.to_owned(),
+                description: h.description.to_owned(),
+                sent: h.sent.to_owned(),
+            })
+            .collect(),
+        fallback: Fallback {
+            rules: FALLBACK
+                .iter()
+                .map(|r| FallbackEntry {
+                    from: r.from,
+                    to: r.to,
+                    retry: r.rule,
+                    why: r.why.to_owned(),
+                })
+                .collect(),
+            otherwise: RetryRule::for_status(0),
+        },
+        backoff: BackoffDefaults {
+            initial_delay_ms: millis(policy.initial_delay),
+            multiplier: policy.multiplier,
+            max_delay_ms: millis(policy.max_delay),
+            jitter: policy.jitter,
+            max_attempts: policy.max_attempts,
+            min_wait_ms: millis(policy.min_wait),
+            max_wait_ms: millis(policy.max_wait),
+        },
+        retry_budget: BudgetDefaults {
+            capacity: budget.capacity(),
+            retry_cost: budget.retry_cost(),
+            success_refill: budget.success_refill(),
+        },
+        limits: Limits {
+            sync_timeout_seconds: SYNC_TIMEOUT_SECONDS,
+            retention_days: RETENTION_DAYS,
+            rate_limit_window_seconds: RATE_LIMIT_WINDOW_SECONDS,
+        },
+    }
+}
+
+/// The JSON Schema (2020-12) of [`Catalog`], derived by schemars.
+pub fn catalog_schema() -> Value {
+    let generator = schemars::generate::SchemaSettings::draft2020_12().into_generator();
+    generator.into_root_schema_for::<Catalog>().to_value()
+}
