@@ -1,2 +1,44 @@
-//! Workspace tasks. `cargo xtask docs [--check]` (coming with the docs generator).
-fn main() {}
+//! `cargo xtask docs [--check]`: regenerate `docs/`, or fail when it is stale.
+
+use std::process::ExitCode;
+
+fn usage() -> ExitCode {
+    eprintln!("usage: cargo xtask docs [--check]");
+    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let root = xtask::workspace_root();
+    match args.as_slice() {
+        ["docs"] => match xtask::write(&root) {
+            Ok(report) => {
+                for line in report {
+                    println!("{line}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("cargo xtask docs: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        ["docs", "--check"] => {
+            let problems = xtask::check(&root);
+            if problems.is_empty() {
+                println!("docs/ is up to date");
+                return ExitCode::SUCCESS;
+            }
+            for p in &problems {
+                eprintln!("{p}");
+            }
+            eprintln!(
+                "{} generated file(s) stale: run `cargo xtask docs`",
+                problems.len()
+            );
+            ExitCode::FAILURE
+        }
+        _ => usage(),
+    }
+}

@@ -267,6 +267,11 @@ impl RandomSource for SplitMix64 {
     }
 }
 
+/// Serializes a duration as whole milliseconds (saturating).
+fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// A number in `[0, 1)` from 53 random bits.
 #[allow(
     clippy::cast_precision_loss,
@@ -326,7 +331,8 @@ impl Default for RetryPolicy {
 
 /// Where the delay of an advised retry came from.
 #[non_exhaustive]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Basis {
     /// Computed exponential backoff with jitter.
     Backoff,
@@ -351,8 +357,11 @@ impl Basis {
 }
 
 /// Why a client should stop.
+///
+/// Serialized with a `reason` tag: `{"reason": "wait_too_long", "requested_ms": ..., "max_ms": ...}`.
 #[non_exhaustive]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
 pub enum StopReason {
     /// Retrying the same request will not help; `fix` says what to do instead.
     Permanent {
@@ -367,8 +376,10 @@ pub enum StopReason {
     /// The server asked for a wait longer than [`RetryPolicy::max_wait`].
     WaitTooLong {
         /// The wait the server asked for (saturated).
+        #[serde(rename = "requested_ms", serialize_with = "millis")]
         requested: Duration,
         /// The policy's maximum.
+        #[serde(rename = "max_ms", serialize_with = "millis")]
         max: Duration,
     },
     /// The [`RetryBudget`] is empty: too many retries lately, so stop adding load.
@@ -394,12 +405,18 @@ impl fmt::Display for StopReason {
 }
 
 /// The one action a client should take next.
+///
+/// Serialized with an `action` tag, as the golden fixtures write it:
+/// `{"action": "retry", "after_ms": 42000, "basis": "retry_after"}`,
+/// `{"action": "resubmit_async"}`, `{"action": "stop", "reason": "permanent", "fix": "..."}`.
 #[non_exhaustive]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
 pub enum Advice {
     /// Send the same request again after `after`.
     Retry {
         /// How long to wait first.
+        #[serde(rename = "after_ms", serialize_with = "millis")]
         after: Duration,
         /// Where that delay came from.
         basis: Basis,
@@ -528,7 +545,8 @@ impl RetryPolicy {
     }
 }
 
-/// A uniform draw from `[min, max]` seconds (bounds swapped if given backwards).
+/// A uniform draw from `[min, max]` seconds, both ends included, in whole milliseconds
+/// (bounds swapped if given backwards).
 #[allow(
     clippy::cast_possible_truncation,
     clippy::cast_sign_loss,
@@ -539,7 +557,8 @@ fn window<R: RandomSource + ?Sized>(min: u64, max: u64, rng: &mut R) -> Duration
     let (lo, hi) = if min <= max { (min, max) } else { (max, min) };
     let lo_ms = lo.saturating_mul(1000);
     let span = hi.saturating_mul(1000).saturating_sub(lo_ms);
-    let extra = ((span as f64) * unit(rng)) as u64;
+    // Scaling by span + 1 makes both ends reachable: a draw near 1 gives `max` itself.
+    let extra = ((span.saturating_add(1) as f64) * unit(rng)) as u64;
     Duration::from_millis(lo_ms.saturating_add(extra.min(span)))
 }
 

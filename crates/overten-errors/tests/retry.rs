@@ -158,6 +158,10 @@ fn service_unavailable_waits_in_its_window_unless_told() {
         lo < secs(31) && hi > secs(59),
         "draws cover the window: {lo:?}..{hi:?}"
     );
+    // Both ends are reachable.
+    let at = |bits: u64| policy.decide(&err, 1, now(), &mut move || bits);
+    assert!(matches!(at(0), Advice::Retry { after, .. } if after == secs(30)));
+    assert!(matches!(at(u64::MAX), Advice::Retry { after, .. } if after == secs(60)));
     assert_eq!(
         decide(&retry_after(ErrorCode::ServiceUnavailable, "5"), 1),
         Advice::Retry {
@@ -347,5 +351,26 @@ fn advice_reads_well() {
     assert_eq!(
         decide(&ApiError::from(ErrorCode::Gone), 1).to_string(),
         "stop: not retryable: Start a new run"
+    );
+}
+
+#[test]
+fn advice_serializes_with_an_action_tag() {
+    let json = |a: Advice| serde_json::to_value(a).unwrap();
+    assert_eq!(
+        json(decide(&retry_after(ErrorCode::RateLimitExceeded, "42"), 1)),
+        serde_json::json!({"action": "retry", "after_ms": 42000, "basis": "retry_after"})
+    );
+    assert_eq!(
+        json(Advice::ResubmitAsync),
+        serde_json::json!({"action": "resubmit_async"})
+    );
+    assert_eq!(
+        json(decide(&ApiError::from(ErrorCode::Gone), 1)),
+        serde_json::json!({"action": "stop", "reason": "permanent", "fix": "Start a new run"})
+    );
+    assert_eq!(
+        json(decide(&retry_after(ErrorCode::RateLimitExceeded, "301"), 1)),
+        serde_json::json!({"action": "stop", "reason": "wait_too_long", "requested_ms": 301_000, "max_ms": 300_000})
     );
 }
