@@ -169,10 +169,10 @@ fn classify_read(
         Ok(parsed) => {
             let mut err = ApiError::received(parsed.code, status_u16, parsed.message);
             if let Some(id) = parsed.run_id {
-                err = err.with_run_id(id);
+                err.set_run_id(id);
             }
             if let Some(id) = parsed.task_id {
-                err = err.with_task_id(id);
+                err.set_task_id(id);
             }
             err
         }
@@ -181,18 +181,18 @@ fn classify_read(
             ApiError::received(Code::Missing, status_u16, status_message(status))
         }
     };
-    match single(headers, &names::REQUEST_ID).and_then(request_id) {
-        Ok(Some(id)) => error = error.with_request_id(id),
+    match request_id_header(headers) {
+        Ok(Some(id)) => error.set_request_id(id),
         Ok(None) => {}
         Err(e) => diagnostics.request_id = Some(e),
     }
-    match single(headers, &names::RETRY_AFTER).and_then(retry_after) {
-        Ok(Some(ra)) => error = error.with_retry_after(ra),
+    match retry_after_header(headers) {
+        Ok(Some(ra)) => error.set_retry_after(ra),
         Ok(None) => {}
         Err(e) => diagnostics.retry_after = Some(e),
     }
-    match rate_limit(headers) {
-        Ok(Some(rl)) => error = error.with_rate_limit(rl),
+    match rate_limit_headers(headers) {
+        Ok(Some(rl)) => error.set_rate_limit(rl),
         Ok(None) => {}
         Err(e) => diagnostics.rate_limit = Some(e),
     }
@@ -222,6 +222,10 @@ fn single<'h>(
     headers: &'h HeaderMap,
     name: &HeaderName,
 ) -> Result<Option<&'h HeaderValue>, HeaderError> {
+    // As many values as names: no header is repeated, so one lookup says it all.
+    if headers.len() == headers.keys_len() {
+        return Ok(headers.get(name));
+    }
     let mut values = headers.get_all(name).iter();
     let Some(first) = values.next() else {
         return Ok(None);
@@ -236,8 +240,11 @@ fn text(value: &HeaderValue) -> Result<&str, HeaderError> {
     value.to_str().map_err(|_| HeaderError::NotText)
 }
 
-fn request_id(value: Option<&HeaderValue>) -> Result<Option<String>, HeaderError> {
-    let Some(value) = value else { return Ok(None) };
+/// Reads `X-Request-Id`: trimmed, at most [`MAX_REQUEST_ID_BYTES`], visible ASCII.
+pub fn request_id_header(headers: &HeaderMap) -> Result<Option<String>, HeaderError> {
+    let Some(value) = single(headers, &names::REQUEST_ID)? else {
+        return Ok(None);
+    };
     if value.len() > MAX_REQUEST_ID_BYTES {
         return Err(HeaderError::TooLong);
     }
@@ -245,25 +252,49 @@ fn request_id(value: Option<&HeaderValue>) -> Result<Option<String>, HeaderError
     Ok((!id.is_empty()).then(|| id.to_owned()))
 }
 
-fn retry_after(value: Option<&HeaderValue>) -> Result<Option<RetryAfter>, HeaderError> {
-    let Some(value) = value else { return Ok(None) };
+/// Reads `Retry-After` in any RFC 9110 form (delta-seconds, IMF-fixdate, RFC 850, asctime).
+pub fn retry_after_header(headers: &HeaderMap) -> Result<Option<RetryAfter>, HeaderError> {
+    let Some(value) = single(headers, &names::RETRY_AFTER)? else {
+        return Ok(None);
+    };
     RetryAfter::parse(text(value)?)
         .map(Some)
         .map_err(HeaderError::RetryAfter)
 }
 
+/// A non-negative integer, optional whitespace around it, in one pass over the bytes.
 fn number<T: TryFrom<u64>>(value: &HeaderValue) -> Result<T, HeaderError> {
-    let s = text(value)?.trim_matches(|c| c == ' ' || c == '\t');
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+    // A header value holds no CR or LF, so ASCII trimming is exactly OWS trimming.
+    let digits = value.as_bytes().trim_ascii();
+    if digits.is_empty() {
         return Err(HeaderError::NotANumber);
     }
-    let n: u64 = s.parse().map_err(|_| HeaderError::Overflow)?;
+    let mut n: u64 = 0;
+    let mut overflow = false;
+    for &b in digits {
+        let digit = b.wrapping_sub(b'0');
+        if digit > 9 {
+            return Err(HeaderError::NotANumber);
+        }
+        match n
+            .checked_mul(10)
+            .and_then(|n| n.checked_add(u64::from(digit)))
+        {
+            Some(next) => n = next,
+            None => overflow = true,
+        }
+    }
+    if overflow {
+        return Err(HeaderError::Overflow);
+    }
     T::try_from(n).map_err(|_| HeaderError::Overflow)
 }
 
 type RateLimitResult = Result<Option<RateLimit>, (&'static HeaderName, HeaderError)>;
 
-fn rate_limit(headers: &HeaderMap) -> RateLimitResult {
+/// Reads `X-RateLimit-Limit`, `-Remaining` and `-Reset` together: all three or none.
+/// The error names the header at fault.
+pub fn rate_limit_headers(headers: &HeaderMap) -> RateLimitResult {
     fn field<T: TryFrom<u64>>(
         headers: &HeaderMap,
         name: &'static HeaderName,

@@ -46,7 +46,8 @@ pub mod mock;
 
 pub use client::{
     BodyIssue, Diagnostics, HeaderError, MAX_BODY_BYTES, MAX_REQUEST_ID_BYTES, Received, classify,
-    classify_parts, classify_response, read_body_limited,
+    classify_parts, classify_response, rate_limit_headers, read_body_limited, request_id_header,
+    retry_after_header,
 };
 pub use names::{
     RATE_LIMIT_LIMIT, RATE_LIMIT_REMAINING, RATE_LIMIT_RESET, REQUEST_ID, RETRY_AFTER,

@@ -41,7 +41,7 @@ pub fn into_response<B: From<Vec<u8>>>(err: &ApiError) -> Response<B> {
     };
     if let Some(value) = retry_after {
         let value = match value {
-            RetryAfter::Seconds(s) => HeaderValue::from(s),
+            RetryAfter::Seconds(s) => integer(s),
             RetryAfter::At(at) => HeaderValue::try_from(httpdate::fmt_http_date(at))
                 .unwrap_or(HeaderValue::from_static("60")),
         };
@@ -53,12 +53,19 @@ pub fn into_response<B: From<Vec<u8>>>(err: &ApiError) -> Response<B> {
 /// Sets `X-RateLimit-Limit`, `X-RateLimit-Remaining` and `X-RateLimit-Reset`; the API
 /// sends them on every response, successes included.
 pub fn set_rate_limit_headers(headers: &mut HeaderMap, rate_limit: &RateLimit) {
-    headers.insert(names::RATE_LIMIT_LIMIT.clone(), rate_limit.limit.into());
+    headers.insert(names::RATE_LIMIT_LIMIT.clone(), integer(rate_limit.limit));
     headers.insert(
         names::RATE_LIMIT_REMAINING.clone(),
-        rate_limit.remaining.into(),
+        integer(rate_limit.remaining),
     );
-    headers.insert(names::RATE_LIMIT_RESET.clone(), rate_limit.reset.into());
+    headers.insert(names::RATE_LIMIT_RESET.clone(), integer(rate_limit.reset));
+}
+
+/// An integer header value in one allocation (`HeaderValue::from(u64)` takes two: a
+/// `BytesMut` and, on `freeze`, a shared header for its spare capacity).
+fn integer(n: impl itoa::Integer) -> HeaderValue {
+    let mut buf = itoa::Buffer::new();
+    HeaderValue::from_str(buf.format(n)).unwrap_or(HeaderValue::from_static("0"))
 }
 
 /// Sets `X-Request-Id`. Returns `false`, and sets nothing, when `id` is not a valid header

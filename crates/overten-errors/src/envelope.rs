@@ -1,10 +1,9 @@
 //! The JSON envelope `{"success": false, "error", "message"}`: writing and tolerant reading.
 
 use core::fmt;
-use std::borrow::Cow;
-
 use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::ser::{Serialize, SerializeStruct, Serializer};
+use std::borrow::Cow;
 
 use crate::code::Code;
 
@@ -32,8 +31,14 @@ impl<'a> Envelope<'a> {
     }
 
     /// Writes the JSON to `out` (a `Vec<u8>` with room allocates nothing).
-    pub fn write_json<W: std::io::Write>(&self, out: W) -> std::io::Result<()> {
-        serde_json::to_writer(out, self).map_err(std::io::Error::from)
+    ///
+    /// The fixed parts are written as they are; `serde_json` escapes the two strings.
+    pub fn write_json<W: std::io::Write>(&self, mut out: W) -> std::io::Result<()> {
+        out.write_all(br#"{"success":false,"error":"#)?;
+        serde_json::to_writer(&mut out, self.error)?;
+        out.write_all(br#","message":"#)?;
+        serde_json::to_writer(&mut out, self.message)?;
+        out.write_all(b"}")
     }
 
     /// The JSON as a new byte vector.
@@ -171,6 +176,29 @@ impl ErrorBody {
     /// # Ok::<(), BodyError>(())
     /// ```
     pub fn parse(bytes: &[u8]) -> Result<ErrorBody, BodyError> {
+        // Fast path: a well-formed envelope, read by a derived borrowed struct. Only an
+        // object may take it (serde would read an array into a struct too); anything it
+        // rejects goes to the tolerant reader, which names the problem.
+        let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+        if first == Some(&b'{') {
+            if let Ok(fast) = serde_json::from_slice::<FastBody<'_>>(bytes) {
+                if fast.success {
+                    return Err(BodyError::NotAnError);
+                }
+                return Ok(ErrorBody {
+                    code: Code::parse(fast.error),
+                    message: fast.message.into_owned(),
+                    run_id: fast.run_id,
+                    task_id: fast.task_id,
+                });
+            }
+        }
+        ErrorBody::parse_tolerant(bytes)
+    }
+
+    /// The tolerant reader alone: every member read whatever its type, then shaped into
+    /// an envelope or a precise [`BodyError`].
+    fn parse_tolerant(bytes: &[u8]) -> Result<ErrorBody, BodyError> {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Err(BodyError::Empty);
         }
@@ -181,67 +209,99 @@ impl ErrorBody {
     }
 }
 
-/// One member's value, kept whatever its type.
-enum Any<'de> {
-    Bool(bool),
-    Str(Cow<'de, str>),
-    Other(JsonType),
+/// The fast path's view of a well-formed envelope.
+#[derive(serde::Deserialize)]
+struct FastBody<'a> {
+    success: bool,
+    // Borrowed only: a code with escapes is rare enough to leave to the tolerant reader.
+    error: &'a str,
+    #[serde(borrow)]
+    message: Cow<'a, str>,
+    #[serde(default)]
+    run_id: Option<String>,
+    #[serde(default)]
+    task_id: Option<String>,
 }
 
-impl Any<'_> {
-    fn json_type(&self) -> JsonType {
-        match self {
-            Any::Bool(_) => JsonType::Bool,
-            Any::Str(_) => JsonType::String,
-            Any::Other(t) => *t,
-        }
+/// What a member of a given Rust type accepts from JSON.
+trait Expect: Sized {
+    fn from_bool(_: bool) -> Option<Self> {
+        None
+    }
+    fn from_str(_: &str) -> Option<Self> {
+        None
+    }
+    fn from_string(s: String) -> Option<Self> {
+        Self::from_str(&s)
     }
 }
 
-struct AnyVisitor;
+impl Expect for bool {
+    fn from_bool(b: bool) -> Option<Self> {
+        Some(b)
+    }
+}
 
-impl<'de> Visitor<'de> for AnyVisitor {
-    type Value = Any<'de>;
+impl Expect for Code {
+    fn from_str(s: &str) -> Option<Self> {
+        Some(Code::parse(s))
+    }
+}
+
+impl Expect for String {
+    fn from_str(s: &str) -> Option<Self> {
+        Some(s.to_owned())
+    }
+    fn from_string(s: String) -> Option<Self> {
+        Some(s)
+    }
+}
+
+/// A member's value if it has the expected type, else the JSON type it has. Reading one
+/// never fails on a type mismatch, so the body's other members are still read.
+struct Member<T>(Result<T, JsonType>);
+
+struct MemberVisitor<T>(core::marker::PhantomData<T>);
+
+impl<'de, T: Expect> Visitor<'de> for MemberVisitor<T> {
+    type Value = Member<T>;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("any JSON value")
     }
-    fn visit_bool<E>(self, v: bool) -> Result<Any<'de>, E> {
-        Ok(Any::Bool(v))
+    fn visit_bool<E>(self, v: bool) -> Result<Member<T>, E> {
+        Ok(Member(T::from_bool(v).ok_or(JsonType::Bool)))
     }
-    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Any<'de>, E> {
-        Ok(Any::Str(Cow::Borrowed(v)))
+    fn visit_str<E>(self, v: &str) -> Result<Member<T>, E> {
+        Ok(Member(T::from_str(v).ok_or(JsonType::String)))
     }
-    fn visit_str<E>(self, v: &str) -> Result<Any<'de>, E> {
-        Ok(Any::Str(Cow::Owned(v.to_owned())))
+    fn visit_string<E>(self, v: String) -> Result<Member<T>, E> {
+        Ok(Member(T::from_string(v).ok_or(JsonType::String)))
     }
-    fn visit_string<E>(self, v: String) -> Result<Any<'de>, E> {
-        Ok(Any::Str(Cow::Owned(v)))
+    fn visit_i64<E>(self, _: i64) -> Result<Member<T>, E> {
+        Ok(Member(Err(JsonType::Number)))
     }
-    fn visit_i64<E>(self, _: i64) -> Result<Any<'de>, E> {
-        Ok(Any::Other(JsonType::Number))
+    fn visit_u64<E>(self, _: u64) -> Result<Member<T>, E> {
+        Ok(Member(Err(JsonType::Number)))
     }
-    fn visit_u64<E>(self, _: u64) -> Result<Any<'de>, E> {
-        Ok(Any::Other(JsonType::Number))
+    fn visit_f64<E>(self, _: f64) -> Result<Member<T>, E> {
+        Ok(Member(Err(JsonType::Number)))
     }
-    fn visit_f64<E>(self, _: f64) -> Result<Any<'de>, E> {
-        Ok(Any::Other(JsonType::Number))
+    fn visit_unit<E>(self) -> Result<Member<T>, E> {
+        Ok(Member(Err(JsonType::Null)))
     }
-    fn visit_unit<E>(self) -> Result<Any<'de>, E> {
-        Ok(Any::Other(JsonType::Null))
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Any<'de>, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Member<T>, A::Error> {
         while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(Any::Other(JsonType::Array))
+        Ok(Member(Err(JsonType::Array)))
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Any<'de>, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Member<T>, A::Error> {
         while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(Any::Other(JsonType::Object))
+        Ok(Member(Err(JsonType::Object)))
     }
 }
 
-impl<'de> Deserialize<'de> for Any<'de> {
+impl<'de, T: Expect> Deserialize<'de> for Member<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(AnyVisitor)
+        d.deserialize_any(MemberVisitor(core::marker::PhantomData))
     }
 }
 
@@ -289,36 +349,31 @@ impl<'de> Deserialize<'de> for Top {
 
 struct TopVisitor;
 
-fn put<'de>(
-    slot: &mut Option<Any<'de>>,
-    value: Any<'de>,
+type Slot<T> = Option<Result<T, JsonType>>;
+
+/// Reads the next value into `slot`, noting the first member seen twice.
+fn put<'de, T: Expect, A: MapAccess<'de>>(
+    map: &mut A,
+    slot: &mut Slot<T>,
     name: &'static str,
     dup: &mut Option<&'static str>,
-) {
+) -> Result<(), A::Error> {
+    let Member(value) = map.next_value::<Member<T>>()?;
     if slot.replace(value).is_some() && dup.is_none() {
         *dup = Some(name);
     }
+    Ok(())
 }
 
-fn string_member<'de>(
-    value: Option<Any<'de>>,
-    member: &'static str,
-) -> Result<Cow<'de, str>, BodyError> {
-    match value {
+fn required<T>(slot: Slot<T>, member: &'static str, expected: JsonType) -> Result<T, BodyError> {
+    match slot {
         None => Err(BodyError::Missing(member)),
-        Some(Any::Str(s)) => Ok(s),
-        Some(other) => Err(BodyError::WrongType {
+        Some(Ok(v)) => Ok(v),
+        Some(Err(found)) => Err(BodyError::WrongType {
             member,
-            expected: JsonType::String,
-            found: other.json_type(),
+            expected,
+            found,
         }),
-    }
-}
-
-fn optional_string(value: Option<Any<'_>>) -> Option<String> {
-    match value {
-        Some(Any::Str(s)) => Some(s.into_owned()),
-        _ => None,
     }
 }
 
@@ -329,25 +384,28 @@ impl<'de> Visitor<'de> for TopVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Top, A::Error> {
-        let (mut success, mut error, mut message, mut run_id, mut task_id) =
-            (None, None, None, None, None);
+        let mut success: Slot<bool> = None;
+        let mut error: Slot<Code> = None;
+        let (mut message, mut run_id, mut task_id): (Slot<String>, Slot<String>, Slot<String>) =
+            (None, None, None);
         let mut dup = None;
         while let Some(key) = map.next_key::<Key>()? {
-            let (slot, name) = match key {
-                Key::Success => (&mut success, "success"),
-                Key::Error => (&mut error, "error"),
-                Key::Message => (&mut message, "message"),
-                Key::RunId => (&mut run_id, "run_id"),
-                Key::TaskId => (&mut task_id, "task_id"),
+            match key {
+                Key::Success => put(&mut map, &mut success, "success", &mut dup)?,
+                Key::Error => put(&mut map, &mut error, "error", &mut dup)?,
+                Key::Message => put(&mut map, &mut message, "message", &mut dup)?,
+                Key::RunId => put(&mut map, &mut run_id, "run_id", &mut dup)?,
+                Key::TaskId => put(&mut map, &mut task_id, "task_id", &mut dup)?,
                 Key::Other => {
                     map.next_value::<IgnoredAny>()?;
-                    continue;
                 }
-            };
-            let value = map.next_value::<Any<'de>>()?;
-            put(slot, value, name, &mut dup);
+            }
         }
-        Ok(Top(shape(dup, success, error, message, run_id, task_id)))
+        let shaped = match dup {
+            Some(name) => Err(BodyError::Duplicate(name)),
+            None => shape(success, error, message, run_id, task_id),
+        };
+        Ok(Top(shaped))
     }
 
     fn visit_bool<E: de::Error>(self, _: bool) -> Result<Top, E> {
@@ -375,35 +433,21 @@ impl<'de> Visitor<'de> for TopVisitor {
 }
 
 fn shape(
-    dup: Option<&'static str>,
-    success: Option<Any<'_>>,
-    error: Option<Any<'_>>,
-    message: Option<Any<'_>>,
-    run_id: Option<Any<'_>>,
-    task_id: Option<Any<'_>>,
+    success: Slot<bool>,
+    error: Slot<Code>,
+    message: Slot<String>,
+    run_id: Slot<String>,
+    task_id: Slot<String>,
 ) -> Result<ErrorBody, BodyError> {
-    if let Some(name) = dup {
-        return Err(BodyError::Duplicate(name));
+    if required(success, "success", JsonType::Bool)? {
+        return Err(BodyError::NotAnError);
     }
-    match success {
-        None => return Err(BodyError::Missing("success")),
-        Some(Any::Bool(false)) => {}
-        Some(Any::Bool(true)) => return Err(BodyError::NotAnError),
-        Some(other) => {
-            return Err(BodyError::WrongType {
-                member: "success",
-                expected: JsonType::Bool,
-                found: other.json_type(),
-            });
-        }
-    }
-    let code = Code::parse(&string_member(error, "error")?);
-    let message = string_member(message, "message")?.into_owned();
     Ok(ErrorBody {
-        code,
-        message,
-        run_id: optional_string(run_id),
-        task_id: optional_string(task_id),
+        code: required(error, "error", JsonType::String)?,
+        message: required(message, "message", JsonType::String)?,
+        // Ids of the wrong type are dropped: they are for support tickets, not decisions.
+        run_id: run_id.and_then(Result::ok),
+        task_id: task_id.and_then(Result::ok),
     })
 }
 
@@ -411,6 +455,45 @@ fn shape(
 mod tests {
     use super::*;
     use crate::ErrorCode;
+
+    proptest::proptest! {
+        /// The fast path and the tolerant reader agree on every body.
+        #[test]
+        fn fast_path_agrees_with_tolerant_reader(
+            members in proptest::collection::vec(
+                (
+                    proptest::sample::select(vec!["success", "error", "message", "run_id", "task_id", "x", "succ\\u0065ss"]),
+                    proptest::sample::select(vec!["false", "true", "null", "1", "\"gone\"", "\"quota\"", "\"a\\\"b\"", "[]", "{}", "[false]"]),
+                ),
+                0..7,
+            ),
+            wrap in proptest::sample::select(vec!["{}", "[]", " {} "]),
+        ) {
+            let inner = members
+                .iter()
+                .map(|(k, v)| format!("\"{k}\":{v}"))
+                .collect::<Vec<_>>()
+                .join(",");
+            let body = if wrap.trim() == "[]" {
+                format!("[{}]", members.iter().map(|(_, v)| *v).collect::<Vec<_>>().join(","))
+            } else {
+                wrap.replace("{}", &format!("{{{inner}}}"))
+            };
+            proptest::prop_assert_eq!(
+                ErrorBody::parse(body.as_bytes()),
+                ErrorBody::parse_tolerant(body.as_bytes()),
+                "{}", body
+            );
+        }
+    }
+
+    #[test]
+    fn arrays_never_take_the_fast_path() {
+        assert_eq!(
+            ErrorBody::parse(br#"[false,"gone","m"]"#),
+            Err(BodyError::NotAnObject(JsonType::Array))
+        );
+    }
 
     #[test]
     fn writes_members_in_order() {

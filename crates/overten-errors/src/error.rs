@@ -96,21 +96,21 @@ impl ApiError {
     /// Sets the `X-Request-Id` value.
     #[must_use]
     pub fn with_request_id(mut self, id: impl Into<String>) -> ApiError {
-        self.request_id = Some(id.into());
+        self.set_request_id(id);
         self
     }
 
     /// Sets the `run_id` the error belongs to.
     #[must_use]
     pub fn with_run_id(mut self, id: impl Into<String>) -> ApiError {
-        self.run_id = Some(id.into());
+        self.set_run_id(id);
         self
     }
 
     /// Sets the `task_id` the error belongs to.
     #[must_use]
     pub fn with_task_id(mut self, id: impl Into<String>) -> ApiError {
-        self.task_id = Some(id.into());
+        self.set_task_id(id);
         self
     }
 
@@ -126,6 +126,31 @@ impl ApiError {
     pub fn with_retry_after(mut self, retry_after: RetryAfter) -> ApiError {
         self.retry_after = Some(retry_after);
         self
+    }
+
+    /// Sets the `X-Request-Id` value in place.
+    pub fn set_request_id(&mut self, id: impl Into<String>) {
+        self.request_id = Some(id.into());
+    }
+
+    /// Sets the `run_id` in place.
+    pub fn set_run_id(&mut self, id: impl Into<String>) {
+        self.run_id = Some(id.into());
+    }
+
+    /// Sets the `task_id` in place.
+    pub fn set_task_id(&mut self, id: impl Into<String>) {
+        self.task_id = Some(id.into());
+    }
+
+    /// Sets the rate-limit snapshot in place.
+    pub fn set_rate_limit(&mut self, rate_limit: RateLimit) {
+        self.rate_limit = Some(rate_limit);
+    }
+
+    /// Sets the `Retry-After` hint in place.
+    pub fn set_retry_after(&mut self, retry_after: RetryAfter) {
+        self.retry_after = Some(retry_after);
     }
 
     /// The code, known or not.
