@@ -14,18 +14,22 @@
     reason = "a benchmark binary: a broken contender must abort the run; each group uses all of the shared data"
 )]
 
-use std::borrow::Cow;
 use std::hint::black_box;
 use std::time::{Duration, SystemTime};
 
+use baselines::{
+    HandBody, X_LIMIT, X_REMAINING, X_REQUEST_ID, X_RESET, hand_classify, hand_code, header_num,
+};
 use divan::Bencher;
-use http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use http::header::{CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
 use http::{Response, StatusCode};
 use http_api_problem::HttpApiProblem;
 use overten_errors::{
     Advice, ApiError, Envelope, ErrorCode, RateLimit, RetryAfter, RetryPolicy, SplitMix64,
 };
 use overten_errors_http::{classify, into_response, retry_after_header};
+
+mod baselines;
 
 #[global_allocator]
 static ALLOC: divan::AllocProfiler = divan::AllocProfiler::system();
@@ -40,11 +44,6 @@ const REMAINING: u32 = 0;
 const RESET: u64 = 1_713_312_345;
 const RETRY_SECS: u64 = 42;
 const DATE: &str = "Sun, 06 Nov 1994 08:50:19 GMT";
-
-static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-static X_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
-static X_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
-static X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 
 fn main() {
     verify();
@@ -116,12 +115,10 @@ struct DerivedEnvelope<'a> {
     message: &'a str,
 }
 
-/// The floor: body by hand into a Vec, `HeaderMap::with_capacity`, integers via itoa.
-fn floor_response() -> Response<Vec<u8>> {
-    let mut body = Vec::with_capacity(CODE.len() + MESSAGE.len() + 48);
-    hand_envelope(&mut body, CODE, MESSAGE);
+/// The six headers by hand: `HeaderMap::with_capacity`, integers via itoa.
+fn hand_headers(content_type: &'static str) -> HeaderMap {
     let mut headers = HeaderMap::with_capacity(6);
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(
         X_REQUEST_ID.clone(),
         HeaderValue::from_str(REQUEST_ID).unwrap(),
@@ -143,9 +140,16 @@ fn floor_response() -> Response<Vec<u8>> {
         RETRY_AFTER,
         HeaderValue::from_str(n.format(RETRY_SECS)).unwrap(),
     );
+    headers
+}
+
+/// The floor: body by hand into a Vec, `HeaderMap::with_capacity`, integers via itoa.
+fn floor_response() -> Response<Vec<u8>> {
+    let mut body = Vec::with_capacity(CODE.len() + MESSAGE.len() + 48);
+    hand_envelope(&mut body, CODE, MESSAGE);
     let mut response = Response::new(body);
     *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
-    *response.headers_mut() = headers;
+    *response.headers_mut() = hand_headers("application/json");
     response
 }
 
@@ -155,112 +159,10 @@ fn problem_response() -> Response<Vec<u8>> {
         .title("Rate limited")
         .detail(MESSAGE)
         .value("error", &CODE);
-    let mut headers = HeaderMap::with_capacity(6);
-    headers.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("application/problem+json"),
-    );
-    headers.insert(
-        X_REQUEST_ID.clone(),
-        HeaderValue::from_str(REQUEST_ID).unwrap(),
-    );
-    let mut n = itoa::Buffer::new();
-    headers.insert(
-        X_LIMIT.clone(),
-        HeaderValue::from_str(n.format(LIMIT)).unwrap(),
-    );
-    headers.insert(
-        X_REMAINING.clone(),
-        HeaderValue::from_str(n.format(REMAINING)).unwrap(),
-    );
-    headers.insert(
-        X_RESET.clone(),
-        HeaderValue::from_str(n.format(RESET)).unwrap(),
-    );
-    headers.insert(
-        RETRY_AFTER,
-        HeaderValue::from_str(n.format(RETRY_SECS)).unwrap(),
-    );
     let mut response = Response::new(problem.json_bytes());
     *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
-    *response.headers_mut() = headers;
+    *response.headers_mut() = hand_headers("application/problem+json");
     response
-}
-
-#[derive(serde::Deserialize)]
-struct HandBody<'a> {
-    success: bool,
-    error: &'a str,
-    #[serde(borrow)]
-    message: Cow<'a, str>,
-}
-
-/// A code by hand: the 16 wire strings in a `match`.
-fn hand_code(s: &str) -> Option<u8> {
-    Some(match s {
-        "invalid_api_key" => 0,
-        "forbidden" => 1,
-        "insufficient_credits" => 2,
-        "invalid_request" => 3,
-        "validation_error" => 4,
-        "preflight_failed" => 5,
-        "payload_too_large" => 6,
-        "not_found" => 7,
-        "gone" => 8,
-        "conflict" => 9,
-        "sync_timeout_upgrade_async" => 10,
-        "rate_limit_exceeded" => 11,
-        "internal_error" => 12,
-        "upstream_error" => 13,
-        "service_unavailable" => 14,
-        "not_implemented" => 15,
-        _ => return None,
-    })
-}
-
-#[derive(Debug, PartialEq)]
-struct HandResult {
-    code: Option<u8>,
-    message: String,
-    request_id: Option<String>,
-    rate_limit: Option<(u32, u32, u64)>,
-    retry_in: Option<Duration>,
-}
-
-fn header_num<T: std::str::FromStr>(headers: &HeaderMap, name: &HeaderName) -> Option<T> {
-    headers.get(name)?.to_str().ok()?.parse().ok()
-}
-
-/// The client's work by hand: borrowed serde, a code match, `str::parse` of the headers,
-/// the message and request id copied out, and the 429 decision.
-fn hand_classify(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Option<HandResult> {
-    let parsed: HandBody<'_> = serde_json::from_slice(body).ok()?;
-    if parsed.success {
-        return None;
-    }
-    let code = hand_code(parsed.error);
-    let retry_after: Option<u64> = header_num(headers, &RETRY_AFTER);
-    let rate_limit = match (
-        header_num(headers, &X_LIMIT),
-        header_num(headers, &X_REMAINING),
-        header_num(headers, &X_RESET),
-    ) {
-        (Some(l), Some(r), Some(t)) => Some((l, r, t)),
-        _ => None,
-    };
-    let retry_in = (status == StatusCode::TOO_MANY_REQUESTS)
-        .then(|| retry_after.map(|s| Duration::from_secs(s.clamp(1, 300))))
-        .flatten();
-    Some(HandResult {
-        code,
-        message: parsed.message.into_owned(),
-        request_id: headers
-            .get(&X_REQUEST_ID)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned),
-        rate_limit,
-        retry_in,
-    })
 }
 
 fn ours_classify(

@@ -12,32 +12,18 @@
 //! Paths: `client-ours`, `client-hand` (classify + decision), `body-ours`, `body-hand`,
 //! `headers-ours`, `headers-hand`.
 
-use std::borrow::Cow;
 use std::hint::black_box;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
-use overten_errors::{Advice, ErrorBody, ErrorCode, RetryPolicy, SplitMix64};
+
+#[path = "../benches/baselines/mod.rs"]
+mod baselines;
+use baselines::{HandBody, X_LIMIT, X_REMAINING, X_REQUEST_ID, X_RESET, header_num};
+use overten_errors::{Advice, ErrorBody, RetryPolicy, SplitMix64};
 use overten_errors_http::{classify, rate_limit_headers, request_id_header, retry_after_header};
 
 const BODY: &[u8] = br#"{"success":false,"error":"rate_limit_exceeded","message":"Too many requests; retry in 42 seconds.."}"#;
-static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-static X_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
-static X_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
-static X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
-
-#[derive(serde::Deserialize)]
-struct HandBody<'a> {
-    success: bool,
-    error: &'a str,
-    #[serde(borrow)]
-    message: Cow<'a, str>,
-}
-
-fn num<T: std::str::FromStr>(h: &HeaderMap, name: &HeaderName) -> Option<T> {
-    h.get(name)?.to_str().ok()?.parse().ok()
-}
-
 #[inline(never)]
 fn client_ours(h: &HeaderMap) -> usize {
     let r = classify(StatusCode::TOO_MANY_REQUESTS, h, BODY);
@@ -48,30 +34,8 @@ fn client_ours(h: &HeaderMap) -> usize {
 
 #[inline(never)]
 fn client_hand(h: &HeaderMap) -> usize {
-    let Ok(p) = serde_json::from_slice::<HandBody<'_>>(BODY) else {
-        return 0;
-    };
-    let code = (!p.success)
-        .then(|| ErrorCode::from_wire(p.error))
-        .flatten();
-    let message = p.message.into_owned();
-    let id = h
-        .get(&X_REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let retry_after = num::<u64>(h, &http::header::RETRY_AFTER);
-    let limits = (
-        num::<u32>(h, &X_LIMIT),
-        num::<u32>(h, &X_REMAINING),
-        num::<u64>(h, &X_RESET),
-    );
-    let after = (code == Some(ErrorCode::RateLimitExceeded))
-        .then(|| retry_after.map(Duration::from_secs))
-        .flatten();
-    message.len()
-        + id.map_or(0, |s| s.len())
-        + usize::from(after.is_some())
-        + usize::from(limits.0.is_some())
+    baselines::hand_classify(StatusCode::TOO_MANY_REQUESTS, h, BODY)
+        .map_or(0, |r| r.message.len() + usize::from(r.retry_in.is_some()))
 }
 
 #[inline(never)]
@@ -98,10 +62,10 @@ fn headers_hand(h: &HeaderMap) -> usize {
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     id.map_or(0, |s| s.len())
-        + usize::from(num::<u64>(h, &http::header::RETRY_AFTER).is_some())
-        + usize::from(num::<u32>(h, &X_LIMIT).is_some())
-        + usize::from(num::<u32>(h, &X_REMAINING).is_some())
-        + usize::from(num::<u64>(h, &X_RESET).is_some())
+        + usize::from(header_num::<u64>(h, &http::header::RETRY_AFTER).is_some())
+        + usize::from(header_num::<u32>(h, &X_LIMIT).is_some())
+        + usize::from(header_num::<u32>(h, &X_REMAINING).is_some())
+        + usize::from(header_num::<u64>(h, &X_RESET).is_some())
 }
 
 fn main() {

@@ -345,3 +345,99 @@ where
         Err(e) => Err(e),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_static(k),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn header_errors_are_typed() {
+        fn rl(
+            pairs: &[(&'static str, &str)],
+        ) -> Result<Option<RateLimit>, (&'static str, HeaderError)> {
+            rate_limit_headers(&map(pairs)).map_err(|(n, e)| (n.as_str(), e))
+        }
+        let full = [
+            ("x-ratelimit-limit", "60"),
+            ("x-ratelimit-remaining", " 7\t"),
+            ("x-ratelimit-reset", "1713312345"),
+        ];
+        assert_eq!(
+            rl(&full),
+            Ok(Some(RateLimit {
+                limit: 60,
+                remaining: 7,
+                reset: 1_713_312_345
+            }))
+        );
+        let mut dup = full.to_vec();
+        dup.push(("x-ratelimit-remaining", "8"));
+        assert_eq!(
+            rl(&dup),
+            Err(("x-ratelimit-remaining", HeaderError::Duplicate))
+        );
+        assert_eq!(
+            rl(&full[..2]),
+            Err(("x-ratelimit-reset", HeaderError::Incomplete))
+        );
+        assert_eq!(rl(&[]), Ok(None));
+        let big = [("x-ratelimit-limit", "4294967296"), full[1], full[2]];
+        assert_eq!(rl(&big), Err(("x-ratelimit-limit", HeaderError::Overflow)));
+        let big = [
+            full[0],
+            full[1],
+            ("x-ratelimit-reset", "18446744073709551616"),
+        ];
+        assert_eq!(rl(&big), Err(("x-ratelimit-reset", HeaderError::Overflow)));
+        for bad in ["", " ", "-1", "1.5", "0x10", "六"] {
+            let h = [("x-ratelimit-limit", bad), full[1], full[2]];
+            assert_eq!(
+                rl(&h),
+                Err(("x-ratelimit-limit", HeaderError::NotANumber)),
+                "{bad:?}"
+            );
+        }
+
+        let ra = |v: &[(&'static str, &str)]| retry_after_header(&map(v));
+        assert_eq!(
+            ra(&[("retry-after", "5"), ("retry-after", "6")]),
+            Err(HeaderError::Duplicate)
+        );
+        assert_eq!(
+            ra(&[("retry-after", "soon")]),
+            Err(HeaderError::RetryAfter(RetryAfterError::Invalid))
+        );
+
+        let long = "r".repeat(MAX_REQUEST_ID_BYTES + 1);
+        assert_eq!(
+            request_id_header(&map(&[("x-request-id", &long)])),
+            Err(HeaderError::TooLong)
+        );
+        assert_eq!(request_id_header(&map(&[("x-request-id", "  ")])), Ok(None));
+        assert_eq!(
+            request_id_header(&map(&[("x-request-id", " req_1 ")])),
+            Ok(Some("req_1".to_owned()))
+        );
+    }
+
+    #[test]
+    fn oversized_bodies_are_not_parsed() {
+        let body = vec![b' '; MAX_BODY_BYTES + 1];
+        let r = classify(StatusCode::BAD_GATEWAY, &HeaderMap::new(), &body);
+        assert_eq!(r.diagnostics.body, Some(BodyIssue::TooLarge));
+        assert_eq!(r.error.code(), &Code::Missing);
+        let r = classify(StatusCode::from_u16(599).unwrap(), &HeaderMap::new(), b"");
+        assert_eq!(r.error.message(), "HTTP status 599");
+    }
+}

@@ -76,7 +76,9 @@ impl Gateway {
         let request_id = self.id("req_");
         let limit = self.tier.requests_per_minute();
         let minute = now / RATE_LIMIT_WINDOW_SECONDS;
-        let reset = (minute + 1) * RATE_LIMIT_WINDOW_SECONDS;
+        let reset = minute
+            .saturating_add(1)
+            .saturating_mul(RATE_LIMIT_WINDOW_SECONDS);
         let Some(key) = api_key(request) else {
             let full = RateLimit {
                 limit,
@@ -103,7 +105,7 @@ impl Gateway {
         if window.minute != minute {
             *window = Window { minute, used: 0 };
         }
-        let wait = RetryAfter::Seconds((reset - now).max(1));
+        let wait = RetryAfter::Seconds(reset.saturating_sub(now).max(1));
         if window.used >= limit {
             let spent = RateLimit {
                 limit,

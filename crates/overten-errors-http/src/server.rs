@@ -1,5 +1,7 @@
 //! Server side: `ApiError` -> `http::Response`.
 
+use std::time::{Duration, SystemTime};
+
 use http::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 use http::{Response, StatusCode};
 use overten_errors::{ApiError, HeaderUse, RATE_LIMIT_WINDOW_SECONDS, RateLimit, RetryAfter};
@@ -21,6 +23,21 @@ const JSON: HeaderValue = HeaderValue::from_static("application/json");
 ///   delay is known. A delay is written as delta-seconds; a date as an IMF-fixdate.
 ///
 /// The body type is anything built from a `Vec<u8>`: `Vec<u8>`, `Full<Bytes>`, axum's `Body`.
+/// In a hyper handler, nothing else is needed:
+///
+/// ```
+/// use std::convert::Infallible;
+/// use bytes::Bytes;
+/// use http_body_util::Full;
+/// use overten_errors::{ApiError, ErrorCode};
+/// use overten_errors_http::into_response;
+///
+/// async fn handler(req: http::Request<hyper::body::Incoming>) -> Result<http::Response<Full<Bytes>>, Infallible> {
+///     let err = ApiError::from(ErrorCode::NotFound).with_request_id("req_1");
+///     Ok(into_response(&err))
+/// }
+/// # let _ = hyper::service::service_fn(handler);
+/// ```
 pub fn into_response<B: From<Vec<u8>>>(err: &ApiError) -> Response<B> {
     let mut response = Response::new(B::from(err.to_json()));
     *response.status_mut() =
@@ -42,12 +59,27 @@ pub fn into_response<B: From<Vec<u8>>>(err: &ApiError) -> Response<B> {
     if let Some(value) = retry_after {
         let value = match value {
             RetryAfter::Seconds(s) => integer(s),
-            RetryAfter::At(at) => HeaderValue::try_from(httpdate::fmt_http_date(at))
-                .unwrap_or(HeaderValue::from_static("60")),
+            RetryAfter::At(at) => http_date(at),
         };
         headers.insert(names::RETRY_AFTER.clone(), value);
     }
     response
+}
+
+/// The last second an HTTP-date can name: 9999-12-31T23:59:59Z.
+const LAST_HTTP_DATE: u64 = 253_402_300_799;
+
+/// `at` as an IMF-fixdate. `httpdate` panics outside 1970..=9999, so a date before 1970
+/// (already past) is written as `0` seconds and one after 9999 as the last date there is.
+fn http_date(at: SystemTime) -> HeaderValue {
+    match at.duration_since(SystemTime::UNIX_EPOCH) {
+        Err(_) => integer(0u64),
+        Ok(since) => {
+            let clamped = Duration::from_secs(since.as_secs().min(LAST_HTTP_DATE));
+            let text = httpdate::fmt_http_date(SystemTime::UNIX_EPOCH + clamped);
+            HeaderValue::try_from(text).unwrap_or(HeaderValue::from_static("0"))
+        }
+    }
 }
 
 /// Sets `X-RateLimit-Limit`, `X-RateLimit-Remaining` and `X-RateLimit-Reset`; the API
@@ -77,5 +109,55 @@ pub fn set_request_id(headers: &mut HeaderMap, id: &str) -> bool {
             true
         }
         Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use overten_errors::ErrorCode;
+
+    fn retry_after_of(at: SystemTime) -> HeaderValue {
+        let err = ApiError::from(ErrorCode::RateLimitExceeded).with_retry_after(RetryAfter::At(at));
+        let response: http::Response<Vec<u8>> = into_response(&err);
+        response.headers()[http::header::RETRY_AFTER].clone()
+    }
+
+    #[test]
+    fn any_date_is_written_without_panicking() {
+        let epoch = SystemTime::UNIX_EPOCH;
+        assert_eq!(
+            retry_after_of(epoch + Duration::from_secs(784_111_777)),
+            "Sun, 06 Nov 1994 08:49:37 GMT"
+        );
+        assert_eq!(retry_after_of(epoch - Duration::from_secs(1)), "0");
+        let far = epoch + Duration::from_secs(LAST_HTTP_DATE * 4);
+        assert_eq!(retry_after_of(far), "Fri, 31 Dec 9999 23:59:59 GMT");
+        assert_eq!(
+            retry_after_of(epoch + Duration::from_secs(LAST_HTTP_DATE)),
+            "Fri, 31 Dec 9999 23:59:59 GMT"
+        );
+    }
+
+    #[test]
+    fn a_429_always_carries_retry_after() {
+        let response: http::Response<Vec<u8>> =
+            into_response(&ApiError::from(ErrorCode::RateLimitExceeded));
+        assert_eq!(response.headers()[http::header::RETRY_AFTER], "60");
+        let response: http::Response<Vec<u8>> =
+            into_response(&ApiError::from(ErrorCode::ServiceUnavailable));
+        assert!(
+            response.headers().get(http::header::RETRY_AFTER).is_none(),
+            "503 only when a delay is known"
+        );
+    }
+
+    #[test]
+    fn bad_request_ids_and_statuses_are_contained() {
+        let err = ApiError::received(overten_errors::Code::parse("x"), 1000, "m")
+            .with_request_id("bad\nid");
+        let response: http::Response<Vec<u8>> = into_response(&err);
+        assert_eq!(response.status(), 500);
+        assert!(response.headers().get("x-request-id").is_none());
     }
 }
