@@ -30,7 +30,15 @@ type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// assert_eq!(err.to_json(), br#"{"success":false,"error":"internal_error","message":"Unhandled server exception"}"#);
 /// assert!(std::error::Error::source(&err).is_some());
 /// ```
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{code} ({status}): {message}{ids}",
+    ids = TicketIds([
+        ("request id", .request_id.as_deref()),
+        ("run id", .run_id.as_deref()),
+        ("task id", .task_id.as_deref()),
+    ])
+)]
 pub struct ApiError {
     code: Code,
     status: u16,
@@ -40,7 +48,29 @@ pub struct ApiError {
     task_id: Option<String>,
     rate_limit: Option<RateLimit>,
     retry_after: Option<RetryAfter>,
+    #[source]
     cause: Option<Cause>,
+}
+
+/// The correlation ids a support ticket needs, as ` [request id: ..., run id: ...]`, or
+/// nothing when there are none.
+struct TicketIds<'a>([(&'static str, Option<&'a str>); 3]);
+
+impl fmt::Display for TicketIds<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut first = true;
+        for (label, value) in self.0 {
+            if let Some(value) = value {
+                f.write_str(if first { " [" } else { ", " })?;
+                write!(f, "{label}: {value}")?;
+                first = false;
+            }
+        }
+        if !first {
+            f.write_str("]")?;
+        }
+        Ok(())
+    }
 }
 
 impl ApiError {
@@ -221,38 +251,6 @@ impl From<ErrorCode> for ApiError {
     /// An error with the code's status and, as public message, the page's "when it occurs".
     fn from(code: ErrorCode) -> Self {
         ApiError::new(code, code.when())
-    }
-}
-
-impl fmt::Display for ApiError {
-    /// What a support ticket needs: code, status, message and the correlation ids.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({}): {}", self.code, self.status, self.message)?;
-        let ids = [
-            ("request id", &self.request_id),
-            ("run id", &self.run_id),
-            ("task id", &self.task_id),
-        ];
-        let mut first = true;
-        for (label, value) in ids {
-            if let Some(value) = value {
-                f.write_str(if first { " [" } else { ", " })?;
-                write!(f, "{label}: {value}")?;
-                first = false;
-            }
-        }
-        if !first {
-            f.write_str("]")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for ApiError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.cause
-            .as_deref()
-            .map(|c| c as &(dyn std::error::Error + 'static))
     }
 }
 
