@@ -1,6 +1,5 @@
 //! Client side: any response -> `ApiError` + one advised action.
 
-use core::fmt;
 use std::borrow::Cow;
 use std::time::SystemTime;
 
@@ -26,60 +25,42 @@ pub const MAX_REQUEST_ID_BYTES: usize = 256;
 
 /// What is wrong with one header.
 #[non_exhaustive]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum HeaderError {
     /// The header was sent more than once with different values.
+    #[error("sent more than once with different values")]
     Duplicate,
     /// The value is not visible ASCII text.
+    #[error("not visible ASCII text")]
     NotText,
     /// The value is longer than this crate keeps.
+    #[error("too long")]
     TooLong,
     /// The value is not a non-negative integer.
+    #[error("not a non-negative integer")]
     NotANumber,
     /// The value is an integer too large for its field.
+    #[error("too large")]
     Overflow,
     /// Only some of the `X-RateLimit-*` headers were sent.
+    #[error("only some X-RateLimit-* headers were sent")]
     Incomplete,
     /// `Retry-After` is neither delta-seconds nor an HTTP-date.
+    #[error(transparent)]
     RetryAfter(RetryAfterError),
 }
 
-impl fmt::Display for HeaderError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            HeaderError::Duplicate => f.write_str("sent more than once with different values"),
-            HeaderError::NotText => f.write_str("not visible ASCII text"),
-            HeaderError::TooLong => f.write_str("too long"),
-            HeaderError::NotANumber => f.write_str("not a non-negative integer"),
-            HeaderError::Overflow => f.write_str("too large"),
-            HeaderError::Incomplete => f.write_str("only some X-RateLimit-* headers were sent"),
-            HeaderError::RetryAfter(e) => fmt::Display::fmt(e, f),
-        }
-    }
-}
-
-impl std::error::Error for HeaderError {}
-
 /// Why the body could not say what happened.
 #[non_exhaustive]
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BodyIssue {
     /// The body is larger than [`MAX_BODY_BYTES`]; it was not parsed (or read past the cap).
+    #[error("body larger than {} bytes", MAX_BODY_BYTES)]
     TooLarge,
     /// The body is not an error envelope.
+    #[error("not an error envelope: {0}")]
     NotAnEnvelope(BodyError),
 }
-
-impl fmt::Display for BodyIssue {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            BodyIssue::TooLarge => write!(f, "body larger than {MAX_BODY_BYTES} bytes"),
-            BodyIssue::NotAnEnvelope(e) => write!(f, "not an error envelope: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for BodyIssue {}
 
 /// Every malformed part of a response, each typed; the error is built regardless.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
