@@ -1,5 +1,6 @@
 //! Server side: `ApiError` -> `http::Response`.
 
+use std::sync::LazyLock;
 use std::time::{Duration, SystemTime};
 
 use http::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
@@ -93,9 +94,31 @@ pub fn set_rate_limit_headers(headers: &mut HeaderMap, rate_limit: &RateLimit) {
     headers.insert(names::RATE_LIMIT_RESET.clone(), integer(rate_limit.reset));
 }
 
-/// An integer header value in one allocation (`HeaderValue::from(u64)` takes two: a
-/// `BytesMut` and, on `freeze`, a shared header for its spare capacity).
-fn integer(n: impl itoa::Integer) -> HeaderValue {
+/// Integers up to this are served from [`SMALL_INTEGERS`].
+const SMALL_MAX: u64 = 1024;
+
+/// Header values for 0..=1024, built once on first use (about 64 KiB). Rate-limit counts
+/// and `Retry-After` seconds are small and go on every response; a cached value is cloned
+/// by reference count instead of allocated.
+static SMALL_INTEGERS: LazyLock<Box<[HeaderValue]>> =
+    LazyLock::new(|| (0..=SMALL_MAX).map(format_integer).collect());
+
+/// An integer header value: cached when small, else one exact-size allocation.
+fn integer(n: impl Into<u64>) -> HeaderValue {
+    let n = n.into();
+    let cached = usize::try_from(n)
+        .ok()
+        .filter(|_| n <= SMALL_MAX)
+        .and_then(|i| SMALL_INTEGERS.get(i));
+    match cached {
+        Some(value) => value.clone(),
+        None => format_integer(n),
+    }
+}
+
+/// One allocation (`HeaderValue::from(u64)` takes two: a `BytesMut` and, on `freeze`, a
+/// shared header for its spare capacity).
+fn format_integer(n: u64) -> HeaderValue {
     let mut buf = itoa::Buffer::new();
     HeaderValue::from_str(buf.format(n)).unwrap_or(HeaderValue::from_static("0"))
 }
@@ -137,6 +160,26 @@ mod tests {
             retry_after_of(epoch + Duration::from_secs(LAST_HTTP_DATE)),
             "Fri, 31 Dec 9999 23:59:59 GMT"
         );
+    }
+
+    #[test]
+    fn integers_are_written_exactly_cached_or_not() {
+        for n in [
+            0,
+            1,
+            9,
+            10,
+            42,
+            999,
+            1023,
+            1024,
+            1025,
+            65_535,
+            1_713_312_345,
+            u64::MAX,
+        ] {
+            assert_eq!(integer(n), n.to_string().as_str(), "{n}");
+        }
     }
 
     #[test]
