@@ -105,28 +105,22 @@ async fn main() -> Result<(), BoxError> {
     Ok(())
 }
 
+/// The whole body of `GET path`, with the example's key.
+async fn get_body(addr: SocketAddr, path: &str) -> Result<bytes::Bytes, BoxError> {
+    let response = support::get(addr, path, &[("authorization", KEY)]).await?;
+    Ok(response.into_body().collect().await?.to_bytes())
+}
+
 /// Resubmits with `async=true` and polls the task once.
 async fn resubmit_async(addr: SocketAddr, path: &str) -> Result<(), BoxError> {
-    let accepted = support::get(
-        addr,
-        &format!("{path}?async=true"),
-        &[("authorization", KEY)],
-    )
-    .await?;
-    let body = accepted.into_body().collect().await?.to_bytes();
+    let body = get_body(addr, &format!("{path}?async=true")).await?;
     let task: serde_json::Value = serde_json::from_slice(&body)?;
     let Some(task_id) = task["task_id"].as_str() else {
         println!("  resubmitted async, but no task id came back");
         return Ok(());
     };
     println!("  resubmitted async: task {task_id}; polling /tasks/{task_id}");
-    let polled = support::get(
-        addr,
-        &format!("/tasks/{task_id}"),
-        &[("authorization", KEY)],
-    )
-    .await?;
-    let body = polled.into_body().collect().await?.to_bytes();
+    let body = get_body(addr, &format!("/tasks/{task_id}")).await?;
     match serde_json::from_slice::<TaskFailure>(&body) {
         Ok(failure) => println!("  task failed: {}", ApiError::from(failure)),
         Err(_) => println!("  task status: {}", String::from_utf8_lossy(&body)),

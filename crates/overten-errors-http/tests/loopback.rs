@@ -188,6 +188,13 @@ fn advise(r: &Received, attempt: u32) -> Advice {
     )
 }
 
+/// The test server of this file on a free loopback port.
+async fn start() -> std::net::SocketAddr {
+    support::serve("127.0.0.1:0".parse().unwrap(), handler)
+        .await
+        .unwrap()
+}
+
 async fn within<F: std::future::Future>(f: F) -> F::Output {
     tokio::time::timeout(Duration::from_secs(30), f)
         .await
@@ -197,9 +204,7 @@ async fn within<F: std::future::Future>(f: F) -> F::Output {
 #[tokio::test]
 async fn every_error_crosses_the_wire_intact() {
     within(async {
-        let addr = support::serve("127.0.0.1:0".parse().unwrap(), handler)
-            .await
-            .unwrap();
+        let addr = start().await;
         for &code in ErrorCode::ALL {
             let (parts, received) = fetch(addr, &format!("/errors/{code}")).await;
             let h = &parts.headers;
@@ -270,9 +275,7 @@ async fn every_error_crosses_the_wire_intact() {
 #[tokio::test]
 async fn bodies_that_cannot_say_leave_it_to_the_status() {
     within(async {
-        let addr = support::serve("127.0.0.1:0".parse().unwrap(), handler)
-            .await
-            .unwrap();
+        let addr = start().await;
         let cases: &[(&str, u16, Check)] = &[
             ("/html", 502, |b| {
                 matches!(b, Some(BodyIssue::NotAnEnvelope(BodyError::Json { .. })))
@@ -321,9 +324,7 @@ async fn bodies_that_cannot_say_leave_it_to_the_status() {
 #[tokio::test]
 async fn unknown_codes_and_hard_headers() {
     within(async {
-        let addr = support::serve("127.0.0.1:0".parse().unwrap(), handler)
-            .await
-            .unwrap();
+        let addr = start().await;
 
         let (_, r) = fetch(addr, "/unknown").await;
         assert_eq!(r.error.code(), &Code::Unknown("quota_frozen".into()));
