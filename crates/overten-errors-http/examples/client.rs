@@ -89,8 +89,8 @@ async fn main() -> Result<(), BoxError> {
                 }
                 Advice::Retry { after, .. } => {
                     println!(
-                        "  giving up: would wait {} s, over --max-sleep",
-                        after.as_secs()
+                        "  giving up: would wait {:.1} s, over --max-sleep",
+                        after.as_secs_f64()
                     );
                     break;
                 }
