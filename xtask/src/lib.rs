@@ -1,6 +1,6 @@
 //! The docs generator behind `cargo xtask docs`.
 //!
-//! [`generate`] builds every generated file in memory from the crates' data; [`write`]
+//! [`generate`] builds every generated file in memory from the crates' data; [`write()`]
 //! puts them under `docs/` (and removes generated files that no longer are); [`check`]
 //! compares and names each stale file. Output is deterministic: sorted JSON keys, fixed
 //! inputs, `\n` line ends.

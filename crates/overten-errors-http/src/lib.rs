@@ -38,6 +38,9 @@
 //! ```
 #![forbid(unsafe_code)]
 
+#[cfg(doc)]
+use overten_errors::ApiError;
+
 mod client;
 mod names;
 mod server;
