@@ -345,7 +345,15 @@ pub enum Basis {
 }
 
 impl Basis {
-    /// A lowercase machine name.
+    /// Every basis.
+    pub const ALL: &'static [Basis] = &[
+        Basis::Backoff,
+        Basis::RetryAfter,
+        Basis::RateLimitReset,
+        Basis::WaitWindow,
+    ];
+
+    /// A lowercase machine name, the same as its serialized form.
     pub const fn as_str(self) -> &'static str {
         match self {
             Basis::Backoff => "backoff",

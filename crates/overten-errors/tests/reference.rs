@@ -369,6 +369,9 @@ fn serialized_names_match_as_str() {
         let rule = code.retry();
         assert_eq!(serde_json::to_value(rule).unwrap()["action"], rule.action());
     }
+    for &basis in overten_errors::Basis::ALL {
+        assert_eq!(serde_json::to_value(basis).unwrap(), basis.as_str());
+    }
     assert_eq!(
         serde_json::to_value(ErrorCode::ServiceUnavailable.retry()).unwrap(),
         serde_json::json!({"action": "wait", "min_seconds": 30, "max_seconds": 60})
