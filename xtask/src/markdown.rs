@@ -26,15 +26,16 @@ fn retry_parameters(rule: RetryRule, policy: &RetryPolicy) -> String {
     match rule.action() {
         "backoff" => format!(
             "{} ms × {}ⁿ, cap {} ms, jitter {}",
-            policy.initial_delay.as_millis(),
-            policy.multiplier,
-            policy.max_delay.as_millis(),
-            policy.jitter
+            policy.initial_delay().as_millis(),
+            policy.multiplier(),
+            policy.max_delay().as_millis(),
+            policy.jitter()
         ),
         "retry_after" => format!(
-            "Retry-After, else X-RateLimit-Reset, else backoff; waits {}–{} s honored",
-            policy.min_wait.as_secs(),
-            policy.max_wait.as_secs()
+            "Retry-After, else X-RateLimit-Reset (none remaining), else {} s; waits {}–{} s honored",
+            overten_errors::RATE_LIMIT_DEFAULT_WAIT_SECONDS,
+            policy.min_wait().as_secs(),
+            policy.max_wait().as_secs()
         ),
         // `RetryRule`'s Display carries a window's bounds ("wait 30–60 s").
         "wait" => format!("{rule}, unless Retry-After says otherwise"),
@@ -103,6 +104,7 @@ pub(crate) fn errors_md() -> String {
     out.push_str(
         "## Retrying\n\nWhat a client does with each code. `RetryPolicy::decide` in \
          `overten-errors` implements this table; `docs/catalog.json` has it as data.\n\n\
+         The decision, step by step in the order the code takes it, is `docs/retry.md`.\n\n\
          | Code | Status | Action | Parameters |\n|---|---|---|---|\n",
     );
     for &code in ErrorCode::ALL {
@@ -119,11 +121,14 @@ pub(crate) fn errors_md() -> String {
     out.push_str(
         "\nActions: `never`: do not retry, fix the request; `backoff`: exponential backoff with \
          jitter; `retry_after`: honor `Retry-After` (an HTTP-date or delta-seconds), else \
-         `X-RateLimit-Reset` when no requests remain, else back off; `wait`: wait a random time \
-         in the window, unless `Retry-After` says otherwise; `resubmit_async`: not a retry, \
-         resubmit with `async: true` and poll `/tasks/{id}`.\n\n\
-         ### Codes this version does not know\n\nA client keeps an unknown code as it was sent \
-         and decides by HTTP status; the first matching row wins.\n\n\
+         `X-RateLimit-Reset` when no requests remain, else wait the page's default; `wait`: wait \
+         a random time in the window, unless `Retry-After` says otherwise; \
+         `resubmit_async`: not a retry, resubmit with `async: true` and poll `/tasks/{id}`. \
+         A valid `Retry-After` is honoured on any retried error.\n\n\
+         ### When the status decides\n\nA client keeps an unknown code as it was sent \
+         and decides by HTTP status; so it does when the body carries no code, or a known code \
+         with another status than its own (the code is kept). The first matching row wins; for \
+         every code above, its status's row gives the code's own action.\n\n\
          | Statuses | Action | Why |\n|---|---|---|\n",
     );
     for r in FALLBACK {
@@ -144,15 +149,15 @@ pub(crate) fn errors_md() -> String {
         "\n### Defaults\n\n| Setting | Default |\n|---|---|\n\
          | initial delay | {} ms |\n| multiplier | {} |\n| maximum delay | {} ms |\n\
          | jitter | {} (delay drawn from [(1 − jitter)·d, d]) |\n| maximum attempts | {} |\n\
-         | shortest server-named wait | {} ms |\n| longest server-named wait (else stop) | {} ms |\n\
+         | shortest server-named wait | {} ms |\n| longest wait ever advised (else stop) | {} ms |\n\
          | retry budget | {} tokens, {} per retry, {} back per success |\n\n",
-        policy.initial_delay.as_millis(),
-        policy.multiplier,
-        policy.max_delay.as_millis(),
-        policy.jitter,
-        policy.max_attempts,
-        policy.min_wait.as_millis(),
-        policy.max_wait.as_millis(),
+        policy.initial_delay().as_millis(),
+        policy.multiplier(),
+        policy.max_delay().as_millis(),
+        policy.jitter(),
+        policy.max_attempts(),
+        policy.min_wait().as_millis(),
+        policy.max_wait().as_millis(),
         budget.capacity(),
         budget.retry_cost(),
         budget.success_refill(),

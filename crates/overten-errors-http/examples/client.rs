@@ -63,7 +63,7 @@ async fn main() -> Result<(), BoxError> {
         codes = ErrorCode::ALL.to_vec();
     }
     let policy = RetryPolicy::default();
-    let mut budget = RetryBudget::default();
+    let budget = RetryBudget::default();
     let seed = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));

@@ -40,7 +40,7 @@ fn client_hand(h: &HeaderMap) -> usize {
 
 #[inline(never)]
 fn body_ours() -> usize {
-    ErrorBody::parse(BODY).map_or(0, |b| b.message.len())
+    ErrorBody::parse(BODY).map_or(0, |b| b.message.map_or(0, |m| m.len()))
 }
 
 #[inline(never)]

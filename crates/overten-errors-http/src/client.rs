@@ -9,8 +9,8 @@ use http::{StatusCode, response};
 use http_body::Body;
 use http_body_util::{BodyExt, Limited};
 use overten_errors::{
-    Advice, ApiError, BodyError, Code, ErrorBody, RandomSource, RateLimit, RetryAfter,
-    RetryAfterError, RetryPolicy, status_info,
+    Advice, ApiError, BodyError, Code, ErrorBody, IdError, MAX_ID_BYTES, RandomSource, RateLimit,
+    RetryAfter, RetryAfterError, RetryPolicy, check_id, status_info,
 };
 
 use crate::names;
@@ -19,9 +19,10 @@ use crate::names;
 /// envelope is a few hundred bytes; anything near this size is not one.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
-/// The longest `X-Request-Id` kept: 256 bytes. Longer values are dropped, not truncated,
-/// since a truncated id would point at the wrong trace.
-pub const MAX_REQUEST_ID_BYTES: usize = 256;
+/// The longest `X-Request-Id` kept: the core's [`MAX_ID_BYTES`] (256), the same bound the
+/// server side writes under. Longer values are dropped, not truncated, since a truncated
+/// id would point at the wrong trace.
+pub const MAX_REQUEST_ID_BYTES: usize = MAX_ID_BYTES;
 
 /// What is wrong with one header.
 #[non_exhaustive]
@@ -30,7 +31,8 @@ pub enum HeaderError {
     /// The header was sent more than once with different values.
     #[error("sent more than once with different values")]
     Duplicate,
-    /// The value is not visible ASCII text.
+    /// The value is not visible ASCII text (for `X-Request-Id`: it holds a space, a
+    /// control character or non-ASCII text).
     #[error("not visible ASCII text")]
     NotText,
     /// The value is longer than this crate keeps.
@@ -67,6 +69,12 @@ pub enum BodyIssue {
 pub struct Diagnostics {
     /// Why the body did not give the code and message, if it did not.
     pub body: Option<BodyIssue>,
+    /// The body gave a code but no usable message (missing, `null`, not a string): the
+    /// code is kept and the message is the page's text for it.
+    pub message: Option<BodyError>,
+    /// A known code came with another status than its own (which this holds): the status
+    /// decided the retry rule, and the code was kept.
+    pub status_mismatch: Option<u16>,
     /// A malformed `Retry-After` (ignored for the decision, which then backs off).
     pub retry_after: Option<HeaderError>,
     /// A malformed `X-RateLimit-*` header: which one, and what is wrong.
@@ -147,21 +155,16 @@ fn classify_read(
     let mut diagnostics = Diagnostics::default();
     let status_u16 = status.as_u16();
     let mut error = match body.and_then(parse_body) {
-        Ok(parsed) => {
-            let mut err = ApiError::received(parsed.code, status_u16, parsed.message);
-            if let Some(id) = parsed.run_id {
-                err.set_run_id(id);
-            }
-            if let Some(id) = parsed.task_id {
-                err.set_task_id(id);
-            }
-            err
+        Ok(mut parsed) => {
+            diagnostics.message = parsed.message_issue.take();
+            ApiError::from_body(parsed, status_u16)
         }
         Err(issue) => {
             diagnostics.body = Some(issue);
             ApiError::received(Code::Missing, status_u16, status_message(status))
         }
     };
+    diagnostics.status_mismatch = error.status_mismatch();
     match request_id_header(headers) {
         Ok(Some(id)) => error.set_request_id(id),
         Ok(None) => {}
@@ -221,16 +224,26 @@ fn text(value: &HeaderValue) -> Result<&str, HeaderError> {
     value.to_str().map_err(|_| HeaderError::NotText)
 }
 
-/// Reads `X-Request-Id`: trimmed, at most [`MAX_REQUEST_ID_BYTES`], visible ASCII.
+/// Reads `X-Request-Id`: the value with the whitespace around it trimmed, under the core's
+/// one rule for ids ([`check_id`]: 1 to [`MAX_REQUEST_ID_BYTES`] bytes of visible ASCII),
+/// the rule the server side writes under. A blank value is no id.
 pub fn request_id_header(headers: &HeaderMap) -> Result<Option<String>, HeaderError> {
     let Some(value) = single(headers, &names::REQUEST_ID)? else {
         return Ok(None);
     };
-    if value.len() > MAX_REQUEST_ID_BYTES {
+    let trimmed = value.as_bytes().trim_ascii();
+    if trimmed.len() > MAX_REQUEST_ID_BYTES {
         return Err(HeaderError::TooLong);
     }
-    let id = text(value)?.trim();
-    Ok((!id.is_empty()).then(|| id.to_owned()))
+    let Ok(id) = std::str::from_utf8(trimmed) else {
+        return Err(HeaderError::NotText);
+    };
+    match check_id(id) {
+        Ok(id) => Ok(Some(id.to_owned())),
+        Err(IdError::Empty) => Ok(None),
+        Err(IdError::TooLong) => Err(HeaderError::TooLong),
+        Err(_) => Err(HeaderError::NotText),
+    }
 }
 
 /// Reads `Retry-After` in any RFC 9110 form (delta-seconds, IMF-fixdate, RFC 850, asctime).

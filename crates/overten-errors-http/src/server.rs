@@ -19,9 +19,14 @@ const JSON: HeaderValue = HeaderValue::from_static("application/json");
 /// - `X-Request-Id` when the error has one (a value that is not a valid header value is
 ///   left out rather than sent mangled);
 /// - `X-RateLimit-Limit`, `-Remaining`, `-Reset` when it has a rate-limit snapshot;
-/// - `Retry-After` where the code calls for it: a 429 always (the error's hint, or a whole
-///   rate-limit window, 60 s, when it has none), and a code with a wait window (503) when a
-///   delay is known. A delay is written as delta-seconds; a date as an IMF-fixdate.
+/// - `Retry-After` whenever the error carries one, whatever its code (a 503 with a code
+///   newer than this version included); and on a 429 always (a whole rate-limit window,
+///   60 s, when the error has none). A delay is written as delta-seconds; a date as an
+///   IMF-fixdate.
+///
+/// An error that carries no code (a response re-served after [`crate::classify`] found no
+/// envelope) is written with its status's canonical code
+/// ([`overten_errors::ErrorCode::canonical`]), never `"error":""`.
 ///
 /// The body type is anything built from a `Vec<u8>`: `Vec<u8>`, `Full<Bytes>`, axum's `Body`.
 /// In a hyper handler, nothing else is needed:
@@ -52,10 +57,10 @@ pub fn into_response<B: From<Vec<u8>>>(err: &ApiError) -> Response<B> {
     if let Some(rl) = err.rate_limit() {
         set_rate_limit_headers(headers, &rl);
     }
-    let retry_after = match (err.retry_rule().retry_after_header(), err.retry_after()) {
-        (HeaderUse::Always, None) => Some(RetryAfter::Seconds(RATE_LIMIT_WINDOW_SECONDS)),
-        (HeaderUse::Always | HeaderUse::WhenKnown, hint) => hint,
-        _ => None,
+    let retry_after = match (err.retry_after(), err.retry_rule().retry_after_header()) {
+        (Some(hint), _) => Some(hint),
+        (None, HeaderUse::Always) => Some(RetryAfter::Seconds(RATE_LIMIT_WINDOW_SECONDS)),
+        (None, HeaderUse::WhenKnown | HeaderUse::Never) => None,
     };
     if let Some(value) = retry_after {
         let value = match value {
@@ -123,9 +128,13 @@ fn format_integer(n: u64) -> HeaderValue {
     HeaderValue::from_str(buf.format(n)).unwrap_or(HeaderValue::from_static("0"))
 }
 
-/// Sets `X-Request-Id`. Returns `false`, and sets nothing, when `id` is not a valid header
-/// value (control characters, non-ASCII).
+/// Sets `X-Request-Id`. Returns `false`, and sets nothing, when `id` breaks the core's one
+/// rule for ids ([`overten_errors::check_id`]: 1 to 256 bytes of visible ASCII), which
+/// [`crate::request_id_header`] would drop on the client side.
 pub fn set_request_id(headers: &mut HeaderMap, id: &str) -> bool {
+    if overten_errors::check_id(id).is_err() {
+        return false;
+    }
     match HeaderValue::from_str(id) {
         Ok(value) => {
             headers.insert(names::REQUEST_ID.clone(), value);

@@ -289,9 +289,6 @@ async fn bodies_that_cannot_say_leave_it_to_the_status() {
             ("/not-utf8", 500, |b| {
                 matches!(b, Some(BodyIssue::NotAnEnvelope(BodyError::Json { .. })))
             }),
-            ("/deep", 500, |b| {
-                matches!(b, Some(BodyIssue::NotAnEnvelope(_)))
-            }),
             ("/huge", 500, |b| matches!(b, Some(BodyIssue::TooLarge))),
             ("/huge-chunked", 500, |b| {
                 matches!(b, Some(BodyIssue::TooLarge))
@@ -317,6 +314,19 @@ async fn bodies_that_cannot_say_leave_it_to_the_status() {
                 "{path}"
             );
         }
+        // A body that names a code keeps it, even when its message is 20 000 arrays deep:
+        // the message becomes the page's text for the code.
+        let (_, received) = fetch(addr, "/deep").await;
+        assert_eq!(received.diagnostics.body, None);
+        assert!(matches!(
+            received.diagnostics.message,
+            Some(BodyError::WrongType {
+                member: "message",
+                ..
+            })
+        ));
+        assert_eq!(received.error.code(), &ErrorCode::InternalError);
+        assert_eq!(received.error.message(), ErrorCode::InternalError.when());
     })
     .await;
 }
@@ -333,10 +343,11 @@ async fn unknown_codes_and_hard_headers() {
             ("Quota frozen", Some("req_new"))
         );
         assert_eq!(r.error.task_id(), Some("task_7"));
+        // A 503 waits in the window whatever its code.
         assert!(matches!(
             advise(&r, 1),
             Advice::Retry {
-                basis: Basis::Backoff,
+                basis: Basis::WaitWindow,
                 ..
             }
         ));
@@ -363,14 +374,15 @@ async fn unknown_codes_and_hard_headers() {
         );
         assert_eq!(r.diagnostics.request_id, Some(HeaderError::NotText));
         assert_eq!(r.error.request_id(), None);
-        // With every hint unusable, a 429 backs off rather than spinning or hanging.
-        assert!(matches!(
+        // With every hint unusable, a 429 waits the page's 30 s rather than spinning,
+        // hanging, or backing off for a second inside a per-minute window.
+        assert_eq!(
             advise(&r, 1),
             Advice::Retry {
-                basis: Basis::Backoff,
-                ..
+                after: Duration::from_secs(30),
+                basis: Basis::RateLimitDefault
             }
-        ));
+        );
 
         let (_, r) = fetch(addr, "/dup").await;
         assert_eq!(

@@ -3,14 +3,17 @@
 use std::time::Duration;
 
 use overten_errors::{
-    Category, ErrorCode, FALLBACK, RATE_LIMIT_WINDOW_SECONDS, RETENTION_DAYS, RetryBudget,
+    Category, ErrorCode, FALLBACK, MAX_ID_BYTES, MAX_MESSAGE_BYTES,
+    RATE_LIMIT_DEFAULT_WAIT_SECONDS, RATE_LIMIT_WINDOW_SECONDS, RETENTION_DAYS, RetryBudget,
     RetryPolicy, RetryRule, STATUSES, SYNC_TIMEOUT_SECONDS, StatusKind, Tier, headers,
 };
 use schemars::JsonSchema;
 use serde::Serialize;
 use serde_json::Value;
 
-/// Everything a client in another language needs to know about the error model.
+/// Everything a client in another language needs to know about the error model. Every
+/// duration is in milliseconds (members end in `_ms`), and every number is at most
+/// 2^53 − 1, exact in a JavaScript `Number`.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct Catalog {
     /// The version of `overten-errors` that wrote it.
@@ -120,10 +123,13 @@ pub struct BackoffDefaults {
     pub jitter: f64,
     /// Most attempts in all, the first included.
     pub max_attempts: u32,
-    /// Shortest wait when the server names one, in milliseconds.
+    /// Shortest wait when the server or the page names one, in milliseconds.
     pub min_wait_ms: u64,
-    /// Longest server-named wait a client honors before stopping, in milliseconds.
+    /// Longest wait ever advised; a longer server-named wait stops, in milliseconds.
     pub max_wait_ms: u64,
+    /// The wait after a 429 that names no usable wait (the page's sample client's
+    /// default), in milliseconds.
+    pub rate_limit_default_wait_ms: u64,
 }
 
 /// The default retry budget.
@@ -137,15 +143,21 @@ pub struct BudgetDefaults {
     pub success_refill: u32,
 }
 
-/// The page's other numbers.
+/// The page's other numbers, and the bounds both sides apply to text on the wire.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct Limits {
-    /// The sync ceiling: past it, 408 `sync_timeout_upgrade_async`.
-    pub sync_timeout_seconds: u64,
-    /// How long resources are kept before 410 `gone`.
-    pub retention_days: u64,
-    /// The rate-limit window.
-    pub rate_limit_window_seconds: u64,
+    /// The sync ceiling, in milliseconds: past it, 408 `sync_timeout_upgrade_async`.
+    pub sync_timeout_ms: u64,
+    /// How long resources are kept before 410 `gone`, in milliseconds (30 days).
+    pub retention_ms: u64,
+    /// The rate-limit window, in milliseconds.
+    pub rate_limit_window_ms: u64,
+    /// The longest public message written or kept, in bytes of UTF-8; longer ones are cut
+    /// and end with `…`.
+    pub max_message_bytes: u64,
+    /// The longest id (`X-Request-Id`, `run_id`, `task_id`) written or kept, in bytes; ids
+    /// are visible ASCII (`!` to `~`) only.
+    pub max_id_bytes: u64,
 }
 
 fn millis(d: Duration) -> u64 {
@@ -207,13 +219,14 @@ pub fn catalog() -> Catalog {
             otherwise: RetryRule::for_status(0),
         },
         backoff: BackoffDefaults {
-            initial_delay_ms: millis(policy.initial_delay),
-            multiplier: policy.multiplier,
-            max_delay_ms: millis(policy.max_delay),
-            jitter: policy.jitter,
-            max_attempts: policy.max_attempts,
-            min_wait_ms: millis(policy.min_wait),
-            max_wait_ms: millis(policy.max_wait),
+            initial_delay_ms: millis(policy.initial_delay()),
+            multiplier: policy.multiplier(),
+            max_delay_ms: millis(policy.max_delay()),
+            jitter: policy.jitter(),
+            max_attempts: policy.max_attempts(),
+            min_wait_ms: millis(policy.min_wait()),
+            max_wait_ms: millis(policy.max_wait()),
+            rate_limit_default_wait_ms: RATE_LIMIT_DEFAULT_WAIT_SECONDS * 1000,
         },
         retry_budget: BudgetDefaults {
             capacity: budget.capacity(),
@@ -221,9 +234,11 @@ pub fn catalog() -> Catalog {
             success_refill: budget.success_refill(),
         },
         limits: Limits {
-            sync_timeout_seconds: SYNC_TIMEOUT_SECONDS,
-            retention_days: RETENTION_DAYS,
-            rate_limit_window_seconds: RATE_LIMIT_WINDOW_SECONDS,
+            sync_timeout_ms: SYNC_TIMEOUT_SECONDS * 1000,
+            retention_ms: RETENTION_DAYS * 86_400_000,
+            rate_limit_window_ms: RATE_LIMIT_WINDOW_SECONDS * 1000,
+            max_message_bytes: MAX_MESSAGE_BYTES as u64,
+            max_id_bytes: MAX_ID_BYTES as u64,
         },
     }
 }

@@ -121,7 +121,7 @@ fn catalog_validates_against_its_schema() {
     assert_eq!(wait["code"], "service_unavailable");
     assert_eq!(
         wait["retry"],
-        json!({"action": "wait", "min_seconds": 30, "max_seconds": 60})
+        json!({"action": "wait", "min_ms": 30_000, "max_ms": 60_000})
     );
     // A catalog with a bad action is rejected by the schema.
     let mut bad = value.clone();

@@ -3,7 +3,7 @@
 use core::fmt;
 use core::str::FromStr;
 
-use crate::retry::RetryRule;
+use crate::rule::RetryRule;
 
 /// The five groups the reference page sorts its error codes into.
 #[non_exhaustive]
@@ -182,7 +182,7 @@ error_codes! {
         when: "LLM provider, storage, or rendering pipeline outage",
         fix: "Retry with exponential backoff";
     ServiceUnavailable = "service_unavailable", Runtime, 503,
-        RetryRule::Wait { min_seconds: 30, max_seconds: 60 },
+        crate::rule::UNAVAILABLE_WINDOW,
         when: "Worker pool saturated or scheduled maintenance window",
         fix: "Retry after 30–60 seconds";
     NotImplemented = "not_implemented", Runtime, 501, RetryRule::Never,
@@ -216,9 +216,29 @@ impl ErrorCode {
         self.spec().fix
     }
 
-    /// What a client should do on receiving this code.
+    /// What a client should do on receiving this code with its own status.
     pub const fn retry(self) -> RetryRule {
         self.spec().retry
+    }
+
+    /// The first code of the table (in page order) sent with `status`, if any:
+    /// 502 -> `upstream_error`, 400 -> `invalid_request`.
+    pub fn for_status(status: u16) -> Option<ErrorCode> {
+        ErrorCode::ALL
+            .iter()
+            .copied()
+            .find(|c| c.status() == status)
+    }
+
+    /// The code to write for an error that has none (re-serving a response whose body
+    /// carried no code): [`ErrorCode::for_status`], else `internal_error` for a 5xx or any
+    /// other status and `invalid_request` for a 4xx. Never an empty string.
+    pub fn canonical(status: u16) -> ErrorCode {
+        ErrorCode::for_status(status).unwrap_or(if (400..500).contains(&status) {
+            ErrorCode::InvalidRequest
+        } else {
+            ErrorCode::InternalError
+        })
     }
 }
 
@@ -265,10 +285,12 @@ pub enum Code {
 }
 
 impl Code {
-    /// Parses a wire string; an unknown one is kept (the only case that allocates).
+    /// Parses a wire string; an unknown one is kept (the only case that allocates). An
+    /// empty string is no code at all: [`Code::Missing`].
     pub fn parse(wire: &str) -> Code {
         match ErrorCode::from_wire(wire) {
             Some(code) => Code::Known(code),
+            None if wire.is_empty() => Code::Missing,
             None => Code::Unknown(wire.into()),
         }
     }
@@ -304,11 +326,12 @@ impl PartialEq<ErrorCode> for Code {
 }
 
 impl fmt::Display for Code {
-    /// The wire string; `(no code)` for [`Code::Missing`].
+    /// The wire string, control characters escaped; `(no code)` for [`Code::Missing`].
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Code::Missing => f.write_str("(no code)"),
-            other => f.write_str(other.as_str()),
+            Code::Known(code) => f.write_str(code.as_str()),
+            Code::Unknown(raw) => fmt::Display::fmt(&crate::text::LogSafe(raw), f),
         }
     }
 }

@@ -65,15 +65,20 @@ impl Serialize for Envelope<'_> {
 /// An envelope as read from a response body.
 ///
 /// Reading is tolerant where the page's forward-compatibility calls for it: a code this
-/// version does not know is kept as [`Code::Unknown`], unknown members are ignored, and
-/// `run_id` / `task_id` are kept when present as strings. It is strict where a body could
-/// not be an error envelope: see [`BodyError`].
+/// version does not know is kept as [`Code::Unknown`], unknown members are ignored,
+/// `run_id` / `task_id` are kept when present as strings, a UTF-8 byte order mark before
+/// the JSON is skipped (RFC 8259 section 8.1), and a body whose code is a string keeps it
+/// even when its `message` is missing, `null` or not a string ([`ErrorBody::message_issue`]
+/// says which). It is strict where a body could not be an error envelope: see
+/// [`BodyError`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ErrorBody {
-    /// The `error` member.
+    /// The `error` member: a known or unknown code, never [`Code::Missing`].
     pub code: Code,
-    /// The `message` member, unescaped.
-    pub message: String,
+    /// The `message` member, unescaped; `None` when it is missing or not a string.
+    pub message: Option<String>,
+    /// Why `message` is `None`: [`BodyError::Missing`] or [`BodyError::WrongType`].
+    pub message_issue: Option<BodyError>,
     /// The `run_id` member, when present.
     pub run_id: Option<String>,
     /// The `task_id` member, when present.
@@ -176,6 +181,7 @@ impl ErrorBody {
     /// # Ok::<(), BodyError>(())
     /// ```
     pub fn parse(bytes: &[u8]) -> Result<ErrorBody, BodyError> {
+        let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
         // Fast path: a well-formed envelope, read by a derived borrowed struct. Only an
         // object may take it (serde would read an array into a struct too); anything it
         // rejects goes to the tolerant reader, which names the problem.
@@ -185,12 +191,16 @@ impl ErrorBody {
                 if fast.success {
                     return Err(BodyError::NotAnError);
                 }
-                return Ok(ErrorBody {
-                    code: Code::parse(fast.error),
-                    message: fast.message.into_owned(),
-                    run_id: fast.run_id,
-                    task_id: fast.task_id,
-                });
+                let code = Code::parse(fast.error);
+                if code != Code::Missing {
+                    return Ok(ErrorBody {
+                        code,
+                        message: Some(fast.message.into_owned()),
+                        message_issue: None,
+                        run_id: fast.run_id,
+                        task_id: fast.task_id,
+                    });
+                }
             }
         }
         ErrorBody::parse_tolerant(bytes)
@@ -442,9 +452,20 @@ fn shape(
     if required(success, "success", JsonType::Bool)? {
         return Err(BodyError::NotAnError);
     }
+    let code = required(error, "error", JsonType::String)?;
+    if code == Code::Missing {
+        // `"error": ""` names no code.
+        return Err(BodyError::Missing("error"));
+    }
+    // A code that is there is kept, whatever became of the message.
+    let (message, message_issue) = match required(message, "message", JsonType::String) {
+        Ok(m) => (Some(m), None),
+        Err(issue) => (None, Some(issue)),
+    };
     Ok(ErrorBody {
-        code: required(error, "error", JsonType::String)?,
-        message: required(message, "message", JsonType::String)?,
+        code,
+        message,
+        message_issue,
         // Ids of the wrong type are dropped: they are for support tickets, not decisions.
         run_id: run_id.and_then(Result::ok),
         task_id: task_id.and_then(Result::ok),
@@ -522,8 +543,8 @@ mod tests {
                 BodyError::Missing("error"),
             ),
             (
-                br#"{"success":false,"error":"gone"}"#,
-                BodyError::Missing("message"),
+                br#"{"success":false,"error":"","message":"m"}"#,
+                BodyError::Missing("error"),
             ),
             (
                 br#"{"success":"false","error":"gone","message":"m"}"#,
@@ -542,14 +563,6 @@ mod tests {
                 },
             ),
             (
-                br#"{"success":false,"error":"gone","message":{"a":1}}"#,
-                BodyError::WrongType {
-                    member: "message",
-                    expected: JsonType::String,
-                    found: JsonType::Object,
-                },
-            ),
-            (
                 br#"{"success":false,"error":"gone","error":"not_found","message":"m"}"#,
                 BodyError::Duplicate("error"),
             ),
@@ -562,6 +575,57 @@ mod tests {
                 String::from_utf8_lossy(body)
             );
         }
+    }
+
+    #[test]
+    fn a_code_is_kept_whatever_became_of_the_message() {
+        let cases: &[(&[u8], BodyError)] = &[
+            (
+                br#"{"success":false,"error":"gone"}"#,
+                BodyError::Missing("message"),
+            ),
+            (
+                br#"{"success":false,"error":"gone","message":null}"#,
+                BodyError::WrongType {
+                    member: "message",
+                    expected: JsonType::String,
+                    found: JsonType::Null,
+                },
+            ),
+            (
+                br#"{"success":false,"error":"gone","message":{"a":1}}"#,
+                BodyError::WrongType {
+                    member: "message",
+                    expected: JsonType::String,
+                    found: JsonType::Object,
+                },
+            ),
+            (
+                br#"{"success":false,"error":"gone","message":7}"#,
+                BodyError::WrongType {
+                    member: "message",
+                    expected: JsonType::String,
+                    found: JsonType::Number,
+                },
+            ),
+        ];
+        for (body, issue) in cases {
+            let parsed = ErrorBody::parse(body).unwrap();
+            assert_eq!(parsed.code, ErrorCode::Gone);
+            assert_eq!(parsed.message, None);
+            assert_eq!(parsed.message_issue.as_ref(), Some(issue));
+        }
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_skipped() {
+        let body = b"\xEF\xBB\xBF{\"success\":false,\"error\":\"gone\",\"message\":\"m\"}";
+        let parsed = ErrorBody::parse(body).unwrap();
+        assert_eq!(parsed.code, ErrorCode::Gone);
+        assert_eq!(parsed.message.as_deref(), Some("m"));
+        // Only one, and only at the start.
+        assert!(ErrorBody::parse(b"\xEF\xBB\xBF\xEF\xBB\xBF{}").is_err());
+        assert_eq!(ErrorBody::parse(b"\xEF\xBB\xBF"), Err(BodyError::Empty));
     }
 
     #[test]
@@ -587,13 +651,16 @@ mod tests {
             "[".repeat(100_000),
             "]".repeat(100_000)
         );
-        assert!(matches!(
-            ErrorBody::parse(deep.as_bytes()),
-            Err(BodyError::WrongType {
-                member: "message",
-                ..
-            } | BodyError::Json { .. })
-        ));
+        match ErrorBody::parse(deep.as_bytes()) {
+            Ok(body) => assert!(matches!(
+                body.message_issue,
+                Some(BodyError::WrongType {
+                    member: "message",
+                    ..
+                })
+            )),
+            Err(e) => assert!(matches!(e, BodyError::Json { .. }), "{e:?}"),
+        }
         let unclosed = "{\"a\":".repeat(100_000);
         assert!(matches!(
             ErrorBody::parse(unclosed.as_bytes()),
@@ -606,7 +673,7 @@ mod tests {
         let body = br#"{"success":false,"error":"invalid_request","message":"bad \"fmt\" \u00e9\n\ud83d\ude00"}"#;
         let parsed = ErrorBody::parse(body).unwrap();
         assert_eq!(parsed.code, ErrorCode::InvalidRequest);
-        assert_eq!(parsed.message, "bad \"fmt\" é\n😀");
+        assert_eq!(parsed.message.as_deref(), Some("bad \"fmt\" é\n😀"));
         let body = br#"{"succ\u0065ss":false,"error":"g\u006fne","message":""}"#;
         assert_eq!(ErrorBody::parse(body).unwrap().code, ErrorCode::Gone);
     }

@@ -4,9 +4,11 @@ use core::fmt;
 use std::borrow::Cow;
 
 use crate::code::{Code, ErrorCode};
-use crate::envelope::Envelope;
+use crate::envelope::{Envelope, ErrorBody};
+use crate::hints::{RateLimit, RetryAfter};
 use crate::pointer::{self, JsonPointer};
-use crate::retry::{RateLimit, RetryAfter, RetryRule};
+use crate::rule::RetryRule;
+use crate::text::{self, LogSafe};
 
 type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
 
@@ -17,6 +19,11 @@ type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// A server may attach an internal cause with [`ApiError::with_cause`]: it is reachable
 /// through [`std::error::Error::source`] and `Debug` for logs, and never appears in
 /// `Display` or in the serialized body.
+///
+/// Both sides apply the same bounds ([`crate::MAX_MESSAGE_BYTES`], [`crate::check_id`]):
+/// a message is cut to the bound when the error is built, and an id that breaks the rule
+/// is not kept, so a server never writes what its own client would drop. `Display` is one
+/// log-safe line: control characters in the message or an unknown code are escaped.
 ///
 /// ```
 /// use overten_errors::{ApiError, ErrorCode};
@@ -33,6 +40,7 @@ type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
 #[derive(Debug, thiserror::Error)]
 #[error(
     "{code} ({status}): {message}{ids}",
+    message = LogSafe(.message),
     ids = TicketIds([
         ("request id", .request_id.as_deref()),
         ("run id", .run_id.as_deref()),
@@ -62,7 +70,7 @@ impl fmt::Display for TicketIds<'_> {
         for (label, value) in self.0 {
             if let Some(value) = value {
                 f.write_str(if first { " [" } else { ", " })?;
-                write!(f, "{label}: {value}")?;
+                write!(f, "{label}: {}", LogSafe(value))?;
                 first = false;
             }
         }
@@ -79,12 +87,13 @@ impl ApiError {
         ApiError::received(Code::Known(code), code.status(), message)
     }
 
-    /// An error as a client received it: any code, the status it came with, the message.
+    /// An error as a client received it: any code, the status it came with, the message
+    /// (cut to [`crate::MAX_MESSAGE_BYTES`]).
     pub fn received(code: Code, status: u16, message: impl Into<Cow<'static, str>>) -> ApiError {
         ApiError {
             code,
             status,
-            message: message.into(),
+            message: text::bound_message(message.into()),
             request_id: None,
             run_id: None,
             task_id: None,
@@ -92,6 +101,35 @@ impl ApiError {
             retry_after: None,
             cause: None,
         }
+    }
+
+    /// The error this body describes, as received with `status`: its code and ids, and its
+    /// message, or when it had none the page's text for the code (its "when it occurs"),
+    /// else the page's scenario for the status.
+    ///
+    /// ```
+    /// use overten_errors::{ApiError, ErrorBody, ErrorCode};
+    /// let body = ErrorBody::parse(br#"{"success":false,"error":"upstream_error","message":null,"run_id":"run_1"}"#)?;
+    /// let err = ApiError::from_body(body, 502);
+    /// assert_eq!(err.code(), &ErrorCode::UpstreamError);
+    /// assert_eq!(err.message(), ErrorCode::UpstreamError.when());
+    /// assert_eq!(err.run_id(), Some("run_1"));
+    /// # Ok::<(), overten_errors::BodyError>(())
+    /// ```
+    pub fn from_body(body: ErrorBody, status: u16) -> ApiError {
+        let message: Cow<'static, str> = match (body.message, body.code.known()) {
+            (Some(m), _) => Cow::Owned(m),
+            (None, Some(code)) => Cow::Borrowed(code.when()),
+            (None, None) => crate::status::fallback_message(status),
+        };
+        let mut err = ApiError::received(body.code, status, message);
+        if let Some(id) = body.run_id {
+            err.set_run_id(id);
+        }
+        if let Some(id) = body.task_id {
+            err.set_task_id(id);
+        }
+        err
     }
 
     /// A 500 `internal_error` whose public message is the page's generic text and whose
@@ -158,19 +196,20 @@ impl ApiError {
         self
     }
 
-    /// Sets the `X-Request-Id` value in place.
+    /// Sets the `X-Request-Id` value in place; an id that breaks [`crate::check_id`]'s
+    /// rule clears it instead (it would be dropped by every reader).
     pub fn set_request_id(&mut self, id: impl Into<String>) {
-        self.request_id = Some(id.into());
+        self.request_id = valid_id(id.into());
     }
 
-    /// Sets the `run_id` in place.
+    /// Sets the `run_id` in place (cleared by an id that breaks [`crate::check_id`]'s rule).
     pub fn set_run_id(&mut self, id: impl Into<String>) {
-        self.run_id = Some(id.into());
+        self.run_id = valid_id(id.into());
     }
 
-    /// Sets the `task_id` in place.
+    /// Sets the `task_id` in place (cleared by an id that breaks [`crate::check_id`]'s rule).
     pub fn set_task_id(&mut self, id: impl Into<String>) {
-        self.task_id = Some(id.into());
+        self.task_id = valid_id(id.into());
     }
 
     /// Sets the rate-limit snapshot in place.
@@ -223,11 +262,36 @@ impl ApiError {
         self.retry_after
     }
 
-    /// The retry rule: the code's row, or for an unknown code the page's status rule.
+    /// The retry rule: the code's row when the code is known and came with its own status;
+    /// otherwise (an unknown code, no code, or a status the code is not sent with) the
+    /// page's rule for the status, [`RetryRule::for_status`].
     pub fn retry_rule(&self) -> RetryRule {
+        self.deciding_rule().0
+    }
+
+    /// The rule, and the code whose row gave it (none when the status decided).
+    pub(crate) fn deciding_rule(&self) -> (RetryRule, Option<ErrorCode>) {
         match self.code.known() {
-            Some(code) => code.retry(),
-            None => RetryRule::for_status(self.status),
+            Some(code) if code.status() == self.status => (code.retry(), Some(code)),
+            _ => (RetryRule::for_status(self.status), None),
+        }
+    }
+
+    /// The code's own status when a known code came with another one (a proxy, or a
+    /// misbehaving server: a 500 carrying `not_found`). The status then decides.
+    pub fn status_mismatch(&self) -> Option<u16> {
+        self.code
+            .known()
+            .map(ErrorCode::status)
+            .filter(|&own| own != self.status)
+    }
+
+    /// The wire code this error is written with: its own, or for an error that carries no
+    /// code, the status's canonical one ([`ErrorCode::canonical`]); never empty.
+    pub fn wire_code(&self) -> &str {
+        match &self.code {
+            Code::Missing => ErrorCode::canonical(self.status).as_str(),
+            other => other.as_str(),
         }
     }
 
@@ -238,13 +302,17 @@ impl ApiError {
 
     /// The wire envelope of this error: code and public message, nothing else.
     pub fn envelope(&self) -> Envelope<'_> {
-        Envelope::new(self.code.as_str(), &self.message)
+        Envelope::new(self.wire_code(), &self.message)
     }
 
     /// The envelope as JSON bytes.
     pub fn to_json(&self) -> Vec<u8> {
         self.envelope().to_json()
     }
+}
+
+fn valid_id(id: String) -> Option<String> {
+    text::check_id(&id).is_ok().then_some(id)
 }
 
 impl From<ErrorCode> for ApiError {
@@ -296,8 +364,11 @@ mod tests {
 
     #[test]
     fn unknown_codes_use_the_status_rule() {
-        let err = ApiError::received(Code::parse("quota_frozen"), 503, "x");
+        let err = ApiError::received(Code::parse("quota_frozen"), 502, "x");
         assert_eq!(err.retry_rule(), RetryRule::Backoff);
+        // Any 503 waits in the window, whatever its code.
+        let err = ApiError::received(Code::parse("quota_frozen"), 503, "x");
+        assert_eq!(err.retry_rule(), ErrorCode::ServiceUnavailable.retry());
         let err = ApiError::received(Code::parse("quota_frozen"), 501, "x");
         assert_eq!(err.retry_rule(), RetryRule::Never);
         let err = ApiError::received(Code::parse("quota_frozen"), 418, "x");

@@ -17,7 +17,9 @@
 //!   [`TaskFailure`];
 //! - the error type [`ApiError`], whose public message never carries an internal cause;
 //! - retry policy as data ([`RetryRule`], [`FALLBACK`], [`RetryPolicy`]) and one pure
-//!   decision function, [`RetryPolicy::decide`], plus a [`RetryBudget`].
+//!   decision function, [`RetryPolicy::decide`] (its steps are [`Step::ALL`], written out
+//!   in `docs/retry.md`), plus a [`RetryBudget`] shared through `&self`;
+//! - the bounds both sides apply to text on the wire: [`check_id`], [`MAX_MESSAGE_BYTES`].
 //!
 //! It does not do IO, read clocks or environment variables, or depend on `http`: statuses
 //! are `u16`, "now" and randomness are arguments. `overten-errors-http` converts to and from
@@ -44,7 +46,7 @@
 //! use overten_errors::{Advice, ApiError, ErrorBody, RetryPolicy, SplitMix64};
 //!
 //! let body = ErrorBody::parse(br#"{"success":false,"error":"upstream_error","message":"Provider outage"}"#)?;
-//! let err = ApiError::received(body.code, 502, body.message);
+//! let err = ApiError::from_body(body, 502);
 //! let advice = RetryPolicy::default().decide(&err, 1, SystemTime::now(), &mut SplitMix64::new(1));
 //! assert!(matches!(advice, Advice::Retry { .. }));
 //! # Ok::<(), overten_errors::BodyError>(())
@@ -54,23 +56,29 @@
 mod code;
 mod envelope;
 mod error;
+mod hints;
 mod limits;
 mod pointer;
 mod retry;
+mod rule;
 mod status;
 mod task;
+mod text;
 
 pub use code::{Category, Code, CodeSpec, ErrorCode, ParseCodeError};
 pub use envelope::{BodyError, Envelope, ErrorBody, JsonType};
 pub use error::ApiError;
+pub use hints::{RateLimit, RetryAfter, RetryAfterError};
 pub use limits::{
-    HeaderSpec, ParseTierError, RATE_LIMIT_WINDOW_SECONDS, RETENTION_DAYS, SYNC_TIMEOUT_SECONDS,
-    Tier, headers,
+    HeaderSpec, ParseTierError, RATE_LIMIT_DEFAULT_WAIT_SECONDS, RATE_LIMIT_WINDOW_SECONDS,
+    RETENTION_DAYS, SYNC_TIMEOUT_SECONDS, Tier, headers,
 };
 pub use pointer::{JsonPointer, PointerError};
 pub use retry::{
-    Advice, Basis, FALLBACK, FallbackRule, HeaderUse, RandomSource, RateLimit, RetryAfter,
-    RetryAfterError, RetryBudget, RetryPolicy, RetryRule, SplitMix64, StopReason,
+    Advice, Basis, Decision, MAX_SAFE_INTEGER, PolicyError, RandomSource, RetryBudget, RetryPolicy,
+    RetryPolicyBuilder, SplitMix64, Step, StopReason,
 };
+pub use rule::{FALLBACK, FallbackRule, HeaderUse, RetryRule};
 pub use status::{STATUSES, StatusInfo, StatusKind, status_info};
 pub use task::{Failed, TaskError, TaskFailure, UNKNOWN_TASK_CODE_STATUS};
+pub use text::{IdError, MAX_ID_BYTES, MAX_MESSAGE_BYTES, check_id};

@@ -9,6 +9,11 @@ pub const SYNC_TIMEOUT_SECONDS: u64 = 300;
 /// How long a resource is kept before it answers 410 `gone`.
 pub const RETENTION_DAYS: u64 = 30;
 
+/// How long a client waits after a 429 that names no usable wait (no valid `Retry-After`,
+/// and no `X-RateLimit-Reset` with nothing remaining): the page's own sample client reads
+/// `int(resp.headers.get("Retry-After", "30"))`.
+pub const RATE_LIMIT_DEFAULT_WAIT_SECONDS: u64 = 30;
+
 /// Rate limits are counted over windows of this many seconds (per key, per minute).
 pub const RATE_LIMIT_WINDOW_SECONDS: u64 = 60;
 

@@ -1,236 +1,22 @@
 //! Retry policy as data, and one pure decision function.
 //!
 //! [`RetryPolicy::decide`] never reads a clock or an entropy source: "now" and a
-//! [`RandomSource`] are arguments, so every decision can be reproduced in a test.
+//! [`RandomSource`] are arguments, so every decision can be reproduced in a test. The
+//! decision's steps, in the order the code takes them, are [`Step::ALL`]; `docs/retry.md`
+//! (written by `cargo xtask docs`) describes each with the default numbers.
 
 use core::fmt;
+use core::sync::atomic::{AtomicU32, Ordering};
 use core::time::Duration;
 use std::time::SystemTime;
 
 use crate::error::ApiError;
+use crate::rule::{FallbackRule, NOT_AN_ERROR, RetryRule};
 
-/// What a client should do with an error, per code.
-///
-/// Serialized as the catalog writes it: `{"action": "wait", "min_seconds": 30,
-/// "max_seconds": 60}`, the action being [`RetryRule::action`].
-#[non_exhaustive]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(tag = "action", rename_all = "snake_case")]
-#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
-pub enum RetryRule {
-    /// Do not retry: the request has to change first.
-    Never,
-    /// Retry with exponential backoff and jitter.
-    Backoff,
-    /// Honor `Retry-After` (or `X-RateLimit-Reset`); back off when neither is sent.
-    RetryAfter,
-    /// Wait somewhere in a window before retrying; a `Retry-After` that is sent wins.
-    Wait {
-        /// Shortest wait, in seconds.
-        min_seconds: u64,
-        /// Longest wait, in seconds.
-        max_seconds: u64,
-    },
-    /// Not a retry: resubmit the same work with `async: true` and poll `/tasks/{id}`.
-    ResubmitAsync,
-}
-
-impl RetryRule {
-    /// The rule's machine name, as in the catalog's `retry.action`.
-    pub const fn action(self) -> &'static str {
-        match self {
-            RetryRule::Never => "never",
-            RetryRule::Backoff => "backoff",
-            RetryRule::RetryAfter => "retry_after",
-            RetryRule::Wait { .. } => "wait",
-            RetryRule::ResubmitAsync => "resubmit_async",
-        }
-    }
-
-    /// Whether a response with this rule carries `Retry-After`.
-    pub const fn retry_after_header(self) -> HeaderUse {
-        match self {
-            RetryRule::RetryAfter => HeaderUse::Always,
-            RetryRule::Wait { .. } => HeaderUse::WhenKnown,
-            RetryRule::Never | RetryRule::Backoff | RetryRule::ResubmitAsync => HeaderUse::Never,
-        }
-    }
-
-    /// The rule for a code this version does not know, from its HTTP status alone.
-    ///
-    /// The first row of [`FALLBACK`] whose range holds the status wins; a status in none of
-    /// them (1xx, 2xx, 3xx, nonsense) is [`RetryRule::Never`].
-    pub fn for_status(status: u16) -> RetryRule {
-        FallbackRule::find(status).map_or(RetryRule::Never, |r| r.rule)
-    }
-}
-
-impl fmt::Display for RetryRule {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            RetryRule::Wait {
-                min_seconds,
-                max_seconds,
-            } => write!(f, "wait {min_seconds}–{max_seconds} s"),
-            other => f.write_str(other.action()),
-        }
-    }
-}
-
-/// Whether a response sends a header. Closed: every header is sent always, sometimes or
-/// never.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum HeaderUse {
-    /// On every such response.
-    Always,
-    /// When the server knows a value (a 503 with a known end of maintenance).
-    WhenKnown,
-    /// Never.
-    Never,
-}
-
-/// One row of the page's general rule, used for codes this version does not know.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FallbackRule {
-    /// First status the row covers.
-    pub from: u16,
-    /// Last status the row covers (inclusive).
-    pub to: u16,
-    /// What to do.
-    pub rule: RetryRule,
-    /// Why, in one line.
-    pub why: &'static str,
-}
-
-impl FallbackRule {
-    /// The first row that covers `status`.
-    pub fn find(status: u16) -> Option<&'static FallbackRule> {
-        FALLBACK.iter().find(|r| (r.from..=r.to).contains(&status))
-    }
-}
-
-/// The reference page's general rule, "5xx transient, 4xx permanent except 408 and 429",
-/// with 501 made permanent as the page's `not_implemented` row says. First match wins.
-pub const FALLBACK: &[FallbackRule] = &[
-    FallbackRule {
-        from: 408,
-        to: 408,
-        rule: RetryRule::ResubmitAsync,
-        why: "408 means the sync ceiling was hit: resubmit with async: true",
-    },
-    FallbackRule {
-        from: 429,
-        to: 429,
-        rule: RetryRule::RetryAfter,
-        why: "429 means rate limited: honor Retry-After",
-    },
-    FallbackRule {
-        from: 501,
-        to: 501,
-        rule: RetryRule::Never,
-        why: "501 means the feature is not available here: retrying will not help",
-    },
-    FallbackRule {
-        from: 500,
-        to: 599,
-        rule: RetryRule::Backoff,
-        why: "5xx is transient: retry with exponential backoff",
-    },
-    FallbackRule {
-        from: 400,
-        to: 499,
-        rule: RetryRule::Never,
-        why: "4xx is permanent: retrying without changing the request will not help",
-    },
-];
-
-const NOT_AN_ERROR: &str = "the status is not an error status: nothing to retry";
-
-/// A `Retry-After` value, in either RFC 9110 form.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RetryAfter {
-    /// `delta-seconds`. Values past `u64::MAX` saturate.
-    Seconds(u64),
-    /// An HTTP-date (IMF-fixdate, obsolete RFC 850 or asctime form).
-    At(SystemTime),
-}
-
-/// Why a `Retry-After` value could not be read.
-#[non_exhaustive]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum RetryAfterError {
-    /// The value is empty or only whitespace.
-    #[error("Retry-After is empty")]
-    Empty,
-    /// The value is a negative number, which RFC 9110 does not allow.
-    #[error("Retry-After is negative")]
-    Negative,
-    /// The value is neither delta-seconds nor an HTTP-date.
-    #[error("Retry-After is neither delta-seconds nor an HTTP-date")]
-    Invalid,
-}
-
-impl RetryAfter {
-    /// Parses a header value: delta-seconds, or an HTTP-date in any of the three forms.
-    ///
-    /// ```
-    /// use overten_errors::RetryAfter;
-    /// assert_eq!(RetryAfter::parse("42"), Ok(RetryAfter::Seconds(42)));
-    /// assert!(matches!(RetryAfter::parse("Sun, 06 Nov 1994 08:49:37 GMT"), Ok(RetryAfter::At(_))));
-    /// assert!(RetryAfter::parse("-1").is_err());
-    /// ```
-    pub fn parse(value: &str) -> Result<RetryAfter, RetryAfterError> {
-        let value = value.trim_matches(|c| c == ' ' || c == '\t');
-        if value.is_empty() {
-            return Err(RetryAfterError::Empty);
-        }
-        let bytes = value.as_bytes();
-        if bytes.iter().all(u8::is_ascii_digit) {
-            let mut secs: u64 = 0;
-            for &b in bytes {
-                secs = secs.saturating_mul(10).saturating_add(u64::from(b - b'0'));
-            }
-            return Ok(RetryAfter::Seconds(secs));
-        }
-        if let Some(rest) = value.strip_prefix('-') {
-            if !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(RetryAfterError::Negative);
-            }
-        }
-        httpdate::parse_http_date(value)
-            .map(RetryAfter::At)
-            .map_err(|_| RetryAfterError::Invalid)
-    }
-
-    /// How long from `now` this value asks to wait; a date in the past is zero.
-    pub fn delay_from(self, now: SystemTime) -> Duration {
-        match self {
-            RetryAfter::Seconds(s) => Duration::from_secs(s),
-            RetryAfter::At(at) => at.duration_since(now).unwrap_or(Duration::ZERO),
-        }
-    }
-}
-
-/// The rate-limit headers of one response.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct RateLimit {
-    /// `X-RateLimit-Limit`: requests allowed per minute.
-    pub limit: u32,
-    /// `X-RateLimit-Remaining`: requests left in this window.
-    pub remaining: u32,
-    /// `X-RateLimit-Reset`: when the window resets, in Unix seconds (UTC).
-    pub reset: u64,
-}
-
-impl RateLimit {
-    /// How long from `now` until the window resets; zero if it has already.
-    pub fn reset_in(&self, now: SystemTime) -> Duration {
-        let reset = SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(self.reset));
-        reset
-            .and_then(|r| r.duration_since(now).ok())
-            .unwrap_or(Duration::ZERO)
-    }
-}
+/// The largest integer a JavaScript `Number` (an IEEE 754 double) holds exactly:
+/// 2^53 − 1. Every duration this crate serializes is capped here, so that SDKs in any
+/// language read it exactly; a capped value means "this many milliseconds or more".
+pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
 
 /// A source of uniformly distributed random bits, passed to [`RetryPolicy::decide`].
 ///
@@ -247,11 +33,14 @@ impl<F: FnMut() -> u64> RandomSource for F {
 }
 
 /// SplitMix64: a tiny, fast, seeded generator, good enough for jitter (not for secrets).
+///
+/// Seed it differently in every process (a clock, a process id, an OS random value): two
+/// clients with the same seed jitter in lockstep.
 #[derive(Debug, Clone)]
 pub struct SplitMix64(u64);
 
 impl SplitMix64 {
-    /// A generator starting from `seed`; the caller picks the seed (a clock, a counter).
+    /// A generator starting from `seed`; the caller picks the seed.
     pub const fn new(seed: u64) -> SplitMix64 {
         SplitMix64(seed)
     }
@@ -267,12 +56,17 @@ impl RandomSource for SplitMix64 {
     }
 }
 
-/// Serializes a duration as whole milliseconds (saturating).
-fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+/// Whole milliseconds of `d`, saturating at `u64::MAX`.
+pub(crate) fn whole_millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// A number in `[0, 1)` from 53 random bits.
+/// Serializes a duration as whole milliseconds, capped at [`MAX_SAFE_INTEGER`].
+fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(whole_millis(*d).min(MAX_SAFE_INTEGER))
+}
+
+/// `u = (bits >> 11) / 2^53`: a number in `[0, 1)` from the top 53 of 64 random bits.
 #[allow(
     clippy::cast_precision_loss,
     reason = "53-bit integers convert to f64 exactly"
@@ -281,31 +75,21 @@ fn unit<R: RandomSource + ?Sized>(rng: &mut R) -> f64 {
     (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
 }
 
-/// The knobs of the retry decision. Every field is public; [`RetryPolicy::default`] documents
-/// where each default comes from.
+/// The knobs of the retry decision, valid by construction: build one with
+/// [`RetryPolicy::builder`] (or take [`RetryPolicy::default`]); no field can be set
+/// without the checks of [`RetryPolicyBuilder::build`]. Durations are whole milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RetryPolicy {
-    /// The first backoff delay (before jitter).
-    pub initial_delay: Duration,
-    /// How much each backoff delay grows over the one before it. Values below 1 or not
-    /// finite count as 1.
-    pub multiplier: f64,
-    /// The longest backoff delay (before jitter).
-    pub max_delay: Duration,
-    /// The share of each backoff delay that is random, from 0 (none) to 1 ("full jitter").
-    /// The delay is drawn uniformly from `[(1 - jitter) * d, d]`.
-    pub jitter: f64,
-    /// The most attempts in all, the first included. Once `attempt` reaches it, stop.
-    pub max_attempts: u32,
-    /// The shortest wait when the server names one (`Retry-After: 0`, a date in the past,
-    /// a reset already passed): never retry in a hot loop.
-    pub min_wait: Duration,
-    /// The longest wait a client honors. A server asking for more gets
-    /// [`StopReason::WaitTooLong`] rather than a client that hangs.
-    pub max_wait: Duration,
+    initial_delay_ms: u64,
+    multiplier: f64,
+    max_delay_ms: u64,
+    jitter: f64,
+    max_attempts: u32,
+    min_wait_ms: u64,
+    max_wait_ms: u64,
 }
 
-impl Default for RetryPolicy {
+impl RetryPolicy {
     /// The defaults, and where they come from:
     ///
     /// - `initial_delay` 1 s, `multiplier` 2, `max_delay` 32 s: the truncated exponential
@@ -316,17 +100,195 @@ impl Default for RetryPolicy {
     /// - `max_attempts` 5: gRPC's retry policy caps `maxAttempts` at 5.
     /// - `min_wait` 1 s: the smallest whole delta-seconds above zero.
     /// - `max_wait` 300 s: the API's own sync ceiling; a wait longer than that is an outage.
-    fn default() -> Self {
-        RetryPolicy {
-            initial_delay: Duration::from_secs(1),
-            multiplier: 2.0,
-            max_delay: Duration::from_secs(32),
-            jitter: 0.5,
-            max_attempts: 5,
-            min_wait: Duration::from_secs(1),
-            max_wait: Duration::from_secs(crate::SYNC_TIMEOUT_SECONDS),
-        }
+    pub const DEFAULT: RetryPolicy = RetryPolicy {
+        initial_delay_ms: 1_000,
+        multiplier: 2.0,
+        max_delay_ms: 32_000,
+        jitter: 0.5,
+        max_attempts: 5,
+        min_wait_ms: 1_000,
+        max_wait_ms: crate::SYNC_TIMEOUT_SECONDS * 1000,
+    };
+
+    /// A builder starting from [`RetryPolicy::DEFAULT`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use overten_errors::{PolicyError, RetryPolicy};
+    /// let policy = RetryPolicy::builder().max_attempts(3).max_wait(Duration::from_secs(60)).build()?;
+    /// assert_eq!(policy.max_attempts(), 3);
+    /// assert_eq!(RetryPolicy::builder().jitter(f64::NAN).build(), Err(PolicyError::Jitter));
+    /// # Ok::<(), PolicyError>(())
+    /// ```
+    pub const fn builder() -> RetryPolicyBuilder {
+        RetryPolicyBuilder(RetryPolicy::DEFAULT)
     }
+
+    /// A builder starting from this policy.
+    pub const fn to_builder(self) -> RetryPolicyBuilder {
+        RetryPolicyBuilder(self)
+    }
+
+    /// The first backoff delay (before jitter).
+    pub const fn initial_delay(&self) -> Duration {
+        Duration::from_millis(self.initial_delay_ms)
+    }
+
+    /// How much each backoff delay grows over the one before it (at least 1).
+    pub const fn multiplier(&self) -> f64 {
+        self.multiplier
+    }
+
+    /// The longest backoff delay (before jitter).
+    pub const fn max_delay(&self) -> Duration {
+        Duration::from_millis(self.max_delay_ms)
+    }
+
+    /// The random share of each backoff delay, from 0 (none) to 1 ("full jitter").
+    pub const fn jitter(&self) -> f64 {
+        self.jitter
+    }
+
+    /// The most attempts in all, the first request and any async resubmission included.
+    pub const fn max_attempts(&self) -> u32 {
+        self.max_attempts
+    }
+
+    /// The shortest wait when a server or the page names one (`Retry-After: 0`, a date
+    /// in the past, a reset already passed): never retry in a hot loop.
+    pub const fn min_wait(&self) -> Duration {
+        Duration::from_millis(self.min_wait_ms)
+    }
+
+    /// The longest wait ever advised. A server asking for more gets
+    /// [`StopReason::WaitTooLong`] rather than a client that hangs.
+    pub const fn max_wait(&self) -> Duration {
+        Duration::from_millis(self.max_wait_ms)
+    }
+}
+
+impl Default for RetryPolicy {
+    /// [`RetryPolicy::DEFAULT`].
+    fn default() -> Self {
+        RetryPolicy::DEFAULT
+    }
+}
+
+/// Builds a [`RetryPolicy`]; [`build`](RetryPolicyBuilder::build) checks it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[must_use]
+pub struct RetryPolicyBuilder(RetryPolicy);
+
+impl RetryPolicyBuilder {
+    /// The first backoff delay (at least 1 ms, at most `max_delay`).
+    pub const fn initial_delay(mut self, d: Duration) -> Self {
+        self.0.initial_delay_ms = millis_of(d);
+        self
+    }
+
+    /// The growth of each delay over the one before (finite, at least 1).
+    pub const fn multiplier(mut self, m: f64) -> Self {
+        self.0.multiplier = m;
+        self
+    }
+
+    /// The longest backoff delay (at most `max_wait`).
+    pub const fn max_delay(mut self, d: Duration) -> Self {
+        self.0.max_delay_ms = millis_of(d);
+        self
+    }
+
+    /// The random share of each backoff delay, in `[0, 1]`.
+    pub const fn jitter(mut self, j: f64) -> Self {
+        self.0.jitter = j;
+        self
+    }
+
+    /// The most attempts in all (at least 1; 1 means never retry).
+    pub const fn max_attempts(mut self, n: u32) -> Self {
+        self.0.max_attempts = n;
+        self
+    }
+
+    /// The floor of server-named waits (at least 1 ms, at most `max_wait`).
+    pub const fn min_wait(mut self, d: Duration) -> Self {
+        self.0.min_wait_ms = millis_of(d);
+        self
+    }
+
+    /// The longest wait ever advised (at most [`MAX_SAFE_INTEGER`] ms).
+    pub const fn max_wait(mut self, d: Duration) -> Self {
+        self.0.max_wait_ms = millis_of(d);
+        self
+    }
+
+    /// Checks the policy: a typed error names the first rule it breaks.
+    pub fn build(self) -> Result<RetryPolicy, PolicyError> {
+        let p = self.0;
+        if p.max_attempts == 0 {
+            return Err(PolicyError::NoAttempts);
+        }
+        if p.initial_delay_ms == 0 || p.max_delay_ms == 0 || p.min_wait_ms == 0 {
+            return Err(PolicyError::ZeroDelay);
+        }
+        if !(p.multiplier.is_finite() && p.multiplier >= 1.0) {
+            return Err(PolicyError::Multiplier);
+        }
+        if !(0.0..=1.0).contains(&p.jitter) {
+            return Err(PolicyError::Jitter);
+        }
+        if p.max_wait_ms > MAX_SAFE_INTEGER {
+            return Err(PolicyError::MaxWaitTooLarge);
+        }
+        if p.initial_delay_ms > p.max_delay_ms || p.max_delay_ms > p.max_wait_ms {
+            return Err(PolicyError::DelayOrder);
+        }
+        if p.min_wait_ms > p.max_wait_ms {
+            return Err(PolicyError::WaitOrder);
+        }
+        Ok(p)
+    }
+}
+
+/// Whole milliseconds, saturating (`const`, for the builder).
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "checked against u64::MAX first"
+)]
+const fn millis_of(d: Duration) -> u64 {
+    let ms = d.as_millis();
+    if ms > u64::MAX as u128 {
+        u64::MAX
+    } else {
+        ms as u64
+    }
+}
+
+/// Why a [`RetryPolicy`] cannot be built.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    /// `max_attempts` is 0: not even the first request would be sent.
+    #[error("max_attempts must be at least 1")]
+    NoAttempts,
+    /// A delay or `min_wait` is under one millisecond.
+    #[error("initial_delay, max_delay and min_wait must each be at least 1 ms")]
+    ZeroDelay,
+    /// `multiplier` is below 1, infinite or NaN.
+    #[error("multiplier must be a finite number of at least 1")]
+    Multiplier,
+    /// `jitter` is outside `[0, 1]` or NaN.
+    #[error("jitter must lie in [0, 1]")]
+    Jitter,
+    /// `max_wait` exceeds 2^53 − 1 ms, past what JSON readers hold exactly.
+    #[error("max_wait must be at most 2^53 - 1 ms")]
+    MaxWaitTooLarge,
+    /// Not `initial_delay <= max_delay <= max_wait`.
+    #[error("delays must satisfy initial_delay <= max_delay <= max_wait")]
+    DelayOrder,
+    /// Not `min_wait <= max_wait`.
+    #[error("min_wait must not exceed max_wait")]
+    WaitOrder,
 }
 
 /// Where the delay of an advised retry came from.
@@ -340,7 +302,10 @@ pub enum Basis {
     RetryAfter,
     /// The server's `X-RateLimit-Reset` header (with no requests remaining).
     RateLimitReset,
-    /// A random point in the code's documented wait window.
+    /// A 429 that named no usable wait: the page's default of
+    /// [`RATE_LIMIT_DEFAULT_WAIT_SECONDS`](crate::RATE_LIMIT_DEFAULT_WAIT_SECONDS).
+    RateLimitDefault,
+    /// A random point in the rule's documented wait window.
     WaitWindow,
 }
 
@@ -350,6 +315,7 @@ impl Basis {
         Basis::Backoff,
         Basis::RetryAfter,
         Basis::RateLimitReset,
+        Basis::RateLimitDefault,
         Basis::WaitWindow,
     ];
 
@@ -359,6 +325,7 @@ impl Basis {
             Basis::Backoff => "backoff",
             Basis::RetryAfter => "retry_after",
             Basis::RateLimitReset => "rate_limit_reset",
+            Basis::RateLimitDefault => "rate_limit_default",
             Basis::WaitWindow => "wait_window",
         }
     }
@@ -373,7 +340,8 @@ impl Basis {
 pub enum StopReason {
     /// Retrying the same request will not help; `fix` says what to do instead.
     Permanent {
-        /// The page's "how to fix it" for a known code, or the general rule's reason.
+        /// The page's "how to fix it" for the code that decided, or the general rule's
+        /// reason when the status decided.
         fix: &'static str,
     },
     /// The attempts allowed by [`RetryPolicy::max_attempts`] are spent.
@@ -381,17 +349,28 @@ pub enum StopReason {
         /// Attempts made.
         attempts: u32,
     },
-    /// The server asked for a wait longer than [`RetryPolicy::max_wait`].
+    /// A wait longer than [`RetryPolicy::max_wait`] was asked for.
     WaitTooLong {
-        /// The wait the server asked for (saturated).
+        /// The wait asked for (serialized capped at [`MAX_SAFE_INTEGER`] ms).
         #[serde(rename = "requested_ms", serialize_with = "millis")]
         requested: Duration,
         /// The policy's maximum.
         #[serde(rename = "max_ms", serialize_with = "millis")]
         max: Duration,
     },
-    /// The [`RetryBudget`] is empty: too many retries lately, so stop adding load.
+    /// The [`RetryBudget`] cannot pay for a retry: too many retries lately, so stop
+    /// adding load.
     BudgetExhausted,
+}
+
+impl StopReason {
+    /// Every reason's machine name, as serialized in `reason`.
+    pub const NAMES: &'static [&'static str] = &[
+        "permanent",
+        "attempts_exhausted",
+        "wait_too_long",
+        "budget_exhausted",
+    ];
 }
 
 impl fmt::Display for StopReason {
@@ -403,7 +382,7 @@ impl fmt::Display for StopReason {
             }
             StopReason::WaitTooLong { requested, max } => write!(
                 f,
-                "server asked to wait {} s, more than the {} s this client waits",
+                "asked to wait {} s, more than the {} s this client waits",
                 requested.as_secs(),
                 max.as_secs()
             ),
@@ -423,7 +402,7 @@ impl fmt::Display for StopReason {
 pub enum Advice {
     /// Send the same request again after `after`.
     Retry {
-        /// How long to wait first.
+        /// How long to wait first (whole milliseconds).
         #[serde(rename = "after_ms", serialize_with = "millis")]
         after: Duration,
         /// Where that delay came from.
@@ -450,13 +429,149 @@ impl fmt::Display for Advice {
     }
 }
 
+/// One step of the decision, in the order [`RetryPolicy::explain`] takes them. The first
+/// step that returns an [`Advice`] decides; `docs/retry.md` is written from this list.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    /// 1. Choose the rule: the code's row when the code is known and came with its own
+    ///    status; else the status rule ([`RetryRule::for_status`]). Decides nothing.
+    Rule,
+    /// 2. Rule `never`: stop, permanent.
+    Permanent,
+    /// 3. The attempt that failed is the last one allowed: stop, attempts exhausted.
+    Attempts,
+    /// 4. Rule `resubmit_async`: resubmit with `async: true`.
+    ResubmitAsync,
+    /// 5. A valid `Retry-After`: wait what it says, bounded.
+    RetryAfter,
+    /// 6. Rule `retry_after` with `X-RateLimit-Remaining: 0`: wait until the reset, bounded.
+    RateLimitReset,
+    /// 7. Rule `retry_after` otherwise: wait the page's default, bounded.
+    RateLimitDefault,
+    /// 8. Rule `wait`: a uniform draw in the window, capped at `max_wait`.
+    WaitWindow,
+    /// 9. Rule `backoff`: exponential backoff with jitter.
+    Backoff,
+    /// 10. A retry must be paid from the retry budget, when the caller keeps one.
+    Budget,
+}
+
+impl Step {
+    /// Every step, in order.
+    pub const ALL: &'static [Step] = &[
+        Step::Rule,
+        Step::Permanent,
+        Step::Attempts,
+        Step::ResubmitAsync,
+        Step::RetryAfter,
+        Step::RateLimitReset,
+        Step::RateLimitDefault,
+        Step::WaitWindow,
+        Step::Backoff,
+        Step::Budget,
+    ];
+
+    /// The step's number, from 1.
+    pub const fn number(self) -> u8 {
+        match self {
+            Step::Rule => 1,
+            Step::Permanent => 2,
+            Step::Attempts => 3,
+            Step::ResubmitAsync => 4,
+            Step::RetryAfter => 5,
+            Step::RateLimitReset => 6,
+            Step::RateLimitDefault => 7,
+            Step::WaitWindow => 8,
+            Step::Backoff => 9,
+            Step::Budget => 10,
+        }
+    }
+
+    /// A lowercase machine name, the same as its serialized form.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Step::Rule => "rule",
+            Step::Permanent => "permanent",
+            Step::Attempts => "attempts",
+            Step::ResubmitAsync => "resubmit_async",
+            Step::RetryAfter => "retry_after",
+            Step::RateLimitReset => "rate_limit_reset",
+            Step::RateLimitDefault => "rate_limit_default",
+            Step::WaitWindow => "wait_window",
+            Step::Backoff => "backoff",
+            Step::Budget => "budget",
+        }
+    }
+
+    /// The inputs the step reads.
+    pub const fn inputs(self) -> &'static [&'static str] {
+        match self {
+            Step::Rule => &["status", "code"],
+            Step::Permanent => &["rule", "code", "status"],
+            Step::Attempts => &["attempt", "max_attempts"],
+            Step::ResubmitAsync => &["rule"],
+            Step::RetryAfter => &["Retry-After", "now", "min_wait", "max_wait"],
+            Step::RateLimitReset => &[
+                "rule",
+                "X-RateLimit-Remaining",
+                "X-RateLimit-Reset",
+                "now",
+                "min_wait",
+                "max_wait",
+            ],
+            Step::RateLimitDefault => &["rule", "min_wait", "max_wait"],
+            Step::WaitWindow => &["rule", "random", "max_wait"],
+            Step::Backoff => &[
+                "attempt",
+                "initial_delay",
+                "multiplier",
+                "max_delay",
+                "jitter",
+                "random",
+            ],
+            Step::Budget => &["budget"],
+        }
+    }
+
+    /// The advice the step can return.
+    pub const fn returns(self) -> &'static str {
+        match self {
+            Step::Rule => "nothing: the next steps read the rule",
+            Step::Permanent => "stop (permanent)",
+            Step::Attempts => "stop (attempts_exhausted)",
+            Step::ResubmitAsync => "resubmit_async",
+            Step::RetryAfter => "retry (basis retry_after) or stop (wait_too_long)",
+            Step::RateLimitReset => "retry (basis rate_limit_reset) or stop (wait_too_long)",
+            Step::RateLimitDefault => "retry (basis rate_limit_default) or stop (wait_too_long)",
+            Step::WaitWindow => "retry (basis wait_window) or stop (wait_too_long)",
+            Step::Backoff => "retry (basis backoff)",
+            Step::Budget => "the retry unchanged, or stop (budget_exhausted)",
+        }
+    }
+}
+
+/// An advice and the step that decided it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// What to do.
+    pub advice: Advice,
+    /// Which step of [`Step::ALL`] decided.
+    pub step: Step,
+}
+
 impl RetryPolicy {
-    /// Decides what to do after `err` ended attempt number `attempt` (1 for the first request).
+    /// Decides what to do after `err` ended attempt number `attempt` (1 for the first
+    /// request; 0 counts as 1). The steps, in order, are [`Step::ALL`], written out with
+    /// every number in `docs/retry.md`. Pure: the same arguments give the same advice.
     ///
-    /// The rule comes from the code's row, or for an unknown code from its status
-    /// ([`RetryRule::for_status`]). Server hints are the ones on `err`
-    /// ([`ApiError::retry_after`], [`ApiError::rate_limit`]); `now` resolves HTTP-dates and
-    /// resets; `rng` draws jitter. Pure: the same arguments give the same advice.
+    /// The rule comes from the code's row when the code is known and came with its own
+    /// status, else from the status ([`RetryRule::for_status`]). Server hints are the
+    /// ones on `err` ([`ApiError::retry_after`], [`ApiError::rate_limit`]); `now` resolves
+    /// HTTP-dates and resets; `rng` draws jitter (one draw, only for a window or a
+    /// backoff). Keep a [`RetryBudget`] with [`RetryPolicy::explain`] or
+    /// [`RetryBudget::admit`].
     ///
     /// ```
     /// use std::time::{Duration, SystemTime};
@@ -474,109 +589,161 @@ impl RetryPolicy {
         now: SystemTime,
         rng: &mut R,
     ) -> Advice {
-        let rule = err.retry_rule();
-        let retrying = match rule {
-            RetryRule::Never => {
-                let fix = match err.code().known() {
-                    Some(code) => code.fix(),
-                    None => FallbackRule::find(err.status()).map_or(NOT_AN_ERROR, |r| r.why),
-                };
-                return Advice::Stop(StopReason::Permanent { fix });
-            }
-            RetryRule::ResubmitAsync => return Advice::ResubmitAsync,
-            RetryRule::Backoff | RetryRule::RetryAfter | RetryRule::Wait { .. } => rule,
-        };
-        let attempt = attempt.max(1);
-        if attempt >= self.max_attempts {
-            return Advice::Stop(StopReason::AttemptsExhausted { attempts: attempt });
-        }
-        let retry_after = err.retry_after().map(|r| r.delay_from(now));
-        match retrying {
-            RetryRule::RetryAfter => {
-                if let Some(wait) = retry_after {
-                    return self.server_wait(wait, Basis::RetryAfter);
-                }
-                if let Some(rl) = err.rate_limit().filter(|rl| rl.remaining == 0) {
-                    return self.server_wait(rl.reset_in(now), Basis::RateLimitReset);
-                }
-                self.backoff(attempt, rng)
-            }
-            RetryRule::Wait {
-                min_seconds,
-                max_seconds,
-            } => match retry_after {
-                Some(wait) => self.server_wait(wait, Basis::RetryAfter),
-                None => Advice::Retry {
-                    after: window(min_seconds, max_seconds, rng),
-                    basis: Basis::WaitWindow,
-                },
+        self.explain(err, attempt, now, rng, None).advice
+    }
+
+    /// [`RetryPolicy::decide`], with the step that decided, and charging `budget` (when
+    /// given) for an advised retry (step 10).
+    pub fn explain<R: RandomSource + ?Sized>(
+        &self,
+        err: &ApiError,
+        attempt: u32,
+        now: SystemTime,
+        rng: &mut R,
+        budget: Option<&RetryBudget>,
+    ) -> Decision {
+        let decision = self.unbudgeted(err, attempt, now, rng);
+        match (budget, decision.advice) {
+            (Some(budget), Advice::Retry { .. }) if !budget.try_spend() => Decision {
+                advice: Advice::Stop(StopReason::BudgetExhausted),
+                step: Step::Budget,
             },
-            _ => self.backoff(attempt, rng),
+            _ => decision,
         }
     }
 
-    /// Bounds a wait the server asked for: at least `min_wait`, at most `max_wait`.
-    fn server_wait(&self, wait: Duration, basis: Basis) -> Advice {
-        if wait > self.max_wait {
+    fn unbudgeted<R: RandomSource + ?Sized>(
+        &self,
+        err: &ApiError,
+        attempt: u32,
+        now: SystemTime,
+        rng: &mut R,
+    ) -> Decision {
+        let decided = |advice, step| Decision { advice, step };
+        // Step 1.
+        let (rule, deciding_code) = err.deciding_rule();
+        // Step 2.
+        if rule == RetryRule::Never {
+            let fix = match deciding_code {
+                Some(code) => code.fix(),
+                None => FallbackRule::find(err.status()).map_or(NOT_AN_ERROR, |r| r.why),
+            };
+            return decided(Advice::Stop(StopReason::Permanent { fix }), Step::Permanent);
+        }
+        // Step 3.
+        let attempt = attempt.max(1);
+        if attempt >= self.max_attempts {
+            return decided(
+                Advice::Stop(StopReason::AttemptsExhausted { attempts: attempt }),
+                Step::Attempts,
+            );
+        }
+        // Step 4.
+        if rule == RetryRule::ResubmitAsync {
+            return decided(Advice::ResubmitAsync, Step::ResubmitAsync);
+        }
+        // Step 5.
+        if let Some(ra) = err.retry_after() {
+            let wait = whole_millis(ra.delay_from(now));
+            return decided(self.bounded(wait, Basis::RetryAfter), Step::RetryAfter);
+        }
+        match rule {
+            RetryRule::RetryAfter => {
+                // Step 6.
+                if let Some(rl) = err.rate_limit().filter(|rl| rl.remaining == 0) {
+                    let wait = whole_millis(rl.reset_in(now));
+                    return decided(
+                        self.bounded(wait, Basis::RateLimitReset),
+                        Step::RateLimitReset,
+                    );
+                }
+                // Step 7.
+                let wait = crate::RATE_LIMIT_DEFAULT_WAIT_SECONDS.saturating_mul(1000);
+                decided(
+                    self.bounded(wait, Basis::RateLimitDefault),
+                    Step::RateLimitDefault,
+                )
+            }
+            // Step 8.
+            RetryRule::Wait { min_ms, max_ms } => {
+                decided(self.window(min_ms, max_ms, rng), Step::WaitWindow)
+            }
+            // Step 9.
+            _ => decided(self.backoff(attempt, rng), Step::Backoff),
+        }
+    }
+
+    /// A wait named by the server or the page: more than `max_wait` stops; otherwise at
+    /// least `min_wait`.
+    fn bounded(&self, wait_ms: u64, basis: Basis) -> Advice {
+        if wait_ms > self.max_wait_ms {
             return Advice::Stop(StopReason::WaitTooLong {
-                requested: wait,
-                max: self.max_wait,
+                requested: Duration::from_millis(wait_ms),
+                max: self.max_wait(),
             });
         }
         Advice::Retry {
-            after: wait.max(self.min_wait),
+            after: Duration::from_millis(wait_ms.max(self.min_wait_ms)),
             basis,
         }
     }
 
-    /// The jittered exponential backoff delay before attempt `attempt + 1`.
-    fn backoff<R: RandomSource + ?Sized>(&self, attempt: u32, rng: &mut R) -> Advice {
-        let multiplier = if self.multiplier.is_finite() && self.multiplier >= 1.0 {
-            self.multiplier
-        } else {
-            1.0
-        };
-        let exponent = i32::try_from(attempt.saturating_sub(1).min(1024)).unwrap_or(1024);
-        let cap = self.max_delay.as_secs_f64();
-        let base = self.initial_delay.as_secs_f64() * multiplier.powi(exponent);
-        let base = if base.is_finite() { base.min(cap) } else { cap };
-        let jitter = if self.jitter.is_finite() {
-            self.jitter.clamp(0.0, 1.0)
-        } else {
-            0.0
-        };
-        let secs = base * (1.0 - jitter * unit(rng));
+    /// `lo + min(floor((span + 1) * u), span)` ms, where the window's top is capped at
+    /// `max_wait` and `span = hi - lo`; a window that starts past `max_wait` stops.
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss,
+        reason = "the draw lies in [0, span + 1), span below 2^53"
+    )]
+    fn window<R: RandomSource + ?Sized>(&self, min_ms: u64, max_ms: u64, rng: &mut R) -> Advice {
+        let (lo, hi) = (min_ms.min(max_ms), min_ms.max(max_ms));
+        if lo > self.max_wait_ms {
+            return Advice::Stop(StopReason::WaitTooLong {
+                requested: Duration::from_millis(lo),
+                max: self.max_wait(),
+            });
+        }
+        let span = hi.min(self.max_wait_ms) - lo;
+        let extra = ((span + 1) as f64 * unit(rng)).floor() as u64;
         Advice::Retry {
-            after: Duration::try_from_secs_f64(secs).unwrap_or(self.max_delay),
+            after: Duration::from_millis(lo + extra.min(span)),
+            basis: Basis::WaitWindow,
+        }
+    }
+
+    /// `base = min(max_delay, floor(initial_delay * multiplier^(attempt - 1)))` ms, then
+    /// `after = floor(base * (1 - jitter * u))` ms.
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss,
+        reason = "values are checked against max_delay (below 2^53) before converting back"
+    )]
+    fn backoff<R: RandomSource + ?Sized>(&self, attempt: u32, rng: &mut R) -> Advice {
+        let exponent = i32::try_from(attempt.saturating_sub(1).min(1024)).unwrap_or(1024);
+        let grown = self.initial_delay_ms as f64 * self.multiplier.powi(exponent);
+        let base = if grown >= self.max_delay_ms as f64 {
+            self.max_delay_ms
+        } else {
+            grown.floor() as u64
+        };
+        let after = (base as f64 * (1.0 - self.jitter * unit(rng))).floor() as u64;
+        Advice::Retry {
+            after: Duration::from_millis(after.min(base)),
             basis: Basis::Backoff,
         }
     }
 }
 
-/// A uniform draw from `[min, max]` seconds, both ends included, in whole milliseconds
-/// (bounds swapped if given backwards).
-#[allow(
-    clippy::cast_possible_truncation,
-    clippy::cast_sign_loss,
-    clippy::cast_precision_loss,
-    reason = "the draw lies in [0, span], span a u64 of milliseconds"
-)]
-fn window<R: RandomSource + ?Sized>(min: u64, max: u64, rng: &mut R) -> Duration {
-    let (lo, hi) = if min <= max { (min, max) } else { (max, min) };
-    let lo_ms = lo.saturating_mul(1000);
-    let span = hi.saturating_mul(1000).saturating_sub(lo_ms);
-    // Scaling by span + 1 makes both ends reachable: a draw near 1 gives `max` itself.
-    let extra = ((span.saturating_add(1) as f64) * unit(rng)) as u64;
-    Duration::from_millis(lo_ms.saturating_add(extra.min(span)))
-}
-
 /// A token bucket that stops retry storms: every retry spends tokens, every success
 /// returns some. Modelled on the AWS SDKs' standard retry quota (500 tokens, 5 a retry,
-/// 1 back a success).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// 1 back a success). Shared through `&self` (one atomic counter), so one budget can
+/// serve every task of a client.
+#[derive(Debug)]
 pub struct RetryBudget {
     capacity: u32,
-    tokens: u32,
+    tokens: AtomicU32,
     retry_cost: u32,
     success_refill: u32,
 }
@@ -587,16 +754,36 @@ impl Default for RetryBudget {
     }
 }
 
+impl Clone for RetryBudget {
+    /// A new budget with the same settings and, at the moment of cloning, the same tokens.
+    fn clone(&self) -> Self {
+        RetryBudget {
+            capacity: self.capacity,
+            tokens: AtomicU32::new(self.tokens()),
+            retry_cost: self.retry_cost,
+            success_refill: self.success_refill,
+        }
+    }
+}
+
 impl RetryBudget {
     /// A full bucket of `capacity` tokens; a retry costs `retry_cost`, a success returns
     /// `success_refill`.
     pub const fn new(capacity: u32, retry_cost: u32, success_refill: u32) -> RetryBudget {
         RetryBudget {
             capacity,
-            tokens: capacity,
+            tokens: AtomicU32::new(capacity),
             retry_cost,
             success_refill,
         }
+    }
+
+    /// This budget holding `tokens` (at most its capacity) instead of a full bucket.
+    #[must_use]
+    pub fn with_tokens(self, tokens: u32) -> RetryBudget {
+        self.tokens
+            .store(tokens.min(self.capacity), Ordering::Relaxed);
+        self
     }
 
     /// The most tokens the bucket holds.
@@ -615,30 +802,35 @@ impl RetryBudget {
     }
 
     /// Tokens left.
-    pub const fn tokens(&self) -> u32 {
+    pub fn tokens(&self) -> u32 {
+        self.tokens.load(Ordering::Relaxed)
+    }
+
+    /// Spends the cost of one retry if the bucket holds it.
+    fn try_spend(&self) -> bool {
         self.tokens
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
+                t.checked_sub(self.retry_cost)
+            })
+            .is_ok()
     }
 
     /// Passes `advice` through, spending tokens for a retry; turns a retry into
-    /// [`StopReason::BudgetExhausted`] when the bucket cannot pay for it.
-    pub fn admit(&mut self, advice: Advice) -> Advice {
+    /// [`StopReason::BudgetExhausted`] when the bucket cannot pay for it. Other advice
+    /// (resubmit, stop) costs nothing.
+    pub fn admit(&self, advice: Advice) -> Advice {
         match advice {
-            Advice::Retry { .. } => match self.tokens.checked_sub(self.retry_cost) {
-                Some(left) => {
-                    self.tokens = left;
-                    advice
-                }
-                None => Advice::Stop(StopReason::BudgetExhausted),
-            },
+            Advice::Retry { .. } if !self.try_spend() => Advice::Stop(StopReason::BudgetExhausted),
             other => other,
         }
     }
 
     /// Records a successful response: returns some tokens, up to the capacity.
-    pub fn record_success(&mut self) {
-        self.tokens = self
+    pub fn record_success(&self) {
+        let _ = self
             .tokens
-            .saturating_add(self.success_refill)
-            .min(self.capacity);
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
+                Some(t.saturating_add(self.success_refill).min(self.capacity))
+            });
     }
 }

@@ -209,9 +209,9 @@ fn retry_rules_follow_the_page() {
             }
             // "Treat 5xx responses as transient": a stated window, or backoff.
             500..=599 => match seconds_window(fix) {
-                Some((min_seconds, max_seconds)) => RetryRule::Wait {
-                    min_seconds,
-                    max_seconds,
+                Some((min, max)) => RetryRule::Wait {
+                    min_ms: min * 1000,
+                    max_ms: max * 1000,
                 },
                 None => RetryRule::Backoff,
             },
@@ -232,11 +232,21 @@ fn seconds_window(text: &str) -> Option<(u64, u64)> {
 
 #[test]
 fn fallback_is_the_page_general_rule() {
+    // The 503 window, from the page's service_unavailable row ("Retry after 30–60 seconds").
+    let fix = lines()
+        .into_iter()
+        .find(|l| l.starts_with("service_unavailable"))
+        .expect("the page has a service_unavailable row");
+    let (min, max) = seconds_window(fix).expect("the page states a window for 503");
     for status in 400..=599u16 {
         let want = match status {
             408 => RetryRule::ResubmitAsync,
             429 => RetryRule::RetryAfter,
             501 => RetryRule::Never,
+            503 => RetryRule::Wait {
+                min_ms: min * 1000,
+                max_ms: max * 1000,
+            },
             500..=599 => RetryRule::Backoff,
             _ => RetryRule::Never,
         };
@@ -374,6 +384,30 @@ fn serialized_names_match_as_str() {
     }
     assert_eq!(
         serde_json::to_value(ErrorCode::ServiceUnavailable.retry()).unwrap(),
-        serde_json::json!({"action": "wait", "min_seconds": 30, "max_seconds": 60})
+        serde_json::json!({"action": "wait", "min_ms": 30_000, "max_ms": 60_000})
+    );
+}
+
+/// A client that sees only the status decides as one that read the code: for every row,
+/// the status rule is the code's rule.
+#[test]
+fn the_status_alone_gives_each_codes_rule() {
+    for &code in ErrorCode::ALL {
+        assert_eq!(RetryRule::for_status(code.status()), code.retry(), "{code}");
+    }
+}
+
+/// The page's sample client: `int(resp.headers.get("Retry-After", "30"))`.
+#[test]
+fn the_default_rate_limit_wait_is_the_pages() {
+    let page = PAGE;
+    let at = page
+        .find(r#"resp.headers.get("Retry-After", ""#)
+        .expect("the page's sample reads Retry-After with a default");
+    let rest = &page[at + r#"resp.headers.get("Retry-After", ""#.len()..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    assert_eq!(
+        digits.parse::<u64>().unwrap(),
+        overten_errors::RATE_LIMIT_DEFAULT_WAIT_SECONDS
     );
 }

@@ -74,7 +74,7 @@ fn hostile_retry_after_never_hot_loops_or_hangs() {
         assert_eq!(
             decide(&retry_after(ErrorCode::RateLimitExceeded, value), 1),
             Advice::Retry {
-                after: policy.min_wait,
+                after: policy.min_wait(),
                 basis: Basis::RetryAfter
             }
         );
@@ -95,7 +95,7 @@ fn hostile_retry_after_never_hot_loops_or_hangs() {
     ] {
         let advice = decide(&retry_after(ErrorCode::RateLimitExceeded, value), 1);
         assert!(
-            matches!(advice, Advice::Stop(StopReason::WaitTooLong { max, .. }) if max == policy.max_wait),
+            matches!(advice, Advice::Stop(StopReason::WaitTooLong { max, .. }) if max == policy.max_wait()),
             "{value}: {advice:?}"
         );
     }
@@ -125,15 +125,14 @@ fn rate_limit_reset_is_used_when_retry_after_is_absent() {
             basis: Basis::RetryAfter
         }
     );
-    // Without either, a 429 backs off.
-    let advice = decide(&ApiError::from(ErrorCode::RateLimitExceeded), 1);
-    assert!(matches!(
-        advice,
+    // Without either, a 429 waits the page's default of 30 s, never a one-second backoff.
+    assert_eq!(
+        decide(&ApiError::from(ErrorCode::RateLimitExceeded), 1),
         Advice::Retry {
-            basis: Basis::Backoff,
-            ..
+            after: secs(30),
+            basis: Basis::RateLimitDefault
         }
-    ));
+    );
 }
 
 #[test]
@@ -193,20 +192,22 @@ fn permanent_codes_stop_with_the_pages_fix() {
 
 #[test]
 fn sync_timeout_is_resubmitted_async_not_retried() {
-    for attempt in [1, 2, 100] {
+    for attempt in [1, 2, 4] {
         assert_eq!(
             decide(&ApiError::from(ErrorCode::SyncTimeoutUpgradeAsync), attempt),
             Advice::ResubmitAsync
         );
     }
+    // The resubmission is an attempt too.
+    assert_eq!(
+        decide(&ApiError::from(ErrorCode::SyncTimeoutUpgradeAsync), 5),
+        Advice::Stop(StopReason::AttemptsExhausted { attempts: 5 })
+    );
 }
 
 #[test]
 fn backoff_grows_doubles_and_caps() {
-    let policy = RetryPolicy {
-        max_attempts: 100,
-        ..RetryPolicy::default()
-    };
+    let policy = RetryPolicy::builder().max_attempts(100).build().unwrap();
     let err = ApiError::from(ErrorCode::UpstreamError);
     // A draw of zero gives the whole base delay; the largest draw takes off the jitter share.
     let mut zero = || 0u64;
@@ -288,28 +289,28 @@ fn unknown_codes_fall_back_to_the_status_rule() {
 }
 
 #[test]
-fn broken_policy_values_stay_bounded() {
-    let policy = RetryPolicy {
-        initial_delay: Duration::MAX,
-        multiplier: f64::NAN,
-        jitter: f64::INFINITY,
-        max_attempts: u32::MAX,
-        ..RetryPolicy::default()
-    };
+fn extreme_policy_values_stay_bounded() {
+    let policy = RetryPolicy::builder()
+        .multiplier(f64::MAX)
+        .jitter(1.0)
+        .max_attempts(u32::MAX)
+        .build()
+        .unwrap();
     let err = ApiError::from(ErrorCode::UpstreamError);
     for attempt in [1, 2, 1000, u32::MAX - 1] {
-        let Advice::Retry { after, .. } =
-            policy.decide(&err, attempt, now(), &mut SplitMix64::new(1))
-        else {
-            panic!()
-        };
-        assert!(after <= policy.max_delay);
+        for bits in [0, 1 << 40, u64::MAX] {
+            let Advice::Retry { after, .. } = policy.decide(&err, attempt, now(), &mut || bits)
+            else {
+                panic!()
+            };
+            assert!(after <= policy.max_delay(), "{attempt} {bits}: {after:?}");
+        }
     }
 }
 
 #[test]
 fn budget_stops_retry_storms_and_refills_on_success() {
-    let mut budget = RetryBudget::default();
+    let budget = RetryBudget::default();
     let retry = Advice::Retry {
         after: secs(1),
         basis: Basis::Backoff,
