@@ -426,6 +426,65 @@ mod tests {
     }
 
     #[test]
+    fn what_a_body_does_say_is_kept() {
+        let body = br#"{"success":false,"error":"upstream_error","message":null}"#;
+        let r = classify(StatusCode::BAD_GATEWAY, &HeaderMap::new(), body);
+        assert_eq!(r.error.code(), &overten_errors::ErrorCode::UpstreamError);
+        assert_eq!(
+            r.error.message(),
+            overten_errors::ErrorCode::UpstreamError.when()
+        );
+        assert!(matches!(
+            r.diagnostics.message,
+            Some(BodyError::WrongType { .. })
+        ));
+        assert_eq!(r.diagnostics.body, None);
+        // An unknown code without a message: the page's scenario for the status.
+        let body = br#"{"success":false,"error":"quota_frozen"}"#;
+        let r = classify(StatusCode::SERVICE_UNAVAILABLE, &HeaderMap::new(), body);
+        assert_eq!(r.error.code().as_str(), "quota_frozen");
+        assert_eq!(
+            r.error.message(),
+            "Capacity exhausted or scheduled maintenance"
+        );
+        assert_eq!(r.diagnostics.message, Some(BodyError::Missing("message")));
+        // A byte order mark is skipped.
+        let body = b"\xEF\xBB\xBF{\"success\":false,\"error\":\"gone\",\"message\":\"m\"}";
+        let r = classify(StatusCode::GONE, &HeaderMap::new(), body);
+        assert!(r.diagnostics.is_clean(), "{:?}", r.diagnostics);
+        assert_eq!(r.error.code(), &overten_errors::ErrorCode::Gone);
+    }
+
+    #[test]
+    fn a_status_the_code_is_not_sent_with_is_recorded() {
+        let body = br#"{"success":false,"error":"not_found","message":"m"}"#;
+        let r = classify(StatusCode::INTERNAL_SERVER_ERROR, &HeaderMap::new(), body);
+        assert_eq!(r.diagnostics.status_mismatch, Some(404));
+        assert_eq!(r.error.code(), &overten_errors::ErrorCode::NotFound);
+        let r = classify(StatusCode::NOT_FOUND, &HeaderMap::new(), body);
+        assert!(r.diagnostics.is_clean());
+    }
+
+    #[test]
+    fn request_ids_follow_the_one_rule() {
+        for (value, want) in [
+            ("req 1", Err(HeaderError::NotText)),
+            ("\treq_1 ", Ok(Some("req_1".to_owned()))),
+            ("", Ok(None)),
+        ] {
+            assert_eq!(
+                request_id_header(&map(&[("x-request-id", value)])),
+                want,
+                "{value:?}"
+            );
+        }
+        let v = HeaderValue::from_bytes("réq".as_bytes()).unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("x-request-id", v);
+        assert_eq!(request_id_header(&h), Err(HeaderError::NotText));
+    }
+
+    #[test]
     fn oversized_bodies_are_not_parsed() {
         let body = vec![b' '; MAX_BODY_BYTES + 1];
         let r = classify(StatusCode::BAD_GATEWAY, &HeaderMap::new(), &body);

@@ -205,6 +205,53 @@ mod tests {
     }
 
     #[test]
+    fn retry_after_is_written_whenever_the_error_carries_it() {
+        for (code, status) in [
+            ("quota_frozen", 503),
+            ("service_unavailable", 503),
+            ("internal_error", 500),
+            ("brand_new", 504),
+        ] {
+            let err = ApiError::received(overten_errors::Code::parse(code), status, "m")
+                .with_retry_after(RetryAfter::Seconds(120));
+            let response: http::Response<Vec<u8>> = into_response(&err);
+            assert_eq!(
+                response.headers()[http::header::RETRY_AFTER],
+                "120",
+                "{code}"
+            );
+        }
+        // A 429 with a code newer than this version still always carries it.
+        let err = ApiError::received(overten_errors::Code::parse("brand_new"), 429, "m");
+        let response: http::Response<Vec<u8>> = into_response(&err);
+        assert_eq!(response.headers()[http::header::RETRY_AFTER], "60");
+    }
+
+    #[test]
+    fn a_received_error_without_a_code_is_reserved_with_the_statuss_code() {
+        let html = b"<html>502 Bad Gateway</html>";
+        let received = crate::classify(StatusCode::BAD_GATEWAY, &HeaderMap::new(), html);
+        let response: http::Response<Vec<u8>> = into_response(&received.error);
+        let body = String::from_utf8(response.into_body()).unwrap();
+        assert!(body.contains(r#""error":"upstream_error""#), "{body}");
+        assert!(!body.contains(r#""error":"""#));
+    }
+
+    #[test]
+    fn ids_the_client_would_drop_are_never_written() {
+        let mut headers = HeaderMap::new();
+        for bad in ["req 1", "req\t1", "", &"r".repeat(257)] {
+            assert!(!set_request_id(&mut headers, bad), "{bad:?}");
+        }
+        assert!(headers.is_empty());
+        assert!(set_request_id(&mut headers, "req_1"));
+        assert_eq!(
+            crate::request_id_header(&headers),
+            Ok(Some("req_1".to_owned()))
+        );
+    }
+
+    #[test]
     fn bad_request_ids_and_statuses_are_contained() {
         let err = ApiError::received(overten_errors::Code::parse("x"), 1000, "m")
             .with_request_id("bad\nid");

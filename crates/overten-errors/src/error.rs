@@ -363,6 +363,80 @@ mod tests {
     }
 
     #[test]
+    fn display_is_one_log_safe_line() {
+        let err = ApiError::received(Code::parse("evil\ncode"), 500, "line\n[FAKE] ok\u{1b}[0m")
+            .with_request_id("req_1");
+        let shown = err.to_string();
+        assert!(
+            !shown.contains('\n') && !shown.contains('\u{1b}'),
+            "{shown}"
+        );
+        assert_eq!(
+            shown,
+            "evil\\u{a}code (500): line\\u{a}[FAKE] ok\\u{1b}[0m [request id: req_1]"
+        );
+    }
+
+    #[test]
+    fn ids_that_break_the_rule_are_not_kept() {
+        for bad in ["req 1", "req\n1", "réq", "", &"r".repeat(257)] {
+            let err = ApiError::from(ErrorCode::NotFound)
+                .with_request_id(bad)
+                .with_run_id(bad)
+                .with_task_id(bad);
+            assert_eq!(
+                (err.request_id(), err.run_id(), err.task_id()),
+                (None, None, None),
+                "{bad:?}"
+            );
+        }
+        let mut err = ApiError::from(ErrorCode::NotFound).with_request_id("req_ok");
+        err.set_request_id("bad id");
+        assert_eq!(
+            err.request_id(),
+            None,
+            "a bad id replaces, never keeps, the old one"
+        );
+        let ok = "r".repeat(256);
+        assert_eq!(
+            ApiError::from(ErrorCode::Gone)
+                .with_task_id(ok.clone())
+                .task_id(),
+            Some(ok.as_str())
+        );
+    }
+
+    #[test]
+    fn messages_are_bounded_when_built() {
+        let long = "x".repeat(crate::MAX_MESSAGE_BYTES * 3);
+        let err = ApiError::new(ErrorCode::InvalidRequest, long);
+        assert!(err.message().len() <= crate::MAX_MESSAGE_BYTES);
+        assert!(err.message().ends_with('…'));
+        assert!(err.to_json().len() < crate::MAX_MESSAGE_BYTES + 100);
+    }
+
+    #[test]
+    fn an_error_without_a_code_is_written_with_its_statuss_code() {
+        for (status, wire) in [
+            (502, "upstream_error"),
+            (503, "service_unavailable"),
+            (500, "internal_error"),
+            (400, "invalid_request"),
+            (404, "not_found"),
+            (504, "internal_error"),
+            (418, "invalid_request"),
+            (200, "internal_error"),
+        ] {
+            let err = ApiError::received(Code::Missing, status, "m");
+            assert_eq!(err.wire_code(), wire, "{status}");
+            let json = String::from_utf8(err.to_json()).unwrap();
+            assert!(json.contains(&format!("\"error\":\"{wire}\"")), "{json}");
+        }
+        let unknown = ApiError::received(Code::parse("quota_frozen"), 503, "m");
+        assert_eq!(unknown.wire_code(), "quota_frozen");
+    }
+
+    #[test]
     fn unknown_codes_use_the_status_rule() {
         let err = ApiError::received(Code::parse("quota_frozen"), 502, "x");
         assert_eq!(err.retry_rule(), RetryRule::Backoff);
