@@ -1,28 +1,52 @@
-//! Golden HTTP responses, one per code plus the hard cases, with the action a conforming
-//! client takes.
+//! Golden cases, one per code plus every branch of the decision, with the action a
+//! conforming client takes.
 
 use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
-use overten_errors::{ApiError, ErrorCode, RateLimit, RetryAfter, RetryPolicy};
+use overten_errors::{
+    ApiError, Code, ErrorCode, Failed, RateLimit, RetryAfter, RetryBudget, RetryPolicy, TaskError,
+    TaskFailure,
+};
 use overten_errors_http::{Received, classify, into_response};
 use serde_json::{Value, json};
 
-/// The "now" every fixture assumes: Sun, 06 Nov 1994 08:49:37 GMT (RFC 9110's sample).
+/// The "now" most fixtures assume: Sun, 06 Nov 1994 08:49:37 GMT (RFC 9110's sample).
 pub(crate) const NOW: u64 = 784_111_777;
-/// The attempt every fixture's response ended.
-pub(crate) const ATTEMPT: u32 = 1;
+
+/// What a fixture's response is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// An HTTP response to the request that failed.
+    Http,
+    /// The body of `GET /tasks/{task_id}` for a task that ended `failed`.
+    TaskFailure,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Http => "http_response",
+            Kind::TaskFailure => "task_failure",
+        }
+    }
+}
 
 pub(crate) struct Fixture {
     pub(crate) name: String,
     description: String,
+    kind: Kind,
     status: u16,
     headers: Vec<(String, String)>,
     body: String,
+    now: u64,
+    attempt: u32,
+    /// Tokens in the client's budget before the decision.
+    tokens: u32,
 }
 
-fn now() -> SystemTime {
-    SystemTime::UNIX_EPOCH + Duration::from_secs(NOW)
+fn at(secs: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
 }
 
 impl Fixture {
@@ -41,9 +65,13 @@ impl Fixture {
         Fixture {
             name: name.to_owned(),
             description,
+            kind: Kind::Http,
             status: response.status().as_u16(),
             headers,
             body: String::from_utf8_lossy(response.body()).into_owned(),
+            now: NOW,
+            attempt: 1,
+            tokens: RetryBudget::default().capacity(),
         }
     }
 
@@ -57,16 +85,66 @@ impl Fixture {
         Fixture {
             name: name.to_owned(),
             description: description.to_owned(),
+            kind: Kind::Http,
             status,
             headers: headers
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
             body: body.to_owned(),
+            now: NOW,
+            attempt: 1,
+            tokens: RetryBudget::default().capacity(),
         }
     }
 
+    fn task(name: &str, description: &str, code: &str, message: &str) -> Fixture {
+        let failure = TaskFailure {
+            task_id: "task_00000000000000000000000001".to_owned(),
+            status: Failed,
+            error: TaskError {
+                code: Code::parse(code),
+                message: message.to_owned(),
+            },
+            credits_used: 0,
+            duration_ms: 45_123,
+        };
+        let mut f = Fixture::raw(
+            name,
+            description,
+            200,
+            &[("content-type", "application/json")],
+            &serde_json::to_string(&failure).unwrap_or_default(),
+        );
+        f.kind = Kind::TaskFailure;
+        f
+    }
+
+    fn attempt(mut self, attempt: u32) -> Fixture {
+        self.attempt = attempt;
+        self
+    }
+
+    fn now(mut self, now: u64) -> Fixture {
+        self.now = now;
+        self
+    }
+
+    fn tokens(mut self, tokens: u32) -> Fixture {
+        self.tokens = tokens;
+        self
+    }
+
     fn received(&self) -> Received {
+        if self.kind == Kind::TaskFailure {
+            return match serde_json::from_str::<TaskFailure>(&self.body) {
+                Ok(failure) => Received {
+                    error: ApiError::from(failure),
+                    diagnostics: overten_errors_http::Diagnostics::default(),
+                },
+                Err(_) => classify(StatusCode::OK, &HeaderMap::new(), self.body.as_bytes()),
+            };
+        }
         let mut map = HeaderMap::new();
         for (k, v) in &self.headers {
             if let (Ok(k), Ok(v)) = (
@@ -80,25 +158,41 @@ impl Fixture {
         classify(status, &map, self.body.as_bytes())
     }
 
-    /// The action, with the range a jittered delay may fall in: the decision at the two
-    /// extremes of the random source.
-    fn action(received: &Received) -> Value {
+    fn budget(&self) -> RetryBudget {
+        RetryBudget::default().with_tokens(self.tokens)
+    }
+
+    /// The action and the step that decided it, with the range a jittered delay may fall
+    /// in: the decision at the two extremes of the random source, each with a fresh budget.
+    fn action(&self, received: &Received) -> (Value, Value) {
         let policy = RetryPolicy::default();
-        let at = |bits: u64| {
-            serde_json::to_value(received.advise(&policy, ATTEMPT, now(), &mut move || bits))
-                .unwrap_or_default()
+        let decide = |bits: u64| {
+            let budget = self.budget();
+            policy.explain(
+                &received.error,
+                self.attempt,
+                at(self.now),
+                &mut move || bits,
+                Some(&budget),
+            )
         };
-        let (a, b) = (at(0), at(u64::MAX));
+        let (lo, hi) = (decide(0), decide(u64::MAX));
+        let step = json!(lo.step.as_str());
+        let (a, b) = (
+            serde_json::to_value(lo.advice).unwrap_or_default(),
+            serde_json::to_value(hi.advice).unwrap_or_default(),
+        );
         if a == b {
-            return a;
+            return (a, step);
         }
         let (a_ms, b_ms) = (a["after_ms"].as_u64(), b["after_ms"].as_u64());
-        json!({
+        let range = json!({
             "action": a["action"],
             "basis": a["basis"],
             "min_ms": a_ms.min(b_ms),
             "max_ms": a_ms.max(b_ms),
-        })
+        });
+        (range, step)
     }
 
     pub(crate) fn to_json(&self) -> Value {
@@ -115,10 +209,22 @@ impl Fixture {
         if d.request_id.is_some() {
             header_problems.push("x-request-id".to_owned());
         }
+        let budget = self.budget();
+        let (action, step) = self.action(&received);
         json!({
             "name": self.name,
             "description": self.description,
-            "request": { "now_unix": NOW, "attempt": ATTEMPT },
+            "kind": self.kind.as_str(),
+            "request": {
+                "now_unix": self.now,
+                "attempt": self.attempt,
+                "budget": {
+                    "tokens": budget.tokens(),
+                    "capacity": budget.capacity(),
+                    "retry_cost": budget.retry_cost(),
+                    "success_refill": budget.success_refill(),
+                },
+            },
             "response": {
                 "status": self.status,
                 "headers": self.headers,
@@ -132,8 +238,11 @@ impl Fixture {
                 "request_id": err.request_id(),
                 "task_id": err.task_id(),
                 "body_is_envelope": d.body.is_none(),
+                "message_from_body": d.body.is_none() && d.message.is_none(),
+                "status_mismatch": err.status_mismatch(),
                 "header_problems": header_problems,
-                "action": Fixture::action(&received),
+                "step": step,
+                "action": action,
             },
         })
     }
@@ -151,7 +260,13 @@ fn rate_limit(remaining: u32) -> RateLimit {
     }
 }
 
-/// Every fixture, codes first in page order, then the hard cases.
+/// An envelope as the API writes it, for raw fixtures.
+fn envelope(code: ErrorCode) -> String {
+    String::from_utf8_lossy(&ApiError::from(code).to_json()).into_owned()
+}
+
+/// Every fixture: codes first in page order, then every branch of the decision.
+#[allow(clippy::too_many_lines, reason = "one fixture after another")]
 pub(crate) fn all() -> Vec<Fixture> {
     let mut out = Vec::new();
     for (i, &code) in ErrorCode::ALL.iter().enumerate() {
@@ -166,15 +281,37 @@ pub(crate) fn all() -> Vec<Fixture> {
         out.push(Fixture::from_error(code.as_str(), description, &err));
     }
     let json_type = ("content-type", "application/json");
-    let limited = ApiError::from(ErrorCode::RateLimitExceeded).to_json();
-    let limited = String::from_utf8_lossy(&limited);
+    let limited = envelope(ErrorCode::RateLimitExceeded);
+    let internal = envelope(ErrorCode::InternalError);
+    let rl = |remaining: &'static str, reset: &'static str| {
+        [
+            json_type,
+            ("x-ratelimit-limit", "60"),
+            ("x-ratelimit-remaining", remaining),
+            ("x-ratelimit-reset", reset),
+        ]
+    };
     out.extend([
         Fixture::raw(
             "unknown-code",
-            "A code newer than this version: keep it, classify by status (503: back off).",
+            "A code newer than this version on a 503: keep it; any 503 waits in the 30–60 s window.",
             503,
             &[json_type, ("x-request-id", "req_0000000000000000000000aa")],
             r#"{"success":false,"error":"quota_frozen","message":"Your quota is frozen","task_id":"task_1"}"#,
+        ),
+        Fixture::raw(
+            "unknown-code-500",
+            "A code newer than this version on a 500: keep it; 5xx backs off.",
+            500,
+            &[json_type],
+            r#"{"success":false,"error":"agent_loop_exhausted","message":"The agent gave up"}"#,
+        ),
+        Fixture::raw(
+            "unknown-code-429",
+            "A code newer than this version on a 429: rate limited by status; Retry-After is honoured.",
+            429,
+            &[json_type, ("retry-after", "7")],
+            r#"{"success":false,"error":"burst_limit_exceeded","message":"Slow down"}"#,
         ),
         Fixture::raw(
             "html-from-proxy",
@@ -182,6 +319,13 @@ pub(crate) fn all() -> Vec<Fixture> {
             502,
             &[("content-type", "text/html")],
             "<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad Gateway</h1></center><hr><center>nginx</center></body></html>\n",
+        ),
+        Fixture::raw(
+            "html-503",
+            "An HTML 503 from a load balancer: any 503 waits in the window, body or not.",
+            503,
+            &[("content-type", "text/html")],
+            "<html><body><h1>503 Service Temporarily Unavailable</h1></body></html>\n",
         ),
         Fixture::raw(
             "empty-body",
@@ -198,10 +342,95 @@ pub(crate) fn all() -> Vec<Fixture> {
             r#"{"success":false,"error":"internal_err"#,
         ),
         Fixture::raw(
+            "message-null",
+            "A valid code with a null message: the code is kept, the message is the page's text.",
+            502,
+            &[json_type],
+            r#"{"success":false,"error":"upstream_error","message":null}"#,
+        ),
+        Fixture::raw(
+            "message-missing-unknown-code",
+            "An unknown code and no message: the code is kept, the message is the status's scenario.",
+            500,
+            &[json_type],
+            r#"{"success":false,"error":"render_crashed"}"#,
+        ),
+        Fixture::raw(
+            "byte-order-mark",
+            "A UTF-8 byte order mark before the JSON is skipped (RFC 8259).",
+            410,
+            &[json_type],
+            &format!("\u{feff}{}", envelope(ErrorCode::Gone)),
+        ),
+        Fixture::raw(
+            "status-code-mismatch-retry",
+            "A 500 carrying not_found (a proxy or a misbehaving server): the status decides (backoff), the code is kept.",
+            500,
+            &[json_type],
+            &envelope(ErrorCode::NotFound),
+        ),
+        Fixture::raw(
+            "status-code-mismatch-permanent",
+            "A 404 carrying internal_error: the status decides (permanent), with the status rule's reason.",
+            404,
+            &[json_type],
+            &internal,
+        ),
+        Fixture::raw(
+            "server-error-retry-after",
+            "A 500 with Retry-After: a valid Retry-After is honoured on any retried error.",
+            500,
+            &[json_type, ("retry-after", "7")],
+            &internal,
+        ),
+        Fixture::raw(
+            "service-unavailable-retry-after",
+            "A 503 whose Retry-After names the end of maintenance: it wins over the window.",
+            503,
+            &[json_type, ("retry-after", "120")],
+            &envelope(ErrorCode::ServiceUnavailable),
+        ),
+        Fixture::raw(
+            "not-implemented-retry-after",
+            "A 501 with Retry-After: never retried, whatever the header says.",
+            501,
+            &[json_type, ("retry-after", "5")],
+            &envelope(ErrorCode::NotImplemented),
+        ),
+        Fixture::raw(
             "retry-after-http-date",
             "Retry-After as an IMF-fixdate 42 s after `now_unix`.",
             429,
             &[json_type, ("retry-after", "Sun, 06 Nov 1994 08:50:19 GMT")],
+            &limited,
+        ),
+        Fixture::raw(
+            "retry-after-rfc850-date",
+            "Retry-After in the obsolete RFC 850 form, 42 s after `now_unix`.",
+            429,
+            &[json_type, ("retry-after", "Sunday, 06-Nov-94 08:50:19 GMT")],
+            &limited,
+        ),
+        Fixture::raw(
+            "retry-after-asctime-date",
+            "Retry-After in the asctime form, 42 s after `now_unix`.",
+            429,
+            &[json_type, ("retry-after", "Sun Nov  6 08:50:19 1994")],
+            &limited,
+        ),
+        Fixture::raw(
+            "retry-after-leap-second",
+            "Retry-After at a leap second, 23:59:60, 120 s after `now_unix` (23:58:00).",
+            429,
+            &[json_type, ("retry-after", "Thu, 31 Dec 1998 23:59:60 GMT")],
+            &limited,
+        )
+        .now(915_148_680),
+        Fixture::raw(
+            "retry-after-past-date",
+            "Retry-After as a date already past: wait the minimum, never a hot loop.",
+            429,
+            &[json_type, ("retry-after", "Sun, 06 Nov 1994 08:00:00 GMT")],
             &limited,
         ),
         Fixture::raw(
@@ -212,10 +441,24 @@ pub(crate) fn all() -> Vec<Fixture> {
             &limited,
         ),
         Fixture::raw(
+            "retry-after-too-long",
+            "A Retry-After one second past the longest wait: stop with wait_too_long.",
+            503,
+            &[json_type, ("retry-after", "301")],
+            &envelope(ErrorCode::ServiceUnavailable),
+        ),
+        Fixture::raw(
             "retry-after-hostile-negative",
-            "A negative Retry-After is malformed: ignore it and back off.",
+            "A negative Retry-After is malformed: ignore it; a 429 then waits the page's default.",
             429,
             &[json_type, ("retry-after", "-3")],
+            &limited,
+        ),
+        Fixture::raw(
+            "retry-after-bare-dash",
+            "A Retry-After of a bare '-' is malformed (not negative): ignore it.",
+            429,
+            &[json_type, ("retry-after", "-")],
             &limited,
         ),
         Fixture::raw(
@@ -224,6 +467,130 @@ pub(crate) fn all() -> Vec<Fixture> {
             429,
             &[json_type, ("retry-after", "0")],
             &limited,
+        ),
+        Fixture::raw(
+            "retry-after-conflicting",
+            "Retry-After sent twice with different values is malformed: ignore it.",
+            429,
+            &[json_type, ("retry-after", "5"), ("retry-after", "50")],
+            &limited,
+        ),
+        Fixture::raw(
+            "rate-limit-reset",
+            "A 429 without Retry-After, no requests remaining: wait until X-RateLimit-Reset.",
+            429,
+            &rl("0", "784111795"),
+            &limited,
+        ),
+        Fixture::raw(
+            "rate-limit-reset-unrepresentable",
+            "A reset past any representable time: too long, never already passed; requested_ms is capped at 2^53 - 1.",
+            429,
+            &rl("0", "18446744073709551615"),
+            &limited,
+        ),
+        Fixture::raw(
+            "rate-limit-default",
+            "A bare 429: wait the page's default of 30 s, never a one-second backoff.",
+            429,
+            &[json_type],
+            &limited,
+        ),
+        Fixture::raw(
+            "rate-limit-remaining",
+            "A 429 whose headers say requests remain: the reset names no wait; the default does.",
+            429,
+            &rl("5", "784111795"),
+            &limited,
+        ),
+        Fixture::raw(
+            "later-attempt-backoff",
+            "A 500 ending attempt 3: the third backoff (base 4 s).",
+            500,
+            &[json_type],
+            &internal,
+        )
+        .attempt(3),
+        Fixture::raw(
+            "later-attempt-backoff-4",
+            "A 502 ending attempt 4, the last one that is retried with the defaults: base 8 s.",
+            502,
+            &[json_type],
+            &envelope(ErrorCode::UpstreamError),
+        )
+        .attempt(4),
+        Fixture::raw(
+            "attempts-exhausted",
+            "A 500 ending the last attempt allowed: stop.",
+            500,
+            &[json_type],
+            &internal,
+        )
+        .attempt(5),
+        Fixture::raw(
+            "attempts-exhausted-resubmit",
+            "A 408 ending the last attempt: the async resubmission is an attempt too, so stop.",
+            408,
+            &[json_type],
+            &envelope(ErrorCode::SyncTimeoutUpgradeAsync),
+        )
+        .attempt(5),
+        Fixture::raw(
+            "permanent-at-last-attempt",
+            "A 404 at the last attempt: permanence is checked first.",
+            404,
+            &[json_type],
+            &envelope(ErrorCode::NotFound),
+        )
+        .attempt(5),
+        Fixture::raw(
+            "budget-exhausted",
+            "A 500 when the retry budget holds fewer tokens than a retry costs: stop.",
+            500,
+            &[json_type],
+            &internal,
+        )
+        .tokens(4),
+        Fixture::raw(
+            "budget-exact",
+            "A 500 when the retry budget holds exactly one retry's cost: retry.",
+            500,
+            &[json_type],
+            &internal,
+        )
+        .tokens(5),
+        Fixture::raw(
+            "budget-spares-stops",
+            "A permanent error with an empty budget: still a permanent stop; stops cost nothing.",
+            422,
+            &[json_type],
+            &envelope(ErrorCode::ValidationError),
+        )
+        .tokens(0),
+        Fixture::raw(
+            "not-an-error-status",
+            "An error body on a 200: not an error status, nothing to retry.",
+            200,
+            &[json_type],
+            &internal,
+        ),
+        Fixture::task(
+            "task-failed-known",
+            "An async task that failed with upstream_error: decided like a 502.",
+            "upstream_error",
+            "Provider outage",
+        ),
+        Fixture::task(
+            "task-failed-unknown",
+            "An async task that failed with a code newer than this version: decided like a 500.",
+            "agent_loop_exhausted",
+            "AgentLoopError: max_tool_calls=30 exceeded",
+        ),
+        Fixture::task(
+            "task-failed-permanent",
+            "An async task that failed with preflight_failed: permanent.",
+            "preflight_failed",
+            "Missing assets",
         ),
     ]);
     out

@@ -124,3 +124,55 @@ fn errors_md_holds_every_row_of_the_page() {
     }
     assert!(md.contains("\"task_id\": \"task_...\""));
 }
+
+/// Every number in `docs/` is exact in a JavaScript `Number`: an integer of at most
+/// 2^53 − 1, or a decimal.
+#[test]
+fn every_number_in_docs_is_exact_in_javascript() {
+    fn walk(v: &serde_json::Value, at: &str, bad: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Number(n) => {
+                let ok = n.as_u64().map_or_else(
+                    || {
+                        n.as_i64()
+                            .map_or(n.is_f64(), |i| i.unsigned_abs() < 1 << 53)
+                    },
+                    |u| u < 1 << 53,
+                );
+                if !ok {
+                    bad.push(format!("{at}: {n}"));
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    walk(item, &format!("{at}/{i}"), bad);
+                }
+            }
+            serde_json::Value::Object(map) => {
+                for (k, item) in map {
+                    walk(item, &format!("{at}/{k}"), bad);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut bad = Vec::new();
+    let mut files = 0;
+    for (path, text) in generate() {
+        if path.extension().is_some_and(|e| e == "json") {
+            let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+            walk(&value, &path.display().to_string(), &mut bad);
+            files += 1;
+        }
+    }
+    assert!(files > 20);
+    assert!(bad.is_empty(), "numbers past 2^53 - 1:\n{}", bad.join("\n"));
+    // The walk can fail: a number past 2^53 is caught.
+    let mut caught = Vec::new();
+    walk(
+        &serde_json::json!({"x": [1u64 << 53]}),
+        "probe",
+        &mut caught,
+    );
+    assert_eq!(caught, vec!["probe/x/0: 9007199254740992".to_owned()]);
+}

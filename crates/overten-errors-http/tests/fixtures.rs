@@ -1,5 +1,5 @@
-//! Replays every golden fixture in `docs/fixtures` through `classify` and the decision,
-//! as a client in another language would.
+//! Replays every golden fixture in `docs/fixtures` through `classify` (or, for a failed
+//! task, `TaskFailure`) and the decision, as a client in another language would.
 
 #![allow(
     clippy::unwrap_used,
@@ -11,32 +11,47 @@
 use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
-use overten_errors::{RetryPolicy, SplitMix64};
-use overten_errors_http::classify;
+use overten_errors::{ApiError, RetryBudget, RetryPolicy, SplitMix64, TaskFailure};
+use overten_errors_http::{Diagnostics, Received, classify};
 use serde_json::Value;
+
+fn received(f: &Value) -> Received {
+    let resp = &f["response"];
+    let body = resp["body"].as_str().unwrap();
+    if f["kind"] == "task_failure" {
+        let failure: TaskFailure = serde_json::from_str(body).unwrap();
+        return Received {
+            error: ApiError::from(failure),
+            diagnostics: Diagnostics::default(),
+        };
+    }
+    assert_eq!(f["kind"], "http_response");
+    let mut headers = HeaderMap::new();
+    for pair in resp["headers"].as_array().unwrap() {
+        headers.append(
+            HeaderName::from_bytes(pair[0].as_str().unwrap().as_bytes()).unwrap(),
+            HeaderValue::from_str(pair[1].as_str().unwrap()).unwrap(),
+        );
+    }
+    let status =
+        StatusCode::from_u16(u16::try_from(resp["status"].as_u64().unwrap()).unwrap()).unwrap();
+    classify(status, &headers, body.as_bytes())
+}
 
 #[test]
 fn every_fixture_replays() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/fixtures");
     let mut seen = 0;
+    let mut steps = std::collections::BTreeSet::new();
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         let f: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         let name = f["name"].as_str().unwrap();
-        let resp = &f["response"];
-        let mut headers = HeaderMap::new();
-        for pair in resp["headers"].as_array().unwrap() {
-            headers.append(
-                HeaderName::from_bytes(pair[0].as_str().unwrap().as_bytes()).unwrap(),
-                HeaderValue::from_str(pair[1].as_str().unwrap()).unwrap(),
-            );
-        }
-        let status =
-            StatusCode::from_u16(u16::try_from(resp["status"].as_u64().unwrap()).unwrap()).unwrap();
-        let r = classify(status, &headers, resp["body"].as_str().unwrap().as_bytes());
+        let r = received(&f);
         let expect = &f["expect"];
         let code = (!r.error.code().as_str().is_empty()).then(|| r.error.code().as_str());
         assert_eq!(expect["code"].as_str(), code, "{name}");
+        assert_eq!(expect["status"], r.error.status(), "{name}");
         assert_eq!(expect["message"], r.error.message(), "{name}");
         assert_eq!(
             expect["request_id"].as_str(),
@@ -48,19 +63,31 @@ fn every_fixture_replays() {
             r.diagnostics.body.is_none(),
             "{name}"
         );
+        assert_eq!(
+            expect["status_mismatch"].as_u64(),
+            r.error.status_mismatch().map(u64::from),
+            "{name}"
+        );
 
-        let now = SystemTime::UNIX_EPOCH
-            + Duration::from_secs(f["request"]["now_unix"].as_u64().unwrap());
-        let attempt = u32::try_from(f["request"]["attempt"].as_u64().unwrap()).unwrap();
+        let request = &f["request"];
+        let now =
+            SystemTime::UNIX_EPOCH + Duration::from_secs(request["now_unix"].as_u64().unwrap());
+        let attempt = u32::try_from(request["attempt"].as_u64().unwrap()).unwrap();
+        let b = &request["budget"];
+        let n = |k: &str| u32::try_from(b[k].as_u64().unwrap()).unwrap();
         let want = &expect["action"];
         for seed in 0..50 {
-            let advice = r.advise(
-                &RetryPolicy::default(),
+            let budget = RetryBudget::new(n("capacity"), n("retry_cost"), n("success_refill"))
+                .with_tokens(n("tokens"));
+            let decision = RetryPolicy::default().explain(
+                &r.error,
                 attempt,
                 now,
                 &mut SplitMix64::new(seed),
+                Some(&budget),
             );
-            let got = serde_json::to_value(advice).unwrap();
+            assert_eq!(expect["step"], decision.step.as_str(), "{name}");
+            let got = serde_json::to_value(decision.advice).unwrap();
             if let (Some(lo), Some(hi)) = (want["min_ms"].as_u64(), want["max_ms"].as_u64()) {
                 assert_eq!(got["action"], want["action"], "{name}");
                 assert_eq!(got["basis"], want["basis"], "{name}");
@@ -69,8 +96,16 @@ fn every_fixture_replays() {
             } else {
                 assert_eq!(&got, want, "{name}");
             }
+            steps.insert(decision.step.as_str());
         }
         seen += 1;
     }
-    assert!(seen >= 16 + 5, "only {seen} fixtures found in {dir}");
+    assert!(seen >= 16 + 30, "only {seen} fixtures found in {dir}");
+    // Every step that can decide is exercised by some fixture.
+    for step in &overten_errors::Step::ALL[1..] {
+        assert!(
+            steps.contains(step.as_str()),
+            "no fixture is decided by {step:?}"
+        );
+    }
 }

@@ -4,8 +4,10 @@
 //! the table changes every document with no other edit:
 //!
 //! - [`error_body_schema`]: the envelope `{"success": false, "error", "message"}`, with
-//!   `error` one of the known codes, each carrying its "when it occurs" text;
-//! - [`task_failure_schema`]: the failed async task object;
+//!   `error` one of the known codes (each carrying its "when it occurs" text) or any newer
+//!   `snake_case` code, since clients keep codes newer than themselves;
+//!   [`error_body_strict_schema`] allows known codes only, for servers;
+//! - [`task_failure_schema`] (and [`task_failure_strict_schema`]): the failed async task;
 //! - [`catalog`] and [`catalog_schema`]: the machine-readable catalog for SDKs in other
 //!   languages (codes, statuses, tiers, headers, fallback rule, retry defaults);
 //! - [`openapi`]: an OpenAPI 3.1 document whose `components` hold the schemas, one reusable
@@ -42,4 +44,7 @@ pub use catalog::{
     Limits, StatusEntry, TierEntry, catalog, catalog_schema,
 };
 pub use openapi::{OPENAPI_VERSION, openapi};
-pub use schemas::{DIALECT, error_body_schema, task_failure_schema};
+pub use schemas::{
+    CODE_PATTERN, DIALECT, error_body_schema, error_body_strict_schema, task_failure_schema,
+    task_failure_strict_schema,
+};

@@ -3,7 +3,7 @@
 use overten_errors::{ErrorCode, HeaderUse, headers};
 use serde_json::{Map, Value, json};
 
-use crate::schemas::{DIALECT, error_body, error_code, task_failure};
+use crate::schemas::{DIALECT, any_error_code, error_body, error_code, task_failure};
 
 /// The OpenAPI version the document declares.
 pub const OPENAPI_VERSION: &str = "3.1.0";
@@ -74,7 +74,8 @@ fn response(code: ErrorCode) -> Value {
 /// one response per code (keyed by the wire string; the status is in `x-status` and the
 /// description), and the documented headers.
 pub fn openapi() -> Value {
-    let code_ref = "#/components/schemas/ErrorCode";
+    let known_ref = "#/components/schemas/ErrorCode";
+    let any_ref = "#/components/schemas/AnyErrorCode";
     let mut responses = Map::new();
     for &code in ErrorCode::ALL {
         responses.insert(code.as_str().to_owned(), response(code));
@@ -102,8 +103,10 @@ pub fn openapi() -> Value {
         "components": {
             "schemas": {
                 "ErrorCode": error_code(),
-                "ErrorBody": error_body(code_ref),
-                "TaskFailure": task_failure(code_ref),
+                "AnyErrorCode": any_error_code(known_ref),
+                "ErrorBody": error_body(any_ref),
+                "ErrorBodyStrict": error_body(known_ref),
+                "TaskFailure": task_failure(any_ref),
             },
             "responses": responses,
             "headers": header_objects,

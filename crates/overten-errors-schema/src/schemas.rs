@@ -25,7 +25,28 @@ pub(crate) fn error_code() -> Value {
     })
 }
 
-/// The envelope's subschema, with `ErrorCode` referenced at `code_ref`.
+/// The pattern a code newer than this version must match: `snake_case`, as every code of
+/// the table is.
+pub const CODE_PATTERN: &str = "^[a-z][a-z0-9_]*$";
+
+/// The `AnyErrorCode` subschema: a known code (`ErrorCode`, referenced at `known_ref`) or
+/// any other `snake_case` string, since clients must keep codes newer than themselves.
+pub(crate) fn any_error_code(known_ref: &str) -> Value {
+    json!({
+        "title": "AnyErrorCode",
+        "description": "An error code: one this version knows, or a newer one in snake_case. A client keeps a code it does not know and decides by HTTP status.",
+        "anyOf": [
+            { "$ref": known_ref },
+            {
+                "description": "A code newer than this version of the catalog.",
+                "type": "string",
+                "pattern": CODE_PATTERN,
+            },
+        ],
+    })
+}
+
+/// The envelope's subschema, with its code schema referenced at `code_ref`.
 pub(crate) fn error_body(code_ref: &str) -> Value {
     json!({
         "title": "ErrorBody",
@@ -48,7 +69,7 @@ pub(crate) fn error_body(code_ref: &str) -> Value {
     })
 }
 
-/// The task failure's subschema, with `ErrorCode` referenced at `code_ref`.
+/// The task failure's subschema, with its code schema referenced at `code_ref`.
 pub(crate) fn task_failure(code_ref: &str) -> Value {
     json!({
         "title": "TaskFailure",
@@ -72,20 +93,39 @@ pub(crate) fn task_failure(code_ref: &str) -> Value {
     })
 }
 
+const KNOWN: &str = "#/$defs/ErrorCode";
+const ANY: &str = "#/$defs/AnyErrorCode";
+
 fn standalone(mut schema: Value) -> Value {
     if let Value::Object(map) = &mut schema {
         map.insert("$schema".into(), DIALECT.into());
-        map.insert("$defs".into(), json!({ "ErrorCode": error_code() }));
+        map.insert(
+            "$defs".into(),
+            json!({ "ErrorCode": error_code(), "AnyErrorCode": any_error_code(KNOWN) }),
+        );
     }
     schema
 }
 
-/// The JSON Schema (2020-12) of the error envelope.
+/// The JSON Schema (2020-12) of the error envelope, for clients: `error` is a known code
+/// or any newer `snake_case` one.
 pub fn error_body_schema() -> Value {
-    standalone(error_body("#/$defs/ErrorCode"))
+    standalone(error_body(ANY))
 }
 
-/// The JSON Schema (2020-12) of a failed async task.
+/// The strict variant of [`error_body_schema`], for servers and their tests: `error` must
+/// be a code of this version's table.
+pub fn error_body_strict_schema() -> Value {
+    standalone(error_body(KNOWN))
+}
+
+/// The JSON Schema (2020-12) of a failed async task, for clients: `error.code` is a known
+/// code or any newer `snake_case` one.
 pub fn task_failure_schema() -> Value {
-    standalone(task_failure("#/$defs/ErrorCode"))
+    standalone(task_failure(ANY))
+}
+
+/// The strict variant of [`task_failure_schema`]: `error.code` must be a known code.
+pub fn task_failure_strict_schema() -> Value {
+    standalone(task_failure(KNOWN))
 }

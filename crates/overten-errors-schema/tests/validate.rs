@@ -9,7 +9,8 @@
 
 use overten_errors::{Envelope, ErrorCode, RetryRule};
 use overten_errors_schema::{
-    catalog, catalog_schema, error_body_schema, openapi, task_failure_schema,
+    catalog, catalog_schema, error_body_schema, error_body_strict_schema, openapi,
+    task_failure_schema, task_failure_strict_schema,
 };
 use serde_json::{Value, json};
 
@@ -32,7 +33,9 @@ fn page_task_failure() -> Value {
 fn schemas_are_valid_2020_12() {
     for (name, schema) in [
         ("error body", error_body_schema()),
+        ("error body, strict", error_body_strict_schema()),
         ("task failure", task_failure_schema()),
+        ("task failure, strict", task_failure_strict_schema()),
         ("catalog", catalog_schema()),
     ] {
         assert_eq!(
@@ -46,8 +49,32 @@ fn schemas_are_valid_2020_12() {
 }
 
 #[test]
+fn clients_accept_newer_codes_and_servers_do_not() {
+    let (open, strict) = (
+        validator(&error_body_schema()),
+        validator(&error_body_strict_schema()),
+    );
+    let newer = json!({"success": false, "error": "quota_frozen", "message": "m"});
+    assert!(open.is_valid(&newer));
+    assert!(!strict.is_valid(&newer));
+    for bad in ["", "Quota_Frozen", "quota frozen", "9lives", "quota-frozen"] {
+        let body = json!({"success": false, "error": bad, "message": "m"});
+        assert!(!open.is_valid(&body), "{bad:?}");
+        assert!(!strict.is_valid(&body), "{bad:?}");
+    }
+    let (open, strict) = (
+        validator(&task_failure_schema()),
+        validator(&task_failure_strict_schema()),
+    );
+    let mut task = page_task_failure();
+    task["error"]["code"] = json!("agent_loop_exhausted");
+    assert!(open.is_valid(&task));
+    assert!(!strict.is_valid(&task));
+}
+
+#[test]
 fn every_code_body_validates_and_bad_bodies_do_not() {
-    let v = validator(&error_body_schema());
+    let v = validator(&error_body_strict_schema());
     for &code in ErrorCode::ALL {
         let body: Value =
             serde_json::from_slice(&Envelope::new(code.as_str(), "any text").to_json()).unwrap();
