@@ -427,6 +427,23 @@ pub(crate) fn all() -> Vec<Fixture> {
         )
         .now(915_148_680),
         Fixture::raw(
+            "retry-after-wrong-weekday",
+            "An HTTP-date whose weekday is not the date's is malformed: ignore it.",
+            429,
+            &[json_type, ("retry-after", "Mon, 06 Nov 1994 08:50:19 GMT")],
+            &limited,
+        ),
+        Fixture::raw(
+            "message-too-long",
+            "A message over the shared bound is cut at a character boundary and ends with '…'.",
+            400,
+            &[json_type],
+            &format!(
+                r#"{{"success":false,"error":"invalid_request","message":"{}"}}"#,
+                "é".repeat(overten_errors::MAX_MESSAGE_BYTES)
+            ),
+        ),
+        Fixture::raw(
             "retry-after-past-date",
             "Retry-After as a date already past: wait the minimum, never a hot loop.",
             429,

@@ -486,6 +486,8 @@ fn http_dates_take_every_rfc9110_form_and_the_leap_second() {
         "Thu, 31 Dec 1998 23:59:61 GMT",
         "Thu, 31 Dec 1998 23:59:60 UTC",
         "thu, 31 dec 1998 23:59:59 gmt",
+        "Mon, 31 Dec 1998 23:59:59 GMT",
+        "Wed, 31 Dec 1969 23:59:59 GMT",
     ] {
         assert_eq!(
             RetryAfter::parse(bad),
