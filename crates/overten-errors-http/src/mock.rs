@@ -8,11 +8,17 @@
 //!
 //! | request | response |
 //! |---|---|
-//! | `GET /errors/{code}` | that error, as the API sends it |
-//! | `GET /errors/{code}?async=true` | 202 with a `task_id` (the work resubmitted async) |
+//! | `GET` or `POST /errors/{code}` | that error, as the API sends it |
+//! | `GET /errors/{code}?status=NNN` | that error with another status (400 to 599), to test a status/code mismatch |
+//! | `GET /errors/{new_code}` | a `snake_case` code the table does not have, with status 500 or `?status=NNN`: for forward-compatibility tests |
+//! | `GET /errors/{code}?async=true`, or `POST` with the JSON body `{"async": true}` | 202 with a `task_id` (the work resubmitted async) |
 //! | `GET /tasks/{task_id}` | the task: `succeeded` for a resubmitted `sync_timeout_upgrade_async`, else the task-failure object with the code |
 //! | `GET /ok` | 200 `{"success":true}` |
-//! | anything else, or an unknown code | 404 `not_found` |
+//! | a path with broken percent-encoding, a bad `status`, a `POST` body that is not JSON | 400 `invalid_request` |
+//! | anything else | 404 `not_found` |
+//!
+//! Paths are percent-decoded before routing. The `Authorization` scheme is matched without
+//! regard to case, followed by one or more spaces (RFC 9110 section 11.4).
 //!
 //! It does no IO: the `mock_server` example serves it over HTTP with hyper.
 
@@ -21,8 +27,8 @@ use std::collections::HashMap;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use overten_errors::{
-    ApiError, ErrorCode, Failed, RATE_LIMIT_WINDOW_SECONDS, RandomSource, RateLimit, RetryAfter,
-    SplitMix64, TaskError, TaskFailure, Tier,
+    ApiError, Code, ErrorCode, Failed, RATE_LIMIT_WINDOW_SECONDS, RandomSource, RateLimit,
+    RetryAfter, SplitMix64, TaskError, TaskFailure, Tier,
 };
 
 use crate::server::{into_response, set_rate_limit_headers, set_request_id};
@@ -45,7 +51,7 @@ struct Window {
 pub struct Gateway {
     tier: Tier,
     windows: HashMap<String, Window>,
-    tasks: HashMap<String, ErrorCode>,
+    tasks: HashMap<String, Code>,
     ids: SplitMix64,
 }
 
@@ -71,8 +77,9 @@ impl Gateway {
         format!("{prefix}{a:016x}{:08x}", b >> 32)
     }
 
-    /// Answers one request at `now` (Unix seconds).
-    pub fn handle<B>(&mut self, request: &Request<B>, now: u64) -> Response<Vec<u8>> {
+    /// Answers one request at `now` (Unix seconds); the request's body (for a `POST`) is
+    /// its bytes.
+    pub fn handle<B: AsRef<[u8]>>(&mut self, request: &Request<B>, now: u64) -> Response<Vec<u8>> {
         let request_id = self.id("req_");
         let limit = self.tier.requests_per_minute();
         let minute = now / RATE_LIMIT_WINDOW_SECONDS;
@@ -123,20 +130,31 @@ impl Gateway {
         self.route(request, &request_id, rate_limit, wait)
     }
 
-    fn route<B>(
+    fn route<B: AsRef<[u8]>>(
         &mut self,
         request: &Request<B>,
         request_id: &str,
         rate_limit: RateLimit,
         wait: RetryAfter,
     ) -> Response<Vec<u8>> {
-        let path = request.uri().path();
-        let wants_async = request
-            .uri()
-            .query()
-            .is_some_and(|q| q.split('&').any(|p| p == "async=true"));
-        if request.method() != Method::GET {
+        let bad_request = |why: &'static str| {
+            let err = ApiError::new(ErrorCode::InvalidRequest, why);
+            respond(err, request_id, rate_limit, None)
+        };
+        let Some(path) = percent_decode(request.uri().path()) else {
+            return bad_request("The path's percent-encoding is malformed");
+        };
+        let query = Query(request.uri().query().unwrap_or(""));
+        let method = request.method();
+        if method != Method::GET && method != Method::POST {
             return error(ErrorCode::NotFound, request_id, rate_limit, None);
+        }
+        let mut wants_async = query.get("async").as_deref() == Some("true");
+        if method == Method::POST {
+            match async_in_body(request.body().as_ref()) {
+                Ok(in_body) => wants_async |= in_body,
+                Err(()) => return bad_request("The request body is not JSON"),
+            }
         }
         if path == "/ok" {
             return json(
@@ -147,8 +165,17 @@ impl Gateway {
             );
         }
         if let Some(wire) = path.strip_prefix("/errors/") {
-            let Some(code) = ErrorCode::from_wire(wire) else {
-                return error(ErrorCode::NotFound, request_id, rate_limit, None);
+            let code = match ErrorCode::from_wire(wire) {
+                Some(code) => Code::Known(code),
+                None if is_code(wire) => Code::parse(wire),
+                None => return error(ErrorCode::NotFound, request_id, rate_limit, None),
+            };
+            let status = match query.get("status") {
+                None => code.known().map_or(UNKNOWN_CODE_STATUS, ErrorCode::status),
+                Some(s) => match s.parse::<u16>() {
+                    Ok(s) if (400..=599).contains(&s) => s,
+                    _ => return bad_request("status must be a number from 400 to 599"),
+                },
             };
             if wants_async {
                 let task_id = self.id("task_");
@@ -164,23 +191,32 @@ impl Gateway {
                     rate_limit,
                 );
             }
-            let hint = (code == ErrorCode::RateLimitExceeded).then_some(wait);
-            return error(code, request_id, rate_limit, hint);
+            let message = match code.known() {
+                Some(known) => known.when(),
+                None => "An error code newer than this mock's table (forward-compatibility test)",
+            };
+            let err = ApiError::received(code, status, message);
+            let hint = (status == ErrorCode::RateLimitExceeded.status()).then_some(wait);
+            return respond(err, request_id, rate_limit, hint);
         }
         if let Some(task_id) = path.strip_prefix("/tasks/") {
-            let Some(&code) = self.tasks.get(task_id) else {
+            let Some(code) = self.tasks.get(task_id) else {
                 return error(ErrorCode::NotFound, request_id, rate_limit, None);
             };
-            let body = if code == ErrorCode::SyncTimeoutUpgradeAsync {
+            let body = if *code == ErrorCode::SyncTimeoutUpgradeAsync {
                 format!(r#"{{"task_id":"{task_id}","status":"succeeded","credits_used":1}}"#)
                     .into_bytes()
             } else {
+                let message = code.known().map_or(
+                    "A task failure with a code newer than this mock's table",
+                    ErrorCode::when,
+                );
                 let failure = TaskFailure {
                     task_id: task_id.to_owned(),
                     status: Failed,
                     error: TaskError {
-                        code: code.into(),
-                        message: code.when().to_owned(),
+                        code: code.clone(),
+                        message: message.to_owned(),
                     },
                     credits_used: 0,
                     duration_ms: 1200,
@@ -193,10 +229,88 @@ impl Gateway {
     }
 }
 
+/// The status `/errors/{code}` answers a code the table does not have with, unless the
+/// query names one.
+pub const UNKNOWN_CODE_STATUS: u16 = 500;
+
+/// The longest code `/errors/{code}` accepts.
+const MAX_CODE_BYTES: usize = 64;
+
+/// A `snake_case` code: the shape every code of the table has.
+fn is_code(s: &str) -> bool {
+    s.len() <= MAX_CODE_BYTES
+        && s.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// Whether a `POST` body asks for async: `{"async": true}`. An empty body is a sync
+/// request; a body that is not JSON is an error.
+fn async_in_body(body: &[u8]) -> Result<bool, ()> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(false);
+    }
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|_| ())?;
+    Ok(value.get("async") == Some(&serde_json::Value::Bool(true)))
+}
+
+/// A query string's `name=value` pairs, values percent-decoded.
+struct Query<'a>(&'a str);
+
+impl Query<'_> {
+    fn get(&self, name: &str) -> Option<String> {
+        self.0
+            .split('&')
+            .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
+            .find(|(k, _)| *k == name)
+            .and_then(|(_, v)| percent_decode(v))
+    }
+}
+
+/// Percent-decodes a path or query value; `None` for a broken escape or bytes that are not
+/// UTF-8 once decoded.
+fn percent_decode(s: &str) -> Option<String> {
+    if !s.contains('%') {
+        return Some(s.to_owned());
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hi = hex(*bytes.get(i + 1)?)?;
+            let lo = hex(*bytes.get(i + 2)?)?;
+            out.push(hi << 4 | lo);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
 /// The key of a well-formed `Authorization: Bearer sk_live_...` header.
+///
+/// RFC 9110 section 11.4: `credentials = auth-scheme [ 1*SP token68 ]`; the scheme is
+/// case-insensitive; whitespace around the whole value is not part of it.
 fn api_key<B>(request: &Request<B>) -> Option<&str> {
     let value = request.headers().get(AUTHORIZATION)?.to_str().ok()?;
-    let key = value.strip_prefix("Bearer ")?;
+    let value = value.trim_matches(|c| c == ' ' || c == '\t');
+    let (scheme, rest) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let key = rest.trim_start_matches(' ');
     let rest = key.strip_prefix("sk_live_")?;
     let ok = !rest.is_empty()
         && rest.len() <= 128
@@ -210,9 +324,16 @@ fn error(
     rate_limit: RateLimit,
     retry_after: Option<RetryAfter>,
 ) -> Response<Vec<u8>> {
-    let mut err = ApiError::from(code)
-        .with_request_id(request_id)
-        .with_rate_limit(rate_limit);
+    respond(ApiError::from(code), request_id, rate_limit, retry_after)
+}
+
+fn respond(
+    err: ApiError,
+    request_id: &str,
+    rate_limit: RateLimit,
+    retry_after: Option<RetryAfter>,
+) -> Response<Vec<u8>> {
+    let mut err = err.with_request_id(request_id).with_rate_limit(rate_limit);
     if let Some(ra) = retry_after {
         err = err.with_retry_after(ra);
     }
@@ -234,12 +355,121 @@ mod tests {
     use super::*;
     use crate::classify;
 
-    fn get(path: &str, key: Option<&str>) -> Request<()> {
+    fn get(path: &str, key: Option<&str>) -> Request<Vec<u8>> {
         let mut b = Request::get(path);
         if let Some(key) = key {
             b = b.header(AUTHORIZATION, format!("Bearer {key}"));
         }
-        b.body(()).unwrap()
+        b.body(Vec::new()).unwrap()
+    }
+
+    fn with_auth(path: &str, auth: &str) -> Request<Vec<u8>> {
+        Request::get(path)
+            .header(AUTHORIZATION, auth)
+            .body(Vec::new())
+            .unwrap()
+    }
+
+    #[test]
+    fn the_auth_scheme_is_case_insensitive_and_spaced_as_rfc9110_says() {
+        let mut gw = Gateway::new(Tier::Enterprise, 1);
+        for ok in [
+            "Bearer sk_live_a",
+            "bearer sk_live_a",
+            "BEARER sk_live_a",
+            "bEaReR    sk_live_a",
+            " Bearer sk_live_a\t",
+        ] {
+            assert_eq!(gw.handle(&with_auth("/ok", ok), 0).status(), 200, "{ok:?}");
+        }
+        for bad in [
+            "Bearer\tsk_live_a",
+            "Bearersk_live_a",
+            "Basic sk_live_a",
+            "Bearer sk_live_a extra",
+            "Bearer",
+        ] {
+            assert_eq!(
+                gw.handle(&with_auth("/ok", bad), 0).status(),
+                401,
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn paths_are_percent_decoded() {
+        let mut gw = Gateway::new(Tier::Enterprise, 1);
+        let key = Some("sk_live_k");
+        let resp = gw.handle(&get("/errors/rate%5flimit%5Fexceeded", key), 0);
+        assert_eq!(resp.status(), 429);
+        let resp = gw.handle(&get("/errors/gone%zz", key), 0);
+        assert_eq!(resp.status(), 400);
+        let resp = gw.handle(&get("/errors/gone%", key), 0);
+        assert_eq!(resp.status(), 400);
+        let resp = gw.handle(&get("/errors/%ff", key), 0);
+        assert_eq!(resp.status(), 400, "not UTF-8 once decoded");
+        assert_eq!(gw.handle(&get("/%6Fk", key), 0).status(), 200);
+    }
+
+    #[test]
+    fn unknown_codes_are_answered_for_forward_compatibility_tests() {
+        let mut gw = Gateway::new(Tier::Enterprise, 1);
+        let key = Some("sk_live_k");
+        let resp = gw.handle(&get("/errors/quota_frozen", key), 0);
+        assert_eq!(resp.status(), UNKNOWN_CODE_STATUS);
+        let r = classify(resp.status(), resp.headers(), resp.body());
+        assert_eq!(r.error.code().as_str(), "quota_frozen");
+        assert_eq!(r.error.code().known(), None);
+        let resp = gw.handle(&get("/errors/quota_frozen?status=503", key), 0);
+        assert_eq!(resp.status(), 503);
+        let resp = gw.handle(&get("/errors/quota_frozen?status=429", key), 0);
+        assert_eq!(resp.status(), 429);
+        assert!(resp.headers().contains_key("retry-after"));
+        // A known code with another status, for status/code mismatch tests.
+        let resp = gw.handle(&get("/errors/not_found?status=500", key), 0);
+        assert_eq!(resp.status(), 500);
+        let r = classify(resp.status(), resp.headers(), resp.body());
+        assert_eq!(r.diagnostics.status_mismatch, Some(404));
+        for bad in ["?status=200", "?status=abc", "?status=99999", "?status="] {
+            let resp = gw.handle(&get(&format!("/errors/quota_frozen{bad}"), key), 0);
+            assert_eq!(resp.status(), 400, "{bad}");
+        }
+        for not_a_code in ["Quota", "9x", "a-b", &"a".repeat(65)] {
+            let resp = gw.handle(&get(&format!("/errors/{not_a_code}"), key), 0);
+            assert_eq!(resp.status(), 404, "{not_a_code}");
+        }
+    }
+
+    #[test]
+    fn async_is_also_accepted_as_a_json_body() {
+        let mut gw = Gateway::new(Tier::Enterprise, 1);
+        let post = |body: &str| {
+            Request::post("/errors/sync_timeout_upgrade_async")
+                .header(AUTHORIZATION, "Bearer sk_live_k")
+                .body(body.as_bytes().to_vec())
+                .unwrap()
+        };
+        let resp = gw.handle(&post(r#"{"async": true, "prompt": "x"}"#), 0);
+        assert_eq!(resp.status(), 202);
+        let v: serde_json::Value = serde_json::from_slice(resp.body()).unwrap();
+        let task = v["task_id"].as_str().unwrap();
+        let resp = gw.handle(&get(&format!("/tasks/{task}"), Some("sk_live_k")), 0);
+        let v: serde_json::Value = serde_json::from_slice(resp.body()).unwrap();
+        assert_eq!(v["status"], "succeeded");
+        assert_eq!(gw.handle(&post(r#"{"async": false}"#), 0).status(), 408);
+        assert_eq!(gw.handle(&post(""), 0).status(), 408);
+        assert_eq!(gw.handle(&post("{not json"), 0).status(), 400);
+        // An unknown code resubmitted async fails as a task with that code.
+        let resp = gw.handle(
+            &get("/errors/quota_frozen?async=true", Some("sk_live_k")),
+            0,
+        );
+        let v: serde_json::Value = serde_json::from_slice(resp.body()).unwrap();
+        let task = v["task_id"].as_str().unwrap();
+        let resp = gw.handle(&get(&format!("/tasks/{task}"), Some("sk_live_k")), 0);
+        let failure: TaskFailure = serde_json::from_slice(resp.body()).unwrap();
+        assert_eq!(failure.error.code.as_str(), "quota_frozen");
     }
 
     #[test]
@@ -289,7 +519,7 @@ mod tests {
             let resp = gw.handle(&get(&format!("/errors/{code}"), key), 0);
             assert_eq!(resp.status(), code.status());
         }
-        assert_eq!(gw.handle(&get("/errors/nope", key), 0).status(), 404);
+        assert_eq!(gw.handle(&get("/errors/No-pe", key), 0).status(), 404);
         assert_eq!(gw.handle(&get("/elsewhere", key), 0).status(), 404);
         let resp = gw.handle(&get("/errors/internal_error?async=true", key), 0);
         assert_eq!(resp.status(), 202);

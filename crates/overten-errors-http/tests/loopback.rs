@@ -73,7 +73,7 @@ fn raw(status: u16, headers: &[(&str, &[u8])], body: Body) -> Response<Body> {
     clippy::needless_pass_by_value,
     reason = "the serve() handler signature"
 )]
-fn handler(req: Request<hyper::body::Incoming>) -> Response<Body> {
+fn handler(req: Request<Bytes>) -> Response<Body> {
     let path = req.uri().path();
     let rl = RateLimit {
         limit: 60,
@@ -444,6 +444,113 @@ async fn mock_gateway_over_http() {
         if let Some((429, ra)) = statuses.last() {
             assert!(matches!(ra, Some(RetryAfter::Seconds(1..=60))), "{ra:?}");
         }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_idle_connection_is_dropped_after_the_header_read_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    within(async {
+        let options = support::Options {
+            header_read_timeout: Duration::from_millis(200),
+            ..support::Options::default()
+        };
+        let addr = support::serve_with("127.0.0.1:0".parse().unwrap(), options, handler)
+            .await
+            .unwrap();
+        // Half a request head, then nothing: the server hangs up (408 or a bare close).
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET /ok HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        let started = std::time::Instant::now();
+        let mut buf = Vec::new();
+        // Closed cleanly or reset: either ends the read; only a hang fails the timeout.
+        let _closed = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buf))
+            .await
+            .expect("the server closes an idle connection");
+        assert!(started.elapsed() >= Duration::from_millis(150));
+        assert!(!buf.starts_with(b"HTTP/1.1 200"), "no request was answered");
+        // The server is still up for the next client.
+        let r = support::get(addr, "/unknown", &[]).await.unwrap();
+        assert_eq!(r.status(), 503);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn accept_errors_pause_the_loop_but_never_end_it() {
+    within(async {
+        // An acceptor that fails like a process out of descriptors, then recovers.
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (c, a) = (Arc::clone(&calls), Arc::clone(&accepted));
+        let run = support::accept_forever(
+            move || {
+                let n = c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                async move {
+                    if n < 3 {
+                        Err(std::io::Error::from_raw_os_error(24)) // EMFILE
+                    } else {
+                        // A real accept waits for a client.
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        Ok(n)
+                    }
+                }
+            },
+            move |_| {
+                a.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            },
+            Duration::from_millis(10),
+        );
+        // It runs for ever; stop it after a while and look at what it did.
+        let _ = tokio::time::timeout(Duration::from_millis(300), async {
+            run.await;
+        })
+        .await;
+        assert!(calls.load(std::sync::atomic::Ordering::SeqCst) > 3);
+        assert!(
+            accepted.load(std::sync::atomic::Ordering::SeqCst) > 0,
+            "it recovered"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_mock_takes_async_as_a_post_body_over_http() {
+    within(async {
+        let gateway = Arc::new(Mutex::new(Gateway::new(Tier::Enterprise, 5)));
+        let addr = support::serve("127.0.0.1:0".parse().unwrap(), move |req| {
+            gateway.lock().unwrap().handle(&req, 1_000).map(full)
+        })
+        .await
+        .unwrap();
+        let auth = [("authorization", "bearer  sk_live_post")];
+        let r = support::send(
+            addr,
+            http::Method::POST,
+            "/errors/sync_timeout_upgrade_async",
+            &auth,
+            Bytes::from_static(br#"{"async": true}"#),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 202);
+        let r = support::get(addr, "/errors/rate%5Flimit%5Fexceeded", &auth)
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 429);
+        let r = support::get(addr, "/errors/brand_new_code?status=503", &auth)
+            .await
+            .unwrap();
+        let r = classify_response(r).await.unwrap();
+        assert_eq!(
+            (r.error.status(), r.error.code().as_str()),
+            (503, "brand_new_code")
+        );
     })
     .await;
 }
