@@ -75,6 +75,9 @@ pub fn generate() -> BTreeMap<PathBuf, String> {
     let mut text = serde_json::to_string_pretty(&openapi).unwrap_or_default();
     text.push('\n');
     files.insert("docs/openapi/errors.openapi.json".into(), text);
+    for (path, text) in packaged_copies() {
+        files.insert(path, text);
+    }
     for fixture in fixtures::all() {
         files.insert(
             format!("docs/fixtures/{}.json", fixture.name).into(),
@@ -82,6 +85,31 @@ pub fn generate() -> BTreeMap<PathBuf, String> {
         );
     }
     files
+}
+
+/// The crates published to crates.io; each package carries its own copies of the licenses.
+pub const PUBLISHED: &[&str] = &["overten-errors", "overten-errors-http", "overten-errors-schema"];
+
+/// Files copied into the published crates, so that each `.crate` builds, documents and
+/// tests from itself alone: the two licenses in every crate, and the reference page into
+/// the schema crate's test data. The copies are checked like every generated file.
+fn packaged_copies() -> Vec<(PathBuf, String)> {
+    let root = workspace_root();
+    let read = |rel: &str| std::fs::read_to_string(root.join(rel)).unwrap_or_default();
+    let mut out = Vec::new();
+    for krate in PUBLISHED {
+        for license in ["LICENSE-MIT", "LICENSE-APACHE"] {
+            out.push((
+                Path::new("crates").join(krate).join(license),
+                normalise(&read(license)),
+            ));
+        }
+    }
+    out.push((
+        "crates/overten-errors-schema/tests/data/error-reference.txt".into(),
+        normalise(&read("crates/overten-errors/tests/data/error-reference.txt")),
+    ));
+    out
 }
 
 /// One way `docs/` differs from what [`generate`] makes.
@@ -170,3 +198,9 @@ pub fn write(root: &Path) -> std::io::Result<Vec<String>> {
     }
     Ok(report)
 }
+
+/// The workspace README's quickstarts, compiled and run as doctests here (the README is not
+/// part of any published crate).
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct RootReadmeDoctests;

@@ -37,6 +37,7 @@
 //! assert!(received.diagnostics.is_clean());
 //! ```
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(doc)]
 use overten_errors::ApiError;
@@ -57,7 +58,7 @@ pub use names::{
 };
 pub use server::{into_response, set_rate_limit_headers, set_request_id};
 
-/// The README's examples, compiled and run as doctests.
+/// This crate's README examples, compiled and run as doctests.
 #[cfg(doctest)]
-#[doc = include_str!("../../../README.md")]
+#[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;

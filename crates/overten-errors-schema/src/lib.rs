@@ -34,6 +34,7 @@
 //! assert_eq!(doc["components"]["responses"]["rate_limit_exceeded"]["x-status"], 429);
 //! ```
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod catalog;
 mod openapi;
@@ -48,3 +49,8 @@ pub use schemas::{
     CODE_PATTERN, DIALECT, error_body_schema, error_body_strict_schema, task_failure_schema,
     task_failure_strict_schema,
 };
+
+/// This crate's README examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -52,6 +52,7 @@
 //! # Ok::<(), overten_errors::BodyError>(())
 //! ```
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod code;
 mod envelope;
@@ -82,3 +83,8 @@ pub use rule::{FALLBACK, FallbackRule, HeaderUse, RetryRule};
 pub use status::{STATUSES, StatusInfo, StatusKind, status_info};
 pub use task::{Failed, TaskError, TaskFailure, UNKNOWN_TASK_CODE_STATUS};
 pub use text::{IdError, MAX_ID_BYTES, MAX_MESSAGE_BYTES, check_id};
+
+/// This crate's README examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

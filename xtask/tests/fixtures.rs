@@ -40,7 +40,7 @@ fn received(f: &Value) -> Received {
 
 #[test]
 fn every_fixture_replays() {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/fixtures");
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/fixtures");
     let mut seen = 0;
     let mut steps = std::collections::BTreeSet::new();
     for entry in std::fs::read_dir(dir).unwrap() {
