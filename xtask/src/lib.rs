@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub mod compat;
 mod fixtures;
 mod markdown;
 mod retry_md;
@@ -88,7 +89,11 @@ pub fn generate() -> BTreeMap<PathBuf, String> {
 }
 
 /// The crates published to crates.io; each package carries its own copies of the licenses.
-pub const PUBLISHED: &[&str] = &["overten-errors", "overten-errors-http", "overten-errors-schema"];
+pub const PUBLISHED: &[&str] = &[
+    "overten-errors",
+    "overten-errors-http",
+    "overten-errors-schema",
+];
 
 /// Files copied into the published crates, so that each `.crate` builds, documents and
 /// tests from itself alone: the two licenses in every crate, and the reference page into
@@ -107,7 +112,9 @@ fn packaged_copies() -> Vec<(PathBuf, String)> {
     }
     out.push((
         "crates/overten-errors-schema/tests/data/error-reference.txt".into(),
-        normalise(&read("crates/overten-errors/tests/data/error-reference.txt")),
+        normalise(&read(
+            "crates/overten-errors/tests/data/error-reference.txt",
+        )),
     ));
     out
 }

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 fn usage() -> ExitCode {
-    eprintln!("usage: cargo xtask docs [--check]");
+    eprintln!("usage: cargo xtask docs [--check] | cargo xtask release-snapshot");
     ExitCode::from(2)
 }
 
@@ -39,6 +39,16 @@ fn main() -> ExitCode {
             );
             ExitCode::FAILURE
         }
+        ["release-snapshot"] => match xtask::compat::write_snapshot(&root) {
+            Ok(path) => {
+                println!("wrote {}", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("cargo xtask release-snapshot: {e}");
+                ExitCode::FAILURE
+            }
+        },
         _ => usage(),
     }
 }

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Packages every published crate, then tests each one from its `.crate` alone, the way
+# crates.io users get it: unpacked outside the workspace, with no file of the repository
+# beside it. Crates that depend on `overten-errors` use the *packaged* core (its unpacked
+# `.crate`, patched in for crates.io), since it is not published yet.
+#
+# Usage: bash scripts/package-check.sh   (CI runs it; nothing is uploaded)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+echo "== cargo publish --workspace --exclude xtask --dry-run (nothing is uploaded)"
+cargo publish --workspace --exclude xtask --dry-run
+
+# The .crate files themselves (the dry run above already built and verified them).
+cargo package --workspace --exclude xtask --no-verify --quiet
+
+version=$(cargo metadata --format-version 1 --no-deps \
+  | python3 -c 'import json,sys; print(next(p["version"] for p in json.load(sys.stdin)["packages"] if p["name"]=="overten-errors"))')
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+export CARGO_TARGET_DIR="$root/target/package-tests"
+core="$work/overten-errors-$version"
+for crate in overten-errors overten-errors-http overten-errors-schema; do
+  tar -xzf "target/package/$crate-$version.crate" -C "$work"
+done
+for crate in overten-errors overten-errors-http overten-errors-schema; do
+  dir="$work/$crate-$version"
+  echo "== $crate $version: cargo test from the unpacked .crate"
+  (cd "$dir" && cargo test --all-features \
+      --config "patch.crates-io.overten-errors.path=\"$core\"")
+done
