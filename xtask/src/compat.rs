@@ -2,7 +2,7 @@
 //!
 //! `docs/compat.md` states the policy; `cargo xtask release-snapshot` keeps the released
 //! catalog as `docs/compat/catalog-<version>.json`; [`compare`] classifies every difference
-//! and [`required_bump`] says whether the workspace version allows it.
+//! and [`refused`] lists the ones the workspace version does not allow.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
