@@ -677,3 +677,183 @@ proptest! {
         }
     }
 }
+
+/// SplitMix64's published reference outputs for seed 0 (Vigna's `splitmix64.c`).
+#[test]
+fn splitmix64_matches_the_reference_generator() {
+    use overten_errors::RandomSource;
+    let mut rng = SplitMix64::new(0);
+    assert_eq!(rng.next_u64(), 0xe220_a839_7b1d_cdaf);
+    assert_eq!(rng.next_u64(), 0x6e78_9e6a_a1b9_65f4);
+    assert_eq!(rng.next_u64(), 0x06c4_5d18_8009_454f);
+}
+
+/// `Number.MAX_SAFE_INTEGER` of ECMA-262: the last integer a double holds exactly.
+#[test]
+#[allow(clippy::cast_precision_loss, reason = "the point of the test")]
+fn the_json_cap_is_javascripts_max_safe_integer() {
+    use overten_errors::MAX_SAFE_INTEGER;
+    assert_eq!(MAX_SAFE_INTEGER, 9_007_199_254_740_991);
+    let next = MAX_SAFE_INTEGER + 1;
+    assert_eq!((next as f64) as u64, next);
+    assert_eq!(
+        ((next + 1) as f64) as u64,
+        next,
+        "past it, doubles lose integers"
+    );
+    let stop = Advice::Stop(StopReason::WaitTooLong {
+        requested: Duration::MAX,
+        max: secs(300),
+    });
+    assert_eq!(
+        serde_json::to_value(stop).unwrap()["requested_ms"],
+        9_007_199_254_740_991_u64
+    );
+}
+
+/// The defaults `RetryPolicy::DEFAULT` documents, from their sources: Google Cloud's
+/// truncated exponential backoff (1 s, x2, 32 s), AWS's equal jitter (0.5), gRPC's cap of 5
+/// attempts, the API's 300 s sync ceiling; the budget is the AWS SDKs' standard retry quota
+/// (`shared/reference/retry-policies.md`: 500 tokens, 5 a retry, 1 back a success).
+#[test]
+#[allow(clippy::float_cmp, reason = "exact constants")]
+fn the_defaults_are_the_documented_ones() {
+    let p = RetryPolicy::default();
+    assert_eq!(
+        (p.initial_delay(), p.max_delay(), p.min_wait(), p.max_wait()),
+        (secs(1), secs(32), secs(1), secs(300))
+    );
+    assert_eq!(
+        (p.multiplier(), p.jitter(), p.max_attempts()),
+        (2.0, 0.5, 5)
+    );
+    let b = RetryBudget::default();
+    assert_eq!(
+        (b.capacity(), b.retry_cost(), b.success_refill()),
+        (500, 5, 1)
+    );
+    assert_eq!(b.tokens(), 500, "a budget starts full");
+    // A builder's values are the ones read back.
+    let q = RetryPolicy::builder()
+        .multiplier(3.0)
+        .jitter(0.25)
+        .max_attempts(7)
+        .build()
+        .unwrap();
+    assert_eq!(
+        (q.multiplier(), q.jitter(), q.max_attempts()),
+        (3.0, 0.25, 7)
+    );
+    let c = RetryBudget::new(40, 7, 3).with_tokens(12);
+    assert_eq!(
+        (c.capacity(), c.retry_cost(), c.success_refill(), c.tokens()),
+        (40, 7, 3, 12)
+    );
+    assert_eq!(RetryBudget::new(40, 7, 3).with_tokens(99).tokens(), 40);
+    // A clone keeps the settings and the tokens of the moment, then goes its own way.
+    let d = c.clone();
+    assert_eq!(
+        (d.capacity(), d.retry_cost(), d.success_refill(), d.tokens()),
+        (40, 7, 3, 12)
+    );
+    d.record_success();
+    assert_eq!((c.tokens(), d.tokens()), (12, 15));
+}
+
+#[test]
+fn a_budget_that_can_pay_lets_the_retry_through_and_is_charged() {
+    let budget = RetryBudget::default();
+    let (advice, step) = explain(&err("internal_error", 500), 1, Some(&budget));
+    assert!(matches!(advice, Advice::Retry { .. }));
+    assert_eq!(step, Step::Backoff);
+    assert_eq!(budget.tokens(), 495);
+    // A stop or a resubmission costs nothing.
+    explain(&err("not_found", 404), 1, Some(&budget));
+    explain(&err("sync_timeout_upgrade_async", 408), 1, Some(&budget));
+    assert_eq!(budget.tokens(), 495);
+    let exact = RetryBudget::default().with_tokens(5);
+    assert!(matches!(
+        explain(&err("internal_error", 500), 1, Some(&exact)).0,
+        Advice::Retry { .. }
+    ));
+    assert_eq!(exact.tokens(), 0);
+}
+
+#[test]
+fn the_edges_of_max_wait_are_allowed() {
+    // A window that starts exactly at max_wait is still a wait.
+    let at_edge = RetryPolicy::builder()
+        .max_delay(secs(30))
+        .max_wait(secs(30))
+        .build()
+        .unwrap();
+    assert_eq!(
+        at_edge.decide(&err("service_unavailable", 503), 1, now(), &mut || u64::MAX),
+        Advice::Retry {
+            after: secs(30),
+            basis: Basis::WaitWindow
+        }
+    );
+    // max_wait may be exactly 2^53 - 1 ms.
+    let ms = Duration::from_millis(overten_errors::MAX_SAFE_INTEGER);
+    assert!(RetryPolicy::builder().max_wait(ms).build().is_ok());
+    assert_eq!(
+        RetryPolicy::builder()
+            .max_wait(ms + Duration::from_millis(1))
+            .build(),
+        Err(PolicyError::MaxWaitTooLarge)
+    );
+    // Durations past u64 milliseconds saturate rather than wrap around to small ones.
+    assert_eq!(
+        RetryPolicy::builder()
+            .max_wait(Duration::from_secs(u64::MAX / 500))
+            .build(),
+        Err(PolicyError::MaxWaitTooLarge)
+    );
+}
+
+#[test]
+fn steps_name_themselves_as_they_serialize() {
+    for step in Step::ALL {
+        assert_eq!(serde_json::to_value(step).unwrap(), step.as_str());
+        assert!(!step.inputs().is_empty(), "{step:?}");
+    }
+    // What each step says it can return is what it returns.
+    let cases = [
+        (err("not_found", 404), "stop (permanent)"),
+        (err("sync_timeout_upgrade_async", 408), "resubmit_async"),
+        (err("service_unavailable", 503), "retry (basis wait_window)"),
+        (err("internal_error", 500), "retry (basis backoff)"),
+        (
+            err("rate_limit_exceeded", 429),
+            "retry (basis rate_limit_default)",
+        ),
+    ];
+    for (e, says) in cases {
+        let (_, step) = explain(&e, 1, None);
+        assert!(
+            step.returns().contains(says),
+            "{step:?}: {}",
+            step.returns()
+        );
+    }
+}
+
+#[test]
+fn rules_read_as_the_page_writes_them() {
+    // The page: "Retry after 30–60 seconds".
+    assert_eq!(
+        ErrorCode::ServiceUnavailable.retry().to_string(),
+        "wait 30–60 s"
+    );
+    assert_eq!(
+        RetryRule::Wait {
+            min_ms: 1_250,
+            max_ms: 500
+        }
+        .to_string(),
+        "wait 1.250–0.500 s"
+    );
+    assert_eq!(RetryRule::Backoff.to_string(), "backoff");
+    assert_eq!(RetryRule::ResubmitAsync.to_string(), "resubmit_async");
+}
