@@ -690,7 +690,12 @@ fn splitmix64_matches_the_reference_generator() {
 
 /// `Number.MAX_SAFE_INTEGER` of ECMA-262: the last integer a double holds exactly.
 #[test]
-#[allow(clippy::cast_precision_loss, reason = "the point of the test")]
+#[allow(
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "the point of the test"
+)]
 fn the_json_cap_is_javascripts_max_safe_integer() {
     use overten_errors::MAX_SAFE_INTEGER;
     assert_eq!(MAX_SAFE_INTEGER, 9_007_199_254_740_991);
@@ -716,7 +721,11 @@ fn the_json_cap_is_javascripts_max_safe_integer() {
 /// attempts, the API's 300 s sync ceiling; the budget is the AWS SDKs' standard retry quota
 /// (`shared/reference/retry-policies.md`: 500 tokens, 5 a retry, 1 back a success).
 #[test]
-#[allow(clippy::float_cmp, reason = "exact constants")]
+#[allow(
+    clippy::float_cmp,
+    clippy::many_single_char_names,
+    reason = "exact constants; one letter per policy or budget"
+)]
 fn the_defaults_are_the_documented_ones() {
     let p = RetryPolicy::default();
     assert_eq!(
