@@ -91,7 +91,7 @@ impl Diagnostics {
 }
 
 /// A response read as an error.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Received {
     /// The error, with the ids and hints the response carried.
     pub error: ApiError,
@@ -147,7 +147,7 @@ where
     ))
 }
 
-fn classify_read(
+pub(crate) fn classify_read(
     status: StatusCode,
     headers: &HeaderMap,
     body: Result<&[u8], BodyIssue>,

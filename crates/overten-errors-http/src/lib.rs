@@ -11,6 +11,19 @@
 //! one advised action from the core's pure decision function. [`read_body_limited`] reads a
 //! body no further than [`MAX_BODY_BYTES`].
 //!
+//! [`Retrier`] is one retry loop for any async runtime (policy, shared budget, random
+//! source seeded per process, injectable [`Sleep`]); with the `reqwest` feature,
+//! `received_from_reqwest` reads a `reqwest::Response` and `RetryMiddleware` retries inside
+//! a `reqwest_middleware` client, reading the error body a status-only middleware never sees.
+//!
+//! # Features
+//!
+//! | feature | adds | pulls in |
+//! |---|---|---|
+//! | (default) | everything above but the two below | `http`, `http-body`, the core |
+//! | `reqwest` | `received_from_reqwest`, `RetryMiddleware`, `RetryOutcome` | `reqwest` (no default features), `reqwest-middleware`, `async-trait` |
+//! | `tokio` | `TokioSleep` | `tokio` with `time` only |
+//!
 //! [`mock::Gateway`] is the API's gateway behaviour (key check, per-key per-minute limits,
 //! `/errors/{code}`) as pure logic; the `mock_server` example serves it over HTTP.
 //!
@@ -44,6 +57,9 @@ use overten_errors::ApiError;
 
 mod client;
 mod names;
+#[cfg(feature = "reqwest")]
+mod reqwest_client;
+mod retrier;
 mod server;
 
 pub mod mock;
@@ -57,6 +73,15 @@ pub use names::{
     RATE_LIMIT_LIMIT, RATE_LIMIT_REMAINING, RATE_LIMIT_RESET, REQUEST_ID, RETRY_AFTER,
 };
 pub use server::{into_response, set_rate_limit_headers, set_request_id};
+
+#[cfg(feature = "tokio")]
+pub use retrier::TokioSleep;
+pub use retrier::{Attempt, GaveUp, Retrier, Sleep, process_seed};
+
+#[cfg(feature = "reqwest")]
+pub use reqwest_client::{
+    IDEMPOTENCY_KEY, RetryMiddleware, RetryOutcome, STREAMING_BODY, received_from_reqwest,
+};
 
 /// This crate's README examples, compiled and run as doctests.
 #[cfg(doctest)]

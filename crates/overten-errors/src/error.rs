@@ -11,6 +11,9 @@ use crate::rule::RetryRule;
 use crate::text::{self, LogSafe};
 
 type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+/// The cause as kept: shared, so that an `ApiError` is `Clone` and can travel in response
+/// extensions.
+type SharedCause = std::sync::Arc<dyn std::error::Error + Send + Sync + 'static>;
 
 /// An error of the Overten API: what a server raises and what a client receives.
 ///
@@ -37,7 +40,7 @@ type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// assert_eq!(err.to_json(), br#"{"success":false,"error":"internal_error","message":"Unhandled server exception"}"#);
 /// assert!(std::error::Error::source(&err).is_some());
 /// ```
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error(
     "{code} ({status}): {message}{ids}",
     message = LogSafe(.message),
@@ -57,7 +60,7 @@ pub struct ApiError {
     rate_limit: Option<RateLimit>,
     retry_after: Option<RetryAfter>,
     #[source]
-    cause: Option<Cause>,
+    cause: Option<SharedCause>,
 }
 
 /// The correlation ids a support ticket needs, as ` [request id: ..., run id: ...]`, or
@@ -157,7 +160,7 @@ impl ApiError {
     /// Attaches an internal cause, for logs only.
     #[must_use]
     pub fn with_cause(mut self, cause: impl Into<Cause>) -> ApiError {
-        self.cause = Some(cause.into());
+        self.cause = Some(SharedCause::from(cause.into()));
         self
     }
 

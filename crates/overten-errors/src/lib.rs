@@ -76,8 +76,8 @@ pub use limits::{
 };
 pub use pointer::{JsonPointer, PointerError};
 pub use retry::{
-    Advice, Basis, Decision, MAX_SAFE_INTEGER, PolicyError, RandomSource, RetryBudget, RetryPolicy,
-    RetryPolicyBuilder, SplitMix64, Step, StopReason,
+    Advice, Basis, Decision, MAX_SAFE_INTEGER, NOT_REPLAY_SAFE, PolicyError, RandomSource,
+    RetryBudget, RetryPolicy, RetryPolicyBuilder, SplitMix64, Step, StopReason,
 };
 pub use rule::{FALLBACK, FallbackRule, HeaderUse, RetryRule};
 pub use status::{STATUSES, StatusInfo, StatusKind, status_info};

@@ -602,14 +602,59 @@ impl RetryPolicy {
         rng: &mut R,
         budget: Option<&RetryBudget>,
     ) -> Decision {
-        let decision = self.unbudgeted(err, attempt, now, rng);
-        match (budget, decision.advice) {
-            (Some(budget), Advice::Retry { .. }) if !budget.try_spend() => Decision {
-                advice: Advice::Stop(StopReason::BudgetExhausted),
-                step: Step::Budget,
-            },
-            _ => decision,
-        }
+        charge(budget, self.unbudgeted(err, attempt, now, rng))
+    }
+
+    /// Decides what to do when no response came back (a transport failure), after attempt
+    /// number `attempt`. `docs/retry.md` ("When no response came back") writes it out:
+    ///
+    /// - a failure after the request was sent (a timeout or a reset while waiting for the
+    ///   answer) may have been processed: unless the request is `replay_safe` (an idempotent
+    ///   method, or one that carries an idempotency key) it **stops** as permanent (step 2);
+    /// - then the attempts are counted (step 3);
+    /// - then it backs off like a 5xx (step 9), paid from `budget` when given (step 10).
+    ///
+    /// A connection that was never established (`sent: false`: refused, DNS, a connect
+    /// timeout) never reached the server, so it is always safe to retry.
+    ///
+    /// ```
+    /// use std::time::SystemTime;
+    /// use overten_errors::{Advice, RetryPolicy, SplitMix64, Step};
+    /// let policy = RetryPolicy::default();
+    /// let refused = policy.decide_transport(false, false, 1, &mut SplitMix64::new(1), None);
+    /// assert!(matches!(refused.advice, Advice::Retry { .. }));
+    /// let timed_out_post = policy.decide_transport(true, false, 1, &mut SplitMix64::new(1), None);
+    /// assert_eq!(timed_out_post.step, Step::Permanent);
+    /// ```
+    pub fn decide_transport<R: RandomSource + ?Sized>(
+        &self,
+        sent: bool,
+        replay_safe: bool,
+        attempt: u32,
+        rng: &mut R,
+        budget: Option<&RetryBudget>,
+    ) -> Decision {
+        let decision = if sent && !replay_safe {
+            Decision {
+                advice: Advice::Stop(StopReason::Permanent {
+                    fix: NOT_REPLAY_SAFE,
+                }),
+                step: Step::Permanent,
+            }
+        } else if attempt.max(1) >= self.max_attempts {
+            Decision {
+                advice: Advice::Stop(StopReason::AttemptsExhausted {
+                    attempts: attempt.max(1),
+                }),
+                step: Step::Attempts,
+            }
+        } else {
+            Decision {
+                advice: self.backoff(attempt.max(1), rng),
+                step: Step::Backoff,
+            }
+        };
+        charge(budget, decision)
     }
 
     fn unbudgeted<R: RandomSource + ?Sized>(
@@ -735,6 +780,20 @@ impl RetryPolicy {
         }
     }
 }
+
+/// Step 10: a retry is paid from the budget, when there is one.
+fn charge(budget: Option<&RetryBudget>, decision: Decision) -> Decision {
+    match (budget, decision.advice) {
+        (Some(budget), Advice::Retry { .. }) if !budget.try_spend() => Decision {
+            advice: Advice::Stop(StopReason::BudgetExhausted),
+            step: Step::Budget,
+        },
+        _ => decision,
+    }
+}
+
+/// The reason a request that was sent but got no answer is not sent again.
+pub const NOT_REPLAY_SAFE: &str = "the request was sent and may have been processed: it is not replayed without an idempotent method or an idempotency key";
 
 /// A token bucket that stops retry storms: every retry spends tokens, every success
 /// returns some. Modelled on the AWS SDKs' standard retry quota (500 tokens, 5 a retry,

@@ -1,0 +1,324 @@
+//! `reqwest` (feature `reqwest`): a response read into a [`Received`], and a retrying
+//! [`reqwest_middleware::Middleware`] that reads the error body, decides, sleeps and
+//! retries.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, HeaderName, HeaderValue};
+use http::{Extensions, Method};
+use http_body::{Body, Frame, SizeHint};
+use overten_errors::{Advice, NOT_REPLAY_SAFE, RandomSource, SplitMix64, StopReason};
+use reqwest::ResponseBuilderExt;
+use reqwest_middleware::{Middleware, Next};
+
+use crate::client::{BodyIssue, MAX_BODY_BYTES, Received, classify_read};
+use crate::retrier::{Retrier, Sleep, process_seed};
+
+/// The reason a request whose body is a stream is not sent again.
+pub const STREAMING_BODY: &str =
+    "the request body is a stream: it cannot be sent again, so it is not retried";
+
+/// The default idempotency-key header (draft-ietf-httpapi-idempotency-key-header).
+pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+
+/// Reads a `reqwest::Response` into a [`Received`] (body capped at [`MAX_BODY_BYTES`]; a
+/// `Content-Length` over it is not read at all). The error is the transport's, when the
+/// connection broke while reading the body.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// let response = reqwest::get("http://127.0.0.1:8080/errors/gone").await?;
+/// if !response.status().is_success() {
+///     let received = overten_errors_http::received_from_reqwest(response).await?;
+///     eprintln!("{}", received.error);
+/// }
+/// # Ok(()) }
+/// ```
+pub async fn received_from_reqwest(
+    response: reqwest::Response,
+) -> Result<Received, reqwest::Error> {
+    read_reqwest(response).await.map(|(received, _)| received)
+}
+
+/// Reads the body (up to the cap) and classifies, returning the response rebuilt with its
+/// body intact: the bytes read, then whatever was left unread.
+async fn read_reqwest(
+    mut response: reqwest::Response,
+) -> Result<(Received, reqwest::Response), reqwest::Error> {
+    let declared_too_large = response
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n > MAX_BODY_BYTES as u64);
+    let mut read = Vec::new();
+    let mut too_large = declared_too_large;
+    while !too_large {
+        match response.chunk().await? {
+            Some(chunk) => {
+                read.extend_from_slice(&chunk);
+                too_large = read.len() > MAX_BODY_BYTES;
+            }
+            None => break,
+        }
+    }
+    let body: Result<&[u8], BodyIssue> = if too_large {
+        Err(BodyIssue::TooLarge)
+    } else {
+        Ok(&read)
+    };
+    let received = classify_read(response.status(), response.headers(), body);
+    let url = response.url().clone();
+    let done = !too_large;
+    let (parts, rest) = http::Response::<reqwest::Body>::from(response).into_parts();
+    let prefixed = Prefixed {
+        prefix: (!read.is_empty()).then(|| Bytes::from(read)),
+        rest: (!done).then_some(rest),
+    };
+    let mut builder = http::Response::builder()
+        .status(parts.status)
+        .version(parts.version)
+        .url(url);
+    if let Some(headers) = builder.headers_mut() {
+        *headers = parts.headers;
+    }
+    if let Some(extensions) = builder.extensions_mut() {
+        extensions.extend(parts.extensions);
+    }
+    let rebuilt = match builder.body(reqwest::Body::wrap(prefixed)) {
+        Ok(r) => reqwest::Response::from(r),
+        // The parts came from a valid response: building them again cannot fail.
+        Err(_) => reqwest::Response::from(http::Response::new(reqwest::Body::from(Vec::new()))),
+    };
+    Ok((received, rebuilt))
+}
+
+/// A body that yields the bytes already read, then the rest of the original body.
+struct Prefixed {
+    prefix: Option<Bytes>,
+    rest: Option<reqwest::Body>,
+}
+
+impl Body for Prefixed {
+    type Data = Bytes;
+    type Error = reqwest::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, reqwest::Error>>> {
+        if let Some(prefix) = self.prefix.take() {
+            return Poll::Ready(Some(Ok(Frame::data(prefix))));
+        }
+        match self.rest.as_mut() {
+            Some(rest) => Pin::new(rest).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prefix.is_none() && self.rest.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let prefix = self.prefix.as_ref().map_or(0, |p| p.len() as u64);
+        let mut hint = self
+            .rest
+            .as_ref()
+            .map_or(SizeHint::with_exact(0), Body::size_hint);
+        hint.set_lower(hint.lower() + prefix);
+        if let Some(upper) = hint.upper() {
+            hint.set_upper(upper + prefix);
+        }
+        hint
+    }
+}
+
+/// Why the middleware returned a non-success response: put in the response's extensions.
+#[derive(Debug, Clone)]
+pub struct RetryOutcome {
+    /// The response read as an error.
+    pub received: Received,
+    /// The advice that ended the loop: a stop with its reason, or `resubmit_async` (408),
+    /// which the caller does by sending the work again with `async: true`.
+    pub advice: Advice,
+    /// The step of `docs/retry.md` that decided.
+    pub step: overten_errors::Step,
+    /// Attempts made.
+    pub attempts: u32,
+}
+
+/// RFC 9110 section 9.2.2: methods whose repetition has the effect of one request.
+fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// A `reqwest_middleware` middleware that follows the decision of `docs/retry.md` for every
+/// request: on a non-success response it reads the body (capped), classifies, decides (paid
+/// from the shared budget), sleeps and sends the request again. When it stops, or when the
+/// request cannot be replayed, it returns the response with its body intact and a
+/// [`RetryOutcome`] in the response's extensions.
+///
+/// - Non-idempotent requests (`POST`, `PATCH`) are sent again only with an idempotency key;
+///   the middleware adds one (`Idempotency-Key: <32 hex digits>`, the same on every
+///   attempt) unless the request has one or [`RetryMiddleware::idempotency_key`] is `None`.
+/// - A request whose body is a stream is never sent twice.
+/// - Transport errors: a connection never established is retried with backoff; a timeout or
+///   reset after the request was sent only for an idempotent or keyed request.
+///
+/// ```
+/// use std::time::Duration;
+/// use overten_errors::RetryPolicy;
+/// use overten_errors_http::{Retrier, RetryMiddleware};
+///
+/// # fn sleep(_: Duration) -> std::future::Ready<()> { std::future::ready(()) }
+/// // With the `tokio` feature, `TokioSleep` instead of `sleep`.
+/// let retrier = Retrier::new(RetryPolicy::default(), sleep);
+/// let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+///     .with(RetryMiddleware::new(retrier))
+///     .build();
+/// # let _ = client;
+/// ```
+pub struct RetryMiddleware<S> {
+    retrier: Arc<Retrier<S>>,
+    key_header: Option<HeaderName>,
+    keys: std::sync::Mutex<SplitMix64>,
+}
+
+impl<S> std::fmt::Debug for RetryMiddleware<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RetryMiddleware")
+            .field("retrier", &self.retrier)
+            .field("key_header", &self.key_header)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Sleep> RetryMiddleware<S> {
+    /// A middleware around `retrier`, adding `Idempotency-Key` to non-idempotent requests.
+    pub fn new(retrier: Retrier<S>) -> RetryMiddleware<S> {
+        RetryMiddleware::shared(Arc::new(retrier))
+    }
+
+    /// A middleware around a shared `retrier` (its budget then serves every client that
+    /// shares it).
+    pub fn shared(retrier: Arc<Retrier<S>>) -> RetryMiddleware<S> {
+        RetryMiddleware {
+            retrier,
+            key_header: Some(IDEMPOTENCY_KEY),
+            keys: std::sync::Mutex::new(SplitMix64::new(process_seed())),
+        }
+    }
+
+    /// The header that carries idempotency keys, or `None` to add none (a `POST` or
+    /// `PATCH` is then never sent twice unless it carries a key already).
+    #[must_use]
+    pub fn idempotency_key(mut self, header: Option<HeaderName>) -> RetryMiddleware<S> {
+        self.key_header = header;
+        self
+    }
+
+    /// The retry loop's state (policy, budget).
+    pub fn retrier(&self) -> &Arc<Retrier<S>> {
+        &self.retrier
+    }
+
+    fn new_key(&self) -> HeaderValue {
+        let mut rng = self
+            .keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (a, b) = (rng.next_u64(), rng.next_u64());
+        HeaderValue::from_str(&format!("{a:016x}{b:016x}")).unwrap_or(HeaderValue::from_static("0"))
+    }
+}
+
+fn stop(fix: &'static str) -> Advice {
+    Advice::Stop(StopReason::Permanent { fix })
+}
+
+#[async_trait::async_trait]
+impl<S: Sleep + 'static> Middleware for RetryMiddleware<S> {
+    async fn handle(
+        &self,
+        mut req: reqwest::Request,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<reqwest::Response> {
+        let mut replay_safe = idempotent(req.method());
+        if !replay_safe {
+            if let Some(name) = &self.key_header {
+                if !req.headers().contains_key(name) {
+                    let key = self.new_key();
+                    req.headers_mut().insert(name.clone(), key);
+                }
+                replay_safe = true;
+            }
+        }
+        let mut attempt: u32 = 1;
+        loop {
+            let replay = req.try_clone();
+            match next.clone().run(req, extensions).await {
+                Ok(response)
+                    if !response.status().is_client_error()
+                        && !response.status().is_server_error() =>
+                {
+                    if response.status().is_success() {
+                        self.retrier.record_success();
+                    }
+                    return Ok(response);
+                }
+                Ok(response) => {
+                    let (received, mut response) = read_reqwest(response).await?;
+                    // Only a retry that will happen is paid from the budget.
+                    let mut decision = if replay.is_some() && replay_safe {
+                        self.retrier.decide(&received.error, attempt)
+                    } else {
+                        self.retrier.decide_unpaid(&received.error, attempt)
+                    };
+                    if matches!(decision.advice, Advice::Retry { .. }) {
+                        if replay.is_none() {
+                            decision.advice = stop(STREAMING_BODY);
+                        } else if !replay_safe {
+                            decision.advice = stop(NOT_REPLAY_SAFE);
+                        }
+                    }
+                    if let (Advice::Retry { after, .. }, Some(again)) = (decision.advice, replay) {
+                        self.retrier.sleep(after).await;
+                        req = again;
+                        attempt = attempt.saturating_add(1);
+                        continue;
+                    }
+                    response.extensions_mut().insert(RetryOutcome {
+                        received,
+                        advice: decision.advice,
+                        step: decision.step,
+                        attempts: attempt,
+                    });
+                    return Ok(response);
+                }
+                Err(error) => {
+                    let sent = match &error {
+                        reqwest_middleware::Error::Reqwest(e) => !e.is_connect(),
+                        reqwest_middleware::Error::Middleware(_) => return Err(error),
+                    };
+                    let decision = self.retrier.decide_transport(sent, replay_safe, attempt);
+                    match (decision.advice, replay) {
+                        (Advice::Retry { after, .. }, Some(again)) => {
+                            self.retrier.sleep(after).await;
+                            req = again;
+                            attempt = attempt.saturating_add(1);
+                        }
+                        _ => return Err(error),
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,386 @@
+//! One retry loop for any async runtime: policy, shared budget, random source, injectable
+//! sleep.
+
+use std::future::Future;
+use std::hash::{BuildHasher, Hasher};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use overten_errors::{
+    Advice, ApiError, Decision, RandomSource, RetryBudget, RetryPolicy, SplitMix64,
+};
+
+/// How the loop waits. Any `Fn(Duration) -> impl Future<Output = ()>` is one, so tests pass
+/// a recorder that never really waits; [`TokioSleep`] (feature `tokio`) is tokio's timer.
+pub trait Sleep: Send + Sync {
+    /// Waits `duration`.
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+}
+
+impl<F, Fut> Sleep for F
+where
+    F: Fn(Duration) -> Fut + Send + Sync,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(self(duration))
+    }
+}
+
+/// `tokio::time::sleep`.
+#[cfg(feature = "tokio")]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TokioSleep;
+
+#[cfg(feature = "tokio")]
+impl Sleep for TokioSleep {
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(tokio::time::sleep(duration))
+    }
+}
+
+/// A seed that differs in every process (and every call): std's per-process random hasher
+/// keys, which the standard library draws from the operating system. Two clients never
+/// jitter in lockstep because they were built alike.
+pub fn process_seed() -> u64 {
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(u64::from(std::process::id()));
+    hasher.finish()
+}
+
+/// One attempt of [`Retrier::run`]: its number (the first is 1) and whether the work is
+/// to be sent as an async task (`async: true`), which the loop asks for after a 408
+/// `sync_timeout_upgrade_async`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attempt {
+    /// The attempt's number, from 1.
+    pub number: u32,
+    /// Send the work with `async: true` and poll `/tasks/{id}` for its result.
+    pub asynchronous: bool,
+}
+
+/// Why [`Retrier::run`] gave up: the last error and the advice that stopped the loop.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{error} ({advice}, after {attempts} attempts)")]
+pub struct GaveUp {
+    /// The last error.
+    #[source]
+    pub error: ApiError,
+    /// The advice that ended the loop (a stop, with its reason).
+    pub advice: Advice,
+    /// Attempts made.
+    pub attempts: u32,
+}
+
+/// A retry loop: the core's [`RetryPolicy`], a [`RetryBudget`] shared through an `Arc`
+/// (clone the `Arc` into every client of a process, so that in an outage retries stop for
+/// all of them), a random source seeded per process, and an injectable [`Sleep`].
+///
+/// It is `Send + Sync`: share one behind an `Arc` across tasks.
+pub struct Retrier<S> {
+    policy: RetryPolicy,
+    budget: Arc<RetryBudget>,
+    rng: Mutex<SplitMix64>,
+    sleep: S,
+    clock: fn() -> SystemTime,
+}
+
+impl<S> std::fmt::Debug for Retrier<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Retrier")
+            .field("policy", &self.policy)
+            .field("budget", &self.budget)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Sleep> Retrier<S> {
+    /// A loop with `policy`, a fresh default budget, a per-process seed and the system clock.
+    pub fn new(policy: RetryPolicy, sleep: S) -> Retrier<S> {
+        Retrier {
+            policy,
+            budget: Arc::new(RetryBudget::default()),
+            rng: Mutex::new(SplitMix64::new(process_seed())),
+            sleep,
+            clock: SystemTime::now,
+        }
+    }
+
+    /// Shares `budget` (the same `Arc` in every loop of a client).
+    #[must_use]
+    pub fn with_budget(mut self, budget: Arc<RetryBudget>) -> Retrier<S> {
+        self.budget = budget;
+        self
+    }
+
+    /// Seeds the random source (for reproducible tests; production keeps the process seed).
+    #[must_use]
+    pub fn with_seed(self, seed: u64) -> Retrier<S> {
+        Retrier {
+            rng: Mutex::new(SplitMix64::new(seed)),
+            ..self
+        }
+    }
+
+    /// Reads "now" from `clock` instead of the system clock.
+    #[must_use]
+    pub fn with_clock(mut self, clock: fn() -> SystemTime) -> Retrier<S> {
+        self.clock = clock;
+        self
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &RetryPolicy {
+        &self.policy
+    }
+
+    /// The shared budget.
+    pub fn budget(&self) -> &Arc<RetryBudget> {
+        &self.budget
+    }
+
+    fn draw(&self) -> u64 {
+        self.rng
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .next_u64()
+    }
+
+    /// The decision for `err` after attempt `attempt`, paid from the budget.
+    pub fn decide(&self, err: &ApiError, attempt: u32) -> Decision {
+        let bits = self.draw();
+        self.policy.explain(
+            err,
+            attempt,
+            (self.clock)(),
+            &mut move || bits,
+            Some(&self.budget),
+        )
+    }
+
+    /// The decision for `err` without paying for a retry (for a request that will not be
+    /// sent again whatever the decision says).
+    pub fn decide_unpaid(&self, err: &ApiError, attempt: u32) -> Decision {
+        let bits = self.draw();
+        self.policy
+            .explain(err, attempt, (self.clock)(), &mut move || bits, None)
+    }
+
+    /// The decision when no response came back: see [`RetryPolicy::decide_transport`].
+    pub fn decide_transport(&self, sent: bool, replay_safe: bool, attempt: u32) -> Decision {
+        let bits = self.draw();
+        self.policy.decide_transport(
+            sent,
+            replay_safe,
+            attempt,
+            &mut move || bits,
+            Some(&self.budget),
+        )
+    }
+
+    /// Records a successful response (refills the budget).
+    pub fn record_success(&self) {
+        self.budget.record_success();
+    }
+
+    /// Waits `duration` with the loop's [`Sleep`].
+    pub async fn sleep(&self, duration: Duration) {
+        self.sleep.sleep(duration).await;
+    }
+
+    /// Runs `op` until it succeeds or the decision stops: after an error it waits what the
+    /// decision says and calls `op` again; after a 408 `sync_timeout_upgrade_async` it calls
+    /// `op` again at once with [`Attempt::asynchronous`] set, for `op` to submit the work
+    /// as an async task and poll it (a task that ends `failed` is an `ApiError` like any
+    /// other: `ApiError::from(TaskFailure)`).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use overten_errors::{ApiError, ErrorCode, RetryPolicy, TaskFailure};
+    /// use overten_errors_http::{Attempt, Retrier};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// // A fake API: the sync call hits the ceiling; the async task then succeeds.
+    /// async fn generate(attempt: Attempt) -> Result<&'static str, ApiError> {
+    ///     if attempt.asynchronous {
+    ///         // POST {"async": true}, then poll GET /tasks/{id}; a failed task would be
+    ///         // `Err(ApiError::from(task_failure))`.
+    ///         Ok("sheet.xlsx")
+    ///     } else {
+    ///         Err(ApiError::from(ErrorCode::SyncTimeoutUpgradeAsync))
+    ///     }
+    /// }
+    /// let retrier = Retrier::new(RetryPolicy::default(), |_: Duration| async {});
+    /// assert_eq!(retrier.run(generate).await.unwrap(), "sheet.xlsx");
+    /// # });
+    /// ```
+    pub async fn run<T, F, Fut>(&self, mut op: F) -> Result<T, GaveUp>
+    where
+        F: FnMut(Attempt) -> Fut,
+        Fut: Future<Output = Result<T, ApiError>>,
+    {
+        let mut attempt = Attempt {
+            number: 1,
+            asynchronous: false,
+        };
+        loop {
+            match op(attempt).await {
+                Ok(value) => {
+                    self.record_success();
+                    return Ok(value);
+                }
+                Err(error) => {
+                    let decision = self.decide(&error, attempt.number);
+                    match decision.advice {
+                        Advice::Retry { after, .. } => self.sleep(after).await,
+                        Advice::ResubmitAsync => attempt.asynchronous = true,
+                        advice => {
+                            return Err(GaveUp {
+                                error,
+                                advice,
+                                attempts: attempt.number,
+                            });
+                        }
+                    }
+                    attempt.number = attempt.number.saturating_add(1);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use overten_errors::{Basis, ErrorCode, StopReason};
+
+    fn recorder() -> (
+        Arc<Mutex<Vec<Duration>>>,
+        impl Fn(Duration) -> std::future::Ready<()> + Send + Sync,
+    ) {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let l = Arc::clone(&log);
+        (log, move |d| {
+            l.lock().unwrap().push(d);
+            std::future::ready(())
+        })
+    }
+
+    fn block_on<F: Future>(f: F) -> F::Output {
+        // The loop needs no runtime: a future with no real waits completes when polled.
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        let mut f = std::pin::pin!(f);
+        loop {
+            if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+                return v;
+            }
+        }
+    }
+
+    #[test]
+    fn retries_until_success_and_sleeps_what_was_decided() {
+        let (log, sleep) = recorder();
+        let retrier = Retrier::new(RetryPolicy::default(), sleep).with_seed(1);
+        let mut calls = 0;
+        let out = block_on(retrier.run(|a| {
+            calls += 1;
+            let n = a.number;
+            async move {
+                if n < 3 {
+                    Err(ApiError::from(ErrorCode::InternalError))
+                } else {
+                    Ok(n)
+                }
+            }
+        }));
+        assert_eq!(out.unwrap(), 3);
+        assert_eq!(calls, 3);
+        let log = log.lock().unwrap();
+        assert_eq!(log.len(), 2);
+        assert!(log[0] >= Duration::from_millis(500) && log[0] <= Duration::from_secs(1));
+        assert!(log[1] >= Duration::from_secs(1) && log[1] <= Duration::from_secs(2));
+        assert_eq!(retrier.budget().tokens(), 500 - 2 * 5 + 1);
+    }
+
+    #[test]
+    fn stops_with_the_reason() {
+        let (log, sleep) = recorder();
+        let retrier = Retrier::new(RetryPolicy::default(), sleep);
+        let out: Result<(), _> =
+            block_on(retrier.run(|_| async { Err(ApiError::from(ErrorCode::UpstreamError)) }));
+        let gave_up = out.unwrap_err();
+        assert_eq!(gave_up.attempts, 5);
+        assert_eq!(
+            gave_up.advice,
+            Advice::Stop(StopReason::AttemptsExhausted { attempts: 5 })
+        );
+        assert_eq!(log.lock().unwrap().len(), 4);
+        let out: Result<(), _> =
+            block_on(retrier.run(|_| async { Err(ApiError::from(ErrorCode::Gone)) }));
+        assert!(matches!(
+            out.unwrap_err().advice,
+            Advice::Stop(StopReason::Permanent { .. })
+        ));
+    }
+
+    #[test]
+    fn a_408_resubmits_async_at_once() {
+        let (log, sleep) = recorder();
+        let retrier = Retrier::new(RetryPolicy::default(), sleep);
+        let mut seen = Vec::new();
+        let out = block_on(retrier.run(|a| {
+            seen.push(a);
+            async move {
+                if a.asynchronous {
+                    Ok(())
+                } else {
+                    Err(ApiError::from(ErrorCode::SyncTimeoutUpgradeAsync))
+                }
+            }
+        }));
+        assert!(out.is_ok());
+        assert_eq!(
+            seen,
+            vec![
+                Attempt {
+                    number: 1,
+                    asynchronous: false
+                },
+                Attempt {
+                    number: 2,
+                    asynchronous: true
+                }
+            ]
+        );
+        assert!(
+            log.lock().unwrap().is_empty(),
+            "no wait before resubmitting"
+        );
+    }
+
+    #[test]
+    fn the_clock_resolves_dates() {
+        let (log, sleep) = recorder();
+        let retrier = Retrier::new(RetryPolicy::default(), sleep)
+            .with_clock(|| SystemTime::UNIX_EPOCH + Duration::from_secs(1000));
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1007);
+        let err = ApiError::from(ErrorCode::RateLimitExceeded)
+            .with_retry_after(overten_errors::RetryAfter::At(at));
+        assert_eq!(
+            retrier.decide(&err, 1).advice,
+            Advice::Retry {
+                after: Duration::from_secs(7),
+                basis: Basis::RetryAfter
+            }
+        );
+        assert!(log.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn seeds_differ_between_calls() {
+        let seeds: std::collections::HashSet<u64> = (0..16).map(|_| process_seed()).collect();
+        assert!(seeds.len() > 1, "RandomState keys vary");
+    }
+}

@@ -1,0 +1,489 @@
+//! The `reqwest` feature over real HTTP on loopback: a real reqwest client through
+//! `RetryMiddleware`, against a scripted server, with a recording sleeper (no real waits).
+
+#![cfg(feature = "reqwest")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests fail loudly"
+)]
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use overten_errors::{
+    Advice, ApiError, ErrorCode, RateLimit, RetryAfter, RetryBudget, RetryPolicy, StopReason,
+};
+use overten_errors_http::{
+    Retrier, RetryMiddleware, RetryOutcome, STREAMING_BODY, into_response, received_from_reqwest,
+};
+use reqwest_middleware::ClientWithMiddleware;
+
+const NOW: u64 = 1_700_000_000;
+
+fn now() -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(NOW)
+}
+
+type Reply = Response<Vec<u8>>;
+
+/// A server that answers each path from a script (then 200), and records every request.
+#[derive(Default)]
+struct Script {
+    replies: HashMap<String, VecDeque<Reply>>,
+    seen: Vec<(String, http::HeaderMap)>,
+}
+
+type Shared = Arc<Mutex<Script>>;
+
+#[allow(clippy::needless_pass_by_value, reason = "built inline at every call")]
+fn error(err: ApiError) -> Reply {
+    into_response(&err)
+}
+
+fn html(status: u16) -> Reply {
+    let mut r = Response::new(b"<html><body>busy</body></html>".to_vec());
+    *r.status_mut() = StatusCode::from_u16(status).unwrap();
+    r
+}
+
+async fn server(script: Vec<(&str, Vec<Reply>)>) -> (SocketAddr, Shared) {
+    let state: Shared = Arc::default();
+    for (path, replies) in script {
+        state
+            .lock()
+            .unwrap()
+            .replies
+            .insert(path.to_owned(), replies.into());
+    }
+    let s = Arc::clone(&state);
+    let addr = support::serve(
+        "127.0.0.1:0".parse().unwrap(),
+        move |req: Request<Bytes>| {
+            let mut st = s.lock().unwrap();
+            st.seen
+                .push((req.uri().path().to_owned(), req.headers().clone()));
+            let reply = st
+                .replies
+                .get_mut(req.uri().path())
+                .and_then(VecDeque::pop_front)
+                .unwrap_or_else(|| Response::new(br#"{"success":true}"#.to_vec()));
+            reply.map(|b| Full::new(Bytes::from(b)).boxed_unsync())
+        },
+    )
+    .await
+    .unwrap();
+    (addr, state)
+}
+
+type Sleeps = Arc<Mutex<Vec<Duration>>>;
+
+fn retrier(sleeps: &Sleeps) -> Retrier<impl overten_errors_http::Sleep + use<>> {
+    let log = Arc::clone(sleeps);
+    Retrier::new(RetryPolicy::default(), move |d| {
+        log.lock().unwrap().push(d);
+        std::future::ready(())
+    })
+    .with_clock(now)
+    .with_seed(7)
+}
+
+fn client(
+    middleware: RetryMiddleware<impl overten_errors_http::Sleep + 'static>,
+) -> ClientWithMiddleware {
+    reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(middleware)
+        .build()
+}
+
+async fn within<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(30), f)
+        .await
+        .expect("test took longer than 30 s")
+}
+
+fn hits(state: &Shared, path: &str) -> usize {
+    state
+        .lock()
+        .unwrap()
+        .seen
+        .iter()
+        .filter(|(p, _)| p == path)
+        .count()
+}
+
+#[tokio::test]
+#[allow(clippy::too_many_lines, reason = "one path after another")]
+async fn every_advice_path() {
+    within(async {
+        let limited = |rl: Option<RateLimit>, ra: Option<RetryAfter>| {
+            let mut e = ApiError::from(ErrorCode::RateLimitExceeded);
+            if let Some(rl) = rl {
+                e = e.with_rate_limit(rl);
+            }
+            if let Some(ra) = ra {
+                e = e.with_retry_after(ra);
+            }
+            // A 429 without a hint would get the server's default Retry-After: write it raw.
+            let mut r = error(e);
+            if ra.is_none() {
+                r.headers_mut().remove("retry-after");
+            }
+            r
+        };
+        let (addr, state) = server(vec![
+            (
+                "/backoff",
+                vec![error(ApiError::from(ErrorCode::InternalError))],
+            ),
+            (
+                "/seconds",
+                vec![limited(None, Some(RetryAfter::Seconds(2)))],
+            ),
+            (
+                "/date",
+                vec![limited(
+                    None,
+                    Some(RetryAfter::At(now() + Duration::from_secs(3))),
+                )],
+            ),
+            (
+                "/reset",
+                vec![limited(
+                    Some(RateLimit {
+                        limit: 10,
+                        remaining: 0,
+                        reset: NOW + 5,
+                    }),
+                    None,
+                )],
+            ),
+            ("/html-503", vec![html(503)]),
+            (
+                "/async",
+                vec![error(ApiError::from(ErrorCode::SyncTimeoutUpgradeAsync))],
+            ),
+            ("/gone", vec![error(ApiError::from(ErrorCode::Gone))]),
+            (
+                "/always",
+                (0..10)
+                    .map(|_| error(ApiError::from(ErrorCode::UpstreamError)))
+                    .collect(),
+            ),
+        ])
+        .await;
+        let sleeps: Sleeps = Arc::default();
+        let c = client(RetryMiddleware::new(retrier(&sleeps)));
+        let get = |path: &'static str| {
+            let c = c.clone();
+            async move { c.get(format!("http://{addr}{path}")).send().await.unwrap() }
+        };
+        let last_sleep = || *sleeps.lock().unwrap().last().unwrap();
+
+        assert_eq!(get("/backoff").await.status(), 200);
+        assert!((Duration::from_millis(500)..=Duration::from_secs(1)).contains(&last_sleep()));
+        assert_eq!(get("/seconds").await.status(), 200);
+        assert_eq!(last_sleep(), Duration::from_secs(2));
+        assert_eq!(get("/date").await.status(), 200);
+        assert_eq!(last_sleep(), Duration::from_secs(3));
+        assert_eq!(get("/reset").await.status(), 200);
+        assert_eq!(last_sleep(), Duration::from_secs(5));
+        assert_eq!(get("/html-503").await.status(), 200);
+        assert!((Duration::from_secs(30)..=Duration::from_secs(60)).contains(&last_sleep()));
+        let slept = sleeps.lock().unwrap().len();
+        assert_eq!(slept, 5);
+
+        // 408: surfaced, body intact, with the advice to resubmit async; no sleep.
+        let r = get("/async").await;
+        assert_eq!(r.status(), 408);
+        let outcome = r.extensions().get::<RetryOutcome>().unwrap().clone();
+        assert_eq!(outcome.advice, Advice::ResubmitAsync);
+        let body = r.text().await.unwrap();
+        assert!(body.contains("sync_timeout_upgrade_async"), "{body}");
+        // Permanent: one attempt.
+        let r = get("/gone").await;
+        assert_eq!(r.status(), 410);
+        let outcome = r.extensions().get::<RetryOutcome>().unwrap();
+        assert!(matches!(
+            outcome.advice,
+            Advice::Stop(StopReason::Permanent { .. })
+        ));
+        assert_eq!(hits(&state, "/gone"), 1);
+        // Attempts exhausted: 5 attempts, 4 sleeps.
+        let r = get("/always").await;
+        assert_eq!(r.status(), 502);
+        let outcome = r.extensions().get::<RetryOutcome>().unwrap();
+        assert_eq!(
+            outcome.advice,
+            Advice::Stop(StopReason::AttemptsExhausted { attempts: 5 })
+        );
+        assert_eq!(outcome.received.error.code(), &ErrorCode::UpstreamError);
+        assert_eq!(hits(&state, "/always"), 5);
+        assert_eq!(sleeps.lock().unwrap().len(), slept + 4);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_shared_budget_stops_the_storm() {
+    within(async {
+        // 50 concurrent requests against an API that always fails; one budget of 100
+        // tokens at 5 a retry allows 20 retries in all, not 50 * 4.
+        let failures = (0..400)
+            .map(|_| error(ApiError::from(ErrorCode::InternalError)))
+            .collect();
+        let (addr, state) = server(vec![("/down", failures)]).await;
+        let sleeps: Sleeps = Arc::default();
+        let budget = Arc::new(RetryBudget::new(100, 5, 1));
+        let c = client(RetryMiddleware::new(
+            retrier(&sleeps).with_budget(Arc::clone(&budget)),
+        ));
+        let tasks: Vec<_> = (0..50)
+            .map(|_| {
+                let c = c.clone();
+                tokio::spawn(async move {
+                    let r = c.get(format!("http://{addr}/down")).send().await.unwrap();
+                    r.extensions().get::<RetryOutcome>().unwrap().advice
+                })
+            })
+            .collect();
+        let mut stopped_by_budget = 0;
+        for t in tasks {
+            if t.await.unwrap() == Advice::Stop(StopReason::BudgetExhausted) {
+                stopped_by_budget += 1;
+            }
+        }
+        assert_eq!(hits(&state, "/down"), 50 + 20);
+        assert_eq!(budget.tokens(), 0);
+        assert!(stopped_by_budget >= 30, "{stopped_by_budget}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_streaming_body_is_never_replayed() {
+    within(async {
+        let (addr, state) = server(vec![(
+            "/upload",
+            vec![error(ApiError::from(ErrorCode::InternalError))],
+        )])
+        .await;
+        let sleeps: Sleeps = Arc::default();
+        let c = client(RetryMiddleware::new(retrier(&sleeps)));
+        let body = reqwest::Body::wrap(Full::new(Bytes::from_static(b"payload")));
+        let r = c
+            .put(format!("http://{addr}/upload"))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 500);
+        let outcome = r.extensions().get::<RetryOutcome>().unwrap();
+        assert_eq!(
+            outcome.advice,
+            Advice::Stop(StopReason::Permanent {
+                fix: STREAMING_BODY
+            })
+        );
+        assert_eq!(hits(&state, "/upload"), 1);
+        assert!(sleeps.lock().unwrap().is_empty());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_idempotency_key_is_the_same_on_every_attempt() {
+    within(async {
+        let (addr, state) = server(vec![(
+            "/generate",
+            vec![
+                error(ApiError::from(ErrorCode::UpstreamError)),
+                error(ApiError::from(ErrorCode::InternalError)),
+            ],
+        )])
+        .await;
+        let sleeps: Sleeps = Arc::default();
+        let c = client(RetryMiddleware::new(retrier(&sleeps)));
+        let r = c
+            .post(format!("http://{addr}/generate"))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let keys: Vec<_> = state
+            .lock()
+            .unwrap()
+            .seen
+            .iter()
+            .map(|(_, h)| h.get("idempotency-key").unwrap().clone())
+            .collect();
+        assert_eq!(keys.len(), 3);
+        assert!(keys.iter().all(|k| *k == keys[0]));
+        assert_eq!(keys[0].len(), 32);
+        // A caller's own key is kept, not replaced.
+        let r = c
+            .post(format!("http://{addr}/generate"))
+            .header("idempotency-key", "mine")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let st = state.lock().unwrap();
+        assert_eq!(st.seen.last().unwrap().1["idempotency-key"], "mine");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_post_without_a_key_is_not_replayed() {
+    within(async {
+        let (addr, state) = server(vec![(
+            "/generate",
+            vec![error(ApiError::from(ErrorCode::UpstreamError))],
+        )])
+        .await;
+        let sleeps: Sleeps = Arc::default();
+        let c = client(RetryMiddleware::new(retrier(&sleeps)).idempotency_key(None));
+        let r = c
+            .post(format!("http://{addr}/generate"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 502);
+        assert_eq!(
+            r.extensions().get::<RetryOutcome>().unwrap().advice,
+            Advice::Stop(StopReason::Permanent {
+                fix: overten_errors::NOT_REPLAY_SAFE
+            })
+        );
+        assert_eq!(hits(&state, "/generate"), 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_retried_with_backoff() {
+    within(async {
+        // A port with nothing listening: bind, learn it, close it.
+        let addr = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let sleeps: Sleeps = Arc::default();
+        let c = client(RetryMiddleware::new(retrier(&sleeps)));
+        let err = c.get(format!("http://{addr}/")).send().await.unwrap_err();
+        assert!(err.is_connect(), "{err}");
+        let sleeps = sleeps.lock().unwrap();
+        assert_eq!(sleeps.len(), 4, "5 attempts, 4 backoffs");
+        assert!(sleeps[3] >= Duration::from_secs(4) && sleeps[3] <= Duration::from_secs(8));
+        // A POST that never connected is safe to send again too.
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_timed_out_post_without_a_key_is_not_retried() {
+    within(async {
+        // A server that reads the request and never answers.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let a = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                a.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                open.push(stream);
+            }
+        });
+        let sleeps: Sleeps = Arc::default();
+        let inner = reqwest::Client::builder()
+            .timeout(Duration::from_millis(200))
+            .build()
+            .unwrap();
+        let c = reqwest_middleware::ClientBuilder::new(inner.clone())
+            .with(RetryMiddleware::new(retrier(&sleeps)).idempotency_key(None))
+            .build();
+        let err = c
+            .post(format!("http://{addr}/generate"))
+            .send()
+            .await
+            .unwrap_err();
+        assert!(err.is_timeout(), "{err}");
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(sleeps.lock().unwrap().is_empty());
+        // The same timeout on a GET (idempotent) is retried.
+        let c = reqwest_middleware::ClientBuilder::new(inner)
+            .with(RetryMiddleware::new(retrier(&sleeps)))
+            .build();
+        let err = c
+            .get(format!("http://{addr}/status"))
+            .send()
+            .await
+            .unwrap_err();
+        assert!(err.is_timeout());
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1 + 5);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn received_from_reqwest_reads_any_response() {
+    within(async {
+        let (addr, _) = server(vec![
+            ("/html", vec![html(502)]),
+            (
+                "/big",
+                vec![{
+                    let mut r = Response::new(vec![b' '; 200_000]);
+                    *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                    r
+                }],
+            ),
+        ])
+        .await;
+        let r = reqwest::get(format!("http://{addr}/html")).await.unwrap();
+        let received = received_from_reqwest(r).await.unwrap();
+        assert_eq!(received.error.status(), 502);
+        assert_eq!(received.error.code(), &overten_errors::Code::Missing);
+        let r = reqwest::get(format!("http://{addr}/big")).await.unwrap();
+        let received = received_from_reqwest(r).await.unwrap();
+        assert_eq!(
+            received.diagnostics.body,
+            Some(overten_errors_http::BodyIssue::TooLarge)
+        );
+        // Through the middleware, a large error body still reaches the caller whole.
+        let (addr, _) = server(vec![(
+            "/big-gone",
+            vec![{
+                let mut r = Response::new(vec![b'x'; 200_000]);
+                *r.status_mut() = StatusCode::GONE;
+                r.headers_mut().remove("content-length");
+                r
+            }],
+        )])
+        .await;
+        let sleeps: Sleeps = Arc::default();
+        let c = client(RetryMiddleware::new(retrier(&sleeps)));
+        let r = c
+            .get(format!("http://{addr}/big-gone"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 410);
+        assert_eq!(r.url().as_str(), format!("http://{addr}/big-gone"));
+        assert!(r.extensions().get::<RetryOutcome>().is_some());
+        assert_eq!(r.bytes().await.unwrap().len(), 200_000);
+    })
+    .await;
+}
