@@ -338,10 +338,41 @@ def unit(r):
 # ---------------------------------------------------------------- the replay
 
 
+def decide_transport(cat, failure, attempt, u, budget):
+    """retry.md, When no response came back."""
+    p = cat.policy
+    if failure["sent"] and not failure["replay_safe"]:
+        return {"action": "stop", "reason": "permanent", "fix": cat.not_replay_safe}, "permanent"
+    attempt = max(attempt, 1)
+    if attempt >= p["max_attempts"]:
+        return {"action": "stop", "reason": "attempts_exhausted", "attempts": attempt}, "attempts"
+    r = Received()
+    r.code, r.status, r.retry_after, r.rate_limit = None, 500, None, None
+    return decide(cat, r, attempt, 0, u, budget)
+
+
+def same_action(errors, advice, want):
+    if "min_ms" in want:
+        ok = (advice["action"] == want["action"] and advice.get("basis") == want["basis"]
+              and want["min_ms"] <= advice.get("after_ms", -1) <= want["max_ms"])
+        if not ok:
+            errors.append("action: got %r, want %r" % (advice, want))
+    elif advice != want:
+        errors.append("action: got %r, want %r" % (advice, want))
+
+
 def check(cat, fixture):
     errors = []
-    r = read(cat, fixture)
     e = fixture["expect"]
+    if fixture["kind"] == "transport_failure":
+        req = fixture["request"]
+        for bits in (0, 2**64 - 1, 2**63):
+            advice, step = decide_transport(cat, fixture["failure"], req["attempt"], unit(bits), dict(req["budget"]))
+            if step != e["step"]:
+                errors.append("step: got %r, want %r" % (step, e["step"]))
+            same_action(errors, advice, e["action"])
+        return errors
+    r = read(cat, fixture)
 
     def same(what, got, want):
         if got != want:
@@ -376,9 +407,19 @@ def check(cat, fixture):
     return errors
 
 
+def not_replay_safe_fix(docs):
+    """The stop's fix for a request that is not replay-safe, as retry.md states it."""
+    with open(os.path.join(docs, "retry.md"), encoding="utf-8") as f:
+        text = f.read()
+    marker = "`fix` = `"
+    at = text.index(marker, text.index("## When no response came back")) + len(marker)
+    return text[at:text.index("`", at)]
+
+
 def main():
     docs = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "..", "docs")
     cat = Catalog(os.path.join(docs, "catalog.json"))
+    cat.not_replay_safe = not_replay_safe_fix(docs)
     folder = os.path.join(docs, "fixtures")
     passed = failed = 0
     for name in sorted(os.listdir(folder)):

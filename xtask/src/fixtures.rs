@@ -21,6 +21,8 @@ enum Kind {
     Http,
     /// The body of `GET /tasks/{task_id}` for a task that ended `failed`.
     TaskFailure,
+    /// No response: a transport failure (`sent`, `replay_safe`).
+    Transport { sent: bool, replay_safe: bool },
 }
 
 impl Kind {
@@ -28,6 +30,7 @@ impl Kind {
         match self {
             Kind::Http => "http_response",
             Kind::TaskFailure => "task_failure",
+            Kind::Transport { .. } => "transport_failure",
         }
     }
 }
@@ -120,6 +123,12 @@ impl Fixture {
         f
     }
 
+    fn transport(name: &str, description: &str, sent: bool, replay_safe: bool) -> Fixture {
+        let mut f = Fixture::raw(name, description, 0, &[], "");
+        f.kind = Kind::Transport { sent, replay_safe };
+        f
+    }
+
     fn attempt(mut self, attempt: u32) -> Fixture {
         self.attempt = attempt;
         self
@@ -168,13 +177,22 @@ impl Fixture {
         let policy = RetryPolicy::default();
         let decide = |bits: u64| {
             let budget = self.budget();
-            policy.explain(
-                &received.error,
-                self.attempt,
-                at(self.now),
-                &mut move || bits,
-                Some(&budget),
-            )
+            match self.kind {
+                Kind::Transport { sent, replay_safe } => policy.decide_transport(
+                    sent,
+                    replay_safe,
+                    self.attempt,
+                    &mut move || bits,
+                    Some(&budget),
+                ),
+                Kind::Http | Kind::TaskFailure => policy.explain(
+                    &received.error,
+                    self.attempt,
+                    at(self.now),
+                    &mut move || bits,
+                    Some(&budget),
+                ),
+            }
         };
         let (lo, hi) = (decide(0), decide(u64::MAX));
         let step = json!(lo.step.as_str());
@@ -196,6 +214,27 @@ impl Fixture {
     }
 
     pub(crate) fn to_json(&self) -> Value {
+        if let Kind::Transport { sent, replay_safe } = self.kind {
+            let (action, step) = self.action(&self.received());
+            let budget = self.budget();
+            return json!({
+                "name": self.name,
+                "description": self.description,
+                "kind": self.kind.as_str(),
+                "request": {
+                    "now_unix": self.now,
+                    "attempt": self.attempt,
+                    "budget": {
+                        "tokens": budget.tokens(),
+                        "capacity": budget.capacity(),
+                        "retry_cost": budget.retry_cost(),
+                        "success_refill": budget.success_refill(),
+                    },
+                },
+                "failure": { "sent": sent, "replay_safe": replay_safe },
+                "expect": { "step": step, "action": action },
+            });
+        }
         let received = self.received();
         let err = &received.error;
         let d = &received.diagnostics;
@@ -591,6 +630,39 @@ pub(crate) fn all() -> Vec<Fixture> {
             &[json_type],
             &internal,
         ),
+        Fixture::transport(
+            "transport-not-connected",
+            "The connection was refused: the request never left; retry with backoff, even a POST.",
+            false,
+            false,
+        ),
+        Fixture::transport(
+            "transport-timeout-not-replay-safe",
+            "A POST without an idempotency key timed out after it was sent: it may have been processed; stop.",
+            true,
+            false,
+        ),
+        Fixture::transport(
+            "transport-timeout-replay-safe",
+            "A GET (or a keyed POST) timed out after it was sent, at attempt 2: back off.",
+            true,
+            true,
+        )
+        .attempt(2),
+        Fixture::transport(
+            "transport-attempts-exhausted",
+            "A refused connection at the last attempt: stop.",
+            false,
+            true,
+        )
+        .attempt(5),
+        Fixture::transport(
+            "transport-budget-exhausted",
+            "A refused connection when the budget cannot pay for a retry: stop.",
+            false,
+            true,
+        )
+        .tokens(0),
         Fixture::task(
             "task-failed-known",
             "An async task that failed with upstream_error: decided like a 502.",

@@ -123,6 +123,10 @@ pub(crate) fn retry_md() -> String {
         ("fallback_table", fallback_table()),
         ("not_an_error", not_an_error()),
         ("max_id_bytes", MAX_ID_BYTES.to_string()),
+        (
+            "not_replay_safe",
+            overten_errors::NOT_REPLAY_SAFE.to_owned(),
+        ),
         ("max_message_bytes", MAX_MESSAGE_BYTES.to_string()),
         (
             "max_body_kib",

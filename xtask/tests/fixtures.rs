@@ -38,6 +38,49 @@ fn received(f: &Value) -> Received {
     classify(status, &headers, body.as_bytes())
 }
 
+fn budget_of(request: &Value) -> RetryBudget {
+    let b = &request["budget"];
+    let n = |k: &str| u32::try_from(b[k].as_u64().unwrap()).unwrap();
+    RetryBudget::new(n("capacity"), n("retry_cost"), n("success_refill")).with_tokens(n("tokens"))
+}
+
+fn matches_action(got: &Value, want: &Value, name: &str) {
+    if let (Some(lo), Some(hi)) = (want["min_ms"].as_u64(), want["max_ms"].as_u64()) {
+        assert_eq!(got["action"], want["action"], "{name}");
+        assert_eq!(got["basis"], want["basis"], "{name}");
+        let ms = got["after_ms"].as_u64().unwrap();
+        assert!((lo..=hi).contains(&ms), "{name}: {ms} not in {lo}..={hi}");
+    } else {
+        assert_eq!(got, want, "{name}");
+    }
+}
+
+fn replay_transport(f: &Value, name: &str, steps: &mut std::collections::BTreeSet<&'static str>) {
+    let request = &f["request"];
+    let attempt = u32::try_from(request["attempt"].as_u64().unwrap()).unwrap();
+    let (sent, safe) = (
+        f["failure"]["sent"].as_bool().unwrap(),
+        f["failure"]["replay_safe"].as_bool().unwrap(),
+    );
+    for seed in 0..50 {
+        let budget = budget_of(request);
+        let d = RetryPolicy::default().decide_transport(
+            sent,
+            safe,
+            attempt,
+            &mut SplitMix64::new(seed),
+            Some(&budget),
+        );
+        assert_eq!(f["expect"]["step"], d.step.as_str(), "{name}");
+        matches_action(
+            &serde_json::to_value(d.advice).unwrap(),
+            &f["expect"]["action"],
+            name,
+        );
+        steps.insert(d.step.as_str());
+    }
+}
+
 #[test]
 fn every_fixture_replays() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/fixtures");
@@ -47,6 +90,11 @@ fn every_fixture_replays() {
         let path = entry.unwrap().path();
         let f: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         let name = f["name"].as_str().unwrap();
+        if f["kind"] == "transport_failure" {
+            replay_transport(&f, name, &mut steps);
+            seen += 1;
+            continue;
+        }
         let r = received(&f);
         let expect = &f["expect"];
         let code = (!r.error.code().as_str().is_empty()).then(|| r.error.code().as_str());
@@ -73,12 +121,9 @@ fn every_fixture_replays() {
         let now =
             SystemTime::UNIX_EPOCH + Duration::from_secs(request["now_unix"].as_u64().unwrap());
         let attempt = u32::try_from(request["attempt"].as_u64().unwrap()).unwrap();
-        let b = &request["budget"];
-        let n = |k: &str| u32::try_from(b[k].as_u64().unwrap()).unwrap();
         let want = &expect["action"];
         for seed in 0..50 {
-            let budget = RetryBudget::new(n("capacity"), n("retry_cost"), n("success_refill"))
-                .with_tokens(n("tokens"));
+            let budget = budget_of(request);
             let decision = RetryPolicy::default().explain(
                 &r.error,
                 attempt,
@@ -87,15 +132,7 @@ fn every_fixture_replays() {
                 Some(&budget),
             );
             assert_eq!(expect["step"], decision.step.as_str(), "{name}");
-            let got = serde_json::to_value(decision.advice).unwrap();
-            if let (Some(lo), Some(hi)) = (want["min_ms"].as_u64(), want["max_ms"].as_u64()) {
-                assert_eq!(got["action"], want["action"], "{name}");
-                assert_eq!(got["basis"], want["basis"], "{name}");
-                let ms = got["after_ms"].as_u64().unwrap();
-                assert!((lo..=hi).contains(&ms), "{name}: {ms} not in {lo}..={hi}");
-            } else {
-                assert_eq!(&got, want, "{name}");
-            }
+            matches_action(&serde_json::to_value(decision.advice).unwrap(), want, name);
             steps.insert(decision.step.as_str());
         }
         seen += 1;

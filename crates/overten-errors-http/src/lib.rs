@@ -80,7 +80,7 @@ pub use retrier::{Attempt, GaveUp, Retrier, Sleep, process_seed};
 
 #[cfg(feature = "reqwest")]
 pub use reqwest_client::{
-    IDEMPOTENCY_KEY, RetryMiddleware, RetryOutcome, STREAMING_BODY, received_from_reqwest,
+    IDEMPOTENCY_KEY, Observer, RetryMiddleware, RetryOutcome, STREAMING_BODY, received_from_reqwest,
 };
 
 /// This crate's README examples, compiled and run as doctests.

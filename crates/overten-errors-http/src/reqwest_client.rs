@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, HeaderName, HeaderValue};
 use http::{Extensions, Method};
 use http_body::{Body, Frame, SizeHint};
-use overten_errors::{Advice, NOT_REPLAY_SAFE, RandomSource, SplitMix64, StopReason};
+use overten_errors::{Advice, Decision, NOT_REPLAY_SAFE, RandomSource, SplitMix64, StopReason};
 use reqwest::ResponseBuilderExt;
 use reqwest_middleware::{Middleware, Next};
 
@@ -189,7 +189,11 @@ pub struct RetryMiddleware<S> {
     retrier: Arc<Retrier<S>>,
     key_header: Option<HeaderName>,
     keys: std::sync::Mutex<SplitMix64>,
+    observer: Option<Observer>,
 }
+
+/// Called with every error response the middleware decides on, and its decision.
+pub type Observer = Arc<dyn Fn(u32, &Received, &Decision) + Send + Sync>;
 
 impl<S> std::fmt::Debug for RetryMiddleware<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -213,7 +217,19 @@ impl<S: Sleep> RetryMiddleware<S> {
             retrier,
             key_header: Some(IDEMPOTENCY_KEY),
             keys: std::sync::Mutex::new(SplitMix64::new(process_seed())),
+            observer: None,
         }
+    }
+
+    /// Calls `observer` with the attempt number, the response read as an error and the
+    /// decision, for every error response (to log each decision with its request id).
+    #[must_use]
+    pub fn on_decision(
+        mut self,
+        observer: impl Fn(u32, &Received, &Decision) + Send + Sync + 'static,
+    ) -> RetryMiddleware<S> {
+        self.observer = Some(Arc::new(observer));
+        self
     }
 
     /// The header that carries idempotency keys, or `None` to add none (a `POST` or
@@ -288,6 +304,9 @@ impl<S: Sleep + 'static> Middleware for RetryMiddleware<S> {
                         } else if !replay_safe {
                             decision.advice = stop(NOT_REPLAY_SAFE);
                         }
+                    }
+                    if let Some(observe) = &self.observer {
+                        observe(attempt, &received, &decision);
                     }
                     if let (Advice::Retry { after, .. }, Some(again)) = (decision.advice, replay) {
                         self.retrier.sleep(after).await;
