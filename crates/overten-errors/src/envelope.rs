@@ -618,6 +618,61 @@ mod tests {
     }
 
     #[test]
+    fn the_tolerant_reader_keeps_ids_and_reads_success() {
+        // A null message sends the body past the fast path: the ids are still read.
+        let body = br#"{"success":false,"error":"gone","message":null,"run_id":"run_7","task_id":"task_8"}"#;
+        let parsed = ErrorBody::parse(body).unwrap();
+        assert_eq!(parsed.run_id.as_deref(), Some("run_7"));
+        assert_eq!(parsed.task_id.as_deref(), Some("task_8"));
+        assert_eq!(ErrorBody::parse_tolerant(body).unwrap(), parsed);
+        // Ids of the wrong type are dropped, not an error.
+        let body = br#"{"success":false,"error":"gone","message":null,"run_id":7}"#;
+        assert_eq!(ErrorBody::parse(body).unwrap().run_id, None);
+        // success: true is not an error body, on either path.
+        for body in [
+            &br#"{"success":true,"error":"gone","message":null}"#[..],
+            br#"{"success":true,"error":"gone","message":"m"}"#,
+        ] {
+            assert_eq!(ErrorBody::parse(body), Err(BodyError::NotAnError));
+        }
+    }
+
+    #[test]
+    fn body_errors_read_well() {
+        let e = BodyError::WrongType {
+            member: "message",
+            expected: JsonType::String,
+            found: JsonType::Array,
+        };
+        assert_eq!(
+            e.to_string(),
+            "the `message` member is an array, expected a string"
+        );
+        let names: Vec<String> = [
+            JsonType::Null,
+            JsonType::Bool,
+            JsonType::Number,
+            JsonType::String,
+            JsonType::Array,
+            JsonType::Object,
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        assert_eq!(
+            names,
+            [
+                "null",
+                "a boolean",
+                "a number",
+                "a string",
+                "an array",
+                "an object"
+            ]
+        );
+    }
+
+    #[test]
     fn a_byte_order_mark_is_skipped() {
         let body = b"\xEF\xBB\xBF{\"success\":false,\"error\":\"gone\",\"message\":\"m\"}";
         let parsed = ErrorBody::parse(body).unwrap();

@@ -366,6 +366,29 @@ mod tests {
     }
 
     #[test]
+    fn what_is_set_is_read_back() {
+        let rl = RateLimit {
+            limit: 10,
+            remaining: 3,
+            reset: 99,
+        };
+        let mut err = ApiError::from(ErrorCode::RateLimitExceeded)
+            .with_request_id("req_1")
+            .with_run_id("run_2")
+            .with_task_id("task_3");
+        err.set_rate_limit(rl);
+        err.set_retry_after(RetryAfter::Seconds(4));
+        assert_eq!(
+            (err.request_id(), err.run_id(), err.task_id()),
+            (Some("req_1"), Some("run_2"), Some("task_3"))
+        );
+        assert_eq!(err.rate_limit(), Some(rl));
+        assert_eq!(err.retry_after(), Some(RetryAfter::Seconds(4)));
+        let fresh = ApiError::from(ErrorCode::Gone);
+        assert_eq!((fresh.rate_limit(), fresh.retry_after()), (None, None));
+    }
+
+    #[test]
     fn display_is_one_log_safe_line() {
         let err = ApiError::received(Code::parse("evil\ncode"), 500, "line\n[FAKE] ok\u{1b}[0m")
             .with_request_id("req_1");

@@ -1,0 +1,158 @@
+//! The reqwest middleware's cost, beside bare reqwest, over real HTTP on loopback in one run.
+//!
+//! Run: `cargo bench -p overten-errors-http --features reqwest,tokio --bench reqwest_paths`.
+//! `verify()` first proves each pair does the same work (same status, same decision).
+//!
+//! - `success`: a 200 through the middleware vs the same request with bare reqwest;
+//! - `error_429`: a 429 read into a typed error and decided: by the middleware (a policy of
+//!   one attempt, so it decides and stops) vs bare reqwest + `received_from_reqwest` +
+//!   `Retrier::decide_unpaid`.
+
+#![allow(
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a benchmark binary: a broken contender must abort the run"
+)]
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use overten_errors::{Advice, ApiError, ErrorCode, RetryAfter, RetryPolicy, StopReason};
+use overten_errors_http::{
+    Retrier, RetryMiddleware, RetryOutcome, into_response, received_from_reqwest,
+};
+
+type Sleeper = fn(Duration) -> std::future::Ready<()>;
+
+fn no_sleep(_: Duration) -> std::future::Ready<()> {
+    std::future::ready(())
+}
+
+struct World {
+    rt: tokio::runtime::Runtime,
+    ok: String,
+    limited: String,
+    bare: reqwest::Client,
+    wrapped: reqwest_middleware::ClientWithMiddleware,
+    retrier: Retrier<Sleeper>,
+}
+
+fn world() -> &'static World {
+    static WORLD: OnceLock<World> = OnceLock::new();
+    WORLD.get_or_init(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let addr = rt.block_on(async {
+            support::serve("127.0.0.1:0".parse().unwrap(), |req| {
+                let body: http::Response<Vec<u8>> = if req.uri().path() == "/limited" {
+                    into_response(
+                        &ApiError::from(ErrorCode::RateLimitExceeded)
+                            .with_request_id("req_8f2c61d0a9b34e7f5c1d2e3f")
+                            .with_retry_after(RetryAfter::Seconds(42)),
+                    )
+                } else {
+                    http::Response::new(br#"{"success":true}"#.to_vec())
+                };
+                body.map(|b| Full::new(Bytes::from(b)).boxed_unsync())
+            })
+            .await
+            .unwrap()
+        });
+        let one_attempt = RetryPolicy::builder().max_attempts(1).build().unwrap();
+        World {
+            rt,
+            ok: format!("http://{addr}/ok"),
+            limited: format!("http://{addr}/limited"),
+            bare: reqwest::Client::new(),
+            wrapped: reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+                .with(RetryMiddleware::new(Retrier::new(
+                    one_attempt,
+                    no_sleep as Sleeper,
+                )))
+                .build(),
+            retrier: Retrier::new(one_attempt, no_sleep as Sleeper),
+        }
+    })
+}
+
+fn bare_success(w: &World) -> u16 {
+    w.rt.block_on(async {
+        let r = w.bare.get(&w.ok).send().await.unwrap();
+        let status = r.status().as_u16();
+        r.bytes().await.unwrap();
+        status
+    })
+}
+
+fn middleware_success(w: &World) -> u16 {
+    w.rt.block_on(async {
+        let r = w.wrapped.get(&w.ok).send().await.unwrap();
+        let status = r.status().as_u16();
+        r.bytes().await.unwrap();
+        status
+    })
+}
+
+fn bare_429(w: &World) -> Advice {
+    w.rt.block_on(async {
+        let r = w.bare.get(&w.limited).send().await.unwrap();
+        let received = received_from_reqwest(r).await.unwrap();
+        w.retrier.decide_unpaid(&received.error, 1).advice
+    })
+}
+
+fn middleware_429(w: &World) -> Advice {
+    w.rt.block_on(async {
+        let r = w.wrapped.get(&w.limited).send().await.unwrap();
+        let advice = r.extensions().get::<RetryOutcome>().unwrap().advice;
+        r.bytes().await.unwrap();
+        advice
+    })
+}
+
+fn verify() {
+    let w = world();
+    assert_eq!(bare_success(w), 200);
+    assert_eq!(middleware_success(w), 200);
+    let stop = Advice::Stop(StopReason::AttemptsExhausted { attempts: 1 });
+    assert_eq!(bare_429(w), stop);
+    assert_eq!(middleware_429(w), stop);
+}
+
+fn main() {
+    verify();
+    divan::main();
+}
+
+mod success {
+    #[divan::bench]
+    fn bare_reqwest() -> u16 {
+        super::bare_success(super::world())
+    }
+
+    #[divan::bench]
+    fn retry_middleware() -> u16 {
+        super::middleware_success(super::world())
+    }
+}
+
+mod error_429 {
+    #[divan::bench]
+    fn bare_reqwest_classify_decide() -> overten_errors::Advice {
+        super::bare_429(super::world())
+    }
+
+    #[divan::bench]
+    fn retry_middleware() -> overten_errors::Advice {
+        super::middleware_429(super::world())
+    }
+}
