@@ -27,8 +27,10 @@
 //! [`mock::Gateway`] is the API's gateway behaviour (key check, per-key per-minute limits,
 //! `/errors/{code}`) as pure logic; the `mock_server` example serves it over HTTP.
 //!
-//! This crate does no IO of its own and depends on no runtime: it converts between
-//! `overten-errors` values and `http` values, and that is all.
+//! The default build does no IO of its own and depends on no runtime: it converts between
+//! `overten-errors` values and `http` values, and runs the retry loop with a sleep you
+//! give it. The `reqwest` and `tokio` features add the client integration and tokio's
+//! timer, and pull those crates in only when asked for.
 //!
 //! ```
 //! use overten_errors::{ApiError, ErrorCode, RateLimit, RetryAfter};
