@@ -866,3 +866,69 @@ fn rules_read_as_the_page_writes_them() {
     assert_eq!(RetryRule::Backoff.to_string(), "backoff");
     assert_eq!(RetryRule::ResubmitAsync.to_string(), "resubmit_async");
 }
+
+#[test]
+fn transport_failures_follow_their_steps() {
+    let p = RetryPolicy::default();
+    let t = |sent, safe, attempt, budget: Option<&RetryBudget>| {
+        p.decide_transport(sent, safe, attempt, &mut || 0, budget)
+    };
+    // Never connected: safe to send again, whatever the method.
+    let d = t(false, false, 1, None);
+    assert_eq!(
+        (d.advice, d.step),
+        (
+            Advice::Retry {
+                after: secs(1),
+                basis: Basis::Backoff
+            },
+            Step::Backoff
+        )
+    );
+    // Sent, not replay-safe: permanent, before the attempt count.
+    for attempt in [1, 5] {
+        let d = t(true, false, attempt, None);
+        assert_eq!(d.step, Step::Permanent);
+        assert_eq!(
+            d.advice,
+            Advice::Stop(StopReason::Permanent {
+                fix: overten_errors::NOT_REPLAY_SAFE
+            })
+        );
+    }
+    // Sent and replay-safe: backoff by attempt.
+    let d = t(true, true, 3, None);
+    assert_eq!(
+        d.advice,
+        Advice::Retry {
+            after: secs(4),
+            basis: Basis::Backoff
+        }
+    );
+    // Attempts: 4 is retried, 5 is the last; 0 counts as 1.
+    assert_eq!(t(false, true, 4, None).step, Step::Backoff);
+    let d = t(false, true, 5, None);
+    assert_eq!(
+        (d.advice, d.step),
+        (
+            Advice::Stop(StopReason::AttemptsExhausted { attempts: 5 }),
+            Step::Attempts
+        )
+    );
+    assert_eq!(
+        t(false, true, 0, None).advice,
+        Advice::Retry {
+            after: secs(1),
+            basis: Basis::Backoff
+        }
+    );
+    // The budget pays for a retry, and refuses when it cannot.
+    let budget = RetryBudget::default().with_tokens(5);
+    assert_eq!(t(false, true, 1, Some(&budget)).step, Step::Backoff);
+    assert_eq!(budget.tokens(), 0);
+    let d = t(false, true, 1, Some(&budget));
+    assert_eq!(
+        (d.advice, d.step),
+        (Advice::Stop(StopReason::BudgetExhausted), Step::Budget)
+    );
+}
