@@ -23,6 +23,8 @@
 //! | (default) | everything above but the two below | `http`, `http-body`, the core |
 //! | `reqwest` | `received_from_reqwest`, `RetryMiddleware`, `RetryOutcome` | `reqwest` (no default features), `reqwest-middleware`, `async-trait` |
 //! | `tokio` | `TokioSleep` | `tokio` with `time` only |
+//! | `axum` | `HandlerError` (any error with `?`), `Json` / `Path` / `Query` whose rejections are envelopes | `axum` (no default features but `json`, `query`), `serde_path_to_error`, `tracing` |
+//! | `tower` | `request_id_layers`, `EnvelopeLayer`, `RateLimitLayer` for any `http` service | `tower-http` (`request-id`), `tower-layer`, `tower-service`, `tracing` |
 //!
 //! [`mock::Gateway`] is the API's gateway behaviour (key check, per-key per-minute limits,
 //! `/errors/{code}`) as pure logic; the `mock_server` example serves it over HTTP.
@@ -57,12 +59,16 @@
 #[cfg(doc)]
 use overten_errors::ApiError;
 
+#[cfg(feature = "axum")]
+mod axum_support;
 mod client;
 mod names;
 #[cfg(feature = "reqwest")]
 mod reqwest_client;
 mod retrier;
 mod server;
+#[cfg(feature = "tower")]
+mod tower_support;
 
 pub mod mock;
 
@@ -79,6 +85,16 @@ pub use server::{into_response, set_rate_limit_headers, set_request_id};
 #[cfg(feature = "tokio")]
 pub use retrier::TokioSleep;
 pub use retrier::{Attempt, GaveUp, Retrier, Sleep, process_seed};
+
+#[cfg(feature = "axum")]
+pub use axum_support::{HandlerError, Json, Path, Query, from_json_bytes};
+
+#[cfg(feature = "tower")]
+pub use tower_support::{
+    CounterStore, Envelope, EnvelopeBody, EnvelopeFuture, EnvelopeLayer, MakeReqId, MemoryStore,
+    RateLimitFuture, RateLimitLayer, RateLimited, RequestIdLayers, SanitizeRequestId,
+    SanitizeRequestIdLayer, bearer_key, envelope, request_id_layers,
+};
 
 #[cfg(feature = "reqwest")]
 pub use reqwest_client::{
