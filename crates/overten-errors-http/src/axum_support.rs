@@ -284,7 +284,12 @@ mod tests {
         let e = from_json_bytes::<Job>(br#"{"sheets":[{"rows":[]}]}"#).unwrap_err();
         let at = JsonPointer::root().push("sheets").push("0").push("name");
         assert_eq!(e.api_error().field_pointer(), Some(at));
-        for bad in [&b"{"[..], b"{\"sheets\":[}", b"", b"{} {}"] {
+        for bad in [
+            &b"{"[..],
+            b"{\"sheets\":[}",
+            b"",
+            br#"{"name":"a","sheets":[]} {}"#,
+        ] {
             let e = from_json_bytes::<Job>(bad).unwrap_err();
             assert_eq!(e.api_error().code(), &ErrorCode::InvalidRequest, "{bad:?}");
         }
