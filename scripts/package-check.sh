@@ -21,12 +21,15 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 export CARGO_TARGET_DIR="$root/target/package-tests"
 core="$work/overten-errors-$version"
-for crate in overten-errors overten-errors-http overten-errors-schema; do
+http="$work/overten-errors-http-$version"
+crates="overten-errors overten-errors-http overten-errors-schema overten-errors-cli"
+for crate in $crates; do
   tar -xzf "target/package/$crate-$version.crate" -C "$work"
 done
-for crate in overten-errors overten-errors-http overten-errors-schema; do
+for crate in $crates; do
   dir="$work/$crate-$version"
   echo "== $crate $version: cargo test from the unpacked .crate"
   (cd "$dir" && cargo test --all-features \
-      --config "patch.crates-io.overten-errors.path=\"$core\"")
+      --config "patch.crates-io.overten-errors.path=\"$core\"" \
+      --config "patch.crates-io.overten-errors-http.path=\"$http\"")
 done

@@ -3,7 +3,7 @@
 //! request id, and does the one thing a middleware cannot: resubmitting a 408's work async.
 //!
 //! ```text
-//! cargo run -p overten-errors-http --example mock_server -- --addr 127.0.0.1:8080 --tier pro &
+//! overten-errors mock --addr 127.0.0.1:8080 --tier pro &
 //! cargo run -p overten-errors-http --features reqwest,tokio --example client -- --addr 127.0.0.1:8080
 //! ```
 //!

@@ -27,7 +27,7 @@
 //! | `tower` | `request_id_layers`, `EnvelopeLayer`, `RateLimitLayer` for any `http` service | `tower-http` (`request-id`), `tower-layer`, `tower-service`, `tracing` |
 //!
 //! [`mock::Gateway`] is the API's gateway behaviour (key check, per-key per-minute limits,
-//! `/errors/{code}`) as pure logic; the `mock_server` example serves it over HTTP.
+//! `/errors/{code}`) as pure logic; the `overten-errors mock` command serves it over HTTP.
 //!
 //! The default build does no IO of its own and depends on no runtime: it converts between
 //! `overten-errors` values and `http` values, and runs the retry loop with a sleep you

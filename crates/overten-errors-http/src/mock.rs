@@ -20,7 +20,8 @@
 //! Paths are percent-decoded before routing. The `Authorization` scheme is matched without
 //! regard to case, followed by one or more spaces (RFC 9110 section 11.4).
 //!
-//! It does no IO: the `mock_server` example serves it over HTTP with hyper.
+//! It does no IO: the `overten-errors mock` command (crate `overten-errors-cli`) serves
+//! [`Routes`] behind this crate's axum and tower layers.
 
 use std::collections::HashMap;
 
@@ -51,7 +52,7 @@ struct Window {
 pub struct Gateway {
     tier: Tier,
     windows: HashMap<String, Window>,
-    tasks: HashMap<String, Code>,
+    routes: Routes,
     ids: SplitMix64,
 }
 
@@ -61,7 +62,7 @@ impl Gateway {
         Gateway {
             tier,
             windows: HashMap::new(),
-            tasks: HashMap::new(),
+            routes: Routes::new(seed ^ 0x5bd1_e995),
             ids: SplitMix64::new(seed),
         }
     }
@@ -127,19 +128,48 @@ impl Gateway {
             remaining: limit - window.used,
             reset,
         };
-        self.route(request, &request_id, rate_limit, wait)
+        let mut response = self.routes.answer(request, wait);
+        set_request_id(response.headers_mut(), &request_id);
+        set_rate_limit_headers(response.headers_mut(), &rate_limit);
+        response
+    }
+}
+
+/// The routes of the mock API (`/ok`, `/errors/{code}`, `/tasks/{task_id}`), as pure logic
+/// with no gateway: what [`Gateway`] serves after its key check and rate limit, and what
+/// the `overten-errors mock` command serves behind its layers.
+#[derive(Debug)]
+pub struct Routes {
+    tasks: HashMap<String, Code>,
+    ids: SplitMix64,
+}
+
+impl Routes {
+    /// Routes whose task ids come from `seed`.
+    pub fn new(seed: u64) -> Routes {
+        Routes {
+            tasks: HashMap::new(),
+            ids: SplitMix64::new(seed),
+        }
     }
 
-    fn route<B: AsRef<[u8]>>(
+    fn id(&mut self, prefix: &str) -> String {
+        let (a, b) = (self.ids.next_u64(), self.ids.next_u64());
+        // 4 + 24 hex digits: 28 characters.
+        format!("{prefix}{a:016x}{:08x}", b >> 32)
+    }
+
+    /// Answers one request that the gateway let through: the routes of the module's table,
+    /// without `X-Request-Id` or `X-RateLimit-*` (the caller's layers add them). `wait` is
+    /// the `Retry-After` of a 429 (the seconds left in the caller's rate-limit window).
+    pub fn answer<B: AsRef<[u8]>>(
         &mut self,
         request: &Request<B>,
-        request_id: &str,
-        rate_limit: RateLimit,
         wait: RetryAfter,
     ) -> Response<Vec<u8>> {
         let bad_request = |why: &'static str| {
             let err = ApiError::new(ErrorCode::InvalidRequest, why);
-            respond(err, request_id, rate_limit, None)
+            respond(err, None)
         };
         let Some(path) = percent_decode(request.uri().path()) else {
             return bad_request("The path's percent-encoding is malformed");
@@ -147,7 +177,7 @@ impl Gateway {
         let query = Query(request.uri().query().unwrap_or(""));
         let method = request.method();
         if method != Method::GET && method != Method::POST {
-            return error(ErrorCode::NotFound, request_id, rate_limit, None);
+            return respond(ApiError::from(ErrorCode::NotFound), None);
         }
         let mut wants_async = query.get("async").as_deref() == Some("true");
         if method == Method::POST {
@@ -157,18 +187,13 @@ impl Gateway {
             }
         }
         if path == "/ok" {
-            return json(
-                StatusCode::OK,
-                br#"{"success":true}"#.to_vec(),
-                request_id,
-                rate_limit,
-            );
+            return json(StatusCode::OK, br#"{"success":true}"#.to_vec());
         }
         if let Some(wire) = path.strip_prefix("/errors/") {
             let code = match ErrorCode::from_wire(wire) {
                 Some(code) => Code::Known(code),
                 None if is_code(wire) => Code::parse(wire),
-                None => return error(ErrorCode::NotFound, request_id, rate_limit, None),
+                None => return respond(ApiError::from(ErrorCode::NotFound), None),
             };
             let status = match query.get("status") {
                 None => code.known().map_or(UNKNOWN_CODE_STATUS, ErrorCode::status),
@@ -184,12 +209,7 @@ impl Gateway {
                 }
                 self.tasks.insert(task_id.clone(), code);
                 let body = format!(r#"{{"success":true,"task_id":"{task_id}","status":"queued"}}"#);
-                return json(
-                    StatusCode::ACCEPTED,
-                    body.into_bytes(),
-                    request_id,
-                    rate_limit,
-                );
+                return json(StatusCode::ACCEPTED, body.into_bytes());
             }
             let message = match code.known() {
                 Some(known) => known.when(),
@@ -197,11 +217,11 @@ impl Gateway {
             };
             let err = ApiError::received(code, status, message);
             let hint = (status == ErrorCode::RateLimitExceeded.status()).then_some(wait);
-            return respond(err, request_id, rate_limit, hint);
+            return respond(err, hint);
         }
         if let Some(task_id) = path.strip_prefix("/tasks/") {
             let Some(code) = self.tasks.get(task_id) else {
-                return error(ErrorCode::NotFound, request_id, rate_limit, None);
+                return respond(ApiError::from(ErrorCode::NotFound), None);
             };
             let body = if *code == ErrorCode::SyncTimeoutUpgradeAsync {
                 format!(r#"{{"task_id":"{task_id}","status":"succeeded","credits_used":1}}"#)
@@ -223,12 +243,11 @@ impl Gateway {
                 };
                 serde_json::to_vec(&failure).unwrap_or_default()
             };
-            return json(StatusCode::OK, body, request_id, rate_limit);
+            return json(StatusCode::OK, body);
         }
-        error(ErrorCode::NotFound, request_id, rate_limit, None)
+        respond(ApiError::from(ErrorCode::NotFound), None)
     }
 }
-
 /// The status `/errors/{code}` answers a code the table does not have with, unless the
 /// query names one.
 pub const UNKNOWN_CODE_STATUS: u16 = 500;
@@ -324,29 +343,25 @@ fn error(
     rate_limit: RateLimit,
     retry_after: Option<RetryAfter>,
 ) -> Response<Vec<u8>> {
-    respond(ApiError::from(code), request_id, rate_limit, retry_after)
+    let mut response = respond(ApiError::from(code), retry_after);
+    set_request_id(response.headers_mut(), request_id);
+    set_rate_limit_headers(response.headers_mut(), &rate_limit);
+    response
 }
 
-fn respond(
-    err: ApiError,
-    request_id: &str,
-    rate_limit: RateLimit,
-    retry_after: Option<RetryAfter>,
-) -> Response<Vec<u8>> {
-    let mut err = err.with_request_id(request_id).with_rate_limit(rate_limit);
-    if let Some(ra) = retry_after {
-        err = err.with_retry_after(ra);
+fn respond(err: ApiError, retry_after: Option<RetryAfter>) -> Response<Vec<u8>> {
+    match retry_after {
+        Some(ra) => into_response(&err.with_retry_after(ra)),
+        None => into_response(&err),
     }
-    into_response(&err)
 }
 
-fn json(status: StatusCode, body: Vec<u8>, request_id: &str, rl: RateLimit) -> Response<Vec<u8>> {
+fn json(status: StatusCode, body: Vec<u8>) -> Response<Vec<u8>> {
     let mut response = Response::new(body);
     *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    set_request_id(headers, request_id);
-    set_rate_limit_headers(headers, &rl);
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
 

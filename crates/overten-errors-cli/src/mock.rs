@@ -1,0 +1,250 @@
+//! `overten-errors mock`: the mock API as an axum app behind `overten-errors-http`'s layers.
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use http::HeaderMap;
+use overten_errors::{
+    ApiError, Code, ErrorCode, RATE_LIMIT_WINDOW_SECONDS, RateLimit, RetryAfter, Tier,
+};
+use overten_errors_http::mock::Routes;
+use overten_errors_http::{
+    EnvelopeLayer, RateLimitLayer, bearer_key, into_response, request_id_layers,
+};
+use tower::ServiceBuilder;
+
+/// The request header that names an error to answer with.
+pub(crate) const MOCK_ERROR: &str = "x-mock-error";
+/// How many requests of a key the injected error answers (default 1).
+pub(crate) const MOCK_ERROR_TIMES: &str = "x-mock-error-times";
+/// The status an injected code this version does not know is sent with (default 500).
+pub(crate) const MOCK_ERROR_STATUS: &str = "x-mock-error-status";
+
+/// The longest request body the mock reads.
+const MAX_BODY: usize = 64 * 1024;
+
+struct Mock {
+    routes: Routes,
+    /// Injected errors answered so far, per (key, code).
+    injected: HashMap<(String, String), u32>,
+    clock: fn() -> SystemTime,
+}
+
+type Shared = Arc<Mutex<Mock>>;
+
+fn unix(clock: fn() -> SystemTime) -> u64 {
+    clock()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The app: routes of `overten_errors_http::mock::Routes` behind the request-id, envelope,
+/// key-check and rate-limit layers, with error injection.
+pub(crate) fn app(tier: Tier, clock: fn() -> SystemTime) -> Router {
+    let state: Shared = Arc::new(Mutex::new(Mock {
+        routes: Routes::new(overten_errors_http::process_seed()),
+        injected: HashMap::new(),
+        clock,
+    }));
+    let auth_state = (tier, clock);
+    Router::new().fallback(answer).with_state(state).layer(
+        ServiceBuilder::new()
+            .layer(request_id_layers())
+            .layer(EnvelopeLayer)
+            .layer(axum::middleware::from_fn_with_state(
+                auth_state,
+                require_key,
+            ))
+            .layer(RateLimitLayer::new(tier).with_clock(clock))
+            .layer(tower_http::catch_panic::CatchPanicLayer::new())
+            .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+                http::StatusCode::REQUEST_TIMEOUT,
+                Duration::from_secs(30),
+            )),
+    )
+}
+
+/// A well-formed live key: `sk_live_` and 1 to 128 letters, digits or `_`.
+fn live_key(headers: &HeaderMap) -> bool {
+    let req = {
+        let mut r = http::Request::new(());
+        *r.headers_mut() = headers.clone();
+        r
+    };
+    bearer_key(&req)
+        .and_then(|k| k.strip_prefix("sk_live_"))
+        .is_some_and(|rest| {
+            !rest.is_empty()
+                && rest.len() <= 128
+                && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        })
+}
+
+async fn require_key(
+    State((tier, clock)): State<(Tier, fn() -> SystemTime)>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if live_key(request.headers()) {
+        return next.run(request).await;
+    }
+    let now = unix(clock);
+    let limit = tier.requests_per_minute();
+    let reset = (now / RATE_LIMIT_WINDOW_SECONDS + 1) * RATE_LIMIT_WINDOW_SECONDS;
+    let err = ApiError::from(ErrorCode::InvalidApiKey).with_rate_limit(RateLimit {
+        limit,
+        remaining: limit,
+        reset,
+    });
+    let response: http::Response<Vec<u8>> = into_response(&err);
+    response.map(Body::from)
+}
+
+fn injected(mock: &mut Mock, headers: &HeaderMap) -> Option<ApiError> {
+    let code = headers.get(MOCK_ERROR)?.to_str().ok()?.trim();
+    let times: u32 = headers
+        .get(MOCK_ERROR_TIMES)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(1);
+    let key = {
+        let mut r = http::Request::new(());
+        *r.headers_mut() = headers.clone();
+        bearer_key(&r).unwrap_or("").to_owned()
+    };
+    let used = mock.injected.entry((key, code.to_owned())).or_insert(0);
+    if *used >= times {
+        return None;
+    }
+    *used += 1;
+    let code = Code::parse(code);
+    let status = headers
+        .get(MOCK_ERROR_STATUS)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u16>().ok())
+        .filter(|s| (400..=599).contains(s));
+    Some(match (code.known(), status) {
+        (Some(known), None) => ApiError::from(known),
+        (Some(known), Some(s)) => ApiError::received(code, s, known.when()),
+        (None, s) => ApiError::received(
+            code,
+            s.unwrap_or(overten_errors_http::mock::UNKNOWN_CODE_STATUS),
+            "An error code newer than this mock's table (injected)",
+        ),
+    })
+}
+
+async fn answer(State(state): State<Shared>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
+        let err = ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            "The request body exceeds 64 KiB",
+        );
+        return overten_errors_http::HandlerError::new(err).into_response();
+    };
+    let request = http::Request::from_parts(parts, bytes);
+    let mut mock = state.lock().unwrap_or_else(PoisonError::into_inner);
+    let now = unix(mock.clock);
+    let reset = (now / RATE_LIMIT_WINDOW_SECONDS + 1) * RATE_LIMIT_WINDOW_SECONDS;
+    let wait = RetryAfter::Seconds(reset.saturating_sub(now).max(1));
+    if let Some(mut err) = injected(&mut mock, request.headers()) {
+        if err.status() == ErrorCode::RateLimitExceeded.status() {
+            err = err.with_retry_after(wait);
+        }
+        let response: http::Response<Vec<u8>> = into_response(&err);
+        return response.map(Body::from);
+    }
+    let response = mock.routes.answer(&request, wait);
+    response.map(Body::from)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            () = terminate => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+pub(crate) fn main(addr: SocketAddr, tier: Tier) -> ExitCode {
+    if !addr.ip().is_loopback() {
+        eprintln!("overten-errors mock: binds to loopback addresses only (127.0.0.0/8, ::1)");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("overten-errors mock: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let served = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let bound = listener.local_addr()?;
+        let mut stdout = std::io::stdout();
+        writeln!(
+            stdout,
+            "mock Overten API on http://{bound} (tier {tier}: {} requests/minute)",
+            tier.requests_per_minute()
+        )?;
+        stdout.flush()?;
+        axum::serve(listener, app(tier, SystemTime::now))
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+    });
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("overten-errors mock: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_keys() {
+        let h = |v: &str| {
+            let mut m = HeaderMap::new();
+            m.insert("authorization", v.parse().unwrap());
+            m
+        };
+        assert!(live_key(&h("Bearer sk_live_abc")));
+        assert!(live_key(&h("bearer  sk_live_a_1")));
+        assert!(!live_key(&h("Bearer sk_test_abc")));
+        assert!(!live_key(&h("Bearer sk_live_")));
+        assert!(!live_key(&h("Bearer sk_live_a-b")));
+        assert!(!live_key(&HeaderMap::new()));
+    }
+}

@@ -1,0 +1,258 @@
+//! The `overten-errors` binary, run as a process.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests fail loudly"
+)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use overten_errors::ErrorCode;
+
+const BIN: &str = env!("CARGO_BIN_EXE_overten-errors");
+
+fn run(args: &[&str], stdin: Option<&[u8]>) -> (i32, String, String) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(input) = stdin {
+        child.stdin.take().unwrap().write_all(input).unwrap();
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn explain_every_code_an_unknown_one_and_statuses() {
+    for &code in ErrorCode::ALL {
+        let (rc, out, _) = run(&["explain", code.as_str()], None);
+        assert_eq!(rc, 0, "{code}");
+        assert!(
+            out.starts_with(&format!("{} ({}", code.as_str(), code.status())),
+            "{out}"
+        );
+        assert!(
+            out.contains(code.when()) && out.contains(code.fix()),
+            "{out}"
+        );
+        assert!(out.contains("X-Request-Id"), "{out}");
+    }
+    let (rc, out, _) = run(&["explain", "rate_limit_exceeded"], None);
+    assert_eq!(rc, 0);
+    assert!(
+        out.contains("Retry-After") && out.contains("always sent"),
+        "{out}"
+    );
+    let (rc, out, _) = run(&["explain", "quota_frozen"], None);
+    assert_eq!(rc, 0);
+    assert!(
+        out.contains("not a code of this version") && out.contains("503"),
+        "{out}"
+    );
+    let (rc, out, _) = run(&["explain", "503"], None);
+    assert_eq!(rc, 0);
+    assert!(
+        out.contains("service_unavailable") && out.contains("wait"),
+        "{out}"
+    );
+    for bad in ["Not A Code", "700", "-1"] {
+        let (rc, _, err) = run(&["explain", bad], None);
+        assert_eq!(rc, 2, "{bad}");
+        assert!(!err.is_empty());
+    }
+}
+
+#[test]
+fn classify_a_raw_response_on_stdin() {
+    let raw = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/html\r\nX-Request-Id: req_1\r\n\r\n<html>down</html>";
+    let (rc, out, _) = run(&["classify", "--json"], Some(raw));
+    assert_eq!(rc, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["status"], 503);
+    assert_eq!(v["code"], serde_json::Value::Null);
+    assert_eq!(v["request_id"], "req_1");
+    assert_eq!(v["step"], "wait_window");
+    assert!(!v["message"].as_str().unwrap().contains("html"));
+    let (rc, out, _) = run(&["classify"], Some(raw));
+    assert_eq!(rc, 0);
+    assert!(
+        out.contains("advice:") && out.contains("wait_window"),
+        "{out}"
+    );
+    let (rc, _, err) = run(&["classify"], Some(b"not http at all"));
+    assert_eq!(rc, 2);
+    assert!(err.contains("status line"), "{err}");
+}
+
+struct Mock {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Mock {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_mock(tier: &str) -> Mock {
+    let mut child = Command::new(BIN)
+        .args(["mock", "--addr", "127.0.0.1:0", "--tier", tier])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no ready line: {line:?}"))
+        .parse()
+        .unwrap();
+    Mock { child, addr }
+}
+
+/// One HTTP/1.1 request on a fresh connection; the status, headers (lowercase) and body.
+fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, Vec<(String, String)>, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(k);
+        req.push_str(": ");
+        req.push_str(v);
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, headers, body.to_owned())
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+const KEY: (&str, &str) = ("Authorization", "Bearer sk_live_cli");
+
+#[test]
+fn the_mock_answers_injects_errors_and_stops_on_sigterm() {
+    let mut mock = start_mock("free");
+    let addr = mock.addr;
+    let (status, headers, body) = http(addr, "GET", "/ok", &[KEY], "");
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        header(&headers, "x-request-id")
+            .unwrap()
+            .starts_with("req_")
+    );
+    assert_eq!(header(&headers, "x-ratelimit-limit"), Some("10"));
+    assert_eq!(header(&headers, "x-ratelimit-remaining"), Some("9"));
+    // No key: 401 envelope.
+    let (status, headers, body) = http(addr, "GET", "/ok", &[], "");
+    assert_eq!(status, 401);
+    assert!(body.contains(r#""error":"invalid_api_key""#), "{body}");
+    assert!(header(&headers, "x-request-id").is_some());
+    // The routes of the table, and a path nobody serves.
+    let (status, _, body) = http(addr, "GET", "/errors/rate%5Flimit%5Fexceeded", &[KEY], "");
+    assert_eq!(status, 429, "{body}");
+    let (status, _, body) = http(addr, "GET", "/errors/quota_frozen?status=503", &[KEY], "");
+    assert_eq!((status, body.contains("quota_frozen")), (503, true));
+    let (status, _, body) = http(addr, "GET", "/nowhere", &[KEY], "");
+    assert_eq!(status, 404);
+    assert!(body.contains(r#""error":"not_found""#), "{body}");
+    // Injection: twice internal_error for this key, then the route itself.
+    let inject = [
+        KEY,
+        ("X-Mock-Error", "internal_error"),
+        ("X-Mock-Error-Times", "2"),
+    ];
+    let statuses: Vec<u16> = (0..3)
+        .map(|_| http(addr, "GET", "/ok", &inject, "").0)
+        .collect();
+    assert_eq!(statuses, vec![500, 500, 200]);
+    // The async resubmission as a POST body.
+    let (status, _, body) = http(
+        addr,
+        "POST",
+        "/errors/sync_timeout_upgrade_async",
+        &[KEY, ("Content-Type", "application/json")],
+        r#"{"async": true}"#,
+    );
+    assert_eq!(status, 202, "{body}");
+    // SIGTERM: a graceful exit with status 0.
+    let pid = mock.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let started = Instant::now();
+    loop {
+        if let Some(status) = mock.child.try_wait().unwrap() {
+            assert_eq!(status.code(), Some(0));
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "mock did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn the_mock_refuses_non_loopback_addresses() {
+    let (rc, _, err) = run(&["mock", "--addr", "0.0.0.0:0"], None);
+    assert_eq!(rc, 2);
+    assert!(err.contains("loopback"), "{err}");
+}
