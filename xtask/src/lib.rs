@@ -93,6 +93,7 @@ pub const PUBLISHED: &[&str] = &[
     "overten-errors",
     "overten-errors-http",
     "overten-errors-schema",
+    "overten-errors-cli",
 ];
 
 /// Files copied into the published crates, so that each `.crate` builds, documents and
