@@ -812,6 +812,14 @@ fn the_edges_of_max_wait_are_allowed() {
             .build(),
         Err(PolicyError::MaxWaitTooLarge)
     );
+    // Durations past u64 milliseconds saturate rather than wrap around to small ones:
+    // 2^64 + 40 000 ms would wrap to a valid 40 s.
+    let past = Duration::new(18_446_744_073_709_591, 616_000_000);
+    assert_eq!(past.as_millis(), (1u128 << 64) + 40_000);
+    assert_eq!(
+        RetryPolicy::builder().max_wait(past).build(),
+        Err(PolicyError::MaxWaitTooLarge)
+    );
     // Durations past u64 milliseconds saturate rather than wrap around to small ones.
     assert_eq!(
         RetryPolicy::builder()
