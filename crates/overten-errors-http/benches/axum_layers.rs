@@ -1,8 +1,9 @@
 //! The server layers' cost: a successful request through an axum router behind every layer
 //! of the `tower` feature (request ids, envelopes, the rate limiter) vs the bare router, in
-//! one run, in process (`tower::ServiceExt::oneshot`, no sockets, so only the layers differ).
+//! one run: over real HTTP on loopback (a keep-alive reqwest client, `loopback`), and in
+//! process (`tower::ServiceExt::oneshot`, no sockets, so only the layers differ).
 //!
-//! Run: `cargo bench -p overten-errors-http --features axum,tower --bench axum_layers`.
+//! Run: `cargo bench -p overten-errors-http --features axum,tower,reqwest --bench axum_layers`.
 
 #![allow(
     missing_docs,
@@ -25,6 +26,29 @@ struct World {
     rt: tokio::runtime::Runtime,
     bare: Router,
     layered: Router,
+    client: reqwest::Client,
+    bare_url: String,
+    layered_url: String,
+    hand_url: String,
+}
+
+/// The floor for the contract's headers: a handler that writes `X-Request-Id` and the three
+/// `X-RateLimit-*` headers itself (fixed values), with no layer.
+fn hand() -> Router {
+    Router::new().route(
+        "/ok",
+        get(|| async {
+            (
+                [
+                    ("x-request-id", "req_0123456789abcdef01234567"),
+                    ("x-ratelimit-limit", "600"),
+                    ("x-ratelimit-remaining", "599"),
+                    ("x-ratelimit-reset", "1700000040"),
+                ],
+                r#"{"success":true}"#,
+            )
+        }),
+    )
 }
 
 /// A clock one second further on at every read: the limiter's windows roll over every 60
@@ -40,20 +64,54 @@ fn routes() -> Router {
     Router::new().route("/ok", get(|| async { r#"{"success":true}"# }))
 }
 
+fn layered() -> Router {
+    routes().layer(
+        ServiceBuilder::new()
+            .layer(request_id_layers())
+            .layer(EnvelopeLayer)
+            .layer(RateLimitLayer::new(Tier::Enterprise).with_clock(ticking)),
+    )
+}
+
 fn world() -> &'static World {
     static WORLD: OnceLock<World> = OnceLock::new();
-    WORLD.get_or_init(|| World {
-        rt: tokio::runtime::Builder::new_current_thread()
+    WORLD.get_or_init(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .unwrap(),
-        bare: routes(),
-        layered: routes().layer(
-            ServiceBuilder::new()
-                .layer(request_id_layers())
-                .layer(EnvelopeLayer)
-                .layer(RateLimitLayer::new(Tier::Free).with_clock(ticking)),
-        ),
+            .unwrap();
+        let (bare_url, layered_url, hand_url) = rt.block_on(async {
+            let mut urls = Vec::new();
+            for app in [routes(), layered(), hand()] {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                urls.push(format!("http://{}/ok", listener.local_addr().unwrap()));
+                tokio::spawn(async move { axum::serve(listener, app).await });
+            }
+            (urls[0].clone(), urls[1].clone(), urls[2].clone())
+        });
+        World {
+            rt,
+            bare: routes(),
+            layered: layered(),
+            client: reqwest::Client::new(),
+            bare_url,
+            layered_url,
+            hand_url,
+        }
+    })
+}
+
+fn over_http(url: &str, keyed: bool) -> u16 {
+    let w = world();
+    w.rt.block_on(async {
+        let mut request = w.client.get(url);
+        if keyed {
+            request = request.header("authorization", "Bearer sk_live_bench");
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        response.bytes().await.unwrap();
+        status
     })
 }
 
@@ -89,6 +147,25 @@ fn main() {
         );
     }
     divan::main();
+}
+
+mod loopback {
+    #[divan::bench]
+    fn bare_router() -> u16 {
+        super::over_http(&super::world().bare_url, false)
+    }
+
+    /// The bare router whose handler writes the four contract headers by hand.
+    #[divan::bench]
+    fn hand_headers() -> u16 {
+        super::over_http(&super::world().hand_url, false)
+    }
+
+    /// Every layer, with a key: counted by the limiter, an id made, headers stamped.
+    #[divan::bench]
+    fn all_layers_keyed() -> u16 {
+        super::over_http(&super::world().layered_url, true)
+    }
 }
 
 #[divan::bench]

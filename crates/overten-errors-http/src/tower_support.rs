@@ -45,20 +45,32 @@ impl Default for MakeReqId {
 }
 
 impl MakeReqId {
-    /// The next id.
-    pub fn next_id(&self) -> String {
+    /// The next id's 28 bytes: `req_` and 24 lowercase hex digits.
+    fn next_bytes(&self) -> [u8; 28] {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let seed = self
             .state
             .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
         let mut rng = SplitMix64::new(seed);
-        let (a, b) = (rng.next_u64(), rng.next_u64());
-        format!("req_{a:016x}{:08x}", b >> 32)
+        let digits = u128::from(rng.next_u64()) << 32 | u128::from(rng.next_u64() >> 32);
+        let mut out = *b"req_000000000000000000000000";
+        for (i, byte) in out[4..].iter_mut().enumerate() {
+            let shift = (23 - i) * 4;
+            *byte = HEX[usize::try_from((digits >> shift) & 0xf).unwrap_or(0)];
+        }
+        out
+    }
+
+    /// The next id.
+    pub fn next_id(&self) -> String {
+        String::from_utf8_lossy(&self.next_bytes()).into_owned()
     }
 }
 
 impl MakeRequestId for MakeReqId {
     fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
-        HeaderValue::from_str(&self.next_id())
+        // One allocation: the header value's own copy of the 28 bytes.
+        HeaderValue::from_bytes(&self.next_bytes())
             .ok()
             .map(RequestId::new)
     }
@@ -308,7 +320,11 @@ impl CounterStore for MemoryStore {
                 return None;
             }
         }
-        let entry = counts.entry(key.to_owned()).or_insert((window, 0));
+        // A key seen before costs no allocation.
+        let entry = match counts.get_mut(key) {
+            Some(entry) => entry,
+            None => counts.entry(key.to_owned()).or_insert((window, 0)),
+        };
         if entry.0 != window {
             *entry = (window, 0);
         }
