@@ -3,7 +3,9 @@
 use std::process::ExitCode;
 
 fn usage() -> ExitCode {
-    eprintln!("usage: cargo xtask docs [--check] | cargo xtask release-snapshot");
+    eprintln!(
+        "usage: cargo xtask docs [--check] | cargo xtask release-snapshot | cargo xtask simulate [--clients N]"
+    );
     ExitCode::from(2)
 }
 
@@ -48,6 +50,33 @@ fn main() -> ExitCode {
                 eprintln!("cargo xtask release-snapshot: {e}");
                 ExitCode::FAILURE
             }
+        },
+        ["simulate"] => match xtask::simulate(&root) {
+            Ok(report) => {
+                for line in report {
+                    println!("{line}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("cargo xtask simulate: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        ["simulate", "--clients", n] => match n.parse::<u32>() {
+            Ok(clients) if (1..=100_000).contains(&clients) => {
+                let fleet = xtask::sim::Fleet {
+                    clients,
+                    ..xtask::storms::FLEET
+                };
+                for (path, text) in xtask::storms::files_with(fleet) {
+                    if path == "docs/retry-storms.md" {
+                        println!("{text}");
+                    }
+                }
+                ExitCode::SUCCESS
+            }
+            _ => usage(),
         },
         _ => usage(),
     }

@@ -286,7 +286,7 @@ impl<S: Sleep + 'static> Middleware for RetryMiddleware<S> {
                         && !response.status().is_server_error() =>
                 {
                     if response.status().is_success() {
-                        self.retrier.record_success();
+                        self.retrier.record_success(attempt);
                     }
                     return Ok(response);
                 }

@@ -179,9 +179,10 @@ impl<S: Sleep> Retrier<S> {
         )
     }
 
-    /// Records a successful response (refills the budget).
-    pub fn record_success(&self) {
-        self.budget.record_success();
+    /// Records a successful response after `attempts` attempts (refills the budget: 1 for a
+    /// first attempt, a retry's cost after retries).
+    pub fn record_success(&self, attempts: u32) {
+        self.budget.record_success_after(attempts);
     }
 
     /// Waits `duration` with the loop's [`Sleep`].
@@ -227,7 +228,7 @@ impl<S: Sleep> Retrier<S> {
         loop {
             match op(attempt).await {
                 Ok(value) => {
-                    self.record_success();
+                    self.record_success(attempt.number);
                     return Ok(value);
                 }
                 Err(error) => {
@@ -301,7 +302,8 @@ mod tests {
         assert_eq!(log.len(), 2);
         assert!(log[0] >= Duration::from_millis(500) && log[0] <= Duration::from_secs(1));
         assert!(log[1] >= Duration::from_secs(1) && log[1] <= Duration::from_secs(2));
-        assert_eq!(retrier.budget().tokens(), 500 - 2 * 5 + 1);
+        // Two retries paid, the last one's cost back on the success after them.
+        assert_eq!(retrier.budget().tokens(), 100 - 2 * 5 + 5);
     }
 
     #[test]

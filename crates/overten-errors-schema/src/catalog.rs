@@ -139,8 +139,10 @@ pub struct BudgetDefaults {
     pub capacity: u32,
     /// Tokens one retry spends.
     pub retry_cost: u32,
-    /// Tokens one success returns.
+    /// Tokens a success to a first attempt returns.
     pub success_refill: u32,
+    /// Tokens a success after retries returns (the last retry's cost).
+    pub retried_success_refill: u32,
 }
 
 /// The page's other numbers, and the bounds both sides apply to text on the wire.
@@ -232,6 +234,7 @@ pub fn catalog() -> Catalog {
             capacity: budget.capacity(),
             retry_cost: budget.retry_cost(),
             success_refill: budget.success_refill(),
+            retried_success_refill: budget.retry_cost(),
         },
         limits: Limits {
             sync_timeout_ms: SYNC_TIMEOUT_SECONDS * 1000,

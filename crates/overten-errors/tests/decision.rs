@@ -510,7 +510,7 @@ fn a_bare_dash_is_invalid_not_negative() {
 fn one_budget_serves_many_threads() {
     // 500 tokens at 5 a retry: exactly 100 retries are admitted, however the 8 threads
     // interleave, and the bucket never goes below zero.
-    let budget = Arc::new(RetryBudget::default());
+    let budget = Arc::new(RetryBudget::new(500, 5, 1));
     let retry = Advice::Retry {
         after: secs(1),
         basis: Basis::Backoff,
@@ -718,8 +718,9 @@ fn the_json_cap_is_javascripts_max_safe_integer() {
 
 /// The defaults `RetryPolicy::DEFAULT` documents, from their sources: Google Cloud's
 /// truncated exponential backoff (1 s, x2, 32 s), AWS's equal jitter (0.5), gRPC's cap of 5
-/// attempts, the API's 300 s sync ceiling; the budget is the AWS SDKs' standard retry quota
-/// (`shared/reference/retry-policies.md`: 500 tokens, 5 a retry, 1 back a success).
+/// attempts, the API's 300 s sync ceiling; the budget is the one `docs/retry-storms.md`
+/// chose (100 tokens, the AWS SDKs' 5 a retry and 1 back a first-attempt success, from
+/// `shared/reference/retry-policies.md`).
 #[test]
 #[allow(
     clippy::float_cmp,
@@ -739,9 +740,17 @@ fn the_defaults_are_the_documented_ones() {
     let b = RetryBudget::default();
     assert_eq!(
         (b.capacity(), b.retry_cost(), b.success_refill()),
-        (500, 5, 1)
+        (100, 5, 1)
     );
-    assert_eq!(b.tokens(), 500, "a budget starts full");
+    assert_eq!(b.tokens(), 100, "a budget starts full");
+    // A success after retries pays the retry's cost back; a first-attempt success 1.
+    let b = RetryBudget::default().with_tokens(50);
+    b.record_success_after(1);
+    assert_eq!(b.tokens(), 51);
+    b.record_success_after(3);
+    assert_eq!(b.tokens(), 56);
+    b.record_retried_success();
+    assert_eq!(b.tokens(), 61);
     // A builder's values are the ones read back.
     let q = RetryPolicy::builder()
         .multiplier(3.0)
@@ -775,11 +784,11 @@ fn a_budget_that_can_pay_lets_the_retry_through_and_is_charged() {
     let (advice, step) = explain(&err("internal_error", 500), 1, Some(&budget));
     assert!(matches!(advice, Advice::Retry { .. }));
     assert_eq!(step, Step::Backoff);
-    assert_eq!(budget.tokens(), 495);
+    assert_eq!(budget.tokens(), 95);
     // A stop or a resubmission costs nothing.
     explain(&err("not_found", 404), 1, Some(&budget));
     explain(&err("sync_timeout_upgrade_async", 408), 1, Some(&budget));
-    assert_eq!(budget.tokens(), 495);
+    assert_eq!(budget.tokens(), 95);
     let exact = RetryBudget::default().with_tokens(5);
     assert!(matches!(
         explain(&err("internal_error", 500), 1, Some(&exact)).0,

@@ -310,7 +310,7 @@ fn extreme_policy_values_stay_bounded() {
 
 #[test]
 fn budget_stops_retry_storms_and_refills_on_success() {
-    let budget = RetryBudget::default();
+    let budget = RetryBudget::new(500, 5, 1);
     let retry = Advice::Retry {
         after: secs(1),
         basis: Basis::Backoff,
