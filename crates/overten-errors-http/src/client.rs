@@ -485,6 +485,87 @@ mod tests {
     }
 
     #[test]
+    fn the_bounds_are_inclusive() {
+        // A body of exactly the cap is parsed; one byte more is not.
+        let body = vec![b' '; MAX_BODY_BYTES];
+        let r = classify(StatusCode::BAD_GATEWAY, &HeaderMap::new(), &body);
+        assert_eq!(
+            r.diagnostics.body,
+            Some(BodyIssue::NotAnEnvelope(BodyError::Empty))
+        );
+        // An id of exactly the bound is kept.
+        let id = "r".repeat(MAX_REQUEST_ID_BYTES);
+        assert_eq!(
+            request_id_header(&map(&[("x-request-id", &id)])),
+            Ok(Some(id.clone()))
+        );
+        // Diagnostics name what was malformed.
+        let r = classify(
+            StatusCode::TOO_MANY_REQUESTS,
+            &map(&[("retry-after", "soon")]),
+            b"",
+        );
+        assert!(!r.diagnostics.is_clean());
+        let r = classify(
+            StatusCode::GONE,
+            &HeaderMap::new(),
+            br#"{"success":false,"error":"gone","message":"m"}"#,
+        );
+        assert!(r.diagnostics.is_clean());
+    }
+
+    /// A body whose second frame is a transport error.
+    struct Broken(u8);
+
+    impl Body for Broken {
+        type Data = Bytes;
+        type Error = std::io::Error;
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+            self.0 += 1;
+            std::task::Poll::Ready(Some(if self.0 == 1 {
+                Ok(http_body::Frame::data(Bytes::from_static(b"{")))
+            } else {
+                Err(std::io::Error::other("connection reset"))
+            }))
+        }
+    }
+
+    #[test]
+    fn reading_stops_at_the_cap_and_keeps_transport_errors() {
+        fn run<F: std::future::Future>(f: F) -> F::Output {
+            // Every body here is ready at once: polling completes without a runtime.
+            let waker = std::task::Waker::noop();
+            let mut cx = std::task::Context::from_waker(waker);
+            let mut f = std::pin::pin!(f);
+            loop {
+                if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+                    return v;
+                }
+            }
+        }
+        // A transport error is the transport's, not "too large".
+        let got = run(read_body_limited(&HeaderMap::new(), Broken(0)));
+        assert!(got.is_err());
+        // A declared length of exactly the cap is read; one more is refused unread.
+        let exact = http_body_util::Full::new(Bytes::from(vec![b' '; MAX_BODY_BYTES]));
+        let mut h = HeaderMap::new();
+        h.insert(CONTENT_LENGTH, HeaderValue::from(MAX_BODY_BYTES));
+        assert_eq!(
+            run(read_body_limited(&h, exact)).unwrap().map(|b| b.len()),
+            Ok(MAX_BODY_BYTES)
+        );
+        h.insert(CONTENT_LENGTH, HeaderValue::from(MAX_BODY_BYTES + 1));
+        let small = http_body_util::Full::new(Bytes::from_static(b"{}"));
+        assert_eq!(
+            run(read_body_limited(&h, small)).unwrap(),
+            Err(BodyIssue::TooLarge)
+        );
+    }
+
+    #[test]
     fn oversized_bodies_are_not_parsed() {
         let body = vec![b' '; MAX_BODY_BYTES + 1];
         let r = classify(StatusCode::BAD_GATEWAY, &HeaderMap::new(), &body);

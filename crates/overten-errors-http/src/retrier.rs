@@ -36,7 +36,9 @@ pub struct TokioSleep;
 #[cfg(feature = "tokio")]
 impl Sleep for TokioSleep {
     fn sleep(&self, duration: Duration) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
-        Box::pin(tokio::time::sleep(duration))
+        // Lazy: the timer is made when first polled, inside the runtime, so the future can
+        // be built anywhere.
+        Box::pin(async move { tokio::time::sleep(duration).await })
     }
 }
 
@@ -378,6 +380,39 @@ mod tests {
             }
         );
         assert!(log.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_seed_reproduces_the_jitter_and_draws_vary() {
+        let err = ApiError::from(ErrorCode::InternalError);
+        let delays = |seed| {
+            let r = Retrier::new(RetryPolicy::default(), |_: Duration| std::future::ready(()))
+                .with_seed(seed);
+            (0..20)
+                .map(|_| r.decide_unpaid(&err, 1).advice)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(delays(3), delays(3));
+        assert_ne!(delays(3), delays(4));
+        let distinct: std::collections::HashSet<_> =
+            delays(3).into_iter().map(|a| format!("{a:?}")).collect();
+        assert!(distinct.len() > 10, "every decision draws afresh");
+        let policy = RetryPolicy::builder().max_attempts(2).build().unwrap();
+        let r = Retrier::new(policy, |_: Duration| std::future::ready(()));
+        assert_eq!(r.policy(), &policy);
+        assert!(format!("{r:?}").starts_with("Retrier"));
+    }
+
+    #[cfg(feature = "tokio")]
+    #[test]
+    fn tokio_sleep_waits() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let started = std::time::Instant::now();
+        rt.block_on(TokioSleep.sleep(Duration::from_millis(30)));
+        assert!(started.elapsed() >= Duration::from_millis(30));
     }
 
     #[test]
