@@ -73,20 +73,11 @@ pub(crate) fn app(tier: Tier, clock: fn() -> SystemTime) -> Router {
     )
 }
 
-/// A well-formed live key: `sk_live_` and 1 to 128 letters, digits or `_`.
+/// A well-formed live key (`overten_errors_http::mock::live_api_key`).
 fn live_key(headers: &HeaderMap) -> bool {
-    let req = {
-        let mut r = http::Request::new(());
-        *r.headers_mut() = headers.clone();
-        r
-    };
-    bearer_key(&req)
-        .and_then(|k| k.strip_prefix("sk_live_"))
-        .is_some_and(|rest| {
-            !rest.is_empty()
-                && rest.len() <= 128
-                && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-        })
+    let mut request = http::Request::new(());
+    *request.headers_mut() = headers.clone();
+    overten_errors_http::mock::live_api_key(&request).is_some()
 }
 
 async fn require_key(

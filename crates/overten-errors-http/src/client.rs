@@ -535,17 +535,7 @@ mod tests {
 
     #[test]
     fn reading_stops_at_the_cap_and_keeps_transport_errors() {
-        fn run<F: std::future::Future>(f: F) -> F::Output {
-            // Every body here is ready at once: polling completes without a runtime.
-            let waker = std::task::Waker::noop();
-            let mut cx = std::task::Context::from_waker(waker);
-            let mut f = std::pin::pin!(f);
-            loop {
-                if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-                    return v;
-                }
-            }
-        }
+        use crate::block_on as run;
         // A transport error is the transport's, not "too large".
         let got = run(read_body_limited(&HeaderMap::new(), Broken(0)));
         assert!(got.is_err());

@@ -78,7 +78,7 @@ pub use client::{
     retry_after_header,
 };
 pub use names::{
-    RATE_LIMIT_LIMIT, RATE_LIMIT_REMAINING, RATE_LIMIT_RESET, REQUEST_ID, RETRY_AFTER,
+    RATE_LIMIT_LIMIT, RATE_LIMIT_REMAINING, RATE_LIMIT_RESET, REQUEST_ID, RETRY_AFTER, bearer_key,
 };
 pub use server::{into_response, set_rate_limit_headers, set_request_id};
 
@@ -93,13 +93,26 @@ pub use axum_support::{HandlerError, Json, Path, Query, from_json_bytes};
 pub use tower_support::{
     CounterStore, Envelope, EnvelopeBody, EnvelopeFuture, EnvelopeLayer, MakeReqId, MemoryStore,
     RateLimitFuture, RateLimitLayer, RateLimited, RequestIdLayers, SanitizeRequestId,
-    SanitizeRequestIdLayer, bearer_key, envelope, request_id_layers,
+    SanitizeRequestIdLayer, envelope, request_id_layers,
 };
 
 #[cfg(feature = "reqwest")]
 pub use reqwest_client::{
     IDEMPOTENCY_KEY, Observer, RetryMiddleware, RetryOutcome, STREAMING_BODY, received_from_reqwest,
 };
+
+/// Polls a future that needs no runtime (every wait in it is ready) to completion.
+#[cfg(test)]
+pub(crate) fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+    }
+}
 
 /// This crate's README examples, compiled and run as doctests.
 #[cfg(doctest)]

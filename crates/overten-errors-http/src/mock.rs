@@ -25,7 +25,7 @@
 
 use std::collections::HashMap;
 
-use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use overten_errors::{
     ApiError, Code, ErrorCode, Failed, RATE_LIMIT_WINDOW_SECONDS, RandomSource, RateLimit,
@@ -87,7 +87,7 @@ impl Gateway {
         let reset = minute
             .saturating_add(1)
             .saturating_mul(RATE_LIMIT_WINDOW_SECONDS);
-        let Some(key) = api_key(request) else {
+        let Some(key) = live_api_key(request) else {
             let full = RateLimit {
                 limit,
                 remaining: limit,
@@ -318,18 +318,11 @@ fn hex(b: u8) -> Option<u8> {
     }
 }
 
-/// The key of a well-formed `Authorization: Bearer sk_live_...` header.
-///
-/// RFC 9110 section 11.4: `credentials = auth-scheme [ 1*SP token68 ]`; the scheme is
-/// case-insensitive; whitespace around the whole value is not part of it.
-fn api_key<B>(request: &Request<B>) -> Option<&str> {
-    let value = request.headers().get(AUTHORIZATION)?.to_str().ok()?;
-    let value = value.trim_matches(|c| c == ' ' || c == '\t');
-    let (scheme, rest) = value.split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return None;
-    }
-    let key = rest.trim_start_matches(' ');
+/// The key of a well-formed `Authorization: Bearer sk_live_...` header: `sk_live_` and 1
+/// to 128 letters, digits or `_`, after [`crate::bearer_key`]'s RFC 9110 reading of the
+/// header (scheme in any case, then one or more spaces).
+pub fn live_api_key<B>(request: &Request<B>) -> Option<&str> {
+    let key = crate::names::bearer_key(request)?;
     let rest = key.strip_prefix("sk_live_")?;
     let ok = !rest.is_empty()
         && rest.len() <= 128
@@ -369,6 +362,7 @@ fn json(status: StatusCode, body: Vec<u8>) -> Response<Vec<u8>> {
 mod tests {
     use super::*;
     use crate::classify;
+    use http::header::AUTHORIZATION;
 
     fn get(path: &str, key: Option<&str>) -> Request<Vec<u8>> {
         let mut b = Request::get(path);

@@ -24,6 +24,22 @@ pub static RETRY_AFTER: LazyLock<HeaderName> = LazyLock::new(|| name(&headers::R
 /// `X-Request-Id`.
 pub static REQUEST_ID: LazyLock<HeaderName> = LazyLock::new(|| name(&headers::REQUEST_ID));
 
+/// The API key of `Authorization: Bearer <key>` (scheme in any case, then spaces), if any.
+pub fn bearer_key<B>(request: &http::Request<B>) -> Option<&str> {
+    let value = request
+        .headers()
+        .get(http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let value = value.trim_matches(|c| c == ' ' || c == '\t');
+    let (scheme, rest) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let key = rest.trim_start_matches(' ');
+    (!key.is_empty() && !key.contains(' ')).then_some(key)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

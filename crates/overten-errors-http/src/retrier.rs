@@ -12,7 +12,7 @@ use overten_errors::{
 };
 
 /// How the loop waits. Any `Fn(Duration) -> impl Future<Output = ()>` is one, so tests pass
-/// a recorder that never really waits; [`TokioSleep`] (feature `tokio`) is tokio's timer.
+/// a recorder that never really waits; `TokioSleep` (feature `tokio`) is tokio's timer.
 pub trait Sleep: Send + Sync {
     /// Waits `duration`.
     fn sleep(&self, duration: Duration) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
@@ -256,6 +256,7 @@ impl<S: Sleep> Retrier<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::block_on;
     use overten_errors::{Basis, ErrorCode, StopReason};
 
     fn recorder() -> (
@@ -268,18 +269,6 @@ mod tests {
             l.lock().unwrap().push(d);
             std::future::ready(())
         })
-    }
-
-    fn block_on<F: Future>(f: F) -> F::Output {
-        // The loop needs no runtime: a future with no real waits completes when polled.
-        let waker = std::task::Waker::noop();
-        let mut cx = std::task::Context::from_waker(waker);
-        let mut f = std::pin::pin!(f);
-        loop {
-            if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-                return v;
-            }
-        }
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use http::{Request, Response};
 use http_body_util::{Either, Full};
 use overten_errors::{
@@ -24,7 +24,7 @@ use tower_http::request_id::{
 use tower_layer::{Layer, Stack};
 use tower_service::Service;
 
-use crate::names;
+use crate::names::{self, bearer_key};
 use crate::retrier::process_seed;
 use crate::server::{into_response, set_rate_limit_headers};
 
@@ -331,18 +331,6 @@ impl CounterStore for MemoryStore {
         entry.1 = entry.1.saturating_add(1);
         Some(entry.1)
     }
-}
-
-/// The API key of `Authorization: Bearer <key>` (scheme in any case, then spaces), if any.
-pub fn bearer_key<B>(request: &Request<B>) -> Option<&str> {
-    let value = request.headers().get(AUTHORIZATION)?.to_str().ok()?;
-    let value = value.trim_matches(|c| c == ' ' || c == '\t');
-    let (scheme, rest) = value.split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return None;
-    }
-    let key = rest.trim_start_matches(' ');
-    (!key.is_empty() && !key.contains(' ')).then_some(key)
 }
 
 /// A per-key, per-minute rate limiter by [`Tier`], as the API's gateway does: a request
