@@ -9,6 +9,14 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
+# A dry run verifies each package against the others through a temporary local registry,
+# and cargo keeps what it unpacked from there under $CARGO_HOME/registry, keyed by name and
+# version only: a later run would verify against those stale copies of this workspace's own
+# crates. Remove them (and only them) first.
+cargo_home=${CARGO_HOME:-$HOME/.cargo}
+rm -rf "$cargo_home"/registry/src/*/overten-errors-[0-9]* "$cargo_home"/registry/src/*/overten-errors-*-[0-9]* \
+       "$cargo_home"/registry/cache/*/overten-errors-[0-9]*.crate "$cargo_home"/registry/cache/*/overten-errors-*-[0-9]*.crate
+
 echo "== cargo publish --workspace --exclude xtask --dry-run (nothing is uploaded)"
 cargo publish --workspace --exclude xtask --dry-run
 

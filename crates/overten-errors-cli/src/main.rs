@@ -43,6 +43,9 @@ enum Command {
         /// The tier whose per-minute limit the gateway enforces: free, pro or enterprise.
         #[arg(long, default_value = "free", value_parser = parse_tier)]
         tier: Tier,
+        /// Seconds a connection has to send its request head before it is dropped.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        header_timeout: u64,
     },
     /// Explain an error code (known or not) or an HTTP status.
     Explain {
@@ -69,7 +72,11 @@ fn parse_tier(s: &str) -> Result<Tier, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Mock { addr, tier } => mock::main(addr, tier),
+        Command::Mock {
+            addr,
+            tier,
+            header_timeout,
+        } => mock::main(addr, tier, std::time::Duration::from_secs(header_timeout)),
         Command::Explain { what } => match explain::explain(&what) {
             Ok(text) => {
                 print!("{text}");

@@ -182,7 +182,44 @@ async fn shutdown_signal() {
     }
 }
 
-pub(crate) fn main(addr: SocketAddr, tier: Tier) -> ExitCode {
+/// Serves `app` on `listener` until `shutdown` resolves: each connection gets
+/// `header_timeout` to send its request head, a failed accept (descriptors exhausted) pauses
+/// the loop instead of ending it, and on shutdown the connections in flight get 5 s to end.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    header_timeout: Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::server::graceful::GracefulShutdown;
+    use hyper_util::service::TowerToHyperService;
+
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let service = TowerToHyperService::new(app.clone());
+                    let connection = hyper::server::conn::http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(header_timeout)
+                        .serve_connection(TokioIo::new(stream), service);
+                    let connection = graceful.watch(connection);
+                    tokio::spawn(async move {
+                        let _ = connection.await;
+                    });
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            },
+            () = &mut shutdown => break,
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
+}
+
+pub(crate) fn main(addr: SocketAddr, tier: Tier, header_timeout: Duration) -> ExitCode {
     if !addr.ip().is_loopback() {
         eprintln!("overten-errors mock: binds to loopback addresses only (127.0.0.0/8, ::1)");
         return ExitCode::from(2);
@@ -197,7 +234,7 @@ pub(crate) fn main(addr: SocketAddr, tier: Tier) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let served = runtime.block_on(async {
+    let served: std::io::Result<()> = runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let bound = listener.local_addr()?;
         let mut stdout = std::io::stdout();
@@ -207,9 +244,14 @@ pub(crate) fn main(addr: SocketAddr, tier: Tier) -> ExitCode {
             tier.requests_per_minute()
         )?;
         stdout.flush()?;
-        axum::serve(listener, app(tier, SystemTime::now))
-            .with_graceful_shutdown(shutdown_signal())
-            .await
+        serve(
+            listener,
+            app(tier, SystemTime::now),
+            header_timeout,
+            shutdown_signal(),
+        )
+        .await;
+        Ok(())
     });
     match served {
         Ok(()) => ExitCode::SUCCESS,

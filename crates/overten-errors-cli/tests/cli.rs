@@ -112,7 +112,15 @@ impl Drop for Mock {
 
 fn start_mock(tier: &str) -> Mock {
     let mut child = Command::new(BIN)
-        .args(["mock", "--addr", "127.0.0.1:0", "--tier", tier])
+        .args([
+            "mock",
+            "--addr",
+            "127.0.0.1:0",
+            "--tier",
+            tier,
+            "--header-timeout",
+            "1",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -227,6 +235,20 @@ fn the_mock_answers_injects_errors_and_stops_on_sigterm() {
         r#"{"async": true}"#,
     );
     assert_eq!(status, 202, "{body}");
+    // A connection that never finishes its request head is dropped; the server stays up.
+    let mut idle = TcpStream::connect(addr).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    idle.write_all(b"GET /ok HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let _ = idle.read_to_end(&mut rest);
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "dropped after the header timeout"
+    );
+    assert!(!String::from_utf8_lossy(&rest).contains("200 OK"));
+    assert_eq!(http(addr, "GET", "/ok", &[KEY], "").0, 200);
     // SIGTERM: a graceful exit with status 0.
     let pid = mock.child.id().to_string();
     assert!(
