@@ -9,10 +9,15 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
-# A dry run verifies each package against the others through a temporary local registry,
-# and cargo keeps what it unpacked from there under $CARGO_HOME/registry, keyed by name and
-# version only: a later run would verify against those stale copies of this workspace's own
-# crates. Remove them (and only them) first.
+# A dry run verifies each package against the others through a temporary local registry.
+# Cargo treats registry sources as immutable: what it unpacked and compiled from there is
+# kept under $CARGO_HOME/registry and target/package, keyed by name and version only, so a
+# later run would verify against stale builds of this workspace's own crates. Remove them
+# (and only them) first.
+# The dry run gets a target directory of its own, emptied first (the workspace's would hold
+# compiled copies of those registry packages from earlier runs).
+export CARGO_TARGET_DIR="$root/target/publish-check"
+rm -rf "$CARGO_TARGET_DIR"
 cargo_home=${CARGO_HOME:-$HOME/.cargo}
 rm -rf "$cargo_home"/registry/src/*/overten-errors-[0-9]* "$cargo_home"/registry/src/*/overten-errors-*-[0-9]* \
        "$cargo_home"/registry/cache/*/overten-errors-[0-9]*.crate "$cargo_home"/registry/cache/*/overten-errors-*-[0-9]*.crate
@@ -25,14 +30,18 @@ cargo package --workspace --exclude xtask --no-verify --quiet
 
 version=$(cargo metadata --format-version 1 --no-deps \
   | python3 -c 'import json,sys; print(next(p["version"] for p in json.load(sys.stdin)["packages"] if p["name"]=="overten-errors"))')
+packages="$CARGO_TARGET_DIR/package"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+# Emptied too: unpacked files keep the .crate's timestamps, so cargo would not see that an
+# earlier build of the same name and version is stale.
 export CARGO_TARGET_DIR="$root/target/package-tests"
+rm -rf "$CARGO_TARGET_DIR"
 core="$work/overten-errors-$version"
 http="$work/overten-errors-http-$version"
 crates="overten-errors overten-errors-http overten-errors-schema overten-errors-cli"
 for crate in $crates; do
-  tar -xzf "target/package/$crate-$version.crate" -C "$work"
+  tar -xzf "$packages/$crate-$version.crate" -C "$work"
 done
 for crate in $crates; do
   dir="$work/$crate-$version"
