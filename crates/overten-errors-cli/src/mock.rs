@@ -100,8 +100,29 @@ async fn require_key(
     response.map(Body::from)
 }
 
+/// Keys and codes whose injected errors are counted at once; past it the counts start
+/// over (the map never grows with input beyond this).
+const MAX_INJECTED: usize = 10_000;
+
+/// The error `X-Mock-Error` asks for, if this request is one of the first `times` of its
+/// key with that code. A value that is not a `snake_case` code of at most 64 bytes is a
+/// 400 `invalid_request`.
 fn injected(mock: &mut Mock, headers: &HeaderMap) -> Option<ApiError> {
-    let code = headers.get(MOCK_ERROR)?.to_str().ok()?.trim();
+    let code = headers.get(MOCK_ERROR)?.to_str().unwrap_or("").trim();
+    let snake = code.len() <= 64
+        && code.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if !snake {
+        return Some(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "X-Mock-Error must name an error code (snake_case, at most 64 bytes)",
+        ));
+    }
+    if mock.injected.len() >= MAX_INJECTED {
+        mock.injected.clear();
+    }
     let times: u32 = headers
         .get(MOCK_ERROR_TIMES)
         .and_then(|v| v.to_str().ok())

@@ -192,7 +192,7 @@ const KEY: (&str, &str) = ("Authorization", "Bearer sk_live_cli");
 
 #[test]
 fn the_mock_answers_injects_errors_and_stops_on_sigterm() {
-    let mut mock = start_mock("free");
+    let mut mock = start_mock("pro");
     let addr = mock.addr;
     let (status, headers, body) = http(addr, "GET", "/ok", &[KEY], "");
     assert_eq!(status, 200, "{body}");
@@ -201,8 +201,8 @@ fn the_mock_answers_injects_errors_and_stops_on_sigterm() {
             .unwrap()
             .starts_with("req_")
     );
-    assert_eq!(header(&headers, "x-ratelimit-limit"), Some("10"));
-    assert_eq!(header(&headers, "x-ratelimit-remaining"), Some("9"));
+    assert_eq!(header(&headers, "x-ratelimit-limit"), Some("60"));
+    assert_eq!(header(&headers, "x-ratelimit-remaining"), Some("59"));
     // No key: 401 envelope.
     let (status, headers, body) = http(addr, "GET", "/ok", &[], "");
     assert_eq!(status, 401);
@@ -226,6 +226,22 @@ fn the_mock_answers_injects_errors_and_stops_on_sigterm() {
         .map(|_| http(addr, "GET", "/ok", &inject, "").0)
         .collect();
     assert_eq!(statuses, vec![500, 500, 200]);
+    // A code this version does not know, with its status; a value that is no code: 400.
+    let inject = [
+        KEY,
+        ("X-Mock-Error", "quota_frozen"),
+        ("X-Mock-Error-Status", "503"),
+    ];
+    let (status, _, body) = http(addr, "GET", "/ok", &inject, "");
+    assert_eq!((status, body.contains("quota_frozen")), (503, true));
+    let (status, _, body) = http(
+        addr,
+        "GET",
+        "/ok",
+        &[KEY, ("X-Mock-Error", "Not A Code")],
+        "",
+    );
+    assert_eq!(status, 400, "{body}");
     // The async resubmission as a POST body.
     let (status, _, body) = http(
         addr,
