@@ -91,8 +91,8 @@ pub use axum_support::{HandlerError, Json, Path, Query, from_json_bytes};
 
 #[cfg(feature = "tower")]
 pub use tower_support::{
-    CounterStore, Envelope, EnvelopeBody, EnvelopeFuture, EnvelopeLayer, MakeReqId, MemoryStore,
-    RateLimitFuture, RateLimitLayer, RateLimited, RequestIdLayers, SanitizeRequestId,
+    CounterStore, Envelope, EnvelopeBody, EnvelopeFuture, EnvelopeLayer, MAX_KEY_BYTES, MakeReqId,
+    MemoryStore, RateLimitFuture, RateLimitLayer, RateLimited, RequestIdLayers, SanitizeRequestId,
     SanitizeRequestIdLayer, envelope, request_id_layers,
 };
 

@@ -299,6 +299,9 @@ pub trait CounterStore: Send + Sync + 'static {
     fn hit(&self, key: &str, window: u64) -> Option<u32>;
 }
 
+/// The longest part of a key the rate limiter counts by.
+pub const MAX_KEY_BYTES: usize = 256;
+
 /// Counters in this process's memory, at most [`MemoryStore::MAX_KEYS`] keys (windows that
 /// have ended are dropped first; past that, new keys cannot be counted).
 #[derive(Debug, Default)]
@@ -436,6 +439,10 @@ where
         let Some(key) = bearer_key(&req) else {
             return RateLimitFuture::pass(self.inner.call(req), None);
         };
+        // A key is counted by its first `MAX_KEY_BYTES` (header values are visible ASCII,
+        // so any byte is a boundary): what a client sends cannot grow the store's memory
+        // past `MAX_KEYS` times this.
+        let key = key.get(..key.len().min(MAX_KEY_BYTES)).unwrap_or(key);
         let now = (self.limits.clock)()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
