@@ -400,6 +400,12 @@ impl Outcome {
         self.attempts as f64 / self.offered.max(1) as f64
     }
 
+    /// Successful requests per second of the run.
+    #[allow(clippy::cast_precision_loss, reason = "counts far below 2^53")]
+    pub fn goodput_per_second(&self) -> f64 {
+        self.succeeded as f64 / self.load.len().max(1) as f64
+    }
+
     /// Share of requests that succeeded.
     #[allow(clippy::cast_precision_loss, reason = "counts far below 2^53")]
     pub fn success_share(&self) -> f64 {

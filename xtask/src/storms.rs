@@ -120,8 +120,8 @@ pub fn files_with(base: Fleet) -> Vec<(String, String)> {
             page,
             "\n## {}\n\n{} clients offering {:.0} requests/s in all; normal capacity {:.0}/s. \
              ![attempts per second](retry-storms/{}.svg)\n\n\
-             | policy | amplification (attempts / request) | peak load (× capacity) | goodput (share that succeeds) | p50 latency | p99 latency | recovery after the trigger |\n\
-             |---|---|---|---|---|---|---|\n",
+             | policy | amplification (attempts / request) | peak load (× capacity) | goodput (successes/s) | share that succeeds | p50 latency | p99 latency | recovery after the trigger |\n\
+             |---|---|---|---|---|---|---|---|\n",
             scenario.title,
             fleet.clients,
             fleet.offered(),
@@ -136,9 +136,10 @@ pub fn files_with(base: Fleet) -> Vec<(String, String)> {
             };
             let _ = writeln!(
                 page,
-                "| {name} | {:.2}× | {:.2}× | {} | {} | {} | {recovery} |",
+                "| {name} | {:.2}× | {:.2}× | {:.1} | {} | {} | {} | {recovery} |",
                 o.amplification(),
                 o.peak_load,
+                o.goodput_per_second(),
                 pct(o.success_share()),
                 secs(o.p50_ms),
                 secs(o.p99_ms),

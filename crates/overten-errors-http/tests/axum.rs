@@ -93,6 +93,12 @@ fn app(tier: Tier) -> Router {
         .route("/search", get(search))
         .route("/panic", get(boom))
         .route("/slow", get(slow))
+        // A body limit made by another layer: its 413 is plain text until EnvelopeLayer.
+        .route(
+            "/upload",
+            post(|body: String| async move { body.len().to_string() })
+                .layer(tower_http::limit::RequestBodyLimitLayer::new(100)),
+        )
         .layer(DefaultBodyLimit::max(1024))
         .layer(
             ServiceBuilder::new()
