@@ -407,7 +407,84 @@ mod tests {
     }
 
     #[test]
+    fn the_gateway_bounds_its_keys_and_tasks() {
+        let mut gw = Gateway::new(Tier::Enterprise, 1);
+        let minute = 60 * 1_000;
+        for i in 0..MAX_KEYS {
+            let key = format!("sk_live_k{i}");
+            assert_eq!(gw.handle(&get("/ok", Some(&key)), minute).status(), 200);
+        }
+        // Every key's window is current: a new key cannot be counted.
+        assert_eq!(
+            gw.handle(&get("/ok", Some("sk_live_new")), minute).status(),
+            503
+        );
+        // A known key still can.
+        assert_eq!(
+            gw.handle(&get("/ok", Some("sk_live_k7")), minute).status(),
+            200
+        );
+        // In the next minute the ended windows are dropped and new keys are counted again.
+        assert_eq!(
+            gw.handle(&get("/ok", Some("sk_live_new")), minute + 60)
+                .status(),
+            200
+        );
+
+        let mut routes = Routes::new(3);
+        let mut ids = std::collections::HashSet::new();
+        for _ in 0..=MAX_TASKS {
+            let resp = routes.answer(
+                &get("/errors/gone?async=true", None),
+                RetryAfter::Seconds(1),
+            );
+            let v: serde_json::Value = serde_json::from_slice(resp.body()).unwrap();
+            let id = v["task_id"].as_str().unwrap().to_owned();
+            assert!(id.starts_with("task_") && id.len() == 29, "{id}");
+            ids.insert(id);
+        }
+        assert_eq!(ids.len(), MAX_TASKS + 1, "task ids are distinct");
+        assert!(routes.tasks.len() <= MAX_TASKS, "the oldest are forgotten");
+    }
+
+    #[test]
+    fn the_rate_limit_route_says_when_the_window_ends() {
+        let mut gw = Gateway::new(Tier::Enterprise, 1);
+        let resp = gw.handle(
+            &get("/errors/rate_limit_exceeded", Some("sk_live_k")),
+            60 * 100 + 20,
+        );
+        assert_eq!(resp.status(), 429);
+        assert_eq!(resp.headers()["retry-after"], "40");
+        // Other routes carry no Retry-After.
+        let resp = gw.handle(
+            &get("/errors/internal_error", Some("sk_live_k")),
+            60 * 100 + 20,
+        );
+        assert!(resp.headers().get("retry-after").is_none());
+    }
+
+    #[test]
+    fn live_keys_allow_letters_digits_and_underscores() {
+        let req = |v: &str| Request::get("/").header(AUTHORIZATION, v).body(()).unwrap();
+        assert_eq!(
+            live_api_key(&req("Bearer sk_live_a_1")),
+            Some("sk_live_a_1")
+        );
+        assert_eq!(live_api_key(&req("Bearer sk_live_a-1")), None);
+        assert_eq!(live_api_key(&req("Bearer sk_live_a.1")), None);
+        let long = format!("Bearer sk_live_{}", "a".repeat(129));
+        assert_eq!(live_api_key(&req(&long)), None);
+        let ok = format!("Bearer sk_live_{}", "a".repeat(128));
+        assert!(live_api_key(&req(&ok)).is_some());
+    }
+
+    #[test]
     fn paths_are_percent_decoded() {
+        let mut gw = Gateway::new(Tier::Enterprise, 1);
+        // Digits and letters in either nibble, either case.
+        let resp = gw.handle(&get("/errors/%67%6F%6ee", Some("sk_live_k")), 0);
+        assert_eq!(resp.status(), 410);
         let mut gw = Gateway::new(Tier::Enterprise, 1);
         let key = Some("sk_live_k");
         let resp = gw.handle(&get("/errors/rate%5flimit%5Fexceeded", key), 0);

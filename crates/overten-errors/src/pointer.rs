@@ -186,6 +186,31 @@ mod tests {
     }
 
     #[test]
+    fn percent_escapes_in_either_case() {
+        // RFC 3986: hex digits in percent-encoding are case-insensitive; this crate writes
+        // uppercase, and reads both.
+        let cafe = JsonPointer::root().push("café").push("a b");
+        assert_eq!(cafe.to_fragment(), "#/caf%C3%A9/a%20b");
+        assert_eq!(
+            JsonPointer::from_fragment("#/caf%c3%a9/a%20b"),
+            Ok(cafe.clone())
+        );
+        assert_eq!(JsonPointer::from_fragment("#/caf%C3%a9/a%20b"), Ok(cafe));
+        // Every hex digit, in both nibbles: %7e is '~' (then "0": "~0" names "~").
+        assert_eq!(
+            JsonPointer::from_fragment("#/%7e0%7E0%41%61%39"),
+            Ok(JsonPointer::root().push("~~Aa9"))
+        );
+        for bad in ["#/%g0", "#/%0g", "#/%", "#/%4", "#/%ff"] {
+            assert_eq!(
+                JsonPointer::from_fragment(bad),
+                Err(PointerError::BadPercent),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
     fn found_in_messages() {
         let p = JsonPointer::root()
             .push("rows")
