@@ -438,3 +438,28 @@ async fn the_rate_limiter_counts_exactly_under_concurrency() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_body_cut_short_is_an_invalid_request_not_too_large() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    within(async {
+        let addr = serve(Tier::Enterprise).await;
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        // Content-Length promises 100 bytes; 10 come, then the client stops writing.
+        s.write_all(
+            b"POST /jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk_live_t\r\n\
+              Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"name\":\"a",
+        )
+        .await
+        .unwrap();
+        s.shutdown().await.unwrap();
+        let mut raw = Vec::new();
+        let _ = s.read_to_end(&mut raw).await;
+        let text = String::from_utf8_lossy(&raw);
+        // The extractor answers: the body could not be read, which is not "too large".
+        assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+        assert!(text.contains(r#""error":"invalid_request""#), "{text}");
+        assert!(text.contains("could not be read"), "{text}");
+    })
+    .await;
+}
