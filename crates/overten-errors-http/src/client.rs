@@ -165,8 +165,14 @@ pub(crate) fn classify_read(
         }
     };
     diagnostics.status_mismatch = error.status_mismatch();
-    match request_id_header(headers) {
-        Ok(Some(id)) => error.set_request_id(id),
+    // The setter applies the id rule; only an id it refuses is checked again, to name why.
+    match trimmed_request_id(headers) {
+        Ok(Some(id)) => {
+            error.set_request_id(id);
+            if error.request_id().is_none() {
+                diagnostics.request_id = id_error(id).err();
+            }
+        }
         Ok(None) => {}
         Err(e) => diagnostics.request_id = Some(e),
     }
@@ -228,6 +234,15 @@ fn text(value: &HeaderValue) -> Result<&str, HeaderError> {
 /// one rule for ids ([`check_id`]: 1 to [`MAX_REQUEST_ID_BYTES`] bytes of visible ASCII),
 /// the rule the server side writes under. A blank value is no id.
 pub fn request_id_header(headers: &HeaderMap) -> Result<Option<String>, HeaderError> {
+    match trimmed_request_id(headers)? {
+        Some(id) => id_error(id).map(|id| id.map(str::to_owned)),
+        None => Ok(None),
+    }
+}
+
+/// The `X-Request-Id` value with the whitespace around it trimmed, as text, not yet checked
+/// against the id rule (`None` when absent or blank).
+fn trimmed_request_id(headers: &HeaderMap) -> Result<Option<&str>, HeaderError> {
     let Some(value) = single(headers, &names::REQUEST_ID)? else {
         return Ok(None);
     };
@@ -235,11 +250,17 @@ pub fn request_id_header(headers: &HeaderMap) -> Result<Option<String>, HeaderEr
     if trimmed.len() > MAX_REQUEST_ID_BYTES {
         return Err(HeaderError::TooLong);
     }
-    let Ok(id) = std::str::from_utf8(trimmed) else {
-        return Err(HeaderError::NotText);
-    };
+    match std::str::from_utf8(trimmed) {
+        Ok("") => Ok(None),
+        Ok(id) => Ok(Some(id)),
+        Err(_) => Err(HeaderError::NotText),
+    }
+}
+
+/// The id rule as a header error.
+fn id_error(id: &str) -> Result<Option<&str>, HeaderError> {
     match check_id(id) {
-        Ok(id) => Ok(Some(id.to_owned())),
+        Ok(id) => Ok(Some(id)),
         Err(IdError::Empty) => Ok(None),
         Err(IdError::TooLong) => Err(HeaderError::TooLong),
         Err(_) => Err(HeaderError::NotText),
