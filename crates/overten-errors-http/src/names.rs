@@ -25,12 +25,8 @@ pub static RETRY_AFTER: LazyLock<HeaderName> = LazyLock::new(|| name(&headers::R
 pub static REQUEST_ID: LazyLock<HeaderName> = LazyLock::new(|| name(&headers::REQUEST_ID));
 
 /// The API key of `Authorization: Bearer <key>` (scheme in any case, then spaces), if any.
-pub fn bearer_key<B>(request: &http::Request<B>) -> Option<&str> {
-    let value = request
-        .headers()
-        .get(http::header::AUTHORIZATION)?
-        .to_str()
-        .ok()?;
+pub fn bearer_key(headers: &http::HeaderMap) -> Option<&str> {
+    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
     let value = value.trim_matches(|c| c == ' ' || c == '\t');
     let (scheme, rest) = value.split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("bearer") {
