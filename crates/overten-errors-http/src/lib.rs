@@ -59,23 +59,16 @@
 #[cfg(doc)]
 use overten_errors::ApiError;
 
-#[cfg(feature = "axum")]
-mod axum_support;
-mod client;
+pub mod client;
 mod names;
-#[cfg(feature = "reqwest")]
-mod reqwest_client;
-mod retrier;
-mod server;
-#[cfg(feature = "tower")]
-mod tower_support;
+pub mod server;
 
-pub mod mock;
+pub use server::mock;
 
 pub use client::{
-    BodyIssue, Diagnostics, HeaderError, MAX_BODY_BYTES, MAX_REQUEST_ID_BYTES, Received, classify,
-    classify_parts, classify_response, rate_limit_headers, read_body_limited, request_id_header,
-    retry_after_header,
+    Attempt, BodyIssue, Diagnostics, GaveUp, HeaderError, MAX_BODY_BYTES, MAX_REQUEST_ID_BYTES,
+    Received, Retrier, Sleep, classify, classify_parts, classify_response, process_seed,
+    rate_limit_headers, read_body_limited, request_id_header, retry_after_header,
 };
 pub use names::{
     RATE_LIMIT_LIMIT, RATE_LIMIT_REMAINING, RATE_LIMIT_RESET, REQUEST_ID, RETRY_AFTER, bearer_key,
@@ -83,23 +76,19 @@ pub use names::{
 pub use server::{into_response, set_rate_limit_headers, set_request_id};
 
 #[cfg(feature = "tokio")]
-pub use retrier::TokioSleep;
-pub use retrier::{Attempt, GaveUp, Retrier, Sleep, process_seed};
-
-#[cfg(feature = "axum")]
-pub use axum_support::{HandlerError, Json, Path, Query, from_json_bytes};
-
+pub use client::TokioSleep;
+#[cfg(feature = "reqwest")]
+pub use client::{
+    IDEMPOTENCY_KEY, Observer, RetryMiddleware, RetryOutcome, STREAMING_BODY, received_from_reqwest,
+};
 #[cfg(feature = "tower")]
-pub use tower_support::{
+pub use server::{
     CounterStore, Envelope, EnvelopeBody, EnvelopeFuture, EnvelopeLayer, MAX_KEY_BYTES, MakeReqId,
     MemoryStore, RateLimitFuture, RateLimitLayer, RateLimited, RequestIdLayers, SanitizeRequestId,
     SanitizeRequestIdLayer, envelope, request_id_layers,
 };
-
-#[cfg(feature = "reqwest")]
-pub use reqwest_client::{
-    IDEMPOTENCY_KEY, Observer, RetryMiddleware, RetryOutcome, STREAMING_BODY, received_from_reqwest,
-};
+#[cfg(feature = "axum")]
+pub use server::{HandlerError, Json, Path, Query, from_json_bytes};
 
 /// Polls a future that needs no runtime (every wait in it is ready) to completion.
 #[cfg(test)]

@@ -55,4 +55,19 @@ mod tests {
         }
         assert_eq!(*RETRY_AFTER, http::header::RETRY_AFTER);
     }
+
+    #[test]
+    fn bearer_keys() {
+        let req = |v: &str| {
+            http::Request::get("/")
+                .header("authorization", v)
+                .body(())
+                .unwrap()
+        };
+        assert_eq!(bearer_key(req("Bearer k1").headers()), Some("k1"));
+        assert_eq!(bearer_key(req("bearer   k1 ").headers()), Some("k1"));
+        assert_eq!(bearer_key(req("Basic k1").headers()), None);
+        assert_eq!(bearer_key(req("Bearer k1 k2").headers()), None);
+        assert_eq!(bearer_key(req("Bearer").headers()), None);
+    }
 }

@@ -32,7 +32,7 @@ use overten_errors::{
     RetryAfter, SplitMix64, TaskError, TaskFailure, Tier,
 };
 
-use crate::server::{into_response, set_rate_limit_headers, set_request_id};
+use super::{into_response, set_rate_limit_headers, set_request_id};
 
 /// Keys tracked at once; past it, windows that have ended are dropped, and if none has,
 /// new keys are answered 503 `service_unavailable` rather than growing without bound.

@@ -14,8 +14,8 @@ use overten_errors::{Advice, Decision, NOT_REPLAY_SAFE, RandomSource, SplitMix64
 use reqwest::ResponseBuilderExt;
 use reqwest_middleware::{Middleware, Next};
 
-use crate::client::{BodyIssue, MAX_BODY_BYTES, Received, classify_read};
-use crate::retrier::{Retrier, Sleep, process_seed};
+use super::classify::{BodyIssue, MAX_BODY_BYTES, Received, classify_read};
+use super::retrier::{Retrier, Sleep, process_seed};
 
 /// The reason a request whose body is a stream is not sent again.
 pub const STREAMING_BODY: &str =

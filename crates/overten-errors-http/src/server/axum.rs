@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use overten_errors::{ApiError, ErrorCode, JsonPointer};
 use serde::de::DeserializeOwned;
 
-use crate::server::into_response;
+use super::into_response;
 
 /// The error an axum handler returns: `Result<T, HandlerError>`.
 ///

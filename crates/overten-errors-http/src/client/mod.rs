@@ -1,0 +1,21 @@
+//! Client side: any response -> [`ApiError`](overten_errors::ApiError) and one advised
+//! action ([`classify`]); the retry loop ([`Retrier`]); the retrying `reqwest` middleware
+//! (feature `reqwest`).
+
+mod classify;
+#[cfg(feature = "reqwest")]
+mod reqwest;
+mod retrier;
+
+pub use classify::{
+    BodyIssue, Diagnostics, HeaderError, MAX_BODY_BYTES, MAX_REQUEST_ID_BYTES, Received, classify,
+    classify_parts, classify_response, rate_limit_headers, read_body_limited, request_id_header,
+    retry_after_header,
+};
+#[cfg(feature = "reqwest")]
+pub use reqwest::{
+    IDEMPOTENCY_KEY, Observer, RetryMiddleware, RetryOutcome, STREAMING_BODY, received_from_reqwest,
+};
+#[cfg(feature = "tokio")]
+pub use retrier::TokioSleep;
+pub use retrier::{Attempt, GaveUp, Retrier, Sleep, process_seed};

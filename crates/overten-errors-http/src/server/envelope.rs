@@ -1,0 +1,166 @@
+//! Envelopes for framework-made errors, and one log line per server error (feature `tower`).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http::{Request, Response};
+use http_body_util::{Either, Full};
+use overten_errors::{ApiError, Code, ErrorCode};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::into_response;
+use crate::names;
+
+/// The body of a response that went through [`EnvelopeLayer`]: the inner service's, or an
+/// envelope it wrote.
+pub type EnvelopeBody<B> = Either<B, Full<Bytes>>;
+
+/// Makes every error response an envelope, and logs each server error once.
+///
+/// An error response (4xx, 5xx) whose `Content-Type` is not `application/json` was made by
+/// the framework or another layer (axum's 404 fallback and 405, a 408 from a timeout layer,
+/// a 413 from a body limit, the empty 500 of tower-http's catch-panic): its body is replaced
+/// by the envelope of the status's canonical code (`ErrorCode::canonical`) with the page's
+/// text; its headers (`Retry-After`, `X-RateLimit-*`, `X-Request-Id`) are kept. A panic's
+/// message never reaches the body. JSON error responses are passed through.
+///
+/// Each 5xx is logged once with `tracing` (request id, code, status, and the cause chain
+/// when the response carries its `ApiError`, as `HandlerError` responses do); 4xx at debug.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EnvelopeLayer;
+
+impl<S> Layer<S> for EnvelopeLayer {
+    type Service = Envelope<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Envelope { inner }
+    }
+}
+
+/// The service of [`EnvelopeLayer`].
+#[derive(Debug, Clone)]
+pub struct Envelope<S> {
+    inner: S,
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for Envelope<S>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+{
+    type Response = Response<EnvelopeBody<ResB>>;
+    type Error = S::Error;
+    type Future = EnvelopeFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        EnvelopeFuture {
+            inner: self.inner.call(req),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`Envelope`].
+    pub struct EnvelopeFuture<F> {
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F, ResB, E> Future for EnvelopeFuture<F>
+where
+    F: Future<Output = Result<Response<ResB>, E>>,
+{
+    type Output = Result<Response<EnvelopeBody<ResB>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let response = match self.project().inner.poll(cx) {
+            Poll::Ready(Ok(r)) => r,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        };
+        Poll::Ready(Ok(envelope(response)))
+    }
+}
+
+fn is_json(response: &Response<impl Sized>) -> bool {
+    response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+        })
+}
+
+/// Rewrites a framework-made error response into an envelope; logs server errors.
+pub fn envelope<B>(response: Response<B>) -> Response<EnvelopeBody<B>> {
+    let status = response.status();
+    if !status.is_client_error() && !status.is_server_error() {
+        return response.map(Either::Left);
+    }
+    let request_id = response
+        .headers()
+        .get(&*names::REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_owned();
+    if is_json(&response) {
+        log(
+            &request_id,
+            status.as_u16(),
+            response.extensions().get::<ApiError>(),
+            None,
+        );
+        return response.map(Either::Left);
+    }
+    let code = ErrorCode::canonical(status.as_u16());
+    let message = if code.status() == status.as_u16() {
+        code.when()
+    } else {
+        status.canonical_reason().unwrap_or("Error")
+    };
+    let err = ApiError::received(Code::Known(code), status.as_u16(), message);
+    log(&request_id, status.as_u16(), None, Some(&err));
+    let (mut parts, _) = response.into_parts();
+    let written: Response<Vec<u8>> = into_response(&err);
+    let (written, body) = written.into_parts();
+    parts
+        .headers
+        .insert(CONTENT_TYPE, written.headers[CONTENT_TYPE].clone());
+    parts.headers.remove(CONTENT_LENGTH);
+    for (name, value) in &written.headers {
+        if !parts.headers.contains_key(name) {
+            parts.headers.insert(name.clone(), value.clone());
+        }
+    }
+    Response::from_parts(parts, Either::Right(Full::new(Bytes::from(body))))
+}
+
+/// One log line per error response: request id, code, status, and the cause chain.
+fn log(request_id: &str, status: u16, sent: Option<&ApiError>, rewritten: Option<&ApiError>) {
+    let err = sent.or(rewritten);
+    let code = err.map_or("-", ApiError::wire_code);
+    let mut chain = String::new();
+    let mut cause = err.and_then(std::error::Error::source);
+    while let Some(c) = cause {
+        if !chain.is_empty() {
+            chain.push_str(": ");
+        }
+        chain.push_str(&c.to_string());
+        cause = c.source();
+    }
+    if status >= 500 {
+        tracing::error!(request_id, code, status, cause = %chain, "server error");
+    } else {
+        tracing::debug!(request_id, code, status, "client error");
+    }
+}
