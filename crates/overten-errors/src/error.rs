@@ -152,9 +152,33 @@ impl ApiError {
     /// assert_eq!(err.message(), "must not be empty (at #/sheets/0/name)");
     /// assert_eq!(err.field_pointer(), Some(at));
     /// ```
+    ///
+    /// A message longer than [`crate::MAX_MESSAGE_BYTES`] has its detail cut, never the
+    /// pointer (see [`ApiError::at_field`]).
     pub fn validation(pointer: &JsonPointer, detail: &str) -> ApiError {
-        let message = format!("{detail}{}{})", pointer::MARKER, pointer.to_fragment());
-        ApiError::new(ErrorCode::ValidationError, message)
+        ApiError::at_field(ErrorCode::ValidationError, pointer, detail)
+    }
+
+    /// An error with `code` about the field at `pointer`, its message
+    /// `"<detail> (at #<pointer>)"` as [`ApiError::validation`] writes it: for a 400
+    /// `invalid_request` that names a missing field or a bad enum value, say.
+    ///
+    /// The message stays within [`crate::MAX_MESSAGE_BYTES`] by cutting the detail (it then
+    /// ends in `…`), never the pointer; a pointer too long to fit even alone is shortened
+    /// to its nearest ancestor that fits, so [`ApiError::field_pointer`] always finds one.
+    ///
+    /// ```
+    /// use overten_errors::{ApiError, ErrorCode, JsonPointer, MAX_MESSAGE_BYTES};
+    /// let at = JsonPointer::root().push("format");
+    /// let long = format!("unknown variant `{}`", "x".repeat(10_000));
+    /// let err = ApiError::at_field(ErrorCode::InvalidRequest, &at, &long);
+    /// assert_eq!(err.status(), 400);
+    /// assert!(err.message().len() <= MAX_MESSAGE_BYTES);
+    /// assert!(err.message().ends_with("… (at #/format)"));
+    /// assert_eq!(err.field_pointer(), Some(at));
+    /// ```
+    pub fn at_field(code: ErrorCode, pointer: &JsonPointer, detail: &str) -> ApiError {
+        ApiError::new(code, pointer::message_at(pointer, detail))
     }
 
     /// Attaches an internal cause, for logs only.

@@ -136,6 +136,39 @@ impl fmt::Display for JsonPointer {
 /// Where a pointer stands in a `validation_error` message: `"<detail> (at #/path)"`.
 pub(crate) const MARKER: &str = " (at ";
 
+/// The message `"<detail> (at #<pointer>)"` within [`crate::MAX_MESSAGE_BYTES`]: the detail is
+/// cut (ending in `…`) so that the pointer is kept whole. A pointer whose own suffix cannot
+/// fit is shortened a token at a time to the nearest ancestor that fits (the root always
+/// does), so the message still points at the field's enclosing value.
+pub(crate) fn message_at(pointer: &JsonPointer, detail: &str) -> String {
+    const ELLIPSIS: &str = "…";
+    let max = crate::MAX_MESSAGE_BYTES;
+    let mut fragment = pointer.to_fragment();
+    // The suffix must leave room for at least the ellipsis of a cut detail.
+    while MARKER.len() + fragment.len() + 1 + ELLIPSIS.len() > max {
+        match fragment.rfind('/') {
+            Some(at) => fragment.truncate(at),
+            None => fragment.truncate(1),
+        }
+    }
+    let suffix_len = MARKER.len() + fragment.len() + 1;
+    let mut out = String::with_capacity((detail.len() + suffix_len).min(max));
+    if detail.len() + suffix_len <= max {
+        out.push_str(detail);
+    } else {
+        let mut end = max - suffix_len - ELLIPSIS.len();
+        while !detail.is_char_boundary(end) {
+            end -= 1;
+        }
+        out.push_str(&detail[..end]);
+        out.push_str(ELLIPSIS);
+    }
+    out.push_str(MARKER);
+    out.push_str(&fragment);
+    out.push(')');
+    out
+}
+
 /// Finds the pointer a `validation_error` message carries, if any.
 pub(crate) fn find_in_message(message: &str) -> Option<JsonPointer> {
     let inner = message.strip_suffix(')')?;
@@ -220,5 +253,33 @@ mod tests {
         assert_eq!(find_in_message(&msg), Some(p));
         assert_eq!(find_in_message("no pointer here"), None);
         assert_eq!(find_in_message("broken (at #/%z)"), None);
+    }
+
+    #[test]
+    fn long_details_are_cut_and_the_pointer_kept() {
+        let max = crate::MAX_MESSAGE_BYTES;
+        let at = JsonPointer::root().push("sheets").push("7").push("format");
+        // Every length around the bound, with a multi-byte character at the cut.
+        for n in (max - 40)..(max + 40) {
+            let detail = "é".repeat(n / 2);
+            let msg = message_at(&at, &detail);
+            assert!(msg.len() <= max, "{n}: {}", msg.len());
+            assert_eq!(find_in_message(&msg), Some(at.clone()), "{n}");
+            if detail.len() + " (at #/sheets/7/format)".len() <= max {
+                assert!(msg.starts_with(&detail), "{n}: cut though it fit");
+            } else {
+                assert!(msg.ends_with("… (at #/sheets/7/format)"), "{n}");
+            }
+        }
+        // A pointer too long to fit alone: its nearest ancestor that fits.
+        let deep = JsonPointer::root().push("a").push(&"k".repeat(max));
+        let msg = message_at(&deep, "bad");
+        assert!(msg.len() <= max);
+        assert_eq!(find_in_message(&msg), Some(JsonPointer::root().push("a")));
+        let huge = JsonPointer::root().push(&"k".repeat(max * 2));
+        assert_eq!(
+            find_in_message(&message_at(&huge, "bad")),
+            Some(JsonPointer::root())
+        );
     }
 }

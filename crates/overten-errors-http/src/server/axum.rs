@@ -80,9 +80,14 @@ impl From<HandlerError> for ApiError {
 ///   400 `invalid_request`;
 /// - a body over the router's limit: 413 `payload_too_large`;
 /// - malformed JSON: 400 `invalid_request`;
-/// - a value of the wrong shape: 422 `validation_error` whose message carries the JSON
-///   pointer of the field (`ApiError::field_pointer` reads it back), found by
-///   `serde_path_to_error`.
+/// - a missing required field, or a value that names no variant of an enum: 400
+///   `invalid_request` (the page: "Missing required field or bad enum value");
+/// - any other value of the wrong shape (a string for a number, an unknown field under
+///   `deny_unknown_fields`, ...): 422 `validation_error`.
+///
+/// Every field-level rejection's message carries the JSON pointer of the field
+/// (`ApiError::field_pointer` reads it back), found by `serde_path_to_error`; a detail too
+/// long for the message bound is cut, never the pointer.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Json<T>(pub T);
 
@@ -156,10 +161,20 @@ pub fn from_json_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, HandlerEr
             }
             let mut pointer = pointer_of(e.path());
             let detail = detail_of(inner);
-            if let Some(field) = missing_field(&detail) {
+            // The page's 400 `invalid_request` is "Missing required field or bad enum
+            // value"; every other field-level rejection is its 422 `validation_error`.
+            // Both carry the field's pointer.
+            let code = if let Some(field) = missing_field(&detail) {
                 pointer = pointer.push(field);
-            }
-            Err(HandlerError::new(ApiError::validation(&pointer, &detail)))
+                ErrorCode::InvalidRequest
+            } else if detail.starts_with("unknown variant ") {
+                ErrorCode::InvalidRequest
+            } else {
+                ErrorCode::ValidationError
+            };
+            Err(HandlerError::new(ApiError::at_field(
+                code, &pointer, &detail,
+            )))
         }
     }
 }
@@ -283,6 +298,13 @@ mod tests {
         assert_eq!(e.api_error().field_pointer(), Some(at));
         let e = from_json_bytes::<Job>(br#"{"sheets":[{"rows":[]}]}"#).unwrap_err();
         let at = JsonPointer::root().push("sheets").push("0").push("name");
+        assert_eq!(
+            e.api_error().code(),
+            &ErrorCode::InvalidRequest,
+            "missing field"
+        );
+        assert_eq!(e.api_error().status(), 400);
+        assert!(e.api_error().message().contains("name"));
         assert_eq!(e.api_error().field_pointer(), Some(at));
         for bad in [
             &b"{"[..],
@@ -320,5 +342,53 @@ mod tests {
             assert!(!is_json(&req(Some(bad))), "{bad}");
         }
         assert!(!is_json(&req(None)));
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    #[allow(dead_code, reason = "read by serde only")]
+    enum Format {
+        Xlsx,
+        Csv,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code, reason = "read by serde only")]
+    struct Export {
+        format: Format,
+        pages: u32,
+    }
+
+    #[test]
+    fn bad_enum_values_are_400_and_shapes_422_each_with_its_pointer() {
+        let at = |f: &str| Some(JsonPointer::root().push(f));
+        let e = from_json_bytes::<Export>(br#"{"format":"pdf","pages":1}"#).unwrap_err();
+        assert_eq!(e.api_error().status(), 400);
+        assert_eq!(e.api_error().code(), &ErrorCode::InvalidRequest);
+        assert_eq!(e.api_error().field_pointer(), at("format"));
+        let e = from_json_bytes::<Export>(br#"{"format":"csv","pages":"x"}"#).unwrap_err();
+        assert_eq!(e.api_error().status(), 422);
+        assert_eq!(e.api_error().code(), &ErrorCode::ValidationError);
+        assert_eq!(e.api_error().field_pointer(), at("pages"));
+        let e = from_json_bytes::<Export>(br#"{"format":"csv","pages":1,"x":0}"#).unwrap_err();
+        assert_eq!(
+            e.api_error().code(),
+            &ErrorCode::ValidationError,
+            "unknown field"
+        );
+        let e = from_json_bytes::<Export>(br#"{"format":"csv"}"#).unwrap_err();
+        assert_eq!(
+            e.api_error().code(),
+            &ErrorCode::InvalidRequest,
+            "missing field"
+        );
+        assert_eq!(e.api_error().field_pointer(), at("pages"));
+        // A long enum value: the detail is cut, the pointer kept.
+        let body = format!(r#"{{"format":"{}","pages":1}}"#, "p".repeat(20_000));
+        let e = from_json_bytes::<Export>(body.as_bytes()).unwrap_err();
+        assert_eq!(e.api_error().code(), &ErrorCode::InvalidRequest);
+        assert!(e.api_error().message().len() <= overten_errors::MAX_MESSAGE_BYTES);
+        assert_eq!(e.api_error().field_pointer(), at("format"));
     }
 }
