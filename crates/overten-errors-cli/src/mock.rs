@@ -10,17 +10,14 @@ use std::time::{Duration, SystemTime};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http::HeaderMap;
-use overten_errors::{
-    ApiError, Code, ErrorCode, RATE_LIMIT_WINDOW_SECONDS, RateLimit, RetryAfter, Tier,
-};
+use overten_errors::{ApiError, Code, ErrorCode, RATE_LIMIT_WINDOW_SECONDS, RetryAfter, Tier};
 use overten_errors_http::mock::Routes;
-use overten_errors_http::{
-    EnvelopeLayer, RateLimitLayer, bearer_key, into_response, request_id_layers,
+use overten_errors_http::server::{
+    Account, Accounts, BoxFuture, GatewayLayer, KeyHash, MemoryStore, StoreError, stack,
 };
-use tower::ServiceBuilder;
+use overten_errors_http::{bearer_key, into_response};
 
 /// The request header that names an error to answer with.
 pub(crate) const MOCK_ERROR: &str = "x-mock-error";
@@ -47,55 +44,40 @@ fn unix(clock: fn() -> SystemTime) -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// The app: routes of `overten_errors_http::mock::Routes` behind the request-id, envelope,
-/// key-check and rate-limit layers, with error injection.
+/// Any well-formed live key is an account of the mock's tier; its org is named after the
+/// key's hash, so each key is an org of its own.
+struct AnyLiveKey(Tier);
+
+impl Accounts for AnyLiveKey {
+    fn resolve<'a>(
+        &'a self,
+        key: &'a KeyHash,
+    ) -> BoxFuture<'a, Result<Option<Account>, StoreError>> {
+        let hex = key.to_string();
+        let org = format!("org_{}", hex.get(..16).unwrap_or(&hex));
+        Box::pin(std::future::ready(Ok(Some(Account::new(org, self.0)))))
+    }
+}
+
+/// The app: routes of `overten_errors_http::mock::Routes` behind the server stack
+/// (request ids, envelopes and logs, catch-panic, the gateway) and a 30 s timeout, with
+/// error injection.
 pub(crate) fn app(tier: Tier, clock: fn() -> SystemTime) -> Router {
     let state: Shared = Arc::new(Mutex::new(Mock {
         routes: Routes::new(overten_errors_http::process_seed()),
         injected: HashMap::new(),
         clock,
     }));
-    let auth_state = (tier, clock);
-    Router::new().fallback(answer).with_state(state).layer(
-        ServiceBuilder::new()
-            .layer(request_id_layers())
-            .layer(EnvelopeLayer)
-            .layer(axum::middleware::from_fn_with_state(
-                auth_state,
-                require_key,
-            ))
-            .layer(RateLimitLayer::new(tier).with_clock(clock))
-            .layer(tower_http::catch_panic::CatchPanicLayer::new())
-            .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-                http::StatusCode::REQUEST_TIMEOUT,
-                Duration::from_secs(30),
-            )),
-    )
-}
-
-/// A well-formed live key (`overten_errors_http::mock::live_api_key`).
-fn live_key(headers: &HeaderMap) -> bool {
-    overten_errors_http::mock::live_api_key(headers).is_some()
-}
-
-async fn require_key(
-    State((tier, clock)): State<(Tier, fn() -> SystemTime)>,
-    request: Request,
-    next: Next,
-) -> Response {
-    if live_key(request.headers()) {
-        return next.run(request).await;
-    }
-    let now = unix(clock);
-    let limit = tier.requests_per_minute();
-    let reset = (now / RATE_LIMIT_WINDOW_SECONDS + 1) * RATE_LIMIT_WINDOW_SECONDS;
-    let err = ApiError::from(ErrorCode::InvalidApiKey).with_rate_limit(RateLimit {
-        limit,
-        remaining: limit,
-        reset,
-    });
-    let response: http::Response<Vec<u8>> = into_response(&err);
-    response.map(Body::from)
+    let gateway = GatewayLayer::new(Arc::new(AnyLiveKey(tier)), Arc::new(MemoryStore::new()))
+        .with_clock(clock);
+    Router::new()
+        .fallback(answer)
+        .with_state(state)
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            http::StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(30),
+        ))
+        .layer(stack(gateway))
 }
 
 /// Keys and codes whose injected errors are counted at once; past it the counts start
@@ -274,25 +256,5 @@ pub(crate) fn main(addr: SocketAddr, tier: Tier, header_timeout: Duration) -> Ex
             eprintln!("overten-errors mock: {e}");
             ExitCode::FAILURE
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn live_keys() {
-        let h = |v: &str| {
-            let mut m = HeaderMap::new();
-            m.insert("authorization", v.parse().unwrap());
-            m
-        };
-        assert!(live_key(&h("Bearer sk_live_abc")));
-        assert!(live_key(&h("bearer  sk_live_a_1")));
-        assert!(!live_key(&h("Bearer sk_test_abc")));
-        assert!(!live_key(&h("Bearer sk_live_")));
-        assert!(!live_key(&h("Bearer sk_live_a-b")));
-        assert!(!live_key(&HeaderMap::new()));
     }
 }

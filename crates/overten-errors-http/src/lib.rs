@@ -72,6 +72,7 @@ pub use client::{
 };
 pub use names::{
     RATE_LIMIT_LIMIT, RATE_LIMIT_REMAINING, RATE_LIMIT_RESET, REQUEST_ID, RETRY_AFTER, bearer_key,
+    live_api_key,
 };
 pub use server::{into_response, set_rate_limit_headers, set_request_id};
 
@@ -83,9 +84,10 @@ pub use client::{
 };
 #[cfg(feature = "tower")]
 pub use server::{
-    CounterStore, Envelope, EnvelopeBody, EnvelopeFuture, EnvelopeLayer, MAX_KEY_BYTES, MakeReqId,
-    MemoryStore, RateLimitFuture, RateLimitLayer, RateLimited, RequestIdLayers, SanitizeRequestId,
-    SanitizeRequestIdLayer, envelope, request_id_layers,
+    Account, AccountStatus, Accounts, Envelope, EnvelopeBody, EnvelopeFuture, EnvelopeLayer,
+    GatewayLayer, KeyHash, MakeReqId, MemoryAccounts, MemoryStore, PanicEnvelope, RequestIdLayers,
+    RunPermit, SanitizeRequestId, SanitizeRequestIdLayer, ServerStack, Store, StoreFailure,
+    TierLimits, envelope, request_id_layers, stack,
 };
 #[cfg(feature = "axum")]
 pub use server::{HandlerError, Json, Path, Query, from_json_bytes};

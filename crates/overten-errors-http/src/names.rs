@@ -25,8 +25,15 @@ pub static RETRY_AFTER: LazyLock<HeaderName> = LazyLock::new(|| name(&headers::R
 pub static REQUEST_ID: LazyLock<HeaderName> = LazyLock::new(|| name(&headers::REQUEST_ID));
 
 /// The API key of `Authorization: Bearer <key>` (scheme in any case, then spaces), if any.
+/// A request with more than one `Authorization` header has none: which one counts would
+/// be ambiguous.
 pub fn bearer_key(headers: &http::HeaderMap) -> Option<&str> {
-    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let mut all = headers.get_all(http::header::AUTHORIZATION).iter();
+    let value = all.next()?;
+    if all.next().is_some() {
+        return None;
+    }
+    let value = value.to_str().ok()?;
     let value = value.trim_matches(|c| c == ' ' || c == '\t');
     let (scheme, rest) = value.split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("bearer") {
@@ -34,6 +41,18 @@ pub fn bearer_key(headers: &http::HeaderMap) -> Option<&str> {
     }
     let key = rest.trim_start_matches(' ');
     (!key.is_empty() && !key.contains(' ')).then_some(key)
+}
+
+/// The key of a well-formed `Authorization: Bearer sk_live_...` header: `sk_live_` and 1
+/// to 128 letters, digits or `_`, after [`bearer_key`]'s RFC 9110 reading of the header
+/// (scheme in any case, then one or more spaces; one header only).
+pub fn live_api_key(headers: &http::HeaderMap) -> Option<&str> {
+    let key = bearer_key(headers)?;
+    let rest = key.strip_prefix("sk_live_")?;
+    let ok = !rest.is_empty()
+        && rest.len() <= 128
+        && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    ok.then_some(key)
 }
 
 #[cfg(test)]
@@ -69,5 +88,19 @@ mod tests {
         assert_eq!(bearer_key(req("Basic k1").headers()), None);
         assert_eq!(bearer_key(req("Bearer k1 k2").headers()), None);
         assert_eq!(bearer_key(req("Bearer").headers()), None);
+        let mut two = req("Bearer k1");
+        two.headers_mut()
+            .append("authorization", "Bearer k2".parse().unwrap());
+        assert_eq!(bearer_key(two.headers()), None, "two Authorization headers");
+        assert_eq!(live_api_key(two.headers()), None);
+        assert_eq!(
+            live_api_key(req("Bearer sk_live_a1_B").headers()),
+            Some("sk_live_a1_B")
+        );
+        let long = format!("Bearer sk_live_{}", "k".repeat(129));
+        assert_eq!(live_api_key(req(&long).headers()), None);
+        assert_eq!(live_api_key(req("Bearer sk_live_").headers()), None);
+        assert_eq!(live_api_key(req("Bearer sk_test_a").headers()), None);
+        assert_eq!(live_api_key(req("Bearer sk_live_a-b").headers()), None);
     }
 }

@@ -28,8 +28,12 @@ pub type EnvelopeBody<B> = Either<B, Full<Bytes>>;
 /// text; its headers (`Retry-After`, `X-RateLimit-*`, `X-Request-Id`) are kept. A panic's
 /// message never reaches the body. JSON error responses are passed through.
 ///
-/// Each 5xx is logged once with `tracing` (request id, code, status, and the cause chain
-/// when the response carries its `ApiError`, as `HandlerError` responses do); 4xx at debug.
+/// Each request runs in one `tracing` span, `request`, with the fields `request_id`,
+/// `method`, `path` and `org_id` (recorded by the gateway once the key is resolved). Each
+/// 5xx is logged once, at error, with the request id, code, status and the cause chain
+/// when the response carries its `ApiError` (as `HandlerError`, the gateway's answers and
+/// [`PanicEnvelope`] do); 4xx at debug. The request id is read from the request, so place
+/// this layer inside the request-id layers (as [`crate::server::stack`] does).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct EnvelopeLayer;
 
@@ -59,8 +63,27 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        let request_id: Box<str> = req
+            .headers()
+            .get(&*names::REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+            .into();
+        let span = tracing::error_span!(
+            "request",
+            request_id = &*request_id,
+            method = %req.method(),
+            path = req.uri().path(),
+            org_id = tracing::field::Empty,
+        );
+        let inner = {
+            let _entered = span.enter();
+            self.inner.call(req)
+        };
         EnvelopeFuture {
-            inner: self.inner.call(req),
+            inner,
+            span,
+            request_id,
         }
     }
 }
@@ -70,6 +93,8 @@ pin_project_lite::pin_project! {
     pub struct EnvelopeFuture<F> {
         #[pin]
         inner: F,
+        span: tracing::Span,
+        request_id: Box<str>,
     }
 }
 
@@ -80,12 +105,14 @@ where
     type Output = Result<Response<EnvelopeBody<ResB>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let response = match self.project().inner.poll(cx) {
+        let this = self.project();
+        let _entered = this.span.enter();
+        let response = match this.inner.poll(cx) {
             Poll::Ready(Ok(r)) => r,
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
             Poll::Pending => return Poll::Pending,
         };
-        Poll::Ready(Ok(envelope(response)))
+        Poll::Ready(Ok(rewrite(response, this.request_id)))
     }
 }
 
@@ -101,21 +128,26 @@ fn is_json(response: &Response<impl Sized>) -> bool {
         })
 }
 
-/// Rewrites a framework-made error response into an envelope; logs server errors.
+/// Rewrites a framework-made error response into an envelope; logs server errors with the
+/// response's `X-Request-Id`.
 pub fn envelope<B>(response: Response<B>) -> Response<EnvelopeBody<B>> {
-    let status = response.status();
-    if !status.is_client_error() && !status.is_server_error() {
-        return response.map(Either::Left);
-    }
     let request_id = response
         .headers()
         .get(&*names::REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("-")
         .to_owned();
+    rewrite(response, &request_id)
+}
+
+fn rewrite<B>(response: Response<B>, request_id: &str) -> Response<EnvelopeBody<B>> {
+    let status = response.status();
+    if !status.is_client_error() && !status.is_server_error() {
+        return response.map(Either::Left);
+    }
     if is_json(&response) {
         log(
-            &request_id,
+            request_id,
             status.as_u16(),
             response.extensions().get::<ApiError>(),
             None,
@@ -129,7 +161,7 @@ pub fn envelope<B>(response: Response<B>) -> Response<EnvelopeBody<B>> {
         status.canonical_reason().unwrap_or("Error")
     };
     let err = ApiError::received(Code::Known(code), status.as_u16(), message);
-    log(&request_id, status.as_u16(), None, Some(&err));
+    log(request_id, status.as_u16(), None, Some(&err));
     let (mut parts, _) = response.into_parts();
     let written: Response<Vec<u8>> = into_response(&err);
     let (written, body) = written.into_parts();
@@ -162,5 +194,39 @@ fn log(request_id: &str, status: u16, sent: Option<&ApiError>, rewritten: Option
         tracing::error!(request_id, code, status, cause = %chain, "server error");
     } else {
         tracing::debug!(request_id, code, status, "client error");
+    }
+}
+
+/// A handler's panic, as the cause of the 500 [`PanicEnvelope`] answers with: its text is
+/// for the log line only.
+#[derive(Debug, thiserror::Error)]
+#[error("handler panicked: {0}")]
+pub struct Panicked(String);
+
+/// tower-http's `CatchPanicLayer::custom(PanicEnvelope)`: a panic becomes the 500
+/// `internal_error` envelope, the panic's text kept as the error's cause, so that
+/// [`EnvelopeLayer`] logs it once with the request id. The text never reaches the client.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PanicEnvelope;
+
+impl tower_http::catch_panic::ResponseForPanic for PanicEnvelope {
+    type ResponseBody = Full<Bytes>;
+
+    fn response_for_panic(
+        &mut self,
+        err: Box<dyn std::any::Any + Send + 'static>,
+    ) -> Response<Full<Bytes>> {
+        let text = if let Some(s) = err.downcast_ref::<&str>() {
+            (*s).to_owned()
+        } else if let Some(s) = err.downcast_ref::<String>() {
+            s.clone()
+        } else {
+            "a value that is not text".to_owned()
+        };
+        let err = ApiError::internal(Panicked(text));
+        let response: Response<Vec<u8>> = into_response(&err);
+        let mut response = response.map(|b| Full::new(Bytes::from(b)));
+        response.extensions_mut().insert(err);
+        response
     }
 }

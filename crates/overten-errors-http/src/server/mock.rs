@@ -318,17 +318,7 @@ fn hex(b: u8) -> Option<u8> {
     }
 }
 
-/// The key of a well-formed `Authorization: Bearer sk_live_...` header: `sk_live_` and 1
-/// to 128 letters, digits or `_`, after [`crate::bearer_key`]'s RFC 9110 reading of the
-/// header (scheme in any case, then one or more spaces).
-pub fn live_api_key(headers: &http::HeaderMap) -> Option<&str> {
-    let key = crate::names::bearer_key(headers)?;
-    let rest = key.strip_prefix("sk_live_")?;
-    let ok = !rest.is_empty()
-        && rest.len() <= 128
-        && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-    ok.then_some(key)
-}
+pub use crate::names::live_api_key;
 
 fn error(
     code: ErrorCode,

@@ -12,6 +12,8 @@
 mod axum;
 #[cfg(feature = "tower")]
 mod envelope;
+#[cfg(feature = "tower")]
+mod gateway;
 pub mod mock;
 #[cfg(feature = "tower")]
 mod request_id;
@@ -20,15 +22,57 @@ mod response;
 #[cfg(feature = "axum")]
 pub use self::axum::{HandlerError, Json, Path, Query, from_json_bytes};
 #[cfg(feature = "tower")]
-pub use envelope::{Envelope, EnvelopeBody, EnvelopeFuture, EnvelopeLayer, envelope};
+pub use envelope::{
+    Envelope, EnvelopeBody, EnvelopeFuture, EnvelopeLayer, PanicEnvelope, Panicked, envelope,
+};
+#[cfg(feature = "tower")]
+pub use gateway::{
+    Account, AccountStatus, Accounts, Admission, Admit, BoxFuture, Gateway, GatewayBody,
+    GatewayLayer, KeyHash, MemoryAccounts, MemoryStore, PermitId, RunAdmission, RunAsk, RunPermit,
+    Store, StoreError, StoreFailure, TierLimits,
+};
+#[cfg(feature = "redis")]
+pub use gateway::{RedisStore, RedisStoreBuilder};
 #[cfg(feature = "tower")]
 pub use request_id::{
     MakeReqId, RequestIdLayers, SanitizeRequestId, SanitizeRequestIdLayer, request_id_layers,
 };
 pub use response::{into_response, set_rate_limit_headers, set_request_id};
+
+/// The recommended server stack, outermost first: [`request_id_layers`] (drop an invalid
+/// incoming id, make one, copy it onto the response), [`EnvelopeLayer`] (one span per
+/// request, envelopes for framework-made errors, one log line per 5xx with the request id
+/// and the cause chain), `gateway`, then tower-http's `CatchPanicLayer` with
+/// [`PanicEnvelope`] (a panic is a 500 envelope and one log line; inside the gateway, so
+/// that its response carries `X-RateLimit-*` like every other and its permit goes back when
+/// the response is sent). Put your routes (and a timeout, or the idempotency layer) inside.
 #[cfg(feature = "tower")]
-mod rate_limit;
+pub type ServerStack = tower_layer::Stack<
+    tower_http::catch_panic::CatchPanicLayer<PanicEnvelope>,
+    tower_layer::Stack<GatewayLayer, tower_layer::Stack<EnvelopeLayer, RequestIdLayers>>,
+>;
+
+/// [`ServerStack`] around `gateway`: `.layer(stack(gateway))` on an axum `Router`.
+///
+/// ```
+/// use std::sync::Arc;
+/// use overten_errors::Tier;
+/// use overten_errors_http::server::{stack, Account, GatewayLayer, MemoryAccounts, MemoryStore};
+///
+/// let accounts = MemoryAccounts::new().with_key("sk_live_1", Account::new("org_1", Tier::Pro));
+/// let gateway = GatewayLayer::new(Arc::new(accounts), Arc::new(MemoryStore::new()));
+/// let app: axum::Router = axum::Router::new()
+///     .route("/v1/excel/generate", axum::routing::post(|| async { "ok" }))
+///     .layer(stack(gateway));
+/// # let _ = app;
+/// ```
 #[cfg(feature = "tower")]
-pub use rate_limit::{
-    CounterStore, MAX_KEY_BYTES, MemoryStore, RateLimitFuture, RateLimitLayer, RateLimited,
-};
+pub fn stack(gateway: GatewayLayer) -> ServerStack {
+    tower_layer::Stack::new(
+        tower_http::catch_panic::CatchPanicLayer::custom(PanicEnvelope),
+        tower_layer::Stack::new(
+            gateway,
+            tower_layer::Stack::new(EnvelopeLayer, request_id_layers()),
+        ),
+    )
+}

@@ -1,0 +1,229 @@
+//! Accounts: who a bearer key belongs to (org, tier, status), looked up by the key's hash.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, RwLock};
+
+use overten_errors::Tier;
+use sha2::{Digest, Sha256};
+
+use super::store::{BoxFuture, StoreError};
+
+/// A bearer key as the gateway knows it: the first 128 bits of its SHA-256.
+///
+/// The key itself never leaves the gateway's first step: resolvers, stores (Redis key
+/// names), logs and metric labels see only this hash, written as 32 hex digits. API keys
+/// are long random strings, so the hash cannot be reversed by guessing.
+///
+/// ```
+/// use overten_errors_http::server::KeyHash;
+/// let h = KeyHash::of("sk_live_abc");
+/// assert_eq!(h.to_string().len(), 32);
+/// assert!(!format!("{h:?}").contains("abc"));
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyHash([u8; 16]);
+
+impl KeyHash {
+    /// The hash of `key`.
+    pub fn of(key: &str) -> KeyHash {
+        let digest = Sha256::digest(key.as_bytes());
+        let mut out = [0; 16];
+        out.copy_from_slice(&digest[..16]);
+        KeyHash(out)
+    }
+
+    /// The 32 lowercase hex digits, without allocating.
+    pub fn hex(&self) -> [u8; 32] {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0; 32];
+        for (i, b) in self.0.iter().enumerate() {
+            out[2 * i] = HEX[usize::from(b >> 4)];
+            out[2 * i + 1] = HEX[usize::from(b & 15)];
+        }
+        out
+    }
+}
+
+impl fmt::Display for KeyHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Hex digits are ASCII.
+        f.write_str(std::str::from_utf8(&self.hex()).unwrap_or("?"))
+    }
+}
+
+impl fmt::Debug for KeyHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyHash({self})")
+    }
+}
+
+/// Whether an org may use the API.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AccountStatus {
+    /// In good standing.
+    Active,
+    /// Suspended: every request is answered 403 `forbidden` ("suspended org").
+    Suspended,
+}
+
+/// The account a key belongs to. The gateway puts it in the request's extensions, so a
+/// handler reads it with `Extension<Account>` (axum) or `request.extensions().get()`.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Account {
+    /// The org's id (logged, and the scope of everything the org owns).
+    pub org_id: Arc<str>,
+    /// The org's tier: its rate limit, concurrent runs and upload limit.
+    pub tier: Tier,
+    /// Active or suspended.
+    pub status: AccountStatus,
+}
+
+impl Account {
+    /// An active account of `org_id` on `tier`.
+    pub fn new(org_id: impl Into<Arc<str>>, tier: Tier) -> Account {
+        Account {
+            org_id: org_id.into(),
+            tier,
+            status: AccountStatus::Active,
+        }
+    }
+
+    /// The same account, suspended.
+    #[must_use]
+    pub fn suspended(mut self) -> Account {
+        self.status = AccountStatus::Suspended;
+        self
+    }
+}
+
+/// Resolves a key's hash to its account: `Ok(None)` for a key that is unknown or revoked
+/// (401 `invalid_api_key`), `Err` when the lookup itself failed (the gateway's store
+/// failure policy applies). Implement it on your accounts database; [`MemoryAccounts`] is
+/// the in-memory one for tests and the mock.
+///
+/// A lookup should bound its own time: the gateway waits for it.
+pub trait Accounts: Send + Sync + 'static {
+    /// The account of the key whose hash is `key`.
+    fn resolve<'a>(
+        &'a self,
+        key: &'a KeyHash,
+    ) -> BoxFuture<'a, Result<Option<Account>, StoreError>>;
+}
+
+/// Accounts in this process's memory, keyed by the keys' hashes (the keys themselves are
+/// not kept).
+///
+/// ```
+/// use overten_errors::Tier;
+/// use overten_errors_http::server::{Account, MemoryAccounts};
+/// let accounts = MemoryAccounts::new()
+///     .with_key("sk_live_free1", Account::new("org_a", Tier::Free))
+///     .with_key("sk_live_pro1", Account::new("org_b", Tier::Pro));
+/// accounts.revoke("sk_live_free1");
+/// assert_eq!(accounts.len(), 1);
+/// ```
+#[derive(Debug, Default)]
+pub struct MemoryAccounts {
+    keys: RwLock<HashMap<KeyHash, Account>>,
+}
+
+impl MemoryAccounts {
+    /// No keys.
+    pub fn new() -> MemoryAccounts {
+        MemoryAccounts::default()
+    }
+
+    /// These accounts plus `key`.
+    #[must_use]
+    pub fn with_key(self, key: &str, account: Account) -> MemoryAccounts {
+        self.insert(key, account);
+        self
+    }
+
+    /// Adds or replaces `key`'s account.
+    pub fn insert(&self, key: &str, account: Account) {
+        self.write().insert(KeyHash::of(key), account);
+    }
+
+    /// Revokes `key`: from now on it is answered 401 `invalid_api_key`.
+    pub fn revoke(&self, key: &str) {
+        self.write().remove(&KeyHash::of(key));
+    }
+
+    /// Keys known.
+    pub fn len(&self) -> usize {
+        self.keys
+            .read()
+            .map_or_else(|e| e.into_inner().len(), |k| k.len())
+    }
+
+    /// No keys known.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<KeyHash, Account>> {
+        self.keys
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Accounts for MemoryAccounts {
+    fn resolve<'a>(
+        &'a self,
+        key: &'a KeyHash,
+    ) -> BoxFuture<'a, Result<Option<Account>, StoreError>> {
+        let found = self
+            .keys
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(key)
+            .cloned();
+        Box::pin(std::future::ready(Ok(found)))
+    }
+}
+
+impl<A: Accounts + ?Sized> Accounts for Arc<A> {
+    fn resolve<'a>(
+        &'a self,
+        key: &'a KeyHash,
+    ) -> BoxFuture<'a, Result<Option<Account>, StoreError>> {
+        (**self).resolve(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_are_sha256_prefixes() {
+        // SHA-256("abc") = ba7816bf 8f01cfea 414140de 5dae2223 b00361a3 96177a9c b410ff61 f20015ad
+        // (FIPS 180-2, appendix B.1).
+        assert_eq!(
+            KeyHash::of("abc").to_string(),
+            "ba7816bf8f01cfea414140de5dae2223"
+        );
+        assert_ne!(KeyHash::of("sk_live_a"), KeyHash::of("sk_live_b"));
+    }
+
+    #[test]
+    fn memory_accounts_resolve_insert_and_revoke() {
+        let accounts = MemoryAccounts::new().with_key("k1", Account::new("org_1", Tier::Pro));
+        let got = crate::block_on(accounts.resolve(&KeyHash::of("k1")));
+        assert_eq!(got, Ok(Some(Account::new("org_1", Tier::Pro))));
+        assert_eq!(
+            crate::block_on(accounts.resolve(&KeyHash::of("k2"))),
+            Ok(None)
+        );
+        accounts.insert("k1", Account::new("org_1", Tier::Pro).suspended());
+        let got = crate::block_on(accounts.resolve(&KeyHash::of("k1"))).unwrap();
+        assert_eq!(got.map(|a| a.status), Some(AccountStatus::Suspended));
+        accounts.revoke("k1");
+        assert!(accounts.is_empty());
+    }
+}

@@ -1,0 +1,58 @@
+//! A run permit: held while a run is in progress, given back when its last holder drops it.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::accounts::KeyHash;
+use super::store::{PermitId, Store, StoreError};
+
+struct Held {
+    store: Arc<dyn Store>,
+    key: KeyHash,
+    id: PermitId,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.store.release(&self.key, self.id);
+        tracing::trace!(key = %self.key, "run permit released");
+    }
+}
+
+/// A run's permit: one of the tier's concurrent runs.
+///
+/// The gateway puts it in the request's extensions and keeps a clone in the response body,
+/// so a sync run holds it until the response body has been sent (or the client went away,
+/// or the handler panicked: every path drops it). An async task that outlives its response
+/// keeps a clone (`Extension<RunPermit>` in axum) and drops it when the task ends; the
+/// permit goes back when its last clone is dropped. A task that runs longer than the
+/// gateway's lease renews it ([`RunPermit::renew`]), or a shared store lets it expire.
+#[derive(Clone)]
+pub struct RunPermit(Arc<Held>);
+
+impl RunPermit {
+    pub(crate) fn new(store: Arc<dyn Store>, key: KeyHash, id: PermitId) -> RunPermit {
+        RunPermit(Arc::new(Held { store, key, id }))
+    }
+
+    /// The permit's id.
+    pub fn id(&self) -> PermitId {
+        self.0.id
+    }
+
+    /// Extends the lease to `lease` from now. `Ok(false)`: the permit had already expired
+    /// (the run should stop, or count itself over the limit).
+    pub async fn renew(&self, lease: Duration) -> Result<bool, StoreError> {
+        self.0.store.renew(&self.0.key, self.0.id, lease).await
+    }
+}
+
+impl fmt::Debug for RunPermit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RunPermit")
+            .field("key", &self.0.key)
+            .field("id", &self.0.id)
+            .finish()
+    }
+}
