@@ -215,11 +215,9 @@ mod tests {
     fn memory_accounts_resolve_insert_and_revoke() {
         let accounts = MemoryAccounts::new().with_key("k1", Account::new("org_1", Tier::Pro));
         let got = crate::block_on(accounts.resolve(&KeyHash::of("k1")));
-        assert_eq!(got, Ok(Some(Account::new("org_1", Tier::Pro))));
-        assert_eq!(
-            crate::block_on(accounts.resolve(&KeyHash::of("k2"))),
-            Ok(None)
-        );
+        assert_eq!(got.unwrap(), Some(Account::new("org_1", Tier::Pro)));
+        let unknown = crate::block_on(accounts.resolve(&KeyHash::of("k2")));
+        assert_eq!(unknown.unwrap(), None);
         accounts.insert("k1", Account::new("org_1", Tier::Pro).suspended());
         let got = crate::block_on(accounts.resolve(&KeyHash::of("k1"))).unwrap();
         assert_eq!(got.map(|a| a.status), Some(AccountStatus::Suspended));
