@@ -1,9 +1,12 @@
-//! The server layers' cost: a successful request through an axum router behind every layer
-//! of the `tower` feature (request ids, envelopes, the rate limiter) vs the bare router, in
-//! one run: over real HTTP on loopback (a keep-alive reqwest client, `loopback`), and in
-//! process (`tower::ServiceExt::oneshot`, no sockets, so only the layers differ).
+//! The server stack's cost: a successful request through an axum router behind
+//! `server::stack` (request ids, the envelope layer's span, the gateway: key hash, account,
+//! count, permit for a run, catch-panic) vs the bare router, in one run: over real HTTP on
+//! loopback (a keep-alive reqwest client, `loopback`), and in process
+//! (`tower::ServiceExt::oneshot`, no sockets, so only the layers differ). With the `redis`
+//! feature, the same stack on a `RedisStore` (a `redis-server` this bench starts on a free
+//! loopback port and stops by PID): the added latency of the store's round trip.
 //!
-//! Run: `cargo bench -p overten-errors-http --features axum,tower,reqwest --bench axum_layers`.
+//! Run: `cargo bench -p overten-errors-http --features axum,tower,reqwest[,redis] --bench axum_layers`.
 
 #![allow(
     missing_docs,
@@ -16,11 +19,13 @@ use std::sync::OnceLock;
 
 use axum::Router;
 use axum::body::Body;
-use axum::routing::get;
+use axum::routing::{get, post};
 use http::Request;
 use overten_errors::Tier;
-use overten_errors_http::{EnvelopeLayer, RateLimitLayer, request_id_layers};
-use tower::{ServiceBuilder, ServiceExt};
+use overten_errors_http::server::{
+    Account, GatewayLayer, MemoryAccounts, MemoryStore, Store, TierLimits, stack,
+};
+use tower::ServiceExt;
 
 struct World {
     rt: tokio::runtime::Runtime,
@@ -30,6 +35,53 @@ struct World {
     bare_url: String,
     layered_url: String,
     hand_url: String,
+    #[cfg(feature = "redis")]
+    redis_url: String,
+    #[cfg(feature = "redis")]
+    _redis: RedisServer,
+}
+
+/// A `redis-server` of the bench's own, on a free loopback port, killed by PID at exit.
+#[cfg(feature = "redis")]
+struct RedisServer(std::process::Child, u16);
+
+#[cfg(feature = "redis")]
+impl RedisServer {
+    fn start() -> RedisServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (apt-get install -y redis-server)");
+        for _ in 0..500 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        RedisServer(child, port)
+    }
+}
+
+#[cfg(feature = "redis")]
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// The floor for the contract's headers: a handler that writes `X-Request-Id` and the three
@@ -61,16 +113,27 @@ fn ticking() -> std::time::SystemTime {
 }
 
 fn routes() -> Router {
-    Router::new().route("/ok", get(|| async { r#"{"success":true}"# }))
+    Router::new()
+        .route("/ok", get(|| async { r#"{"success":true}"# }))
+        .route("/run", post(|| async { r#"{"success":true}"# }))
+}
+
+/// The full stack on `store`; the bench's key is an enterprise account whose rate limit is
+/// out of reach, so every request is admitted and counted.
+fn layered_on(store: std::sync::Arc<dyn Store>) -> Router {
+    let accounts = MemoryAccounts::new()
+        .with_key("sk_live_bench", Account::new("org_bench", Tier::Enterprise));
+    let gateway = GatewayLayer::new(std::sync::Arc::new(accounts), store)
+        .with_limits(
+            Tier::Enterprise,
+            TierLimits::of(Tier::Enterprise).requests_per_minute(u32::MAX),
+        )
+        .with_clock(ticking);
+    routes().layer(stack(gateway))
 }
 
 fn layered() -> Router {
-    routes().layer(
-        ServiceBuilder::new()
-            .layer(request_id_layers())
-            .layer(EnvelopeLayer)
-            .layer(RateLimitLayer::new(Tier::Enterprise).with_clock(ticking)),
-    )
+    layered_on(std::sync::Arc::new(MemoryStore::new()))
 }
 
 fn world() -> &'static World {
@@ -80,15 +143,36 @@ fn world() -> &'static World {
             .enable_all()
             .build()
             .unwrap();
-        let (bare_url, layered_url, hand_url) = rt.block_on(async {
+        #[cfg(feature = "redis")]
+        let redis = RedisServer::start();
+        #[cfg(feature = "redis")]
+        let redis_app = rt.block_on(async {
+            let store = overten_errors_http::server::RedisStore::connect(format!(
+                "redis://127.0.0.1:{}/",
+                redis.1
+            ))
+            .await
+            .unwrap();
+            layered_on(std::sync::Arc::new(store))
+        });
+        #[cfg(not(feature = "redis"))]
+        let redis_app = layered();
+        let (bare_url, layered_url, hand_url, redis_url) = rt.block_on(async {
             let mut urls = Vec::new();
-            for app in [routes(), layered(), hand()] {
+            for app in [routes(), layered(), hand(), redis_app] {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 urls.push(format!("http://{}/ok", listener.local_addr().unwrap()));
                 tokio::spawn(async move { axum::serve(listener, app).await });
             }
-            (urls[0].clone(), urls[1].clone(), urls[2].clone())
+            (
+                urls[0].clone(),
+                urls[1].clone(),
+                urls[2].clone(),
+                urls[3].clone(),
+            )
         });
+        #[cfg(not(feature = "redis"))]
+        let _ = redis_url;
         World {
             rt,
             bare: routes(),
@@ -97,14 +181,31 @@ fn world() -> &'static World {
             bare_url,
             layered_url,
             hand_url,
+            #[cfg(feature = "redis")]
+            redis_url,
+            #[cfg(feature = "redis")]
+            _redis: redis,
         }
     })
 }
 
 fn over_http(url: &str, keyed: bool) -> u16 {
+    send(url, keyed, false)
+}
+
+/// A `POST /run` (a run: the gateway takes a permit and gives it back when the body ends).
+fn run_over_http(url: &str) -> u16 {
+    send(&url.replace("/ok", "/run"), true, true)
+}
+
+fn send(url: &str, keyed: bool, run: bool) -> u16 {
     let w = world();
     w.rt.block_on(async {
-        let mut request = w.client.get(url);
+        let mut request = if run {
+            w.client.post(url)
+        } else {
+            w.client.get(url)
+        };
         if keyed {
             request = request.header("authorization", "Bearer sk_live_bench");
         }
@@ -134,17 +235,24 @@ fn call(router: &Router, keyed: bool) -> u16 {
 fn main() {
     let w = world();
     assert_eq!(call(&w.bare, false), 200);
-    assert_eq!(call(&w.layered, false), 200);
+    assert_eq!(call(&w.layered, false), 401, "no key");
     let r =
-        w.rt.block_on(w.layered.clone().oneshot(request(false)))
+        w.rt.block_on(w.layered.clone().oneshot(request(true)))
             .unwrap();
     assert!(r.headers().contains_key("x-request-id"));
+    assert!(r.headers().contains_key("x-ratelimit-remaining"));
     for _ in 0..200 {
         assert_eq!(
             call(&w.layered, true),
             200,
-            "the limiter never refuses a keyed run"
+            "the gateway admits every keyed request"
         );
+        assert_eq!(run_over_http(&w.layered_url), 200, "and every run");
+    }
+    #[cfg(feature = "redis")]
+    for _ in 0..200 {
+        assert_eq!(over_http(&w.redis_url, true), 200);
+        assert_eq!(run_over_http(&w.redis_url), 200);
     }
     divan::main();
 }
@@ -161,10 +269,32 @@ mod loopback {
         super::over_http(&super::world().hand_url, false)
     }
 
-    /// Every layer, with a key: counted by the limiter, an id made, headers stamped.
+    /// The full stack on the memory store, with a key: hashed, resolved, counted, an id
+    /// made, headers stamped.
     #[divan::bench]
-    fn all_layers_keyed() -> u16 {
+    fn stack_memory_get() -> u16 {
         super::over_http(&super::world().layered_url, true)
+    }
+
+    /// The same for a run (`POST`): a permit taken and given back.
+    #[divan::bench]
+    fn stack_memory_run() -> u16 {
+        super::run_over_http(&super::world().layered_url)
+    }
+
+    /// The full stack on Redis: one round trip for the count.
+    #[cfg(feature = "redis")]
+    #[divan::bench]
+    fn stack_redis_get() -> u16 {
+        super::over_http(&super::world().redis_url, true)
+    }
+
+    /// A run on Redis: one round trip for the count and the permit (the release runs in
+    /// the background after the response).
+    #[cfg(feature = "redis")]
+    #[divan::bench]
+    fn stack_redis_run() -> u16 {
+        super::run_over_http(&super::world().redis_url)
     }
 }
 
@@ -173,15 +303,8 @@ fn bare_router() -> u16 {
     call(&world().bare, false)
 }
 
-/// Request ids, envelopes, and the rate limiter (an unkeyed request: the limiter looks for
-/// a key and passes it on).
+/// The full stack in process, a keyed `GET`.
 #[divan::bench]
-fn all_layers() -> u16 {
-    call(&world().layered, false)
-}
-
-/// The same with a key: the limiter counts it and stamps `X-RateLimit-*`.
-#[divan::bench]
-fn all_layers_keyed() -> u16 {
+fn stack_memory_get() -> u16 {
     call(&world().layered, true)
 }

@@ -1,6 +1,14 @@
 //! The gateway on the per-process store, over loopback: keys and accounts, per-tier limits
 //! in one stack, concurrent runs, permits on every path, upload limits, store failures,
 //! hostile keys. Every test is bounded in time.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::too_many_lines,
+    clippy::cast_possible_truncation,
+    reason = "tests fail loudly, and read as one story"
+)]
 
 #[path = "support/gateway_app.rs"]
 mod support;
@@ -209,9 +217,8 @@ async fn fifty_slow_runs_on_a_free_key_never_exceed_two_at_once() {
         for _ in 0..50 {
             let c = c.clone();
             tasks.push(tokio::spawn(async move {
-                let mut refused = 0;
                 // Bounded: 2 runs of 30 ms at a time finish 50 runs well within this.
-                for _ in 0..2_000 {
+                for refused in 0..2_000 {
                     let got = c.post(addr, "/runs?ms=30", Some("sk_live_k0")).await;
                     if got.status == 200 {
                         return refused;
@@ -226,7 +233,6 @@ async fn fifty_slow_runs_on_a_free_key_never_exceed_two_at_once() {
                         got.body
                     );
                     assert_eq!(got.header("retry-after"), Some(5));
-                    refused += 1;
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
                 panic!("a run never got a permit");

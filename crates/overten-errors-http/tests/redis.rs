@@ -1,1 +1,431 @@
-//! placeholder
+//! The gateway on a real `redis-server` (Debian's package), started here on a free loopback
+//! port in a temp dir and stopped by PID: a fleet of gateways sharing one Redis, concurrent
+//! runs across replicas, leases that expire, and Redis killed and restarted mid-run.
+//!
+//! These tests fail (they never skip) when `redis-server` cannot start: install it with
+//! `apt-get install -y redis-server`.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::too_many_lines,
+    clippy::cast_possible_truncation,
+    reason = "tests fail loudly, and read as one story"
+)]
+
+#[path = "support/gateway_app.rs"]
+mod support;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use overten_errors::Tier;
+use overten_errors_http::server::{
+    Account, Admit, GatewayLayer, KeyHash, MemoryAccounts, PermitId, RedisStore, RunAdmission,
+    RunAsk, Store, StoreFailure, TierLimits,
+};
+use support::{Gauge, NOW, app, client, fixed_now, serve, within};
+
+/// A `redis-server` of this test's own, killed (by PID) when dropped.
+struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl RedisServer {
+    fn start() -> RedisServer {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let dir = std::env::temp_dir().join(format!("overten-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut server = RedisServer {
+            child: None,
+            port,
+            dir,
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
+            ])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("redis-server could not start ({e}): apt-get install -y redis-server")
+            });
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if ping(self.port) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "redis-server on port {} did not answer PING within 10 s",
+            self.port
+        );
+    }
+
+    /// SIGKILL, as a crash would.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn ping(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+    let mut buf = [0; 16];
+    s.write_all(b"PING\r\n").is_ok()
+        && s.read(&mut buf)
+            .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
+}
+
+fn accounts(n: usize) -> Arc<MemoryAccounts> {
+    let accounts = MemoryAccounts::new();
+    for i in 0..n {
+        accounts.insert(
+            &format!("sk_live_k{i}"),
+            Account::new(format!("org_{i}"), support::tier_of(i)),
+        );
+    }
+    Arc::new(accounts)
+}
+
+/// `n` gateways, each on its own connection to `url`.
+async fn fleet(
+    url: &str,
+    n: usize,
+    accounts: &Arc<MemoryAccounts>,
+    gauge: &Arc<Gauge>,
+    edit: impl Fn(GatewayLayer) -> GatewayLayer,
+) -> Vec<SocketAddr> {
+    let mut addrs = Vec::new();
+    for _ in 0..n {
+        let store = RedisStore::connect(url).await.unwrap();
+        let gateway =
+            edit(GatewayLayer::new(accounts.clone(), Arc::new(store)).with_clock(fixed_now));
+        addrs.push(serve(app(gateway, gauge.clone())).await);
+    }
+    addrs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_gateways_on_one_redis_admit_exactly_each_tiers_limit() {
+    let redis = RedisServer::start();
+    within(120, async {
+        let accounts = accounts(20);
+        let gauge = Arc::new(Gauge::default());
+        let addrs = fleet(&redis.url(), 4, &accounts, &gauge, |g| g).await;
+        // 20 keys: free, pro, enterprise in turn. 1,000 requests: free keys 30 each, pro
+        // keys 70 each, enterprise keys 34 or so each; round-robin over the 4 gateways.
+        let mut plan = Vec::new();
+        for k in 0..20 {
+            let n = match support::tier_of(k) {
+                Tier::Free => 30,
+                Tier::Pro => 70,
+                _ => 0,
+            };
+            plan.extend(std::iter::repeat_n(k, n));
+        }
+        let enterprise: Vec<usize> = (0..20)
+            .filter(|k| support::tier_of(*k) == Tier::Enterprise)
+            .collect();
+        let mut e = 0;
+        while plan.len() < 1000 {
+            plan.push(enterprise[e % enterprise.len()]);
+            e += 1;
+        }
+        let c = client();
+        let mut tasks = Vec::new();
+        for (i, k) in plan.iter().copied().enumerate() {
+            let c = c.clone();
+            let addr = addrs[i % addrs.len()];
+            tasks.push(tokio::spawn(async move {
+                (k, c.get(addr, "/ok", Some(&format!("sk_live_k{k}"))).await)
+            }));
+        }
+        let mut admitted: Vec<Vec<u64>> = vec![Vec::new(); 20];
+        let mut sent = [0usize; 20];
+        for t in tasks {
+            let (k, got) = t.await.unwrap();
+            sent[k] += 1;
+            let remaining = got.header("x-ratelimit-remaining").unwrap();
+            if got.status == 200 {
+                admitted[k].push(remaining);
+            } else {
+                assert_eq!(
+                    (got.status, got.code().as_str()),
+                    (429, "rate_limit_exceeded"),
+                    "{}",
+                    got.body
+                );
+                assert_eq!(remaining, 0);
+                assert_eq!(
+                    got.header("retry-after"),
+                    Some(60 - NOW % 60),
+                    "to the window's end"
+                );
+            }
+        }
+        for k in 0..20 {
+            let limit = u64::from(support::tier_of(k).requests_per_minute());
+            let want = limit.min(sent[k] as u64);
+            let mut got = std::mem::take(&mut admitted[k]);
+            got.sort_unstable();
+            let expect: Vec<u64> = (limit - want..limit).collect();
+            assert_eq!(
+                got, expect,
+                "key {k}: exactly the limit across 4 replicas, Remaining never repeated"
+            );
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_across_replicas_never_exceed_the_tier_and_permits_come_back() {
+    let redis = RedisServer::start();
+    within(120, async {
+        let accounts = accounts(1);
+        let gauge = Arc::new(Gauge::default());
+        let roomy = |g: GatewayLayer| {
+            g.with_limits(
+                Tier::Free,
+                TierLimits::of(Tier::Free).requests_per_minute(100_000),
+            )
+        };
+        let addrs = fleet(&redis.url(), 4, &accounts, &gauge, roomy).await;
+        let c = client();
+        let mut tasks = Vec::new();
+        for i in 0..50 {
+            let c = c.clone();
+            let addr = addrs[i % addrs.len()];
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..3_000 {
+                    let got = c.post(addr, "/runs?ms=30", Some("sk_live_k0")).await;
+                    if got.status == 200 {
+                        return;
+                    }
+                    assert_eq!(got.status, 429, "{}", got.body);
+                    assert!(got.body.contains("runs in progress"), "{}", got.body);
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                panic!("a run never got a permit");
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(gauge.done.load(Ordering::SeqCst), 50);
+        assert_eq!(
+            gauge.max.load(Ordering::SeqCst),
+            2,
+            "exactly 2 in progress at the peak, fleet-wide"
+        );
+        // Panic and async holds, on Redis: the permits come back.
+        let got = c.post(addrs[0], "/panic", Some("sk_live_k0")).await;
+        assert_eq!(got.status, 500);
+        assert_eq!(
+            c.post(addrs[1], "/async?ms=300", Some("sk_live_k0"))
+                .await
+                .status,
+            202
+        );
+        assert_eq!(
+            c.post(addrs[2], "/async?ms=300", Some("sk_live_k0"))
+                .await
+                .status,
+            202
+        );
+        assert_eq!(
+            c.post(addrs[3], "/runs", Some("sk_live_k0")).await.status,
+            429,
+            "held by tasks"
+        );
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(
+            c.post(addrs[3], "/runs", Some("sk_live_k0")).await.status,
+            200
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_left_by_a_dead_replica_expires() {
+    let redis = RedisServer::start();
+    within(60, async {
+        let key = KeyHash::of("sk_live_k0");
+        let lease = Duration::from_millis(400);
+        // "Replica A" takes both of the free tier's permits and dies without releasing:
+        // its store (and connection) is dropped, the permits never given back.
+        {
+            let a = RedisStore::connect(redis.url()).await.unwrap();
+            for _ in 0..2 {
+                let ask =
+                    Admit::new(&key, 1, 60, 100).with_run(RunAsk::new(PermitId::new(), 2, lease));
+                assert_eq!(a.admit(ask).await.unwrap().run, RunAdmission::Granted);
+            }
+        }
+        let b = RedisStore::connect(redis.url()).await.unwrap();
+        let ask = |p| Admit::new(&key, 1, 60, 100).with_run(RunAsk::new(p, 2, lease));
+        assert_eq!(
+            b.admit(ask(PermitId::new())).await.unwrap().run,
+            RunAdmission::Full { in_progress: 2 }
+        );
+        let started = Instant::now();
+        loop {
+            let run = b.admit(ask(PermitId::new())).await.unwrap().run;
+            if run == RunAdmission::Granted {
+                break;
+            }
+            assert!(started.elapsed() < lease * 3, "the leases did not expire");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let waited = started.elapsed();
+        assert!(
+            waited <= lease + Duration::from_millis(300),
+            "expired after {waited:?}"
+        );
+        // A renewed permit outlives its first lease; a released one is gone.
+        let p = PermitId::new();
+        let key2 = KeyHash::of("sk_live_k1");
+        let ask2 = Admit::new(&key2, 1, 60, 100).with_run(RunAsk::new(p, 1, lease));
+        assert_eq!(b.admit(ask2).await.unwrap().run, RunAdmission::Granted);
+        tokio::time::sleep(lease / 2).await;
+        assert!(b.renew(&key2, p, lease).await.unwrap());
+        tokio::time::sleep(lease * 3 / 4).await;
+        assert!(
+            b.renew(&key2, p, lease).await.unwrap(),
+            "still held after its first lease"
+        );
+        b.release(&key2, p);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!b.renew(&key2, p, lease).await.unwrap());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_mid_run_then_restarted() {
+    let mut redis = RedisServer::start();
+    within(120, async {
+        let accounts = accounts(3);
+        let gauge = Arc::new(Gauge::default());
+        let timeout = Duration::from_millis(250);
+        let mut addrs = Vec::new();
+        for policy in [StoreFailure::default(), StoreFailure::Allow] {
+            let store = RedisStore::builder(redis.url())
+                .timeout(timeout)
+                .connect()
+                .await
+                .unwrap();
+            let gateway = GatewayLayer::new(accounts.clone(), Arc::new(store))
+                .on_store_error(policy)
+                .with_clock(fixed_now);
+            addrs.push(serve(app(gateway, gauge.clone())).await);
+        }
+        let (reject, allow) = (addrs[0], addrs[1]);
+        let c = client();
+        let got = c.get(reject, "/ok", Some("sk_live_k1")).await;
+        assert_eq!(
+            (got.status, got.header("x-ratelimit-remaining")),
+            (200, Some(59))
+        );
+        // A run in progress when Redis dies.
+        let run = {
+            let c = c.clone();
+            tokio::spawn(async move { c.post(reject, "/runs?ms=300", Some("sk_live_k2")).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        redis.kill();
+        let mut slowest = Duration::ZERO;
+        for _ in 0..10 {
+            let t = Instant::now();
+            let got = c.get(reject, "/ok", Some("sk_live_k1")).await;
+            slowest = slowest.max(t.elapsed());
+            assert_eq!(
+                (got.status, got.code().as_str()),
+                (503, "service_unavailable")
+            );
+            assert_eq!(got.header("retry-after"), Some(30));
+            let t = Instant::now();
+            let got = c.get(allow, "/ok", Some("sk_live_k1")).await;
+            slowest = slowest.max(t.elapsed());
+            assert_eq!(got.status, 200, "passed uncounted");
+            assert!(!got.headers.contains_key("x-ratelimit-remaining"));
+        }
+        // No request waited past the store's timeout (and some slack for the machine).
+        assert!(
+            slowest < timeout + Duration::from_millis(400),
+            "slowest {slowest:?}"
+        );
+        assert_eq!(
+            run.await.unwrap().status,
+            200,
+            "the run in progress finished"
+        );
+        // Back: counting resumes by itself (this Redis kept nothing, so the window starts
+        // afresh).
+        redis.spawn();
+        let started = Instant::now();
+        let resumed = loop {
+            let got = c.get(reject, "/ok", Some("sk_live_k1")).await;
+            if got.status == 200 {
+                break got;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "counting did not resume"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(resumed.header("x-ratelimit-remaining"), Some(59));
+        let next = c.get(allow, "/ok", Some("sk_live_k1")).await;
+        assert_eq!(
+            next.header("x-ratelimit-remaining"),
+            Some(58),
+            "both replicas count again"
+        );
+    })
+    .await;
+}

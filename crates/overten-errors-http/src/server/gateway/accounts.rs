@@ -187,7 +187,7 @@ impl Accounts for MemoryAccounts {
     }
 }
 
-impl<A: Accounts + ?Sized> Accounts for Arc<A> {
+impl<T: Accounts + ?Sized> Accounts for Arc<T> {
     fn resolve<'a>(
         &'a self,
         key: &'a KeyHash,

@@ -135,10 +135,6 @@ pub enum StoreFailure {
 impl StoreFailure {
     /// The default `Retry-After` of a 503 for a store that failed: 30 s.
     pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(30);
-
-    pub(crate) fn default_wait() -> Duration {
-        Self::DEFAULT_RETRY_AFTER
-    }
 }
 
 impl Default for StoreFailure {

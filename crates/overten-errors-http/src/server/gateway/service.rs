@@ -11,7 +11,7 @@ use http_body_util::Limited;
 use overten_errors::{ApiError, ErrorCode, RATE_LIMIT_WINDOW_SECONDS, RateLimit, RetryAfter};
 use tower_service::Service;
 
-use super::accounts::{AccountStatus, KeyHash};
+use super::accounts::{Account, AccountStatus, KeyHash};
 use super::body::GatewayBody;
 use super::permit::RunPermit;
 use super::store::{Admit, BoxFuture, PermitId, RunAdmission, RunAsk, StoreError};
@@ -95,14 +95,63 @@ fn unavailable(retry_after: std::time::Duration, err: StoreError) -> ApiError {
     .with_cause(err)
 }
 
-async fn handle<S, ReqB, ResB>(
-    config: Arc<Config>,
-    mut inner: S,
-    mut req: Request<ReqB>,
-) -> Result<Response<GatewayBody<ResB>>, S::Error>
-where
-    S: Service<Request<Limited<ReqB>>, Response = Response<ResB>>,
-{
+/// What the gate let through: the account, the key's hash, the rate-limit headers to
+/// stamp (none when the store failed and the policy let the request pass), the permit.
+struct Admitted {
+    account: Account,
+    hash: KeyHash,
+    stamp: Option<RateLimit>,
+    permit: Option<RunPermit>,
+    upload: usize,
+}
+
+fn too_large(account: &Account, limit: u64) -> ApiError {
+    ApiError::new(
+        ErrorCode::PayloadTooLarge,
+        format!(
+            "The request body exceeds the {} tier's upload limit of {limit} bytes",
+            account.tier
+        ),
+    )
+}
+
+/// Step 2: the key's account, if it may use this path. A lookup that fails is a 503
+/// whatever the policy: a key that cannot be checked is never let through.
+async fn account(config: &Config, hash: &KeyHash, path: &str) -> Result<Account, ApiError> {
+    let account = match config.accounts.resolve(hash).await {
+        Ok(Some(account)) => account,
+        Ok(None) => return Err(ApiError::from(ErrorCode::InvalidApiKey)),
+        Err(err) => {
+            let wait = match config.on_store_error {
+                StoreFailure::Reject { retry_after } => retry_after,
+                StoreFailure::Allow => StoreFailure::DEFAULT_RETRY_AFTER,
+            };
+            return Err(unavailable(wait, err));
+        }
+    };
+    tracing::Span::current().record("org_id", &*account.org_id);
+    if account.status == AccountStatus::Suspended {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "The key's org is suspended; check org status via GET /verify",
+        ));
+    }
+    if let Some((_, needs)) = config.routes.iter().find(|(prefix, needs)| {
+        path.starts_with(prefix.as_str()) && rank(account.tier) < rank(*needs)
+    }) {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            format!(
+                "This route needs the {needs} tier or higher; the key's org is on {}",
+                account.tier
+            ),
+        ));
+    }
+    Ok(account)
+}
+
+/// Steps 1 to 4 of the module docs: the admitted request, or the error to answer.
+async fn gate(config: &Config, head: &http::request::Parts) -> Result<Admitted, ApiError> {
     let now = unix_seconds((config.clock)());
     let window = now / RATE_LIMIT_WINDOW_SECONDS;
     let reset = window
@@ -110,53 +159,23 @@ where
         .saturating_mul(RATE_LIMIT_WINDOW_SECONDS);
 
     // 1. One well-formed key.
-    let Some(key) = crate::mock::live_api_key(req.headers()) else {
-        return Ok(answer(ApiError::from(ErrorCode::InvalidApiKey)));
-    };
+    let key = crate::names::live_api_key(&head.headers)
+        .ok_or_else(|| ApiError::from(ErrorCode::InvalidApiKey))?;
     let hash = KeyHash::of(key);
 
-    // 2. Its account. A lookup that fails is a 503 whatever the policy: a key that cannot
-    // be checked is never let through.
-    let account = match config.accounts.resolve(&hash).await {
-        Ok(Some(account)) => account,
-        Ok(None) => return Ok(answer(ApiError::from(ErrorCode::InvalidApiKey))),
-        Err(err) => {
-            let wait = match config.on_store_error {
-                StoreFailure::Reject { retry_after } => retry_after,
-                StoreFailure::Allow => super::StoreFailure::default_wait(),
-            };
-            return Ok(answer(unavailable(wait, err)));
-        }
-    };
-    tracing::Span::current().record("org_id", &*account.org_id);
-    if account.status == AccountStatus::Suspended {
-        return Ok(answer(ApiError::new(
-            ErrorCode::Forbidden,
-            "The key's org is suspended; check org status via GET /verify",
-        )));
-    }
-    let path = req.uri().path();
-    if let Some((_, needs)) = config.routes.iter().find(|(prefix, needs)| {
-        path.starts_with(prefix.as_str()) && rank(account.tier) < rank(*needs)
-    }) {
-        return Ok(answer(ApiError::new(
-            ErrorCode::Forbidden,
-            format!(
-                "This route needs the {needs} tier or higher; the key's org is on {}",
-                account.tier
-            ),
-        )));
-    }
+    let account = account(config, &hash, head.uri.path()).await?;
     let limits = config.limits_of(account.tier);
+    let upload = usize::try_from(limits.upload_bytes).unwrap_or(usize::MAX);
 
-    // 3. Count, and a permit for a run, in one store call.
-    let too_large = req
-        .headers()
+    // 3. Count, and a permit for a run, in one store call. A body announced too large
+    // asks no permit: it is answered 413 once counted.
+    let announced_too_large = head
+        .headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
         .is_some_and(|n| n > limits.upload_bytes);
-    let run = (!too_large && (config.is_run)(req.method(), req.uri()))
+    let run = (!announced_too_large && (config.is_run)(&head.method, &head.uri))
         .then(|| RunAsk::new(PermitId::new(), limits.concurrent_runs, config.lease));
     let mut ask = Admit::new(
         &hash,
@@ -168,86 +187,90 @@ where
         ask = ask.with_run(run);
     }
     let admission = match config.store.admit(ask).await {
-        Ok(admission) => Some(admission),
-        Err(err) => match store_failed(config.on_store_error, err) {
-            Some(err) => return Ok(answer(err)),
-            None => None,
-        },
+        Ok(admission) => admission,
+        Err(err) => {
+            if let Some(answer) = store_failed(config.on_store_error, err) {
+                return Err(answer);
+            }
+            if announced_too_large {
+                return Err(too_large(&account, limits.upload_bytes));
+            }
+            return Ok(Admitted {
+                account,
+                hash,
+                stamp: None,
+                permit: None,
+                upload,
+            });
+        }
     };
-    let mut stamp = None;
-    let mut permit = None;
-    if let Some(admission) = admission {
-        let limit = limits.requests_per_minute;
-        let used = u32::try_from(admission.count).unwrap_or(u32::MAX);
-        let rate_limit = RateLimit {
-            limit,
-            remaining: limit.saturating_sub(used),
-            reset,
-        };
-        if admission.count > u64::from(limit) {
-            return Ok(answer(
-                ApiError::from(ErrorCode::RateLimitExceeded)
-                    .with_rate_limit(rate_limit)
-                    .with_retry_after(RetryAfter::Seconds(reset.saturating_sub(now).max(1))),
-            ));
-        }
-        if too_large {
-            return Ok(answer(
-                ApiError::new(
-                    ErrorCode::PayloadTooLarge,
-                    format!(
-                        "The request body exceeds the {} tier's upload limit of {} bytes",
-                        account.tier, limits.upload_bytes
-                    ),
-                )
-                .with_rate_limit(rate_limit),
-            ));
-        }
-        match (admission.run, run) {
-            (RunAdmission::Full { in_progress }, _) => {
-                return Ok(answer(
-                    ApiError::new(
-                        ErrorCode::RateLimitExceeded,
-                        format!(
-                            "Concurrent runs limit reached: the {} tier allows {} runs in progress at once ({in_progress} now)",
-                            account.tier, limits.concurrent_runs
-                        ),
-                    )
-                    .with_rate_limit(rate_limit)
-                    .with_retry_after(RetryAfter::Seconds(
-                        config.concurrency_retry_after.as_secs().max(1),
-                    )),
-                ));
-            }
-            (RunAdmission::Granted, Some(run)) => {
-                permit = Some(RunPermit::new(Arc::clone(&config.store), hash, run.permit));
-            }
-            _ => {}
-        }
-        stamp = Some(rate_limit);
-    } else if too_large {
-        return Ok(answer(ApiError::new(
-            ErrorCode::PayloadTooLarge,
-            format!(
-                "The request body exceeds the {} tier's upload limit of {} bytes",
-                account.tier, limits.upload_bytes
-            ),
-        )));
+    let limit = limits.requests_per_minute;
+    let rate_limit = RateLimit {
+        limit,
+        remaining: limit.saturating_sub(u32::try_from(admission.count).unwrap_or(u32::MAX)),
+        reset,
+    };
+    if admission.count > u64::from(limit) {
+        return Err(ApiError::from(ErrorCode::RateLimitExceeded)
+            .with_rate_limit(rate_limit)
+            .with_retry_after(RetryAfter::Seconds(reset.saturating_sub(now).max(1))));
     }
+    if announced_too_large {
+        return Err(too_large(&account, limits.upload_bytes).with_rate_limit(rate_limit));
+    }
+    let permit = match (admission.run, run) {
+        (RunAdmission::Full { in_progress }, _) => {
+            return Err(ApiError::new(
+                ErrorCode::RateLimitExceeded,
+                format!(
+                    "Concurrent runs limit reached: the {} tier allows {} runs in progress at once ({in_progress} now)",
+                    account.tier, limits.concurrent_runs
+                ),
+            )
+            .with_rate_limit(rate_limit)
+            .with_retry_after(RetryAfter::Seconds(
+                config.concurrency_retry_after.as_secs().max(1),
+            )));
+        }
+        (RunAdmission::Granted, Some(run)) => {
+            Some(RunPermit::new(Arc::clone(&config.store), hash, run.permit))
+        }
+        _ => None,
+    };
+    Ok(Admitted {
+        account,
+        hash,
+        stamp: Some(rate_limit),
+        permit,
+        upload,
+    })
+}
 
-    // 4. Pass, with the account, the key's hash and the permit; the body limited.
-    let upload = usize::try_from(limits.upload_bytes).unwrap_or(usize::MAX);
-    req.extensions_mut().insert(account);
-    req.extensions_mut().insert(hash);
-    if let Some(permit) = &permit {
-        req.extensions_mut().insert(permit.clone());
+async fn handle<S, ReqB, ResB>(
+    config: Arc<Config>,
+    mut inner: S,
+    req: Request<ReqB>,
+) -> Result<Response<GatewayBody<ResB>>, S::Error>
+where
+    S: Service<Request<Limited<ReqB>>, Response = Response<ResB>>,
+{
+    let (mut head, body) = req.into_parts();
+    let admitted = match gate(&config, &head).await {
+        Ok(admitted) => admitted,
+        Err(err) => return Ok(answer(err)),
+    };
+    // 5. Pass, with the account, the key's hash and the permit; the body limited.
+    head.extensions.insert(admitted.account);
+    head.extensions.insert(admitted.hash);
+    if let Some(permit) = &admitted.permit {
+        head.extensions.insert(permit.clone());
     }
-    let req = req.map(|body| Limited::new(body, upload));
-    // If the inner service fails or this future is dropped (the client went away, a
-    // panic), `permit` is dropped with it and the permit goes back.
+    let req = Request::from_parts(head, Limited::new(body, admitted.upload));
+    // If the inner service fails or this future is dropped (the client went away), the
+    // permit is dropped with it and goes back.
     let mut response = inner.call(req).await?;
-    if let Some(rate_limit) = &stamp {
+    if let Some(rate_limit) = &admitted.stamp {
         set_rate_limit_headers(response.headers_mut(), rate_limit);
     }
-    Ok(response.map(|body| GatewayBody::inner(body, permit)))
+    Ok(response.map(|body| GatewayBody::inner(body, admitted.permit)))
 }
