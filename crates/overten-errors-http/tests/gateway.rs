@@ -19,26 +19,15 @@ use std::time::Duration;
 
 use overten_errors::Tier;
 use overten_errors_http::server::{
-    Account, Accounts, Admission, Admit, BoxFuture, GatewayLayer, KeyHash, MemoryAccounts,
-    MemoryStore, PermitId, Store, StoreError, StoreFailure, TierLimits,
+    Account, Accounts, Admission, Admit, BoxFuture, GatewayLayer, KeyHash, MemoryStore, PermitId,
+    Store, StoreError, StoreFailure, TierLimits,
 };
-use support::{Gauge, NOW, app, client, fixed_now, serve, within};
-
-fn accounts(n: usize) -> MemoryAccounts {
-    let accounts = MemoryAccounts::new();
-    for i in 0..n {
-        accounts.insert(
-            &format!("sk_live_k{i}"),
-            Account::new(format!("org_{i}"), support::tier_of(i)),
-        );
-    }
-    accounts
-}
+use support::{Gauge, NOW, accounts, app, client, fixed_now, serve, within};
 
 #[tokio::test]
 async fn keys_accounts_and_tiers_answer_401_and_403_as_the_page_says() {
     within(30, async {
-        let accounts = Arc::new(accounts(3));
+        let accounts = accounts(3);
         accounts.insert(
             "sk_live_suspended",
             Account::new("org_s", Tier::Pro).suspended(),
@@ -101,8 +90,8 @@ async fn keys_accounts_and_tiers_answer_401_and_403_as_the_page_says() {
 async fn duplicate_authorization_and_raw_hostile_keys_are_401_never_a_crash() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     within(30, async {
-        let gateway = GatewayLayer::new(Arc::new(accounts(3)), Arc::new(MemoryStore::new()))
-            .with_clock(fixed_now);
+        let gateway =
+            GatewayLayer::new(accounts(3), Arc::new(MemoryStore::new())).with_clock(fixed_now);
         let addr = serve(app(gateway, Arc::default())).await;
         let raw = |head: &'static [u8]| async move {
             let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -148,7 +137,7 @@ async fn duplicate_authorization_and_raw_hostile_keys_are_401_never_a_crash() {
 async fn one_stack_counts_every_tier_exactly_under_concurrency() {
     within(60, async {
         let store = Arc::new(MemoryStore::new());
-        let gateway = GatewayLayer::new(Arc::new(accounts(6)), store).with_clock(fixed_now);
+        let gateway = GatewayLayer::new(accounts(6), store).with_clock(fixed_now);
         let addr = serve(app(gateway, Arc::default())).await;
         let c = client();
         // Keys 0..6 are free, pro, enterprise, free, pro, enterprise; each gets 70 requests.
@@ -208,7 +197,7 @@ async fn fifty_slow_runs_on_a_free_key_never_exceed_two_at_once() {
     within(60, async {
         let store = Arc::new(MemoryStore::new());
         let gauge = Arc::new(Gauge::default());
-        let gateway = GatewayLayer::new(Arc::new(accounts(1)), store.clone())
+        let gateway = GatewayLayer::new(accounts(1), store.clone())
             .with_limits(Tier::Free, roomy(Tier::Free))
             .with_clock(fixed_now);
         let addr = serve(app(gateway, gauge.clone())).await;
@@ -261,7 +250,7 @@ async fn permits_come_back_after_success_panic_disconnect_and_async_tasks() {
     within(30, async {
         let store = Arc::new(MemoryStore::new());
         let gauge = Arc::new(Gauge::default());
-        let gateway = GatewayLayer::new(Arc::new(accounts(1)), store.clone())
+        let gateway = GatewayLayer::new(accounts(1), store.clone())
             .with_limits(Tier::Free, roomy(Tier::Free))
             .with_clock(fixed_now);
         let addr = serve(app(gateway, gauge.clone())).await;
@@ -316,7 +305,7 @@ async fn uploads_over_the_tier_limit_are_413_and_never_read_past_it() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     within(60, async {
         const LIMIT: u64 = 1024 * 1024;
-        let gateway = GatewayLayer::new(Arc::new(accounts(2)), Arc::new(MemoryStore::new()))
+        let gateway = GatewayLayer::new(accounts(2), Arc::new(MemoryStore::new()))
             .with_limits(Tier::Free, roomy(Tier::Free).upload_bytes(LIMIT))
             .with_clock(fixed_now);
         let addr = serve(app(gateway, Arc::default())).await;
@@ -406,8 +395,8 @@ async fn a_failing_store_follows_the_stated_policy() {
     within(30, async {
         let c = client();
         // Default: 503 with Retry-After, the cause kept out of the body.
-        let gateway = GatewayLayer::new(Arc::new(accounts(1)), Arc::new(Broken::default()))
-            .with_clock(fixed_now);
+        let gateway =
+            GatewayLayer::new(accounts(1), Arc::new(Broken::default())).with_clock(fixed_now);
         let addr = serve(app(gateway, Arc::default())).await;
         let got = c.get(addr, "/ok", Some("sk_live_k0")).await;
         assert_eq!(
@@ -418,7 +407,7 @@ async fn a_failing_store_follows_the_stated_policy() {
         assert!(!got.body.contains("250ms"), "{}", got.body);
         // Allow: through, uncounted, no rate-limit headers and no permit.
         let broken = Arc::new(Broken::default());
-        let gateway = GatewayLayer::new(Arc::new(accounts(1)), broken.clone())
+        let gateway = GatewayLayer::new(accounts(1), broken.clone())
             .on_store_error(StoreFailure::Allow)
             .with_clock(fixed_now);
         let addr = serve(app(gateway, Arc::default())).await;
@@ -449,7 +438,7 @@ async fn a_million_distinct_keys_leave_memory_bounded() {
     use tower::{Service, ServiceExt};
     within(300, async {
         let store = Arc::new(MemoryStore::new());
-        let accounts = Arc::new(accounts(3));
+        let accounts = accounts(3);
         let gateway = GatewayLayer::new(accounts.clone(), store.clone()).with_clock(fixed_now);
         let mut svc = app(gateway, Arc::default()).into_service::<axum::body::Body>();
         for i in 0..1_000_000u32 {
@@ -499,11 +488,11 @@ async fn one_error_line_per_5xx_with_its_request_id_and_org_and_never_the_panic_
     // This test's runtime is one thread: the server's tasks log through this subscriber.
     let _guard = tracing::subscriber::set_default(subscriber);
     within(30, async {
-        let store_down = GatewayLayer::new(Arc::new(accounts(1)), Arc::new(Broken::default()))
-            .with_clock(fixed_now);
+        let store_down =
+            GatewayLayer::new(accounts(1), Arc::new(Broken::default())).with_clock(fixed_now);
         let down = serve(app(store_down, Arc::default())).await;
-        let gateway = GatewayLayer::new(Arc::new(accounts(1)), Arc::new(MemoryStore::new()))
-            .with_clock(fixed_now);
+        let gateway =
+            GatewayLayer::new(accounts(1), Arc::new(MemoryStore::new())).with_clock(fixed_now);
         let addr = serve(app(gateway, Arc::default())).await;
         let c = client();
         let panicked = c.post(addr, "/panic", Some("sk_live_k0")).await;

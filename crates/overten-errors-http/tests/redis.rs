@@ -25,10 +25,10 @@ use std::time::{Duration, Instant};
 
 use overten_errors::Tier;
 use overten_errors_http::server::{
-    Account, Admit, GatewayLayer, KeyHash, MemoryAccounts, PermitId, RedisStore, RunAdmission,
-    RunAsk, Store, StoreFailure, TierLimits,
+    Admit, GatewayLayer, KeyHash, MemoryAccounts, PermitId, RedisStore, RunAdmission, RunAsk,
+    Store, StoreFailure, TierLimits,
 };
-use support::{Gauge, NOW, app, client, fixed_now, serve, within};
+use support::{Gauge, NOW, accounts, app, client, fixed_now, serve, within};
 
 /// A `redis-server` of this test's own, killed (by PID) when dropped.
 struct RedisServer {
@@ -117,17 +117,6 @@ fn ping(port: u16) -> bool {
     s.write_all(b"PING\r\n").is_ok()
         && s.read(&mut buf)
             .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
-}
-
-fn accounts(n: usize) -> Arc<MemoryAccounts> {
-    let accounts = MemoryAccounts::new();
-    for i in 0..n {
-        accounts.insert(
-            &format!("sk_live_k{i}"),
-            Account::new(format!("org_{i}"), support::tier_of(i)),
-        );
-    }
-    Arc::new(accounts)
 }
 
 /// `n` gateways, each on its own connection to `url`.

@@ -227,6 +227,19 @@ pub mod reqwest_like {
     }
 }
 
+/// Accounts for the keys `sk_live_k0` .. `sk_live_k{n-1}`, orgs `org_0` .., on the tiers
+/// of [`tier_of`].
+pub fn accounts(n: usize) -> Arc<overten_errors_http::server::MemoryAccounts> {
+    let accounts = overten_errors_http::server::MemoryAccounts::new();
+    for i in 0..n {
+        accounts.insert(
+            &format!("sk_live_k{i}"),
+            Account::new(format!("org_{i}"), tier_of(i)),
+        );
+    }
+    Arc::new(accounts)
+}
+
 /// Which tier each of `n` keys is on: free, pro, enterprise in turn.
 pub fn tier_of(i: usize) -> Tier {
     Tier::ALL[i % 3]
