@@ -1,0 +1,124 @@
+//! The gateway's logs, in a process of their own (a thread-local subscriber would race
+//! other tests on tracing's callsite cache): one ERROR line per 5xx with its request id, org
+//! id and cause chain; a panic's text logged and never sent; the key never logged.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests fail loudly"
+)]
+
+#[path = "support/gateway_app.rs"]
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use overten_errors_http::server::{
+    Admission, Admit, BoxFuture, GatewayLayer, KeyHash, MemoryStore, PermitId, Store, StoreError,
+};
+use support::{accounts, app, client, fixed_now, serve, within};
+
+/// A store that always fails, counting its calls.
+#[derive(Default)]
+struct Broken(std::sync::atomic::AtomicUsize);
+
+impl Store for Broken {
+    fn admit<'a>(&'a self, _: Admit<'a>) -> BoxFuture<'a, Result<Admission, StoreError>> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async { Err(StoreError::Timeout(Duration::from_millis(250))) })
+    }
+    fn release(&self, _: &KeyHash, _: PermitId) {}
+    fn renew<'a>(
+        &'a self,
+        _: &'a KeyHash,
+        _: PermitId,
+        _: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async { Ok(false) })
+    }
+}
+
+/// A log writer into a shared buffer.
+#[derive(Clone, Default)]
+struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
+    type Writer = Logs;
+    fn make_writer(&'a self) -> Logs {
+        self.clone()
+    }
+}
+
+#[tokio::test]
+async fn one_error_line_per_5xx_with_its_request_id_and_org_and_never_the_panic_text_sent() {
+    let logs = Logs::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(logs.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    // This test's runtime is one thread: the server's tasks log through this subscriber.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    within(30, async {
+        let store_down =
+            GatewayLayer::new(accounts(1), Arc::new(Broken::default())).with_clock(fixed_now);
+        let down = serve(app(store_down, Arc::default())).await;
+        let gateway =
+            GatewayLayer::new(accounts(1), Arc::new(MemoryStore::new())).with_clock(fixed_now);
+        let addr = serve(app(gateway, Arc::default())).await;
+        let c = client();
+        let panicked = c.post(addr, "/panic", Some("sk_live_k0")).await;
+        let unavailable = c.get(down, "/ok", Some("sk_live_k0")).await;
+        let ok = c.get(addr, "/ok", Some("sk_live_k0")).await;
+        let unauthorized = c.get(addr, "/ok", None).await;
+        assert_eq!(
+            (
+                panicked.status,
+                unavailable.status,
+                ok.status,
+                unauthorized.status
+            ),
+            (500, 503, 200, 401)
+        );
+        assert!(!panicked.body.contains("secret"), "{}", panicked.body);
+        let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        let errors: Vec<&str> = text.lines().filter(|l| l.contains("ERROR")).collect();
+        assert_eq!(
+            errors.len(),
+            2,
+            "one line per 5xx, none for 200 or 401:\n{text}"
+        );
+        let id = |g: &support::Got| g.headers["x-request-id"].to_str().unwrap().to_owned();
+        let line = |id: &str| errors.iter().find(|l| l.contains(id)).copied();
+        let panic_line = line(&id(&panicked)).expect("the panic's line names its request id");
+        assert!(panic_line.contains("secret panic text"), "{panic_line}");
+        assert!(panic_line.contains(r#"org_id="org_0""#), "{panic_line}");
+        assert!(panic_line.contains("status=500"), "{panic_line}");
+        let store_line = line(&id(&unavailable)).expect("the 503's line names its request id");
+        assert!(
+            store_line.contains("did not answer"),
+            "the cause chain: {store_line}"
+        );
+        assert!(
+            store_line.contains("code=\"service_unavailable\"")
+                || store_line.contains("code=service_unavailable"),
+            "{store_line}"
+        );
+        // The key never reaches a log line.
+        assert!(!text.contains("sk_live_k0"), "{text}");
+    })
+    .await;
+}
