@@ -63,15 +63,15 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let request_id: Box<str> = req
-            .headers()
-            .get(&*names::REQUEST_ID)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-")
-            .into();
+        let request_id = Id::new(
+            req.headers()
+                .get(&*names::REQUEST_ID)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-"),
+        );
         let span = tracing::error_span!(
             "request",
-            request_id = &*request_id,
+            request_id = request_id.as_str(),
             method = %req.method(),
             path = req.uri().path(),
             org_id = tracing::field::Empty,
@@ -94,7 +94,37 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: F,
         span: tracing::Span,
-        request_id: Box<str>,
+        request_id: Id,
+    }
+}
+
+/// A request id kept for the log line: inline when short (ours are 28 bytes), so the
+/// common case allocates nothing.
+enum Id {
+    Inline { len: u8, buf: [u8; 48] },
+    Heap(Box<str>),
+}
+
+impl Id {
+    fn new(id: &str) -> Id {
+        let mut buf = [0; 48];
+        match (buf.get_mut(..id.len()), u8::try_from(id.len())) {
+            (Some(head), Ok(len)) => {
+                head.copy_from_slice(id.as_bytes());
+                Id::Inline { len, buf }
+            }
+            _ => Id::Heap(id.into()),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            // Copied from a `&str` whole: valid UTF-8.
+            Id::Inline { len, buf } => {
+                std::str::from_utf8(&buf[..usize::from(*len)]).unwrap_or("-")
+            }
+            Id::Heap(id) => id,
+        }
     }
 }
 
@@ -112,7 +142,7 @@ where
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
             Poll::Pending => return Poll::Pending,
         };
-        Poll::Ready(Ok(rewrite(response, this.request_id)))
+        Poll::Ready(Ok(rewrite(response, this.request_id.as_str())))
     }
 }
 
@@ -228,5 +258,25 @@ impl tower_http::catch_panic::ResponseForPanic for PanicEnvelope {
         let mut response = response.map(|b| Full::new(Bytes::from(b)));
         response.extensions_mut().insert(err);
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_kept_whole_inline_or_not() {
+        for id in [
+            "-",
+            "req_0123456789abcdef01234567",
+            &"r".repeat(48),
+            &"r".repeat(49),
+            &"r".repeat(256),
+        ] {
+            assert_eq!(Id::new(id).as_str(), id);
+        }
+        assert!(matches!(Id::new(&"r".repeat(48)), Id::Inline { .. }));
+        assert!(matches!(Id::new(&"r".repeat(49)), Id::Heap(_)));
     }
 }

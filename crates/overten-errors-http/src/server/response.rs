@@ -117,8 +117,25 @@ fn integer(n: impl Into<u64>) -> HeaderValue {
         .and_then(|i| SMALL_INTEGERS.get(i));
     match cached {
         Some(value) => value.clone(),
-        None => format_integer(n),
+        None => LAST_LARGE.with(|last| {
+            // `X-RateLimit-Reset` is large and changes once a minute: keep the last one
+            // each thread wrote.
+            let mut last = last.borrow_mut();
+            match &*last {
+                Some((m, value)) if *m == n => value.clone(),
+                _ => {
+                    let value = format_integer(n);
+                    *last = Some((n, value.clone()));
+                    value
+                }
+            }
+        }),
     }
+}
+
+thread_local! {
+    static LAST_LARGE: std::cell::RefCell<Option<(u64, HeaderValue)>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 /// One allocation (`HeaderValue::from(u64)` takes two: a `BytesMut` and, on `freeze`, a
