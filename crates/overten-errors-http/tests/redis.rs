@@ -279,38 +279,78 @@ async fn runs_across_replicas_never_exceed_the_tier_and_permits_come_back() {
     .await;
 }
 
+/// The child process of `a_lease_left_by_a_killed_replica_expires`: takes both of a free
+/// key's permits on the Redis named by `OVERTEN_TEST_REDIS`, says so, and hangs until it is
+/// killed. Run only as that child (`--ignored --exact`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lease_left_by_a_dead_replica_expires() {
+#[ignore = "the child process of a_lease_left_by_a_killed_replica_expires"]
+async fn replica_that_holds_two_permits_until_killed() {
+    let url = std::env::var("OVERTEN_TEST_REDIS").expect("run by its parent test only");
+    let store = RedisStore::connect(url).await.unwrap();
+    let key = KeyHash::of("sk_live_k0");
+    for _ in 0..2 {
+        let ask = Admit::new(&key, 1, 60, 100).with_run(RunAsk::new(
+            PermitId::new(),
+            2,
+            Duration::from_millis(LEASE_MS),
+        ));
+        assert_eq!(store.admit(ask).await.unwrap().run, RunAdmission::Granted);
+    }
+    println!("HOLDING");
+    // Killed long before this ends.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+}
+
+const LEASE_MS: u64 = 400;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_left_by_a_killed_replica_expires() {
+    use std::io::BufRead;
     let redis = RedisServer::start();
+    // A replica in a process of its own takes both permits; SIGKILL gives it no chance to
+    // release them.
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "replica_that_holds_two_permits_until_killed",
+            "--nocapture",
+        ])
+        .env("OVERTEN_TEST_REDIS", redis.url())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let holding = std::io::BufReader::new(stdout)
+        .lines()
+        .take(50)
+        .any(|l| l.is_ok_and(|l| l.contains("HOLDING")));
+    assert!(holding, "the child replica took its permits");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let killed_at = Instant::now();
     within(60, async {
+        let lease = Duration::from_millis(LEASE_MS);
         let key = KeyHash::of("sk_live_k0");
-        let lease = Duration::from_millis(400);
-        // "Replica A" takes both of the free tier's permits and dies without releasing:
-        // its store (and connection) is dropped, the permits never given back.
-        {
-            let a = RedisStore::connect(redis.url()).await.unwrap();
-            for _ in 0..2 {
-                let ask =
-                    Admit::new(&key, 1, 60, 100).with_run(RunAsk::new(PermitId::new(), 2, lease));
-                assert_eq!(a.admit(ask).await.unwrap().run, RunAdmission::Granted);
-            }
-        }
         let b = RedisStore::connect(redis.url()).await.unwrap();
         let ask = |p| Admit::new(&key, 1, 60, 100).with_run(RunAsk::new(p, 2, lease));
+        let first = b.admit(ask(PermitId::new())).await.unwrap().run;
         assert_eq!(
-            b.admit(ask(PermitId::new())).await.unwrap().run,
-            RunAdmission::Full { in_progress: 2 }
+            first,
+            RunAdmission::Full { in_progress: 2 },
+            "held by the killed replica"
         );
-        let started = Instant::now();
         loop {
             let run = b.admit(ask(PermitId::new())).await.unwrap().run;
             if run == RunAdmission::Granted {
                 break;
             }
-            assert!(started.elapsed() < lease * 3, "the leases did not expire");
+            assert!(killed_at.elapsed() < lease * 3, "the leases did not expire");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let waited = started.elapsed();
+        // Within the lease of the kill (the permits were taken just before it).
+        let waited = killed_at.elapsed();
         assert!(
             waited <= lease + Duration::from_millis(300),
             "expired after {waited:?}"
