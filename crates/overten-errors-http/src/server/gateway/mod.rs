@@ -1,40 +1,4 @@
-//! The API's gateway as one tower layer (feature `tower`): accounts and tiers, per-key rate
-//! limits, concurrent runs and upload limits, counted in a [`Store`] that a fleet of
-//! replicas can share (`RedisStore`, feature `redis`).
-//!
-//! For each request, in this order (the page: "at the gateway layer, before any agent or
-//! pool work starts"):
-//!
-//! 1. **Key.** `Authorization: Bearer sk_live_…` (one header, one well-formed key: `sk_live_`
-//!    and 1 to 128 letters, digits or `_`), else 401 `invalid_api_key`. From here on the
-//!    key is known only by its [`KeyHash`].
-//! 2. **Account.** [`Accounts::resolve`]: unknown or revoked, 401 `invalid_api_key`;
-//!    suspended org, or a route that needs a higher tier ([`GatewayLayer::require_tier`]),
-//!    403 `forbidden`. The org id goes into the request's span (`org_id`).
-//! 3. **Count, and a permit for a run**, in one [`Store::admit`] call. Over the tier's
-//!    requests per minute: 429 `rate_limit_exceeded` with `Retry-After` to the window's end.
-//!    A run (by default every `POST`, [`GatewayLayer::runs_when`]) over the tier's
-//!    concurrent runs: 429 `rate_limit_exceeded` whose message names the concurrency limit,
-//!    with `Retry-After` of [`GatewayLayer::concurrency_retry_after`] (the page names no code
-//!    for this; this workspace reads it as a rate limit, see `docs/errors.md`). Every request
-//!    is counted, including those answered 429 or 413.
-//! 4. **Upload limit.** A `Content-Length` over the tier's [`TierLimits::upload_bytes`] is
-//!    answered 413 `payload_too_large` before anything is read; a body without one is
-//!    passed on wrapped in [`http_body_util::Limited`], so reading past the limit fails
-//!    (axum answers 413, and this crate's `Json` extractor too) and nothing is buffered past
-//!    it.
-//! 5. **Pass.** The handler finds [`Account`], [`KeyHash`] and (for a run) [`RunPermit`] in
-//!    the request's extensions; every response carries `X-RateLimit-Limit`, `-Remaining` and
-//!    `-Reset`.
-//!
-//! When the store fails (Redis down, slow, restarted) the [`StoreFailure`] policy decides:
-//! by default 503 `service_unavailable` with `Retry-After`; or the request passes uncounted,
-//! with a warning. An account lookup that fails is always a 503: a key that cannot be
-//! checked is never let through.
-//!
-//! The recommended stack, outermost first, is [`crate::server::stack`]: request ids, the
-//! envelope layer (span, envelopes, one log line per 5xx), tower-http's catch-panic with
-//! [`crate::server::PanicEnvelope`], then this layer.
+//! The API's gateway as one tower layer (feature `tower`): see [`GatewayLayer`].
 
 mod accounts;
 mod body;
@@ -148,7 +112,43 @@ impl Default for StoreFailure {
 type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
 type IsRun = Arc<dyn Fn(&Method, &Uri) -> bool + Send + Sync>;
 
-/// The gateway as a tower layer: see [the module](self) for what it does, in order.
+/// The API's gateway as one tower layer: accounts and tiers, per-key rate limits,
+/// concurrent runs and upload limits, counted in a [`Store`] that a fleet of replicas can
+/// share (`RedisStore`, feature `redis`). `docs/gateway.md` has the whole contract.
+///
+/// For each request, in this order (the page: "at the gateway layer, before any agent or
+/// pool work starts"):
+///
+/// 1. **Key.** `Authorization: Bearer sk_live_…` (one header, one well-formed key: `sk_live_`
+///    and 1 to 128 letters, digits or `_`), else 401 `invalid_api_key`. From here on the
+///    key is known only by its [`KeyHash`].
+/// 2. **Account.** [`Accounts::resolve`]: unknown or revoked, 401 `invalid_api_key`;
+///    suspended org, or a route that needs a higher tier ([`GatewayLayer::require_tier`]),
+///    403 `forbidden`. The org id goes into the request's span (`org_id`).
+/// 3. **Count, and a permit for a run**, in one [`Store::admit`] call. Over the tier's
+///    requests per minute: 429 `rate_limit_exceeded` with `Retry-After` to the window's end.
+///    A run (by default every `POST`, [`GatewayLayer::runs_when`]) over the tier's
+///    concurrent runs: 429 `rate_limit_exceeded` whose message names the concurrency limit,
+///    with `Retry-After` of [`GatewayLayer::concurrency_retry_after`] (the page names no code
+///    for this; this workspace reads it as a rate limit, see `docs/errors.md`). Every request
+///    is counted, including those answered 429 or 413.
+/// 4. **Upload limit.** A `Content-Length` over the tier's [`TierLimits::upload_bytes`] is
+///    answered 413 `payload_too_large` before anything is read; a body without one is
+///    passed on wrapped in [`http_body_util::Limited`], so reading past the limit fails
+///    (axum answers 413, and this crate's `Json` extractor too) and nothing is buffered past
+///    it.
+/// 5. **Pass.** The handler finds [`Account`], [`KeyHash`] and (for a run) [`RunPermit`] in
+///    the request's extensions; every response carries `X-RateLimit-Limit`, `-Remaining` and
+///    `-Reset`.
+///
+/// When the store fails (Redis down, slow, restarted) the [`StoreFailure`] policy decides:
+/// by default 503 `service_unavailable` with `Retry-After`; or the request passes uncounted,
+/// with a warning. An account lookup that fails is always a 503: a key that cannot be
+/// checked is never let through.
+///
+/// The recommended stack, outermost first, is [`crate::server::stack`]: request ids, the
+/// envelope layer (span, envelopes, one log line per 5xx), tower-http's catch-panic with
+/// [`crate::server::PanicEnvelope`], then this layer.
 ///
 /// ```
 /// use std::sync::Arc;
