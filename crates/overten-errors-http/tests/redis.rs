@@ -333,7 +333,21 @@ async fn a_lease_left_by_a_killed_replica_expires() {
     within(60, async {
         let lease = Duration::from_millis(LEASE_MS);
         let key = KeyHash::of("sk_live_k0");
-        let b = RedisStore::connect(redis.url()).await.unwrap();
+        let b = RedisStore::builder(redis.url())
+            .prefix("overten:")
+            .timeout(Duration::from_millis(250))
+            .connect()
+            .await
+            .unwrap();
+        let shown = format!("{b:?}");
+        assert!(
+            shown.contains(r#"prefix: "overten:""#) && shown.contains("250ms"),
+            "{shown}"
+        );
+        assert!(
+            !shown.contains("redis://"),
+            "the URL (it may hold a password) is not shown"
+        );
         let ask = |p| Admit::new(&key, 1, 60, 100).with_run(RunAsk::new(p, 2, lease));
         let first = b.admit(ask(PermitId::new())).await.unwrap().run;
         assert_eq!(

@@ -56,3 +56,28 @@ impl fmt::Debug for RunPermit {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::gateway::store::{Admit, MemoryStore, RunAdmission, RunAsk};
+
+    #[test]
+    fn a_permit_names_its_id_and_goes_back_with_its_last_clone() {
+        let store = Arc::new(MemoryStore::new());
+        let key = KeyHash::of("sk_live_k");
+        let id = PermitId::new();
+        let ask = Admit::new(&key, 1, 60, 10).with_run(RunAsk::new(id, 1, Duration::from_secs(1)));
+        let admitted = crate::block_on(store.admit(ask)).unwrap();
+        assert_eq!(admitted.run, RunAdmission::Granted);
+        let permit = RunPermit::new(store.clone(), key, id);
+        assert_eq!(permit.id(), id);
+        assert!(format!("{permit:?}").contains(&format!("{id:?}")));
+        assert!(crate::block_on(permit.renew(Duration::from_secs(1))).unwrap());
+        let clone = permit.clone();
+        drop(permit);
+        assert_eq!(store.runs(&key), 1, "a clone still holds it");
+        drop(clone);
+        assert_eq!(store.runs(&key), 0);
+    }
+}
