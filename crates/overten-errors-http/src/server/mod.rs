@@ -11,9 +11,13 @@
 #[cfg(feature = "axum")]
 mod axum;
 #[cfg(feature = "tower")]
+mod ceiling;
+#[cfg(feature = "tower")]
 mod envelope;
 #[cfg(feature = "tower")]
 mod gateway;
+#[cfg(feature = "tower")]
+mod idempotency;
 pub mod mock;
 #[cfg(feature = "tower")]
 mod request_id;
@@ -21,6 +25,8 @@ mod response;
 
 #[cfg(feature = "axum")]
 pub use self::axum::{HandlerError, Json, Path, Query, from_json_bytes};
+#[cfg(feature = "tower")]
+pub use ceiling::{SyncCeiling, SyncCeilingLayer};
 #[cfg(feature = "tower")]
 pub use envelope::{
     Envelope, EnvelopeBody, EnvelopeFuture, EnvelopeLayer, PanicEnvelope, Panicked, envelope,
@@ -33,6 +39,12 @@ pub use gateway::{
 };
 #[cfg(feature = "redis")]
 pub use gateway::{RedisStore, RedisStoreBuilder};
+#[cfg(feature = "tower")]
+pub use idempotency::{
+    Claim, ClaimToken, Fingerprint, IDEMPOTENCY_KEY_HEADER, IDEMPOTENT_REPLAYED, Idempotency,
+    IdempotencyBody, IdempotencyLayer, IdempotencyStore, MemoryIdempotencyStore, RecordKey,
+    StoredResponse,
+};
 #[cfg(feature = "tower")]
 pub use request_id::{
     MakeReqId, RequestIdLayers, SanitizeRequestId, SanitizeRequestIdLayer, request_id_layers,

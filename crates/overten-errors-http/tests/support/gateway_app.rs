@@ -194,11 +194,24 @@ pub mod reqwest_like {
             key: Option<&str>,
             body: Vec<u8>,
         ) -> Got {
+            let auth = key.map(|k| ("authorization", format!("Bearer {k}")));
+            self.send_with(addr, method, path, auth.as_slice(), body)
+                .await
+        }
+
+        pub async fn send_with(
+            &self,
+            addr: SocketAddr,
+            method: http::Method,
+            path: &str,
+            headers: &[(&str, String)],
+            body: Vec<u8>,
+        ) -> Got {
             let mut req = http::Request::builder()
                 .method(method)
                 .uri(format!("http://{addr}{path}"));
-            if let Some(key) = key {
-                req = req.header("authorization", format!("Bearer {key}"));
+            for (name, value) in headers {
+                req = req.header(*name, value.as_str());
             }
             let resp = self
                 .0

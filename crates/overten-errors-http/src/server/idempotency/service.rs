@@ -1,0 +1,421 @@
+//! The idempotency service: key, fingerprint, claim, then run, replay or refuse.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, DATE, HeaderName, TRANSFER_ENCODING};
+use http::{HeaderValue, Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt, Either, Full, Limited};
+use overten_errors::{ApiError, ErrorCode, RetryAfter};
+use tower_service::Service;
+
+use super::store::{Claim, ClaimToken, Fingerprint, IdempotencyStore, RecordKey, StoredResponse};
+use super::{Config, IDEMPOTENCY_KEY_HEADER, IDEMPOTENT_REPLAYED};
+use crate::names;
+use crate::server::gateway::{Account, BoxFuture, KeyHash};
+use crate::server::{StoreFailure, into_response};
+
+/// The service of [`IdempotencyLayer`](super::IdempotencyLayer).
+#[derive(Clone)]
+pub struct Idempotency<S> {
+    inner: S,
+    config: Arc<Config>,
+}
+
+impl<S> std::fmt::Debug for Idempotency<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Idempotency").finish_non_exhaustive()
+    }
+}
+
+impl<S> Idempotency<S> {
+    pub(crate) fn new(inner: S, config: Arc<Config>) -> Idempotency<S> {
+        Idempotency { inner, config }
+    }
+}
+
+type InnerBody<B> = Either<B, Full<Bytes>>;
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for Idempotency<S>
+where
+    S: Service<Request<InnerBody<ReqB>>, Response = Response<ResB>> + Clone + Send + 'static,
+    S::Future: Send,
+    ReqB: Body<Data = Bytes> + Send + 'static,
+    ReqB::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    ResB: Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Send,
+{
+    type Response = Response<IdempotencyBody<ResB>>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let config = Arc::clone(&self.config);
+        Box::pin(handle(config, inner, req))
+    }
+}
+
+fn answer<B: Body>(err: ApiError) -> Response<IdempotencyBody<B>> {
+    let response: Response<Vec<u8>> = into_response(&err);
+    let mut response = response.map(|b| IdempotencyBody::full(Bytes::from(b)));
+    response.extensions_mut().insert(err);
+    response
+}
+
+/// The key of the request: `None` if absent, `Err` if malformed.
+fn idempotency_key(headers: &http::HeaderMap) -> Option<Result<&str, ApiError>> {
+    let mut all = headers.get_all(IDEMPOTENCY_KEY_HEADER).iter();
+    let first = all.next()?;
+    let bad = || {
+        ApiError::new(
+            ErrorCode::InvalidRequest,
+            "Idempotency-Key must be one header of 1 to 255 visible ASCII characters",
+        )
+    };
+    if all.next().is_some() {
+        return Some(Err(bad()));
+    }
+    let ok = (1..=255).contains(&first.len()) && first.as_bytes().iter().all(u8::is_ascii_graphic);
+    // Visible ASCII is valid UTF-8.
+    Some(match first.to_str() {
+        Ok(key) if ok => Ok(key),
+        _ => Err(bad()),
+    })
+}
+
+/// Headers that belong to one response, not to the record: they are made afresh.
+fn kept(name: &HeaderName) -> bool {
+    !(name == CONTENT_LENGTH
+        || name == TRANSFER_ENCODING
+        || name == CONNECTION
+        || name == DATE
+        || name == *names::REQUEST_ID
+        || name == *names::RATE_LIMIT_LIMIT
+        || name == *names::RATE_LIMIT_REMAINING
+        || name == *names::RATE_LIMIT_RESET)
+}
+
+/// Gives the claim back unless completed: on a 5xx, a cancellation or a panic.
+struct ClaimGuard {
+    store: Arc<dyn IdempotencyStore>,
+    key: RecordKey,
+    token: ClaimToken,
+    armed: bool,
+}
+
+impl Drop for ClaimGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            self.store.release(&self.key, self.token);
+        }
+    }
+}
+
+#[allow(clippy::too_many_lines, reason = "one request's story, in order")]
+async fn handle<S, ReqB, ResB>(
+    config: Arc<Config>,
+    mut inner: S,
+    req: Request<ReqB>,
+) -> Result<Response<IdempotencyBody<ResB>>, S::Error>
+where
+    S: Service<Request<InnerBody<ReqB>>, Response = Response<ResB>>,
+    ReqB: Body<Data = Bytes>,
+    ReqB::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    ResB: Body<Data = Bytes>,
+{
+    let key = match idempotency_key(req.headers()) {
+        None => {
+            let response = inner.call(req.map(Either::Left)).await?;
+            return Ok(response.map(IdempotencyBody::inner));
+        }
+        Some(Err(err)) => return Ok(answer(err)),
+        Some(Ok(key)) => key.to_owned(),
+    };
+    let scope = match (
+        req.extensions().get::<Account>(),
+        req.extensions().get::<KeyHash>(),
+    ) {
+        (Some(account), _) => account.org_id.to_string(),
+        (None, Some(hash)) => hash.to_string(),
+        (None, None) => String::new(),
+    };
+    let record = RecordKey::new(&scope, &key);
+    let (head, body) = req.into_parts();
+    let bytes = match Limited::new(body, config.max_request_bytes).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            return Ok(answer(ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!(
+                    "A request with an Idempotency-Key may carry at most {} bytes",
+                    config.max_request_bytes
+                ),
+            )));
+        }
+        Err(_) => {
+            return Ok(answer(ApiError::new(
+                ErrorCode::InvalidRequest,
+                "The request body could not be read",
+            )));
+        }
+    };
+    let path = head
+        .uri
+        .path_and_query()
+        .map_or(head.uri.path(), |p| p.as_str());
+    let fingerprint = Fingerprint::new(&head.method, path, &bytes);
+    let token = ClaimToken::new();
+    let claim = config
+        .store
+        .claim(&record, &fingerprint, token, config.lease)
+        .await;
+    let request = Request::from_parts(head, Either::Right(Full::new(bytes)));
+    match claim {
+        Err(err) => match config.on_store_error {
+            StoreFailure::Reject { retry_after } => {
+                return Ok(answer(
+                    ApiError::new(
+                        ErrorCode::ServiceUnavailable,
+                        "Idempotency keys cannot be checked right now; retry after the Retry-After delay",
+                    )
+                    .with_retry_after(RetryAfter::Seconds(retry_after.as_secs().max(1)))
+                    .with_cause(err),
+                ));
+            }
+            StoreFailure::Allow => {
+                tracing::warn!(error = %err, "idempotency store failed: request runs without a record");
+                let response = inner.call(request).await?;
+                return Ok(response.map(IdempotencyBody::inner));
+            }
+        },
+        Ok(Claim::InProgress { same_request: true }) => {
+            return Ok(answer(
+                ApiError::new(
+                    ErrorCode::Conflict,
+                    "A request with this Idempotency-Key is still in progress; retry after the Retry-After delay",
+                )
+                .with_retry_after(RetryAfter::Seconds(
+                    config.in_progress_retry_after.as_secs().max(1),
+                )),
+            ));
+        }
+        Ok(
+            Claim::InProgress {
+                same_request: false,
+            }
+            | Claim::Done {
+                same_request: false,
+                ..
+            },
+        ) => {
+            return Ok(answer(ApiError::new(
+                ErrorCode::Conflict,
+                "This Idempotency-Key was used with a different request; use a new key",
+            )));
+        }
+        Ok(Claim::Done { response: None, .. }) => {
+            return Ok(answer(ApiError::new(
+                ErrorCode::Conflict,
+                "This Idempotency-Key was used, and its response was too large to keep for replay; use a new key",
+            )));
+        }
+        Ok(Claim::Done {
+            response: Some(stored),
+            ..
+        }) => return Ok(replay(&stored)),
+        Ok(Claim::Claimed) => {}
+    }
+
+    let mut guard = ClaimGuard {
+        store: Arc::clone(&config.store),
+        key: record,
+        token,
+        armed: true,
+    };
+    let response = inner.call(request).await?;
+    let status = response.status();
+    if status.is_server_error() || status == http::StatusCode::REQUEST_TIMEOUT {
+        // The guard gives the key back: the client's retry runs.
+        return Ok(response.map(IdempotencyBody::inner));
+    }
+    let (parts, body) = response.into_parts();
+    let mut body = Box::pin(body);
+    // Read the whole body (up to the bound) before sending it: kept even if the client
+    // has gone by the time it is sent.
+    let mut buf = BytesMut::new();
+    let mut too_large = false;
+    while !body.is_end_stream() {
+        match body.frame().await {
+            None => break,
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    buf.extend_from_slice(&data);
+                    if buf.len() > config.max_response_bytes {
+                        too_large = true;
+                        break;
+                    }
+                }
+            }
+            Some(Err(error)) => {
+                // Not kept; the key goes back with the guard.
+                let prefix = buf.freeze();
+                return Ok(Response::from_parts(
+                    parts,
+                    IdempotencyBody::failed(prefix, error),
+                ));
+            }
+        }
+    }
+    let buf = buf.freeze();
+    let stored = StoredResponse {
+        status,
+        headers: parts
+            .headers
+            .iter()
+            .filter(|(n, _)| kept(n))
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect(),
+        body: buf.clone(),
+    };
+    let saved = config
+        .store
+        .complete(
+            &record,
+            &fingerprint,
+            token,
+            (!too_large).then_some(&stored),
+            config.retention,
+        )
+        .await;
+    match saved {
+        Ok(()) => guard.armed = false,
+        Err(error) => {
+            tracing::warn!(%error, "idempotency record not saved: the key is given back");
+        }
+    }
+    drop(guard);
+    let body = if too_large {
+        IdempotencyBody::prefixed(buf, body)
+    } else {
+        IdempotencyBody::full(buf)
+    };
+    Ok(Response::from_parts(parts, body))
+}
+
+fn replay<B: Body>(stored: &StoredResponse) -> Response<IdempotencyBody<B>> {
+    let mut response = Response::new(IdempotencyBody::full(stored.body.clone()));
+    *response.status_mut() = stored.status;
+    for (name, value) in &stored.headers {
+        response.headers_mut().append(name.clone(), value.clone());
+    }
+    response
+        .headers_mut()
+        .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    response
+}
+
+pin_project_lite::pin_project! {
+    /// The body of a response that went through the idempotency layer.
+    pub struct IdempotencyBody<B: Body> {
+        #[pin]
+        state: State<B>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = StateProj]
+    enum State<B: Body> {
+        Inner { #[pin] body: B },
+        Full { data: Option<Bytes> },
+        Prefixed { prefix: Option<Bytes>, rest: Pin<Box<B>> },
+        Failed { prefix: Option<Bytes>, error: Option<B::Error> },
+    }
+}
+
+impl<B: Body> IdempotencyBody<B> {
+    fn inner(body: B) -> Self {
+        IdempotencyBody {
+            state: State::Inner { body },
+        }
+    }
+    fn full(data: Bytes) -> Self {
+        IdempotencyBody {
+            state: State::Full {
+                data: (!data.is_empty()).then_some(data),
+            },
+        }
+    }
+    fn prefixed(prefix: Bytes, rest: Pin<Box<B>>) -> Self {
+        IdempotencyBody {
+            state: State::Prefixed {
+                prefix: Some(prefix),
+                rest,
+            },
+        }
+    }
+    fn failed(prefix: Bytes, error: B::Error) -> Self {
+        IdempotencyBody {
+            state: State::Failed {
+                prefix: (!prefix.is_empty()).then_some(prefix),
+                error: Some(error),
+            },
+        }
+    }
+}
+
+impl<B> Body for IdempotencyBody<B>
+where
+    B: Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        match self.project().state.project() {
+            StateProj::Inner { body } => body.poll_frame(cx),
+            StateProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            StateProj::Prefixed { prefix, rest } => match prefix.take() {
+                Some(p) => Poll::Ready(Some(Ok(Frame::data(p)))),
+                None => rest.as_mut().poll_frame(cx),
+            },
+            StateProj::Failed { prefix, error } => match prefix.take() {
+                Some(p) => Poll::Ready(Some(Ok(Frame::data(p)))),
+                None => Poll::Ready(error.take().map(Err)),
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.state {
+            State::Inner { body } => body.is_end_stream(),
+            State::Full { data } => data.is_none(),
+            State::Prefixed { prefix, rest } => prefix.is_none() && rest.is_end_stream(),
+            State::Failed { prefix, error } => prefix.is_none() && error.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.state {
+            State::Inner { body } => body.size_hint(),
+            State::Full { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            State::Prefixed { .. } | State::Failed { .. } => SizeHint::default(),
+        }
+    }
+}

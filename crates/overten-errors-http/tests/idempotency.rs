@@ -1,0 +1,410 @@
+//! Idempotency keys and the sync ceiling behind the gateway, over loopback: one run for a
+//! hundred concurrent retries, 409 for another request, orgs apart, keys given back after a
+//! 5xx, a cancellation or the ceiling, bounded bodies, and the Rust client end to end.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::too_many_lines,
+    reason = "tests fail loudly, and read as one story"
+)]
+
+#[path = "support/gateway_app.rs"]
+mod support;
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::Query;
+use axum::routing::post;
+use bytes::Bytes;
+use http_body::Frame;
+use overten_errors::Tier;
+use overten_errors_http::server::{
+    Account, GatewayLayer, IdempotencyLayer, MemoryAccounts, MemoryIdempotencyStore, MemoryStore,
+    Store, SyncCeilingLayer, TierLimits, stack,
+};
+use support::{Got, fixed_now, serve, within};
+
+#[derive(Default)]
+struct Work {
+    runs: AtomicUsize,
+    finished: AtomicUsize,
+}
+
+#[derive(serde::Deserialize)]
+struct Params {
+    ms: Option<u64>,
+    bytes: Option<usize>,
+    status: Option<u16>,
+}
+
+fn accounts() -> Arc<MemoryAccounts> {
+    let accounts = MemoryAccounts::new();
+    for (key, org) in [
+        ("sk_live_a", "org_a"),
+        ("sk_live_a2", "org_a"),
+        ("sk_live_b", "org_b"),
+    ] {
+        accounts.insert(key, Account::new(org, Tier::Enterprise));
+    }
+    Arc::new(accounts)
+}
+
+/// A body that never ends.
+struct Endless;
+
+static CHUNK: [u8; 64 * 1024] = [b'x'; 64 * 1024];
+
+impl http_body::Body for Endless {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&CHUNK)))))
+    }
+}
+
+/// `POST /work?ms=&status=&bytes=`: counts a run, takes `ms`, answers `{"run":n,...}` (or
+/// `bytes` bytes) with `status`; `POST /endless`: a body that never ends.
+fn app(
+    work: &Arc<Work>,
+    idem: IdempotencyLayer,
+    ceiling: Duration,
+    store: Arc<dyn Store>,
+) -> Router {
+    let w = Arc::clone(work);
+    let roomy = TierLimits::of(Tier::Enterprise)
+        .requests_per_minute(1_000_000)
+        .concurrent_runs(1_000);
+    let gateway = GatewayLayer::new(accounts(), store)
+        .with_limits(Tier::Enterprise, roomy)
+        .with_clock(fixed_now);
+    Router::new()
+        .route(
+            "/work",
+            post(move |Query(p): Query<Params>, body: String| {
+                let w = Arc::clone(&w);
+                async move {
+                    let n = w.runs.fetch_add(1, Ordering::SeqCst) + 1;
+                    tokio::time::sleep(Duration::from_millis(p.ms.unwrap_or(0))).await;
+                    w.finished.fetch_add(1, Ordering::SeqCst);
+                    let status = http::StatusCode::from_u16(p.status.unwrap_or(201)).unwrap();
+                    let body = match p.bytes {
+                        Some(n) => "x".repeat(n),
+                        None => format!(r#"{{"run":{n},"body_bytes":{}}}"#, body.len()),
+                    };
+                    (
+                        status,
+                        [(http::header::CONTENT_TYPE, "application/json")],
+                        body,
+                    )
+                }
+            }),
+        )
+        .route(
+            "/endless",
+            post(|| async {
+                (
+                    [(http::header::CONTENT_TYPE, "application/json")],
+                    axum::body::Body::new(Endless),
+                )
+            }),
+        )
+        .layer(SyncCeilingLayer::new(ceiling, |d| tokio::time::sleep(d)))
+        .layer(idem)
+        .layer(stack(gateway))
+}
+
+async fn start(
+    idem: IdempotencyLayer,
+    ceiling: Duration,
+) -> (SocketAddr, Arc<Work>, Arc<MemoryStore>) {
+    let work = Arc::new(Work::default());
+    let store = Arc::new(MemoryStore::new());
+    let addr = serve(app(&work, idem, ceiling, store.clone())).await;
+    (addr, work, store)
+}
+
+async fn post_with(addr: SocketAddr, key: &str, idem: Option<&str>, path: &str, body: &str) -> Got {
+    let mut headers = vec![("authorization", format!("Bearer {key}"))];
+    if let Some(k) = idem {
+        headers.push(("idempotency-key", k.to_owned()));
+    }
+    support::client()
+        .send_with(
+            addr,
+            http::Method::POST,
+            path,
+            &headers,
+            body.as_bytes().to_vec(),
+        )
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_concurrent_retries_run_the_handler_once() {
+    within(60, async {
+        let store = Arc::new(MemoryIdempotencyStore::new());
+        let (addr, work, _) = start(IdempotencyLayer::new(store), Duration::from_secs(30)).await;
+        let mut tasks = Vec::new();
+        for _ in 0..100 {
+            tasks.push(tokio::spawn(async move {
+                post_with(
+                    addr,
+                    "sk_live_a",
+                    Some("key-1"),
+                    "/work?ms=200",
+                    r#"{"sheet":"q3"}"#,
+                )
+                .await
+            }));
+        }
+        let (mut first, mut replays, mut in_progress) = (0, 0, 0);
+        for t in tasks {
+            let got = t.await.unwrap();
+            match (got.status, got.headers.contains_key("idempotent-replayed")) {
+                (201, false) => first += 1,
+                (201, true) => {
+                    replays += 1;
+                    assert_eq!(got.body, r#"{"run":1,"body_bytes":14}"#);
+                }
+                (409, _) => {
+                    assert_eq!(got.code(), "conflict");
+                    assert_eq!(got.header("retry-after"), Some(1));
+                    assert!(got.body.contains("still in progress"), "{}", got.body);
+                    in_progress += 1;
+                }
+                other => panic!("{other:?}: {}", got.body),
+            }
+        }
+        assert_eq!(first, 1, "one request ran");
+        assert_eq!(first + replays + in_progress, 100);
+        assert_eq!(work.runs.load(Ordering::SeqCst), 1, "the handler ran once");
+        // After it finished: the replay, with fresh per-response headers.
+        let got = post_with(
+            addr,
+            "sk_live_a",
+            Some("key-1"),
+            "/work?ms=200",
+            r#"{"sheet":"q3"}"#,
+        )
+        .await;
+        assert_eq!(
+            (got.status, got.body.as_str()),
+            (201, r#"{"run":1,"body_bytes":14}"#)
+        );
+        assert_eq!(got.headers["idempotent-replayed"], "true");
+        assert_eq!(got.headers["content-type"], "application/json");
+        assert!(got.headers.contains_key("x-ratelimit-remaining"));
+        // The same key with another body, or another path: 409.
+        let other = post_with(
+            addr,
+            "sk_live_a",
+            Some("key-1"),
+            "/work?ms=200",
+            r#"{"sheet":"q4"}"#,
+        )
+        .await;
+        assert_eq!((other.status, other.code().as_str()), (409, "conflict"));
+        assert!(other.body.contains("different request"), "{}", other.body);
+        let other = post_with(
+            addr,
+            "sk_live_a",
+            Some("key-1"),
+            "/work",
+            r#"{"sheet":"q3"}"#,
+        )
+        .await;
+        assert_eq!(other.status, 409);
+        // Another key of the same org shares its records; another org does not.
+        let same_org = post_with(
+            addr,
+            "sk_live_a2",
+            Some("key-1"),
+            "/work?ms=200",
+            r#"{"sheet":"q3"}"#,
+        )
+        .await;
+        assert_eq!(
+            same_org
+                .headers
+                .get("idempotent-replayed")
+                .map(|v| v.as_bytes()),
+            Some(&b"true"[..])
+        );
+        let other_org = post_with(
+            addr,
+            "sk_live_b",
+            Some("key-1"),
+            "/work?ms=200",
+            r#"{"sheet":"q3"}"#,
+        )
+        .await;
+        assert_eq!(
+            (other_org.status, other_org.body.as_str()),
+            (201, r#"{"run":2,"body_bytes":14}"#)
+        );
+        assert!(!other_org.headers.contains_key("idempotent-replayed"));
+        assert_eq!(work.runs.load(Ordering::SeqCst), 2);
+        // A request without a key runs every time.
+        post_with(addr, "sk_live_a", None, "/work", "").await;
+        post_with(addr, "sk_live_a", None, "/work", "").await;
+        assert_eq!(work.runs.load(Ordering::SeqCst), 4);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn failures_cancellations_and_the_ceiling_give_the_key_back() {
+    use tokio::io::AsyncWriteExt;
+    within(60, async {
+        let store = Arc::new(MemoryIdempotencyStore::new());
+        let (addr, work, permits) = start(IdempotencyLayer::new(store), Duration::from_millis(300)).await;
+        // A 5xx: the retry runs; a 4xx is kept and replayed like a success.
+        assert_eq!(post_with(addr, "sk_live_a", Some("k5"), "/work?status=503", "").await.status, 503);
+        let retry = post_with(addr, "sk_live_a", Some("k5"), "/work?status=503", "").await;
+        assert!(!retry.headers.contains_key("idempotent-replayed"));
+        assert_eq!(work.runs.load(Ordering::SeqCst), 2);
+        assert_eq!(post_with(addr, "sk_live_a", Some("k4"), "/work?status=422", "").await.status, 422);
+        let again = post_with(addr, "sk_live_a", Some("k4"), "/work?status=422", "").await;
+        assert_eq!((again.status, again.headers.contains_key("idempotent-replayed")), (422, true));
+        assert_eq!(work.runs.load(Ordering::SeqCst), 3);
+        // The client goes away mid-handler: the key comes back, the retry runs and succeeds.
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"POST /work?ms=250 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk_live_a\r\nIdempotency-Key: kc\r\nContent-Length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(work.runs.load(Ordering::SeqCst), 4, "the first attempt started");
+        drop(s);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let retry = post_with(addr, "sk_live_a", Some("kc"), "/work?ms=250", "").await;
+        assert_eq!((retry.status, retry.headers.contains_key("idempotent-replayed")), (201, false));
+        assert_eq!(work.runs.load(Ordering::SeqCst), 5);
+        assert_eq!(work.finished.load(Ordering::SeqCst), 4, "the dropped handler never finished");
+        // The ceiling: 408 with the page's code, the handler dropped, the permit and the key
+        // given back.
+        let before = work.finished.load(Ordering::SeqCst);
+        let late = post_with(addr, "sk_live_a", Some("kt"), "/work?ms=5000", "").await;
+        assert_eq!((late.status, late.code().as_str()), (408, "sync_timeout_upgrade_async"));
+        assert!(late.body.contains("async: true"), "{}", late.body);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(permits.runs(&overten_errors_http::server::KeyHash::of("sk_live_a")), 0);
+        let runs = work.runs.load(Ordering::SeqCst);
+        let again = post_with(addr, "sk_live_a", Some("kt"), "/work?ms=5000", "").await;
+        assert_eq!(again.status, 408, "given back, not kept: the same request runs again");
+        assert_eq!(work.runs.load(Ordering::SeqCst), runs + 1);
+        assert_eq!(work.finished.load(Ordering::SeqCst), before, "cut off, never finished");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn hostile_keys_and_bodies_are_bounded() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    within(60, async {
+        let store = Arc::new(MemoryIdempotencyStore::new());
+        let idem = IdempotencyLayer::new(store.clone()).max_response_bytes(1024 * 1024);
+        let (addr, work, _) = start(idem, Duration::from_secs(30)).await;
+        // Keys of 10 KB, non-ASCII, empty, or two of them: 400, and nothing ran.
+        for key in ["k".repeat(10 * 1024), "clé".to_owned(), String::new()] {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let mut req = b"POST /work HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk_live_a\r\nConnection: close\r\nContent-Length: 0\r\nIdempotency-Key: ".to_vec();
+            req.extend_from_slice(key.as_bytes());
+            req.extend_from_slice(b"\r\n\r\n");
+            s.write_all(&req).await.unwrap();
+            let mut out = Vec::new();
+            let _ = s.read_to_end(&mut out).await;
+            let out = String::from_utf8_lossy(&out);
+            assert!(out.starts_with("HTTP/1.1 400"), "{key:.20}: {out}");
+            assert!(out.contains("invalid_request"), "{out}");
+        }
+        let two = support::client()
+            .send_with(
+                addr,
+                http::Method::POST,
+                "/work",
+                &[
+                    ("authorization", "Bearer sk_live_a".to_owned()),
+                    ("idempotency-key", "a".to_owned()),
+                    ("idempotency-key", "b".to_owned()),
+                ],
+                Vec::new(),
+            )
+            .await;
+        assert_eq!(two.status, 400);
+        assert_eq!(work.runs.load(Ordering::SeqCst), 0);
+        // A 50 MB response: sent whole, never kept; the key is used up (409 on replay).
+        let big = post_with(addr, "sk_live_a", Some("big"), "/work?bytes=50000000", "").await;
+        assert_eq!((big.status, big.body.len()), (201, 50_000_000));
+        assert!(store.bytes() < 2 * 1024 * 1024, "kept {} bytes", store.bytes());
+        let replay = post_with(addr, "sk_live_a", Some("big"), "/work?bytes=50000000", "").await;
+        assert_eq!(replay.status, 409);
+        assert!(replay.body.contains("too large"), "{}", replay.body);
+        assert_eq!(work.runs.load(Ordering::SeqCst), 1);
+        // A response that never ends: the head comes, memory stays bounded.
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"POST /endless HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk_live_a\r\nIdempotency-Key: endless\r\nContent-Length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = vec![0; 4 * 1024 * 1024];
+        let mut read = 0;
+        while read < got.len() {
+            let n = s.read(&mut got[read..]).await.unwrap();
+            assert!(n > 0);
+            read += n;
+        }
+        assert!(String::from_utf8_lossy(&got[..64]).starts_with("HTTP/1.1 200"));
+        drop(s);
+        assert!(store.bytes() < 2 * 1024 * 1024);
+        // A request body over the bound, with a key: 413.
+        let idem = IdempotencyLayer::new(Arc::new(MemoryIdempotencyStore::new())).max_request_bytes(1024);
+        let (addr, _, _) = start(idem, Duration::from_secs(30)).await;
+        let body = "x".repeat(2048);
+        let got = post_with(addr, "sk_live_a", Some("k"), "/work", &body).await;
+        assert_eq!((got.status, got.code().as_str()), (413, "payload_too_large"));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_million_distinct_keys_stay_within_the_stores_bounds() {
+    use tower::{Service, ServiceExt};
+    within(600, async {
+        let store = Arc::new(MemoryIdempotencyStore::new());
+        let work = Arc::new(Work::default());
+        let mut svc = app(
+            &work,
+            IdempotencyLayer::new(store.clone()),
+            Duration::from_secs(30),
+            Arc::new(MemoryStore::new()),
+        )
+        .into_service::<axum::body::Body>();
+        for i in 0..1_000_000u32 {
+            let req = http::Request::post("/work")
+                .header("authorization", "Bearer sk_live_a")
+                .header("idempotency-key", format!("k{i}"))
+                .body(axum::body::Body::empty())
+                .unwrap();
+            let resp = svc.ready().await.unwrap().call(req).await.unwrap();
+            assert_eq!(resp.status(), 201);
+        }
+        assert!(
+            store.len() <= MemoryIdempotencyStore::MAX_RECORDS,
+            "{}",
+            store.len()
+        );
+        assert!(store.bytes() <= MemoryIdempotencyStore::MAX_BYTES);
+        assert_eq!(work.runs.load(Ordering::SeqCst), 1_000_000);
+    })
+    .await;
+}
