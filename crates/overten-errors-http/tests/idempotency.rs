@@ -10,6 +10,9 @@
     reason = "tests fail loudly, and read as one story"
 )]
 
+#[cfg(feature = "redis")]
+#[path = "support/redis_server.rs"]
+mod redis_server;
 #[path = "support/gateway_app.rs"]
 mod support;
 
@@ -238,7 +241,7 @@ async fn a_hundred_concurrent_retries_run_the_handler_once() {
             same_org
                 .headers
                 .get("idempotent-replayed")
-                .map(|v| v.as_bytes()),
+                .map(http::HeaderValue::as_bytes),
             Some(&b"true"[..])
         );
         let other_org = post_with(
@@ -405,6 +408,79 @@ async fn a_million_distinct_keys_stay_within_the_stores_bounds() {
         );
         assert!(store.bytes() <= MemoryIdempotencyStore::MAX_BYTES);
         assert_eq!(work.runs.load(Ordering::SeqCst), 1_000_000);
+    })
+    .await;
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_on_one_redis_run_the_handler_once() {
+    use overten_errors_http::server::RedisStore;
+    let redis = redis_server::RedisServer::start();
+    within(60, async {
+        let work = Arc::new(Work::default());
+        let mut addrs = Vec::new();
+        for _ in 0..2 {
+            // Each replica on its own connection: counts, permits and records all shared.
+            let store = Arc::new(RedisStore::connect(redis.url()).await.unwrap());
+            let idem = IdempotencyLayer::new(store.clone());
+            addrs.push(serve(app(&work, idem, Duration::from_secs(30), store)).await);
+        }
+        let mut tasks = Vec::new();
+        for i in 0..100 {
+            let addr = addrs[i % 2];
+            tasks.push(tokio::spawn(async move {
+                post_with(addr, "sk_live_a", Some("fleet-1"), "/work?ms=200", "{}").await
+            }));
+        }
+        let (mut ran, mut replayed, mut busy) = (0, 0, 0);
+        for t in tasks {
+            let got = t.await.unwrap();
+            match (got.status, got.headers.contains_key("idempotent-replayed")) {
+                (201, false) => ran += 1,
+                (201, true) => replayed += 1,
+                (409, _) => busy += 1,
+                other => panic!("{other:?}: {}", got.body),
+            }
+        }
+        assert_eq!((ran, ran + replayed + busy), (1, 100));
+        assert_eq!(work.runs.load(Ordering::SeqCst), 1, "once across the fleet");
+        // The other replica replays it; another body is a conflict; another org runs.
+        let got = post_with(addrs[1], "sk_live_a", Some("fleet-1"), "/work?ms=200", "{}").await;
+        assert_eq!(
+            (got.status, got.body.as_str()),
+            (201, r#"{"run":1,"body_bytes":2}"#)
+        );
+        assert_eq!(got.headers["idempotent-replayed"], "true");
+        assert_eq!(
+            post_with(addrs[0], "sk_live_a", Some("fleet-1"), "/work?ms=200", "[]")
+                .await
+                .status,
+            409
+        );
+        assert_eq!(
+            post_with(addrs[0], "sk_live_b", Some("fleet-1"), "/work?ms=200", "{}")
+                .await
+                .status,
+            201
+        );
+        // A 5xx gives the key back, on Redis too.
+        assert_eq!(
+            post_with(addrs[0], "sk_live_a", Some("f5"), "/work?status=500", "")
+                .await
+                .status,
+            500
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let retry = post_with(addrs[1], "sk_live_a", Some("f5"), "/work?status=500", "").await;
+        assert_eq!(
+            (
+                retry.status,
+                retry.headers.contains_key("idempotent-replayed")
+            ),
+            (500, false)
+        );
+        assert_eq!(work.runs.load(Ordering::SeqCst), 4);
     })
     .await;
 }

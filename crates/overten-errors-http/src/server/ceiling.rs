@@ -104,22 +104,20 @@ where
         Box::pin(async move {
             let work = std::pin::pin!(work);
             let timer = sleep.sleep(ceiling);
-            match first(work, timer).await {
-                Some(result) => result.map(|r| r.map(|b| GatewayBody::inner(b, None))),
-                None => {
-                    let err = ApiError::new(
-                        ErrorCode::SyncTimeoutUpgradeAsync,
-                        format!(
-                            "Sync request hit the {}-second ceiling; resubmit with async: true and poll /tasks/{{id}}",
-                            ceiling.as_secs()
-                        ),
-                    );
-                    let response: Response<Vec<u8>> = into_response(&err);
-                    let mut response = response.map(GatewayBody::answer);
-                    response.extensions_mut().insert(err);
-                    Ok(response)
-                }
+            if let Some(result) = first(work, timer).await {
+                return result.map(|r| r.map(|b| GatewayBody::inner(b, None)));
             }
+            let err = ApiError::new(
+                ErrorCode::SyncTimeoutUpgradeAsync,
+                format!(
+                    "Sync request hit the {}-second ceiling; resubmit with async: true and poll /tasks/{{id}}",
+                    ceiling.as_secs()
+                ),
+            );
+            let response: Response<Vec<u8>> = into_response(&err);
+            let mut response = response.map(GatewayBody::answer);
+            response.extensions_mut().insert(err);
+            Ok(response)
         })
     }
 }

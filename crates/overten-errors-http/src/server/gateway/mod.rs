@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime};
 use http::{Method, Uri};
 use overten_errors::{SYNC_TIMEOUT_SECONDS, Tier};
 
+pub(crate) use accounts::hex;
 pub use accounts::{Account, AccountStatus, Accounts, KeyHash, MemoryAccounts};
 pub use body::GatewayBody;
 pub use permit::RunPermit;

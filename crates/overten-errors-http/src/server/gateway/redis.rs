@@ -74,9 +74,9 @@ return 1
 /// Needs a tokio runtime (timers, and releases run as spawned tasks).
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: ConnectionManager,
-    prefix: Arc<str>,
-    timeout: Duration,
+    pub(crate) conn: ConnectionManager,
+    pub(crate) prefix: Arc<str>,
+    pub(crate) timeout: Duration,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -93,7 +93,7 @@ impl std::fmt::Debug for RedisStore {
 pub struct RedisStoreBuilder {
     url: String,
     prefix: String,
-    timeout: Duration,
+    pub(crate) timeout: Duration,
     connect_timeout: Duration,
 }
 
@@ -171,7 +171,7 @@ impl RedisStore {
         format!("{}runs:{key}", self.prefix)
     }
 
-    async fn bounded<T>(
+    pub(crate) async fn bounded<T>(
         &self,
         f: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {

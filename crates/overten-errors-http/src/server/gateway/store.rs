@@ -362,6 +362,8 @@ mod tests {
         let full = crate::block_on(store.admit(Admit::new(&new, 1, 60, 3)));
         assert!(matches!(full, Err(StoreError::Full)));
         assert_eq!(store.len(), MemoryStore::MAX_KEYS);
+        // A key already held is still counted when the store is full.
+        assert_eq!(admit(&store, &KeyHash::of("7"), 1, None).count, 2);
         // In the next window the ended ones make room.
         assert_eq!(admit(&store, &new, 2, None).count, 1);
         assert_eq!(store.len(), 1);

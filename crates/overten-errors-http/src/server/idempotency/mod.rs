@@ -1,5 +1,7 @@
 //! Idempotency keys (feature `tower`): see [`IdempotencyLayer`].
 
+#[cfg(feature = "redis")]
+mod redis;
 mod service;
 mod store;
 

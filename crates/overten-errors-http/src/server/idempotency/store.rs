@@ -31,7 +31,7 @@ impl RecordKey {
 
     /// 32 hex digits.
     pub fn hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+        crate::server::gateway::hex(&self.0)
     }
 }
 
@@ -54,7 +54,7 @@ impl Fingerprint {
 
     /// 64 hex digits.
     pub fn hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+        crate::server::gateway::hex(&self.0)
     }
 }
 
@@ -258,21 +258,17 @@ impl Inner {
     /// Makes room for one more record of `adding` bytes; false if it cannot.
     fn make_room(&mut self, adding: usize, now: Instant) -> bool {
         while !self.fits(adding) {
-            match self.done.pop_front() {
-                Some(k) => {
-                    if self
-                        .map
-                        .get(&k)
-                        .is_some_and(|r| matches!(r.state, State::Done { .. }))
-                    {
-                        self.remove(&k);
-                    }
-                }
-                None => {
-                    // Only claims in progress left: drop those whose lease ended.
-                    self.map.retain(|_, r| r.until() > now);
-                    return self.fits(adding);
-                }
+            let Some(k) = self.done.pop_front() else {
+                // Only claims in progress left: drop those whose lease ended.
+                self.map.retain(|_, r| r.until() > now);
+                return self.fits(adding);
+            };
+            if self
+                .map
+                .get(&k)
+                .is_some_and(|r| matches!(r.state, State::Done { .. }))
+            {
+                self.remove(&k);
             }
         }
         true
@@ -321,8 +317,8 @@ impl IdempotencyStore for MemoryIdempotencyStore {
         let now = Instant::now();
         let mut inner = self.lock();
         let live = inner.map.get(key).filter(|r| r.until() > now);
-        let answer = match live {
-            Some(r) => Ok(match &r.state {
+        let answer = if let Some(r) = live {
+            Ok(match &r.state {
                 State::Pending { .. } => Claim::InProgress {
                     same_request: r.fingerprint == *fingerprint,
                 },
@@ -330,24 +326,23 @@ impl IdempotencyStore for MemoryIdempotencyStore {
                     same_request: r.fingerprint == *fingerprint,
                     response: response.clone(),
                 },
-            }),
-            None => {
-                inner.remove(key);
-                if inner.make_room(0, now) {
-                    inner.map.insert(
-                        *key,
-                        Record {
-                            fingerprint: *fingerprint,
-                            state: State::Pending {
-                                token,
-                                until: now + lease,
-                            },
+            })
+        } else {
+            inner.remove(key);
+            if inner.make_room(0, now) {
+                inner.map.insert(
+                    *key,
+                    Record {
+                        fingerprint: *fingerprint,
+                        state: State::Pending {
+                            token,
+                            until: now + lease,
                         },
-                    );
-                    Ok(Claim::Claimed)
-                } else {
-                    Err(StoreError::Full)
-                }
+                    },
+                );
+                Ok(Claim::Claimed)
+            } else {
+                Err(StoreError::Full)
             }
         };
         Box::pin(std::future::ready(answer))
