@@ -381,33 +381,62 @@ async fn hostile_keys_and_bodies_are_bounded() {
 
 #[tokio::test]
 async fn a_million_distinct_keys_stay_within_the_stores_bounds() {
-    use tower::{Service, ServiceExt};
-    within(600, async {
-        let store = Arc::new(MemoryIdempotencyStore::new());
-        let work = Arc::new(Work::default());
-        let mut svc = app(
-            &work,
-            IdempotencyLayer::new(store.clone()),
-            Duration::from_secs(30),
-            Arc::new(MemoryStore::new()),
-        )
-        .into_service::<axum::body::Body>();
+    use overten_errors_http::server::{
+        Claim, ClaimToken, Fingerprint, IdempotencyStore, RecordKey, StoredResponse,
+    };
+    within(300, async {
+        let store = MemoryIdempotencyStore::new();
+        let fp = Fingerprint::new(&http::Method::POST, "/work", b"{}");
+        // 1 KiB a response: the byte bound (64 MiB) bites before the record bound.
+        let response = StoredResponse {
+            status: http::StatusCode::CREATED,
+            headers: Vec::new(),
+            body: Bytes::from(vec![b'x'; 1024]),
+        };
+        let day = Duration::from_secs(86_400);
         for i in 0..1_000_000u32 {
-            let req = http::Request::post("/work")
-                .header("authorization", "Bearer sk_live_a")
-                .header("idempotency-key", format!("k{i}"))
-                .body(axum::body::Body::empty())
+            let key = RecordKey::new("org_a", &format!("k{i}"));
+            let token = ClaimToken::new();
+            let claim = store.claim(&key, &fp, token, day).await.unwrap();
+            assert!(matches!(claim, Claim::Claimed), "{i}");
+            store
+                .complete(&key, &fp, token, Some(&response), day)
+                .await
                 .unwrap();
-            let resp = svc.ready().await.unwrap().call(req).await.unwrap();
-            assert_eq!(resp.status(), 201);
+            if i % 100_000 == 0 {
+                assert!(store.len() <= MemoryIdempotencyStore::MAX_RECORDS);
+                assert!(store.bytes() <= MemoryIdempotencyStore::MAX_BYTES);
+            }
         }
         assert!(
             store.len() <= MemoryIdempotencyStore::MAX_RECORDS,
             "{}",
             store.len()
         );
-        assert!(store.bytes() <= MemoryIdempotencyStore::MAX_BYTES);
-        assert_eq!(work.runs.load(Ordering::SeqCst), 1_000_000);
+        assert!(
+            store.bytes() <= MemoryIdempotencyStore::MAX_BYTES,
+            "{}",
+            store.bytes()
+        );
+        // The newest are kept, the oldest made room.
+        let newest = RecordKey::new("org_a", "k999999");
+        let got = store
+            .claim(&newest, &fp, ClaimToken::new(), day)
+            .await
+            .unwrap();
+        assert!(matches!(
+            got,
+            Claim::Done {
+                same_request: true,
+                response: Some(_)
+            }
+        ));
+        let oldest = RecordKey::new("org_a", "k0");
+        let got = store
+            .claim(&oldest, &fp, ClaimToken::new(), day)
+            .await
+            .unwrap();
+        assert!(matches!(got, Claim::Claimed), "evicted");
     })
     .await;
 }
@@ -481,6 +510,87 @@ async fn two_gateways_on_one_redis_run_the_handler_once() {
             (500, false)
         );
         assert_eq!(work.runs.load(Ordering::SeqCst), 4);
+    })
+    .await;
+}
+
+/// The Rust client end to end: its first attempt times out after the server did the work
+/// (a slow hop between the gateway and the idempotency layer holds fresh responses past
+/// the client's timeout); the middleware retries with the same `Idempotency-Key` and gets
+/// the kept result, and the work ran once.
+#[cfg(all(feature = "reqwest", feature = "tokio"))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_client_gets_the_kept_result_after_a_timeout_and_the_work_runs_once() {
+    use overten_errors::RetryPolicy;
+    use overten_errors_http::{Retrier, RetryMiddleware, TokioSleep};
+    within(60, async {
+        let work = Arc::new(Work::default());
+        let w = Arc::clone(&work);
+        let roomy = TierLimits::of(Tier::Enterprise).requests_per_minute(1_000);
+        let gateway = GatewayLayer::new(accounts(), Arc::new(MemoryStore::new()))
+            .with_limits(Tier::Enterprise, roomy)
+            .with_clock(fixed_now);
+        let attempts = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::clone(&attempts);
+        let slow_hop = axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                let seen = Arc::clone(&seen);
+                async move {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                    let response = next.run(req).await;
+                    if !response.headers().contains_key("idempotent-replayed") {
+                        tokio::time::sleep(Duration::from_millis(800)).await;
+                    }
+                    response
+                }
+            },
+        );
+        let app = Router::new()
+            .route(
+                "/v1/excel/generate",
+                post(move || {
+                    let w = Arc::clone(&w);
+                    async move {
+                        let n = w.runs.fetch_add(1, Ordering::SeqCst) + 1;
+                        (
+                            http::StatusCode::CREATED,
+                            format!(r#"{{"run_id":"run_{n}"}}"#),
+                        )
+                    }
+                }),
+            )
+            .layer(IdempotencyLayer::new(Arc::new(
+                MemoryIdempotencyStore::new(),
+            )))
+            .layer(slow_hop)
+            .layer(stack(gateway));
+        let addr = serve(app).await;
+        let inner = reqwest::Client::builder()
+            .timeout(Duration::from_millis(300))
+            .build()
+            .unwrap();
+        let client = reqwest_middleware::ClientBuilder::new(inner)
+            .with(RetryMiddleware::new(Retrier::new(
+                RetryPolicy::default(),
+                TokioSleep,
+            )))
+            .build();
+        let response = client
+            .post(format!("http://{addr}/v1/excel/generate"))
+            .header("authorization", "Bearer sk_live_a")
+            .body(r#"{"prompt":"q3 report"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        assert_eq!(response.headers()["idempotent-replayed"], "true");
+        assert_eq!(
+            attempts.load(Ordering::SeqCst),
+            2,
+            "the timeout, then the replay"
+        );
+        assert_eq!(response.text().await.unwrap(), r#"{"run_id":"run_1"}"#);
+        assert_eq!(work.runs.load(Ordering::SeqCst), 1, "the work ran once");
     })
     .await;
 }
