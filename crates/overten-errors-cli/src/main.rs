@@ -31,18 +31,31 @@ struct Cli {
 enum Command {
     /// Serve the mock Overten API on a loopback address until Ctrl-C or SIGTERM.
     ///
-    /// Prints one line when ready: `mock Overten API on http://ADDR (tier T: N requests/minute)`.
-    /// Error injection on any route: `X-Mock-Error: <code>` answers that error (a code this
-    /// version does not know is sent with status 500, or `X-Mock-Error-Status`), for the
-    /// first `X-Mock-Error-Times: <n>` (default 1) requests of the key with that code, then
-    /// the route answers as usual.
+    /// Prints one line when ready: `mock Overten API on http://ADDR (...)`.
+    #[command(long_about = MOCK_HELP)]
     Mock {
         /// The address to listen on (a loopback address; port 0 picks a free one).
         #[arg(long, default_value = "127.0.0.1:8080")]
         addr: SocketAddr,
-        /// The tier whose per-minute limit the gateway enforces: free, pro or enterprise.
+        /// Without --key or --keys: every well-formed `sk_live_*` key is an account of this
+        /// tier (free, pro or enterprise), its own org.
         #[arg(long, default_value = "free", value_parser = parse_tier)]
         tier: Tier,
+        /// An account: `KEY:TIER` or `KEY:TIER:ORG` (repeatable). With any --key or --keys,
+        /// only the keys named are accepted.
+        #[arg(long = "key", value_name = "KEY:TIER[:ORG]")]
+        keys: Vec<String>,
+        /// A file of accounts, one a line: `KEY TIER [ORG]` (`#` starts a comment).
+        #[arg(long = "keys", value_name = "FILE")]
+        keys_file: Option<PathBuf>,
+        /// Share rate limits, concurrent runs and idempotency records with every mock on
+        /// this Redis (`redis://127.0.0.1:6379/0`); default: this process alone.
+        #[arg(long, value_name = "URL")]
+        redis: Option<String>,
+        /// Seconds a sync request may run before it is answered 408
+        /// `sync_timeout_upgrade_async` (the page's ceiling: 300).
+        #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        sync_ceiling: u64,
         /// Seconds a connection has to send its request head before it is dropped.
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
         header_timeout: u64,
@@ -65,6 +78,37 @@ enum Command {
     },
 }
 
+const MOCK_HELP: &str = "Serve the mock Overten API on a loopback address until Ctrl-C or SIGTERM.
+
+Prints one line when ready: `mock Overten API on http://ADDR (...)`.
+
+It runs on the gateway of overten-errors-http (docs/gateway.md): `Authorization: Bearer
+sk_live_...` resolved to an account (401 invalid_api_key, 403 forbidden for a suspended
+org), the tier's requests per minute (429 rate_limit_exceeded with Retry-After), concurrent
+runs (every POST is a run; over the limit a 429 naming it) and upload limit (413); every
+response carries X-Request-Id and X-RateLimit-*. A request with `Idempotency-Key` runs once:
+a retry with the same key and request gets the kept response (`Idempotent-Replayed: true`),
+another request with the key 409 conflict. A request running past --sync-ceiling is 408
+sync_timeout_upgrade_async.
+
+Routes:
+  GET  /ok                      200 {\"success\":true}
+  GET|POST /errors/{code}       that error, as the API sends it (a snake_case code the table
+                                does not have: status 500, for forward-compatibility tests)
+       ?status=NNN              the same code with another status (400 to 599)
+       ?async=true, or a POST body {\"async\": true}
+                                202 with a fresh task_id (each run makes a new one)
+  GET  /tasks/{task_id}         the task: succeeded for a resubmitted
+                                sync_timeout_upgrade_async, else the task failure with the
+                                code; a task of another org is 404 not_found
+  anything else                 404 not_found; a malformed path or status 400
+
+Error injection, on any route:
+  X-Mock-Error: <code>          answer that error ...
+  X-Mock-Error-Times: <n>       ... for the first n requests of the key with it (default 1)
+  X-Mock-Error-Status: <NNN>    the status of a code the table does not have (default 500)
+  X-Mock-Retry-After: <secs>    a Retry-After on the injected error (any code)";
+
 fn parse_tier(s: &str) -> Result<Tier, String> {
     s.parse::<Tier>().map_err(|e| e.to_string())
 }
@@ -75,8 +119,28 @@ fn main() -> ExitCode {
         Command::Mock {
             addr,
             tier,
+            keys,
+            keys_file,
+            redis,
+            sync_ceiling,
             header_timeout,
-        } => mock::main(addr, tier, std::time::Duration::from_secs(header_timeout)),
+        } => {
+            let accounts = match mock::accounts(&keys, keys_file.as_deref()) {
+                Ok(accounts) => accounts,
+                Err(e) => {
+                    eprintln!("overten-errors mock: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            mock::main(&mock::Options {
+                addr,
+                tier,
+                accounts,
+                redis,
+                sync_ceiling: std::time::Duration::from_secs(sync_ceiling),
+                header_timeout: std::time::Duration::from_secs(header_timeout),
+            })
+        }
         Command::Explain { what } => match explain::explain(&what) {
             Ok(text) => {
                 print!("{text}");

@@ -15,12 +15,16 @@ use http::HeaderMap;
 use overten_errors::{ApiError, Code, ErrorCode, RATE_LIMIT_WINDOW_SECONDS, RetryAfter, Tier};
 use overten_errors_http::mock::Routes;
 use overten_errors_http::server::{
-    Account, Accounts, BoxFuture, GatewayLayer, KeyHash, MemoryStore, StoreError, stack,
+    Account, Accounts, BoxFuture, GatewayLayer, IdempotencyLayer, IdempotencyStore, KeyHash,
+    MemoryAccounts, MemoryIdempotencyStore, MemoryStore, RedisStore, Store, StoreError,
+    SyncCeilingLayer, stack,
 };
 use overten_errors_http::{bearer_key, into_response};
 
 /// The request header that names an error to answer with.
 pub(crate) const MOCK_ERROR: &str = "x-mock-error";
+/// The `Retry-After` (seconds) an injected error carries.
+pub(crate) const MOCK_RETRY_AFTER: &str = "x-mock-retry-after";
 /// How many requests of a key the injected error answers (default 1).
 pub(crate) const MOCK_ERROR_TIMES: &str = "x-mock-error-times";
 /// The status an injected code this version does not know is sent with (default 500).
@@ -44,6 +48,92 @@ fn unix(clock: fn() -> SystemTime) -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// The accounts the mock accepts.
+pub(crate) enum MockAccounts {
+    /// Any well-formed live key, on this tier.
+    Any,
+    /// Only these keys: (key, tier, org).
+    Listed(Vec<(String, Tier, String)>),
+}
+
+/// What `overten-errors mock` was asked for.
+pub(crate) struct Options {
+    pub(crate) addr: SocketAddr,
+    pub(crate) tier: Tier,
+    pub(crate) accounts: MockAccounts,
+    pub(crate) redis: Option<String>,
+    pub(crate) sync_ceiling: Duration,
+    pub(crate) header_timeout: Duration,
+}
+
+/// Reads `--key KEY:TIER[:ORG]` values and a `--keys` file (`KEY TIER [ORG]` a line).
+pub(crate) fn accounts(
+    keys: &[String],
+    file: Option<&std::path::Path>,
+) -> Result<MockAccounts, String> {
+    let mut out = Vec::new();
+    let mut add = |key: &str, tier: &str, org: Option<&str>, at: &str| -> Result<(), String> {
+        let mut headers = HeaderMap::new();
+        let bearer = http::HeaderValue::from_str(&format!("Bearer {key}"))
+            .map_err(|_| format!("{at}: not a key: {key:.40}"))?;
+        headers.insert(http::header::AUTHORIZATION, bearer);
+        if overten_errors_http::live_api_key(&headers).is_none() {
+            return Err(format!(
+                "{at}: a key is sk_live_ and 1 to 128 letters, digits or _"
+            ));
+        }
+        let tier: Tier = tier.parse().map_err(|e| format!("{at}: {e}"))?;
+        let org = match org {
+            Some(org)
+                if !org.is_empty()
+                    && org.len() <= 128
+                    && org.bytes().all(|b| b.is_ascii_graphic()) =>
+            {
+                org.to_owned()
+            }
+            Some(_) => return Err(format!("{at}: an org is 1 to 128 visible ASCII characters")),
+            None => default_org(&KeyHash::of(key)),
+        };
+        out.push((key.to_owned(), tier, org));
+        Ok(())
+    };
+    for k in keys {
+        let mut parts = k.splitn(3, ':');
+        let (key, tier, org) = (parts.next().unwrap_or(""), parts.next(), parts.next());
+        let Some(tier) = tier else {
+            return Err(format!("--key {k:.40}: expected KEY:TIER or KEY:TIER:ORG"));
+        };
+        add(key, tier, org, "--key")?;
+    }
+    if let Some(path) = file {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("--keys {}: {e}", path.display()))?;
+        for (n, line) in text.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let at = format!("--keys {} line {}", path.display(), n + 1);
+            match words.as_slice() {
+                [key, tier] => add(key, tier, None, &at)?,
+                [key, tier, org] => add(key, tier, Some(org), &at)?,
+                _ => return Err(format!("{at}: expected KEY TIER [ORG]")),
+            }
+        }
+    }
+    Ok(if out.is_empty() {
+        MockAccounts::Any
+    } else {
+        MockAccounts::Listed(out)
+    })
+}
+
+fn default_org(key: &KeyHash) -> String {
+    let hex = key.to_string();
+    format!("org_{}", hex.get(..16).unwrap_or(&hex))
+}
+
 /// Any well-formed live key is an account of the mock's tier; its org is named after the
 /// key's hash, so each key is an org of its own.
 struct AnyLiveKey(Tier);
@@ -53,30 +143,69 @@ impl Accounts for AnyLiveKey {
         &'a self,
         key: &'a KeyHash,
     ) -> BoxFuture<'a, Result<Option<Account>, StoreError>> {
-        let hex = key.to_string();
-        let org = format!("org_{}", hex.get(..16).unwrap_or(&hex));
-        Box::pin(std::future::ready(Ok(Some(Account::new(org, self.0)))))
+        Box::pin(std::future::ready(Ok(Some(Account::new(
+            default_org(key),
+            self.0,
+        )))))
+    }
+}
+
+/// The stores: this process's, or one Redis shared by every mock on it.
+pub(crate) struct Stores {
+    gateway: Arc<dyn Store>,
+    idempotency: Arc<dyn IdempotencyStore>,
+}
+
+impl Stores {
+    pub(crate) fn memory() -> Stores {
+        Stores {
+            gateway: Arc::new(MemoryStore::new()),
+            idempotency: Arc::new(MemoryIdempotencyStore::new()),
+        }
+    }
+
+    async fn redis(url: &str) -> Result<Stores, StoreError> {
+        let store = Arc::new(RedisStore::connect(url).await?);
+        Ok(Stores {
+            gateway: store.clone(),
+            idempotency: store,
+        })
     }
 }
 
 /// The app: routes of `overten_errors_http::mock::Routes` behind the server stack
-/// (request ids, envelopes and logs, catch-panic, the gateway) and a 30 s timeout, with
-/// error injection.
-pub(crate) fn app(tier: Tier, clock: fn() -> SystemTime) -> Router {
+/// (request ids, envelopes and logs, the gateway, catch-panic), the idempotency layer and
+/// the sync ceiling, with error injection.
+pub(crate) fn app(
+    tier: Tier,
+    accounts: &MockAccounts,
+    stores: Stores,
+    sync_ceiling: Duration,
+    clock: fn() -> SystemTime,
+) -> Router {
     let state: Shared = Arc::new(Mutex::new(Mock {
         routes: Routes::new(overten_errors_http::process_seed()),
         injected: HashMap::new(),
         clock,
     }));
-    let gateway = GatewayLayer::new(Arc::new(AnyLiveKey(tier)), Arc::new(MemoryStore::new()))
-        .with_clock(clock);
+    let accounts: Arc<dyn Accounts> = match accounts {
+        MockAccounts::Any => Arc::new(AnyLiveKey(tier)),
+        MockAccounts::Listed(keys) => {
+            let memory = MemoryAccounts::new();
+            for (key, tier, org) in keys {
+                memory.insert(key, Account::new(org.as_str(), *tier));
+            }
+            Arc::new(memory)
+        }
+    };
+    let gateway = GatewayLayer::new(accounts, stores.gateway).with_clock(clock);
     Router::new()
         .fallback(answer)
         .with_state(state)
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            http::StatusCode::REQUEST_TIMEOUT,
-            Duration::from_secs(30),
-        ))
+        .layer(SyncCeilingLayer::new(sync_ceiling, |d| {
+            tokio::time::sleep(d)
+        }))
+        .layer(IdempotencyLayer::new(stores.idempotency))
         .layer(stack(gateway))
 }
 
@@ -146,7 +275,14 @@ async fn answer(State(state): State<Shared>, request: Request) -> Response {
     let reset = (now / RATE_LIMIT_WINDOW_SECONDS + 1) * RATE_LIMIT_WINDOW_SECONDS;
     let wait = RetryAfter::Seconds(reset.saturating_sub(now).max(1));
     if let Some(mut err) = injected(&mut mock, request.headers()) {
-        if err.status() == ErrorCode::RateLimitExceeded.status() {
+        let named = request
+            .headers()
+            .get(MOCK_RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if let Some(seconds) = named {
+            err = err.with_retry_after(RetryAfter::Seconds(seconds.min(86_400)));
+        } else if err.status() == ErrorCode::RateLimitExceeded.status() {
             err = err.with_retry_after(wait);
         }
         let response: http::Response<Vec<u8>> = into_response(&err);
@@ -216,7 +352,8 @@ async fn serve(
     let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
 }
 
-pub(crate) fn main(addr: SocketAddr, tier: Tier, header_timeout: Duration) -> ExitCode {
+pub(crate) fn main(options: &Options) -> ExitCode {
+    let addr = options.addr;
     if !addr.ip().is_loopback() {
         eprintln!("overten-errors mock: binds to loopback addresses only (127.0.0.0/8, ::1)");
         return ExitCode::from(2);
@@ -231,23 +368,42 @@ pub(crate) fn main(addr: SocketAddr, tier: Tier, header_timeout: Duration) -> Ex
             return ExitCode::FAILURE;
         }
     };
-    let served: std::io::Result<()> = runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
-        let bound = listener.local_addr()?;
+    let served: Result<(), String> = runtime.block_on(async {
+        let stores = match &options.redis {
+            Some(url) => Stores::redis(url)
+                .await
+                .map_err(|e| format!("--redis: {e}"))?,
+            None => Stores::memory(),
+        };
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let bound = listener.local_addr().map_err(|e| e.to_string())?;
+        let who = match &options.accounts {
+            MockAccounts::Any => format!(
+                "any sk_live_ key: tier {}, {} requests/minute",
+                options.tier,
+                options.tier.requests_per_minute()
+            ),
+            MockAccounts::Listed(keys) => format!("{} keys", keys.len()),
+        };
+        let shared = if options.redis.is_some() {
+            ", on Redis"
+        } else {
+            ""
+        };
         let mut stdout = std::io::stdout();
-        writeln!(
-            stdout,
-            "mock Overten API on http://{bound} (tier {tier}: {} requests/minute)",
-            tier.requests_per_minute()
-        )?;
-        stdout.flush()?;
-        serve(
-            listener,
-            app(tier, SystemTime::now),
-            header_timeout,
-            shutdown_signal(),
-        )
-        .await;
+        writeln!(stdout, "mock Overten API on http://{bound} ({who}{shared})")
+            .and_then(|()| stdout.flush())
+            .map_err(|e| e.to_string())?;
+        let app = app(
+            options.tier,
+            &options.accounts,
+            stores,
+            options.sync_ceiling,
+            SystemTime::now,
+        );
+        serve(listener, app, options.header_timeout, shutdown_signal()).await;
         Ok(())
     });
     match served {

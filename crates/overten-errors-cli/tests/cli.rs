@@ -4,7 +4,8 @@
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::panic,
-    reason = "tests fail loudly"
+    clippy::too_many_lines,
+    reason = "tests fail loudly, and read as one story"
 )]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -111,16 +112,13 @@ impl Drop for Mock {
 }
 
 fn start_mock(tier: &str) -> Mock {
+    start_mock_with(&["--tier", tier])
+}
+
+fn start_mock_with(args: &[&str]) -> Mock {
     let mut child = Command::new(BIN)
-        .args([
-            "mock",
-            "--addr",
-            "127.0.0.1:0",
-            "--tier",
-            tier,
-            "--header-timeout",
-            "1",
-        ])
+        .args(["mock", "--addr", "127.0.0.1:0", "--header-timeout", "1"])
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -293,4 +291,301 @@ fn the_mock_refuses_non_loopback_addresses() {
     let (rc, _, err) = run(&["mock", "--addr", "0.0.0.0:0"], None);
     assert_eq!(rc, 2);
     assert!(err.contains("loopback"), "{err}");
+}
+
+fn json_field(body: &str, field: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    v[field].as_str().unwrap_or("").to_owned()
+}
+
+#[test]
+fn the_mock_scopes_tasks_by_org_replays_idempotent_posts_and_names_waits() {
+    let mock = start_mock_with(&[
+        "--key",
+        "sk_live_a1:pro:org_a",
+        "--key",
+        "sk_live_b1:free:org_b",
+    ]);
+    let addr = mock.addr;
+    let a = ("Authorization", "Bearer sk_live_a1");
+    let b = ("Authorization", "Bearer sk_live_b1");
+    // Only the keys named.
+    assert_eq!(
+        http(
+            addr,
+            "GET",
+            "/ok",
+            &[("Authorization", "Bearer sk_live_zz")],
+            ""
+        )
+        .0,
+        401
+    );
+    let (status, headers, _) = http(addr, "GET", "/ok", &[b], "");
+    assert_eq!(
+        (status, header(&headers, "x-ratelimit-limit")),
+        (200, Some("10"))
+    );
+    // A task belongs to its org.
+    let json = ("Content-Type", "application/json");
+    let (status, _, body) = http(
+        addr,
+        "POST",
+        "/errors/gone",
+        &[a, json],
+        r#"{"async":true}"#,
+    );
+    assert_eq!(status, 202, "{body}");
+    let task = format!("/tasks/{}", json_field(&body, "task_id"));
+    assert_eq!(http(addr, "GET", &task, &[a], "").0, 200);
+    let (status, _, body) = http(addr, "GET", &task, &[b], "");
+    assert_eq!(
+        (status, body.contains("not_found")),
+        (404, true),
+        "another org's task"
+    );
+    // Without a key every POST makes a new task; with one, the replay shows the first.
+    let fresh: Vec<String> = (0..2)
+        .map(|_| {
+            json_field(
+                &http(
+                    addr,
+                    "POST",
+                    "/errors/gone",
+                    &[a, json],
+                    r#"{"async":true}"#,
+                )
+                .2,
+                "task_id",
+            )
+        })
+        .collect();
+    assert_ne!(fresh[0], fresh[1]);
+    let keyed = [a, json, ("Idempotency-Key", "create-1")];
+    let (s1, h1, first) = http(addr, "POST", "/errors/gone", &keyed, r#"{"async":true}"#);
+    let (s2, h2, second) = http(addr, "POST", "/errors/gone", &keyed, r#"{"async":true}"#);
+    assert_eq!((s1, s2), (202, 202));
+    assert_eq!(
+        json_field(&first, "task_id"),
+        json_field(&second, "task_id"),
+        "replayed"
+    );
+    assert_eq!(
+        (
+            header(&h1, "idempotent-replayed"),
+            header(&h2, "idempotent-replayed")
+        ),
+        (None, Some("true"))
+    );
+    let (status, _, body) = http(
+        addr,
+        "POST",
+        "/errors/gone",
+        &keyed,
+        r#"{"async":true,"x":1}"#,
+    );
+    assert_eq!((status, body.contains("conflict")), (409, true), "{body}");
+    // The same key in another org is another record.
+    let (status, headers, _) = http(
+        addr,
+        "POST",
+        "/errors/gone",
+        &[b, json, ("Idempotency-Key", "create-1")],
+        r#"{"async":true}"#,
+    );
+    assert_eq!(
+        (status, header(&headers, "idempotent-replayed")),
+        (202, None)
+    );
+    // An injected 503 names the wait asked for.
+    let inject = [
+        a,
+        ("X-Mock-Error", "service_unavailable"),
+        ("X-Mock-Retry-After", "2"),
+    ];
+    let (status, headers, _) = http(addr, "GET", "/ok", &inject, "");
+    assert_eq!((status, header(&headers, "retry-after")), (503, Some("2")));
+    drop(mock);
+}
+
+#[test]
+fn the_mock_reads_keys_from_a_file_and_refuses_bad_ones() {
+    let dir = std::env::temp_dir().join(format!("overten-cli-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("keys.txt");
+    std::fs::write(
+        &file,
+        "# key tier org\nsk_live_f1 enterprise org_f  # a comment\n\nsk_live_f2 free\n",
+    )
+    .unwrap();
+    let mock = start_mock_with(&["--keys", file.to_str().unwrap()]);
+    let (status, headers, _) = http(
+        mock.addr,
+        "GET",
+        "/ok",
+        &[("Authorization", "Bearer sk_live_f1")],
+        "",
+    );
+    assert_eq!(
+        (status, header(&headers, "x-ratelimit-limit")),
+        (200, Some("600"))
+    );
+    let (status, headers, _) = http(
+        mock.addr,
+        "GET",
+        "/ok",
+        &[("Authorization", "Bearer sk_live_f2")],
+        "",
+    );
+    assert_eq!(
+        (status, header(&headers, "x-ratelimit-limit")),
+        (200, Some("10"))
+    );
+    drop(mock);
+    std::fs::write(&file, "sk_live_f1 platinum\n").unwrap();
+    let (rc, _, err) = run(
+        &[
+            "mock",
+            "--addr",
+            "127.0.0.1:0",
+            "--keys",
+            file.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(rc, 2);
+    assert!(err.contains("line 1"), "{err}");
+    for bad in [
+        "sk_live_a",
+        "sk_test_a:pro",
+        "sk_live_a:pro:",
+        "sk_live_a-b:free",
+    ] {
+        let (rc, _, err) = run(&["mock", "--addr", "127.0.0.1:0", "--key", bad], None);
+        assert_eq!(rc, 2, "{bad}: {err}");
+    }
+    let (rc, _, err) = run(
+        &[
+            "mock",
+            "--addr",
+            "127.0.0.1:0",
+            "--redis",
+            "redis://127.0.0.1:1/",
+        ],
+        None,
+    );
+    assert_ne!(rc, 0, "no Redis there: {err}");
+    assert!(err.contains("--redis"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A `redis-server` of this test's own, on a free loopback port, killed by PID when dropped.
+struct Redis(Child, u16);
+
+impl Redis {
+    fn start() -> Redis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("redis-server could not start ({e}): apt-get install -y redis-server")
+            });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Redis(child, port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn two_mocks_on_one_redis_share_limits_and_idempotency() {
+    let redis = Redis::start();
+    let url = format!("redis://127.0.0.1:{}/", redis.1);
+    let args = [
+        "--key",
+        "sk_live_r1:free:org_r",
+        "--key",
+        "sk_live_r2:enterprise:org_r",
+        "--redis",
+        url.as_str(),
+    ];
+    let one = start_mock_with(&args);
+    let two = start_mock_with(&args);
+    let free = ("Authorization", "Bearer sk_live_r1");
+    // The free tier's 10 a minute, between the two processes: the first 10 pass, then 429
+    // (if a minute boundary falls inside the 12 requests, the new window lets more pass).
+    let statuses: Vec<u16> = (0..12)
+        .map(|i| {
+            http(
+                if i % 2 == 0 { one.addr } else { two.addr },
+                "GET",
+                "/ok",
+                &[free],
+                "",
+            )
+            .0
+        })
+        .collect();
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    assert_eq!(
+        ok + statuses.iter().filter(|s| **s == 429).count(),
+        12,
+        "{statuses:?}"
+    );
+    assert!(
+        ok >= 10 && statuses[..10].iter().all(|s| *s == 200),
+        "{statuses:?}"
+    );
+    assert!(ok == 10 || statuses[10..].contains(&200), "{statuses:?}");
+    // One Idempotency-Key across the processes: the second answers the first's task.
+    let keyed = [
+        ("Authorization", "Bearer sk_live_r2"),
+        ("Content-Type", "application/json"),
+        ("Idempotency-Key", "fleet-1"),
+    ];
+    let (s1, _, first) = http(
+        one.addr,
+        "POST",
+        "/errors/gone",
+        &keyed,
+        r#"{"async":true}"#,
+    );
+    let (s2, headers, second) = http(
+        two.addr,
+        "POST",
+        "/errors/gone",
+        &keyed,
+        r#"{"async":true}"#,
+    );
+    assert_eq!((s1, s2), (202, 202), "{first} {second}");
+    assert_eq!(
+        json_field(&first, "task_id"),
+        json_field(&second, "task_id")
+    );
+    assert_eq!(header(&headers, "idempotent-replayed"), Some("true"));
+    drop((one, two));
 }

@@ -128,7 +128,8 @@ impl Gateway {
             remaining: limit - window.used,
             reset,
         };
-        let mut response = self.routes.answer(request, wait);
+        // The pure gateway has no accounts: each key is an org of its own.
+        let mut response = self.routes.answer_as(key, request, wait);
         set_request_id(response.headers_mut(), &request_id);
         set_rate_limit_headers(response.headers_mut(), &rate_limit);
         response
@@ -140,7 +141,8 @@ impl Gateway {
 /// the `overten-errors mock` command serves behind its layers.
 #[derive(Debug)]
 pub struct Routes {
-    tasks: HashMap<String, Code>,
+    /// Task id -> (the org that made it, its code).
+    tasks: HashMap<String, (String, Code)>,
     ids: SplitMix64,
 }
 
@@ -162,8 +164,29 @@ impl Routes {
     /// Answers one request that the gateway let through: the routes of the module's table,
     /// without `X-Request-Id` or `X-RateLimit-*` (the caller's layers add them). `wait` is
     /// the `Retry-After` of a 429 (the seconds left in the caller's rate-limit window).
+    ///
+    /// Tasks belong to the org that made them: the org of the gateway's `Account` in the
+    /// request's extensions (feature `tower`), else everyone's. Another org's task is a 404
+    /// `not_found`, as the page says ("doesn't exist or belongs to another org").
     pub fn answer<B: AsRef<[u8]>>(
         &mut self,
+        request: &Request<B>,
+        wait: RetryAfter,
+    ) -> Response<Vec<u8>> {
+        #[cfg(feature = "tower")]
+        let org = request
+            .extensions()
+            .get::<crate::server::Account>()
+            .map_or(String::new(), |a| a.org_id.to_string());
+        #[cfg(not(feature = "tower"))]
+        let org = String::new();
+        self.answer_as(&org, request, wait)
+    }
+
+    /// [`Routes::answer`] for the org `org`.
+    pub fn answer_as<B: AsRef<[u8]>>(
+        &mut self,
+        org: &str,
         request: &Request<B>,
         wait: RetryAfter,
     ) -> Response<Vec<u8>> {
@@ -207,7 +230,7 @@ impl Routes {
                 if self.tasks.len() >= MAX_TASKS {
                     self.tasks.clear();
                 }
-                self.tasks.insert(task_id.clone(), code);
+                self.tasks.insert(task_id.clone(), (org.to_owned(), code));
                 let body = format!(r#"{{"success":true,"task_id":"{task_id}","status":"queued"}}"#);
                 return json(StatusCode::ACCEPTED, body.into_bytes());
             }
@@ -220,7 +243,12 @@ impl Routes {
             return respond(err, hint);
         }
         if let Some(task_id) = path.strip_prefix("/tasks/") {
-            let Some(code) = self.tasks.get(task_id) else {
+            let Some(code) = self
+                .tasks
+                .get(task_id)
+                .filter(|(owner, _)| owner == org)
+                .map(|(_, code)| code)
+            else {
                 return respond(ApiError::from(ErrorCode::NotFound), None);
             };
             let body = if *code == ErrorCode::SyncTimeoutUpgradeAsync {
@@ -515,6 +543,48 @@ mod tests {
             let resp = gw.handle(&get(&format!("/errors/{not_a_code}"), key), 0);
             assert_eq!(resp.status(), 404, "{not_a_code}");
         }
+    }
+
+    #[test]
+    fn a_task_of_another_org_is_not_found() {
+        let mut gw = Gateway::new(Tier::Enterprise, 1);
+        let made = gw.handle(
+            &get("/errors/upstream_error?async=true", Some("sk_live_a")),
+            0,
+        );
+        assert_eq!(made.status(), 202);
+        let v: serde_json::Value = serde_json::from_slice(made.body()).unwrap();
+        let task = format!("/tasks/{}", v["task_id"].as_str().unwrap());
+        assert_eq!(gw.handle(&get(&task, Some("sk_live_a")), 0).status(), 200);
+        let other = gw.handle(&get(&task, Some("sk_live_b")), 0);
+        assert_eq!(
+            other.status(),
+            404,
+            "another org's task does not exist for it"
+        );
+        // The routes alone scope by the org they are given.
+        let mut routes = Routes::new(1);
+        let req = get("/errors/gone?async=true", None);
+        let made = routes.answer_as("org_1", &req, RetryAfter::Seconds(1));
+        let v: serde_json::Value = serde_json::from_slice(made.body()).unwrap();
+        let task = get(&format!("/tasks/{}", v["task_id"].as_str().unwrap()), None);
+        assert_eq!(
+            routes
+                .answer_as("org_1", &task, RetryAfter::Seconds(1))
+                .status(),
+            200
+        );
+        assert_eq!(
+            routes
+                .answer_as("org_2", &task, RetryAfter::Seconds(1))
+                .status(),
+            404
+        );
+        assert_eq!(
+            routes.answer(&task, RetryAfter::Seconds(1)).status(),
+            404,
+            "no account: no org"
+        );
     }
 
     #[test]
