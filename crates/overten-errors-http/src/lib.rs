@@ -24,10 +24,12 @@
 //! | `reqwest` | `received_from_reqwest`, `RetryMiddleware`, `RetryOutcome` | `reqwest` (no default features), `reqwest-middleware`, `async-trait` |
 //! | `tokio` | `TokioSleep` | `tokio` with `time` only |
 //! | `axum` | `HandlerError` (any error with `?`), `Json` / `Path` / `Query` whose rejections are envelopes | `axum` (no default features but `json`, `query`), `serde_path_to_error`, `tracing` |
-//! | `tower` | `request_id_layers`, `EnvelopeLayer`, `RateLimitLayer` for any `http` service | `tower-http` (`request-id`), `tower-layer`, `tower-service`, `tracing` |
+//! | `tower` | `server`: `request_id_layers`, `EnvelopeLayer`, `PanicEnvelope`, the gateway (`GatewayLayer`, accounts, `MemoryStore`), `IdempotencyLayer`, `SyncCeilingLayer`, `stack` | `tower-http` (`request-id`, `catch-panic`), `tower-layer`, `tower-service`, `tracing`, `sha2` |
+//! | `redis` | `server::RedisStore`: the gateway's counts, permits and idempotency records shared by a fleet | `tower`, `redis` (tokio), `tokio` (`rt`, `time`) |
 //!
 //! [`mock::Gateway`] is the API's gateway behaviour (key check, per-key per-minute limits,
-//! `/errors/{code}`) as pure logic; the `overten-errors mock` command serves it over HTTP.
+//! `/errors/{code}`) as pure logic; the `overten-errors mock` command serves its routes
+//! behind the `server` stack. The two sides live in [`client`] and [`server`].
 //!
 //! The default build does no IO of its own and depends on no runtime: it converts between
 //! `overten-errors` values and `http` values, and runs the retry loop with a sleep you
