@@ -487,3 +487,89 @@ async fn received_from_reqwest_reads_any_response() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn an_error_body_cut_short_is_a_transport_failure_of_a_sent_request() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    within(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = Arc::clone(&served);
+        tokio::spawn(async move {
+            for i in 0..4 {
+                let Ok((mut stream, _)) = listener.accept().await else { return };
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut buf = [0; 4096];
+                let _ = stream.read(&mut buf).await;
+                if i == 0 {
+                    // A 503 whose body stops after 11 of the 100 bytes promised.
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"success\":")
+                        .await;
+                    drop(stream);
+                } else {
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 16\r\nConnection: close\r\n\r\n{\"success\":true}")
+                        .await;
+                }
+            }
+        });
+        let sleeps: Sleeps = Arc::default();
+        let c = client(RetryMiddleware::new(retrier(&sleeps)));
+        let response = c.get(format!("http://{addr}/status")).send().await.unwrap();
+        assert_eq!(response.status(), 200, "a GET (replay-safe) backs off and retries");
+        assert_eq!(sleeps.lock().unwrap().len(), 1);
+        assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 2);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_post_carrying_its_own_key_is_replay_safe_when_the_middleware_adds_none() {
+    within(async {
+        let (addr, state) = server(vec![(
+            "/own",
+            vec![error(
+                ApiError::from(ErrorCode::ServiceUnavailable)
+                    .with_retry_after(RetryAfter::Seconds(1)),
+            )],
+        )])
+        .await;
+        let sleeps: Sleeps = Arc::default();
+        let c = client(RetryMiddleware::new(retrier(&sleeps)).idempotency_key(None));
+        let response = c
+            .post(format!("http://{addr}/own"))
+            .header("idempotency-key", "mine-1")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let seen = &state.lock().unwrap().seen;
+        assert_eq!(seen.len(), 2, "retried");
+        assert!(
+            seen.iter().all(|(_, h)| h["idempotency-key"] == "mine-1"),
+            "the caller's key, kept"
+        );
+        // Without a key of its own, and none added, the POST is not replayed.
+        let (addr, state) = server(vec![(
+            "/bare",
+            vec![error(
+                ApiError::from(ErrorCode::ServiceUnavailable)
+                    .with_retry_after(RetryAfter::Seconds(1)),
+            )],
+        )])
+        .await;
+        let c = client(RetryMiddleware::new(retrier(&sleeps)).idempotency_key(None));
+        let response = c
+            .post(format!("http://{addr}/bare"))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 503);
+        assert_eq!(state.lock().unwrap().seen.len(), 1);
+    })
+    .await;
+}

@@ -267,7 +267,10 @@ impl<S: Sleep + 'static> Middleware for RetryMiddleware<S> {
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<reqwest::Response> {
-        let mut replay_safe = idempotent(req.method());
+        // Replay-safe: an idempotent method, or any request that carries an idempotency
+        // key (the caller's own, even when this middleware is told to add none).
+        let mut replay_safe =
+            idempotent(req.method()) || req.headers().contains_key(IDEMPOTENCY_KEY);
         if !replay_safe {
             if let Some(name) = &self.key_header {
                 if !req.headers().contains_key(name) {
@@ -291,7 +294,24 @@ impl<S: Sleep + 'static> Middleware for RetryMiddleware<S> {
                     return Ok(response);
                 }
                 Ok(response) => {
-                    let (received, mut response) = read_reqwest(response).await?;
+                    // A body cut short (the connection reset mid-body) is a transport
+                    // failure of a request that was sent: decided as docs/retry.md says.
+                    let (received, mut response) = match read_reqwest(response).await {
+                        Ok(read) => read,
+                        Err(error) => {
+                            let decision =
+                                self.retrier.decide_transport(true, replay_safe, attempt);
+                            match (decision.advice, replay) {
+                                (Advice::Retry { after, .. }, Some(again)) => {
+                                    self.retrier.sleep(after).await;
+                                    req = again;
+                                    attempt = attempt.saturating_add(1);
+                                    continue;
+                                }
+                                _ => return Err(reqwest_middleware::Error::Reqwest(error)),
+                            }
+                        }
+                    };
                     // Only a retry that will happen is paid from the budget.
                     let mut decision = if replay.is_some() && replay_safe {
                         self.retrier.decide(&received.error, attempt)
