@@ -546,7 +546,7 @@ async fn a_post_carrying_its_own_key_is_replay_safe_when_the_middleware_adds_non
             .await
             .unwrap();
         assert_eq!(response.status(), 200);
-        let seen = &state.lock().unwrap().seen;
+        let seen = state.lock().unwrap().seen.clone();
         assert_eq!(seen.len(), 2, "retried");
         assert!(
             seen.iter().all(|(_, h)| h["idempotency-key"] == "mine-1"),

@@ -454,7 +454,7 @@ mod tests {
             b"v2",
             b"v1\x00",
             b"v1\x00\xc8\x00\x05",
-            b"v1\x03\xe7\x00\x00",
+            b"v1\x00\x63\x00\x00",
         ] {
             assert_eq!(StoredResponse::decode(bad), None, "{bad:?}");
         }
