@@ -7,7 +7,6 @@ use axum::response::{IntoResponse, Response};
 use overten_errors::{ApiError, ErrorCode, JsonPointer};
 use serde::de::DeserializeOwned;
 
-use super::into_response;
 
 /// The error an axum handler returns: `Result<T, HandlerError>`.
 ///
@@ -62,9 +61,7 @@ impl HandlerError {
 
 impl IntoResponse for HandlerError {
     fn into_response(self) -> Response {
-        let mut response: Response = into_response(&self.0);
-        response.extensions_mut().insert(*self.0);
-        response
+        super::response::answer(*self.0, axum::body::Body::from)
     }
 }
 

@@ -11,7 +11,6 @@ use tower_service::Service;
 
 use crate::client::Sleep;
 use crate::server::gateway::{BoxFuture, GatewayBody};
-use crate::server::into_response;
 
 /// The page's sync ceiling: "Sync request hit the 300-second ceiling". A request still
 /// running after the ceiling is answered 408 `sync_timeout_upgrade_async` ("Resubmit with
@@ -114,10 +113,7 @@ where
                     ceiling.as_secs()
                 ),
             );
-            let response: Response<Vec<u8>> = into_response(&err);
-            let mut response = response.map(GatewayBody::answer);
-            response.extensions_mut().insert(err);
-            Ok(response)
+            Ok(crate::server::response::answer(err, GatewayBody::answer))
         })
     }
 }

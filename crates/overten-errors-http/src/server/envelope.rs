@@ -253,11 +253,9 @@ impl tower_http::catch_panic::ResponseForPanic for PanicEnvelope {
         } else {
             "a value that is not text".to_owned()
         };
-        let err = ApiError::internal(Panicked(text));
-        let response: Response<Vec<u8>> = into_response(&err);
-        let mut response = response.map(|b| Full::new(Bytes::from(b)));
-        response.extensions_mut().insert(err);
-        response
+        crate::server::response::answer(ApiError::internal(Panicked(text)), |b| {
+            Full::new(Bytes::from(b))
+        })
     }
 }
 

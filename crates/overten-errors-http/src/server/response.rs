@@ -99,6 +99,16 @@ pub fn set_rate_limit_headers(headers: &mut HeaderMap, rate_limit: &RateLimit) {
     headers.insert(names::RATE_LIMIT_RESET.clone(), integer(rate_limit.reset));
 }
 
+/// [`into_response`] with the body made by `body`, and the error itself in the response's
+/// extensions, so that the envelope layer logs it (and its cause) once.
+#[cfg(any(feature = "axum", feature = "tower"))]
+pub(crate) fn answer<B>(err: ApiError, body: impl FnOnce(Vec<u8>) -> B) -> Response<B> {
+    let response: Response<Vec<u8>> = into_response(&err);
+    let mut response = response.map(body);
+    response.extensions_mut().insert(err);
+    response
+}
+
 /// Integers up to this are served from [`SMALL_INTEGERS`].
 const SMALL_MAX: u64 = 1024;
 

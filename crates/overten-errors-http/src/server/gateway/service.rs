@@ -16,7 +16,7 @@ use super::body::GatewayBody;
 use super::permit::RunPermit;
 use super::store::{Admit, BoxFuture, PermitId, RunAdmission, RunAsk, StoreError};
 use super::{Config, StoreFailure, rank};
-use crate::server::{into_response, set_rate_limit_headers};
+use crate::server::set_rate_limit_headers;
 
 /// The service of [`GatewayLayer`](super::GatewayLayer).
 #[derive(Clone)]
@@ -61,13 +61,9 @@ where
     }
 }
 
-/// An envelope the gateway answers with; the error rides in the response's extensions, so
-/// the envelope layer logs it (and its cause) once.
+/// An envelope the gateway answers with, the error in its extensions.
 fn answer<B>(err: ApiError) -> Response<GatewayBody<B>> {
-    let response: Response<Vec<u8>> = into_response(&err);
-    let mut response = response.map(GatewayBody::answer);
-    response.extensions_mut().insert(err);
-    response
+    crate::server::response::answer(err, GatewayBody::answer)
 }
 
 fn unix_seconds(now: SystemTime) -> u64 {

@@ -15,8 +15,8 @@ use tower_service::Service;
 use super::store::{Claim, ClaimToken, Fingerprint, IdempotencyStore, RecordKey, StoredResponse};
 use super::{Config, IDEMPOTENCY_KEY_HEADER, IDEMPOTENT_REPLAYED};
 use crate::names;
+use crate::server::StoreFailure;
 use crate::server::gateway::{Account, BoxFuture, KeyHash};
-use crate::server::{StoreFailure, into_response};
 
 /// The service of [`IdempotencyLayer`](super::IdempotencyLayer).
 #[derive(Clone)]
@@ -65,10 +65,7 @@ where
 }
 
 fn answer<B: Body>(err: ApiError) -> Response<IdempotencyBody<B>> {
-    let response: Response<Vec<u8>> = into_response(&err);
-    let mut response = response.map(|b| IdempotencyBody::full(Bytes::from(b)));
-    response.extensions_mut().insert(err);
-    response
+    crate::server::response::answer(err, |b| IdempotencyBody::full(Bytes::from(b)))
 }
 
 /// The key of the request: `None` if absent, `Err` if malformed.
