@@ -75,34 +75,150 @@ struct Case {
     expect: Option<Value>,
 }
 
-fn budget_of(request: &Value) -> Option<RetryBudget> {
-    let b = request.get("budget")?;
-    let n = |k: &str| b.get(k)?.as_u64().and_then(|v| u32::try_from(v).ok());
-    Some(
-        RetryBudget::new(n("capacity")?, n("retry_cost")?, n("success_refill")?)
-            .with_tokens(n("tokens")?),
-    )
+/// What `classify` is told on the command line: each overrides a fixture's value.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Overrides {
+    /// "Now", Unix seconds.
+    pub(crate) now: Option<u64>,
+    /// The 64-bit random draw every jitter reads.
+    pub(crate) random: Option<u64>,
+    /// The retry budget's tokens (the default budget's capacity, cost and refill).
+    pub(crate) budget: Option<u32>,
+    /// The attempt that just failed.
+    pub(crate) attempt: Option<u32>,
 }
 
-fn fixture_case(f: &Value, rng: &mut SplitMix64) -> Result<Case, String> {
+/// The latest "now" accepted: 9999-12-31T23:59:59Z, as far as HTTP-dates go.
+const MAX_NOW: u64 = 253_402_300_799;
+
+/// `v` as an integer in `lo..=hi`, or an error naming `path`. A JSON integer only: `"5"`,
+/// `5.0` and `-1` are refused, never coerced.
+fn integer(v: &Value, path: &str, lo: u64, hi: u64) -> Result<u64, String> {
+    v.as_u64()
+        .filter(|n| (lo..=hi).contains(n) && !v.is_f64())
+        .ok_or_else(|| {
+            format!(
+                "{path}: expected an integer from {lo} to {hi}, found {}",
+                shown(v)
+            )
+        })
+}
+
+fn shown(v: &Value) -> String {
+    match v {
+        Value::Null => "nothing".to_owned(),
+        other => truncate(&other.to_string()),
+    }
+}
+
+fn boolean(v: &Value, path: &str) -> Result<bool, String> {
+    v.as_bool()
+        .ok_or_else(|| format!("{path}: expected true or false, found {}", shown(v)))
+}
+
+fn string<'a>(v: &'a Value, path: &str) -> Result<&'a str, String> {
+    v.as_str()
+        .ok_or_else(|| format!("{path}: expected a string, found {}", shown(v)))
+}
+
+fn u32_of(v: &Value, path: &str, lo: u32) -> Result<u32, String> {
+    integer(v, path, u64::from(lo), u64::from(u32::MAX))
+        .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+}
+
+fn budget_of(request: &Value) -> Result<Option<RetryBudget>, String> {
+    let b = &request["budget"];
+    if b.is_null() && request.get("budget").is_none() {
+        return Ok(None);
+    }
+    if !b.is_object() {
+        return Err(format!(
+            "request.budget: expected an object, found {}",
+            shown(b)
+        ));
+    }
+    let n = |k: &str| u32_of(&b[k], &format!("request.budget.{k}"), 0);
+    Ok(Some(
+        RetryBudget::new(n("capacity")?, n("retry_cost")?, n("success_refill")?)
+            .with_tokens(n("tokens")?),
+    ))
+}
+
+/// The draws: always `u` (the CLI's `--random`), or fresh ones.
+enum Draws {
+    Fixed(u64),
+    Fresh(SplitMix64),
+}
+
+impl overten_errors::RandomSource for Draws {
+    fn next_u64(&mut self) -> u64 {
+        match self {
+            Draws::Fixed(u) => *u,
+            Draws::Fresh(rng) => rng.next_u64(),
+        }
+    }
+}
+
+fn rng_of(o: &Overrides) -> Draws {
+    match o.random {
+        Some(u) => Draws::Fixed(u),
+        None => Draws::Fresh(SplitMix64::new(process_seed())),
+    }
+}
+
+fn budget_override(o: &Overrides, from_fixture: Option<RetryBudget>) -> Option<RetryBudget> {
+    match o.budget {
+        Some(tokens) => Some(RetryBudget::default().with_tokens(tokens)),
+        None => from_fixture,
+    }
+}
+
+fn time_of(secs: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH
+        .checked_add(Duration::from_secs(secs))
+        .unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+/// Reads a fixture as `docs/README.md` describes it:
+/// every field of the kind checked, none coerced; an error names the field.
+fn fixture_case(f: &Value, o: &Overrides) -> Result<Case, String> {
+    if !f.is_object() {
+        return Err("a fixture is a JSON object".to_owned());
+    }
+    let kind = string(&f["kind"], "kind")?;
+    if !matches!(kind, "http_response" | "task_failure" | "transport_failure") {
+        return Err(format!(
+            "kind: expected http_response, task_failure or transport_failure, found {}",
+            shown(&f["kind"])
+        ));
+    }
     let request = &f["request"];
-    let attempt = request["attempt"]
-        .as_u64()
-        .and_then(|a| u32::try_from(a).ok())
-        .unwrap_or(1);
-    let now =
-        SystemTime::UNIX_EPOCH + Duration::from_secs(request["now_unix"].as_u64().unwrap_or(0));
-    let budget = budget_of(request);
+    if !request.is_object() {
+        return Err(format!(
+            "request: expected an object, found {}",
+            shown(request)
+        ));
+    }
+    let attempt = match o.attempt {
+        Some(a) => a,
+        None => u32_of(&request["attempt"], "request.attempt", 1)?,
+    };
+    let now = match o.now {
+        Some(n) => n,
+        None => integer(&request["now_unix"], "request.now_unix", 0, MAX_NOW)?,
+    };
+    let budget = budget_override(o, budget_of(request)?);
+    let expect = match f.get("expect") {
+        None => None,
+        Some(e) if e.is_object() => Some(e.clone()),
+        Some(e) => return Err(format!("expect: expected an object, found {}", shown(e))),
+    };
     let policy = RetryPolicy::default();
-    let expect = Some(f["expect"].clone());
-    if f["kind"] == "transport_failure" {
-        let sent = f["failure"]["sent"]
-            .as_bool()
-            .ok_or("failure.sent is missing")?;
-        let safe = f["failure"]["replay_safe"]
-            .as_bool()
-            .ok_or("failure.replay_safe is missing")?;
-        let decision = policy.decide_transport(sent, safe, attempt, rng, budget.as_ref());
+    let mut rng = rng_of(o);
+    if kind == "transport_failure" {
+        let sent = boolean(&f["failure"]["sent"], "failure.sent")?;
+        let safe = boolean(&f["failure"]["replay_safe"], "failure.replay_safe")?;
+        let decision = policy.decide_transport(sent, safe, attempt, &mut rng, budget.as_ref());
         return Ok(Case {
             received: None,
             decision,
@@ -110,40 +226,51 @@ fn fixture_case(f: &Value, rng: &mut SplitMix64) -> Result<Case, String> {
         });
     }
     let resp = &f["response"];
-    let body = resp["body"]
-        .as_str()
-        .ok_or("response.body is not a string")?;
-    let received = if f["kind"] == "task_failure" {
-        let failure: TaskFailure =
-            serde_json::from_str(body).map_err(|e| format!("not a task failure: {e}"))?;
+    let body = string(&resp["body"], "response.body")?;
+    let received = if kind == "task_failure" {
+        let failure: TaskFailure = serde_json::from_str(body)
+            .map_err(|e| format!("response.body: not a task failure: {e}"))?;
         Received {
             error: ApiError::from(failure),
             diagnostics: Diagnostics::default(),
         }
     } else {
-        let mut headers = HeaderMap::new();
-        for pair in resp["headers"]
-            .as_array()
-            .ok_or("response.headers is not a list")?
-        {
-            let (Some(k), Some(v)) = (pair[0].as_str(), pair[1].as_str()) else {
-                return Err("a header is not a [name, value] pair".to_owned());
-            };
-            if let (Ok(k), Ok(v)) = (
-                HeaderName::from_bytes(k.as_bytes()),
-                HeaderValue::from_str(v),
-            ) {
-                headers.append(k, v);
-            }
-        }
-        let status = resp["status"]
-            .as_u64()
-            .and_then(|s| u16::try_from(s).ok())
+        let status = integer(&resp["status"], "response.status", 100, 999)?;
+        let status = u16::try_from(status)
+            .ok()
             .and_then(|s| StatusCode::from_u16(s).ok())
-            .ok_or("response.status is not a status")?;
+            .ok_or("response.status: not a status")?;
+        let pairs = resp["headers"].as_array().ok_or_else(|| {
+            format!(
+                "response.headers: expected a list of [name, value], found {}",
+                shown(&resp["headers"])
+            )
+        })?;
+        let mut headers = HeaderMap::new();
+        for (i, pair) in pairs.iter().enumerate() {
+            let at = format!("response.headers[{i}]");
+            let (Some(k), Some(v), Some(2)) = (
+                pair[0].as_str(),
+                pair[1].as_str(),
+                pair.as_array().map(Vec::len),
+            ) else {
+                return Err(format!("{at}: expected [name, value], two strings"));
+            };
+            let name = HeaderName::from_bytes(k.as_bytes())
+                .map_err(|_| format!("{at}: {:?} is not a header name", truncate(k)))?;
+            let value = HeaderValue::from_bytes(v.as_bytes())
+                .map_err(|_| format!("{at}: the value of {name} holds a control character"))?;
+            headers.append(name, value);
+        }
         classify(status, &headers, body.as_bytes())
     };
-    let decision = policy.explain(&received.error, attempt, now, rng, budget.as_ref());
+    let decision = policy.explain(
+        &received.error,
+        attempt,
+        time_of(now),
+        &mut rng,
+        budget.as_ref(),
+    );
     Ok(Case {
         received: Some(received),
         decision,
@@ -168,40 +295,47 @@ fn conforms(got: &Value, want: &Value) -> bool {
     }
 }
 
+/// The fields of a fixture's `expect` that `classify` compares, besides `step` and `action`.
+const COMPARED: &[&str] = &[
+    "status",
+    "code",
+    "known",
+    "message",
+    "request_id",
+    "task_id",
+    "body_is_envelope",
+    "message_from_body",
+    "status_mismatch",
+    "header_problems",
+];
+
 fn report(case: &Case) -> Value {
     let action = serde_json::to_value(case.decision.advice).unwrap_or_default();
-    let mut out = json!({
-        "step": case.decision.step.as_str(),
-        "action": action,
-    });
-    if let Some(r) = &case.received {
-        let e = &r.error;
-        out["status"] = json!(e.status());
-        out["code"] = json!((!e.code().as_str().is_empty()).then(|| e.code().as_str()));
-        out["known"] = json!(e.code().known().is_some());
-        out["message"] = json!(e.message());
-        out["request_id"] = json!(e.request_id());
-        out["task_id"] = json!(e.task_id());
-        out["body_is_envelope"] = json!(r.diagnostics.body.is_none());
-        out["status_mismatch"] = json!(e.status_mismatch());
-        out["diagnostics"] = json!(format!("{:?}", r.diagnostics));
-    }
+    let mut out = match &case.received {
+        Some(r) => r.report(),
+        None => json!({}),
+    };
+    out["step"] = json!(case.decision.step.as_str());
+    out["action"] = action;
     if let Some(expect) = &case.expect {
-        let mut ok = conforms(&out["action"], &expect["action"]) && out["step"] == expect["step"];
-        for field in [
-            "status",
-            "code",
-            "message",
-            "request_id",
-            "task_id",
-            "status_mismatch",
-        ] {
-            if case.received.is_some() && expect.get(field).is_some() {
-                ok &= out[field] == expect[field];
+        let mut differs: Vec<&str> = Vec::new();
+        if !conforms(&out["action"], &expect["action"]) {
+            differs.push("action");
+        }
+        if out["step"] != expect["step"] {
+            differs.push("step");
+        }
+        for field in COMPARED {
+            if case.received.is_some()
+                && expect.get(*field).is_some()
+                && out[*field] != expect[*field]
+            {
+                differs.push(field);
             }
         }
         out["expect"] = expect.clone();
-        out["conforms"] = json!(ok);
+        out["conforms"] = json!(differs.is_empty());
+        out["differs"] = json!(differs);
     }
     out
 }
@@ -212,7 +346,7 @@ fn text(case: &Case, out: &Value) -> String {
     if let Some(r) = &case.received {
         let _ = writeln!(s, "error:       {}", r.error);
         let _ = writeln!(s, "known code:  {}", out["known"]);
-        let _ = writeln!(s, "diagnostics: {:?}", r.diagnostics);
+        let _ = writeln!(s, "diagnostics: {}", out["diagnostics"]);
     }
     let _ = writeln!(
         s,
@@ -222,30 +356,37 @@ fn text(case: &Case, out: &Value) -> String {
     );
     if let Some(ok) = out.get("conforms") {
         let _ = writeln!(s, "expected:    {}", out["expect"]["action"]);
-        let verdict = if ok == &json!(true) { "yes" } else { "NO" };
+        let verdict = if ok == &json!(true) {
+            "yes".to_owned()
+        } else {
+            format!("NO ({})", out["differs"])
+        };
         let _ = writeln!(s, "conforms:    {verdict}");
     }
     s
 }
 
-pub(crate) fn main(fixture: Option<&Path>, as_json: bool, attempt: u32) -> ExitCode {
-    let mut rng = SplitMix64::new(process_seed());
+/// Exit status: 0 read (and conforms, when the fixture has `expect`), 1 differs from
+/// `expect`, 2 bad input (the message names the field).
+pub(crate) fn main(fixture: Option<&Path>, as_json: bool, o: &Overrides) -> ExitCode {
     let case = match fixture {
         Some(path) => std::fs::File::open(path)
             .map_err(|e| format!("cannot open {}: {e}", path.display()))
             .and_then(read_limited)
             .and_then(|b| serde_json::from_slice::<Value>(&b).map_err(|e| format!("not JSON: {e}")))
-            .and_then(|f| fixture_case(&f, &mut rng)),
+            .and_then(|f| fixture_case(&f, o)),
         None => read_limited(std::io::stdin())
             .and_then(|b| parse_raw(&b))
             .map(|(status, headers, body)| {
                 let received = classify(status, &headers, &body);
+                let now = o.now.map_or_else(SystemTime::now, time_of);
+                let budget = budget_override(o, None);
                 let decision = RetryPolicy::default().explain(
                     &received.error,
-                    attempt,
-                    SystemTime::now(),
-                    &mut rng,
-                    None,
+                    o.attempt.unwrap_or(1),
+                    now,
+                    &mut rng_of(o),
+                    budget.as_ref(),
                 );
                 Case {
                     received: Some(received),

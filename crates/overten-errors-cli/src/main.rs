@@ -66,15 +66,38 @@ enum Command {
         what: String,
     },
     /// Read a golden fixture (or a raw HTTP response from stdin) as a client would.
+    ///
+    /// Prints the error read, its diagnostics and the advised action (step of docs/retry.md);
+    /// with --json, one JSON object: the fields of a fixture's `expect` (status, code, known,
+    /// message, request_id, task_id, body_is_envelope, message_from_body, status_mismatch,
+    /// header_problems, step, action), `diagnostics` (each problem's text, or null), and for
+    /// a fixture with `expect`: `expect`, `conforms` and `differs` (the fields that differ).
+    ///
+    /// A fixture is read strictly: a field of the wrong type or out of range (an attempt of
+    /// "5", 5.0, -1 or 2^32, a negative or string budget, a now_unix missing or past
+    /// 9999-12-31) is refused, naming the field.
+    ///
+    /// Exit status: 0 read (and conforms, for a fixture with `expect`), 1 differs from
+    /// `expect`, 2 bad input.
     Classify {
         /// A file of `docs/fixtures/`; without it, a raw HTTP/1.1 response on stdin.
         fixture: Option<PathBuf>,
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
-        /// For a raw response: the number of the attempt it ended (the first is 1).
-        #[arg(long, default_value_t = 1)]
-        attempt: u32,
+        /// The attempt that just failed (the first is 1); default: the fixture's, or 1.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        attempt: Option<u32>,
+        /// "Now", in Unix seconds; default: the fixture's `now_unix`, or the clock.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(0..=253_402_300_799))]
+        now: Option<u64>,
+        /// The 64-bit random draw every jitter reads (docs/retry.md); default: a fresh one.
+        #[arg(long)]
+        random: Option<u64>,
+        /// The retry budget's tokens (capacity, cost and refill as the defaults); default:
+        /// the fixture's budget, or none.
+        #[arg(long)]
+        budget: Option<u32>,
     },
 }
 
@@ -155,6 +178,18 @@ fn main() -> ExitCode {
             fixture,
             json,
             attempt,
-        } => classify::main(fixture.as_deref(), json, attempt),
+            now,
+            random,
+            budget,
+        } => classify::main(
+            fixture.as_deref(),
+            json,
+            &classify::Overrides {
+                now,
+                random,
+                budget,
+                attempt,
+            },
+        ),
     }
 }

@@ -49,3 +49,146 @@ fn classify_agrees_with_every_fixture() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("conforms:    NO"));
 }
+
+/// Runs `classify` on `fixture` (written to a temp file) with `args`; exit code, stdout,
+/// stderr.
+fn classify(fixture: &serde_json::Value, args: &[&str]) -> (Option<i32>, String, String) {
+    let tmp = std::env::temp_dir().join(format!(
+        "overten-case-{}-{}.json",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    std::fs::write(&tmp, fixture.to_string()).unwrap();
+    let out = Command::new(BIN)
+        .arg("classify")
+        .args(args)
+        .arg(&tmp)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&tmp);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn fixture(name: &str) -> serde_json::Value {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/fixtures");
+    serde_json::from_str(&std::fs::read_to_string(format!("{dir}/{name}.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn bad_fixture_fields_are_refused_with_exit_2_naming_the_field_never_coerced() {
+    let base = fixture("internal_error");
+    let cases: Vec<(&str, &str, serde_json::Value)> = vec![
+        ("request", "attempt", serde_json::json!("5")),
+        ("request", "attempt", serde_json::json!(5.0)),
+        ("request", "attempt", serde_json::json!(-1)),
+        ("request", "attempt", serde_json::json!(0)),
+        ("request", "attempt", serde_json::json!(4_294_967_297_u64)),
+        ("request", "attempt", serde_json::Value::Null),
+        ("request", "now_unix", serde_json::Value::Null),
+        ("request", "now_unix", serde_json::json!(u64::MAX)),
+        ("request", "now_unix", serde_json::json!("1700000000")),
+        ("response", "status", serde_json::json!(99)),
+        ("response", "status", serde_json::json!("500")),
+        ("response", "body", serde_json::json!(null)),
+    ];
+    for (object, field, value) in cases {
+        let mut f = base.clone();
+        if value.is_null() {
+            f[object].as_object_mut().unwrap().remove(field);
+        } else {
+            f[object][field] = value.clone();
+        }
+        let (rc, _, err) = classify(&f, &["--json"]);
+        assert_eq!(rc, Some(2), "{object}.{field} = {value}: {err}");
+        assert!(
+            err.contains(&format!("{object}.{field}")),
+            "{object}.{field}: {err}"
+        );
+    }
+    for (field, value) in [
+        ("tokens", serde_json::json!(-5)),
+        ("tokens", serde_json::json!("5")),
+        ("capacity", serde_json::json!(1.5)),
+    ] {
+        let mut f = base.clone();
+        f["request"]["budget"][field] = value;
+        let (rc, _, err) = classify(&f, &[]);
+        assert_eq!(rc, Some(2), "{field}: {err}");
+        assert!(err.contains(&format!("request.budget.{field}")), "{err}");
+    }
+    let mut f = base.clone();
+    f["kind"] = serde_json::json!("http");
+    assert_eq!(classify(&f, &[]).0, Some(2));
+    let mut f = base.clone();
+    f["response"]["headers"] = serde_json::json!([["x-a", "b", "c"]]);
+    let (rc, _, err) = classify(&f, &[]);
+    assert_eq!(rc, Some(2));
+    assert!(err.contains("response.headers[0]"), "{err}");
+    // An attempt of 2^32 + 1 is refused, not read as attempt 1.
+    let mut f = base.clone();
+    f["request"]["attempt"] = serde_json::json!(4_294_967_297_u64);
+    assert_eq!(classify(&f, &[]).0, Some(2));
+}
+
+#[test]
+fn a_fixture_without_expect_is_read_not_judged() {
+    let mut f = fixture("internal_error");
+    f.as_object_mut().unwrap().remove("expect");
+    let (rc, out, _) = classify(&f, &["--json"]);
+    assert_eq!(rc, Some(0));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(v.get("conforms").is_none());
+    assert_eq!(v["code"], "internal_error");
+}
+
+#[test]
+fn json_output_is_all_json_and_the_draw_now_and_budget_make_it_exact() {
+    let f = fixture("internal_error");
+    let (rc, out, _) = classify(&f, &["--json", "--random", "0"]);
+    assert_eq!(rc, Some(0));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(v["diagnostics"].is_object(), "{v}");
+    for field in [
+        "header_problems",
+        "message_from_body",
+        "body_is_envelope",
+        "differs",
+    ] {
+        assert!(v.get(field).is_some(), "{field}: {v}");
+    }
+    // The same draw, the same wait; another draw, (almost surely) another wait.
+    let again: serde_json::Value =
+        serde_json::from_str(&classify(&f, &["--json", "--random", "0"]).1).unwrap();
+    assert_eq!(v["action"], again["action"]);
+    let other: serde_json::Value =
+        serde_json::from_str(&classify(&f, &["--json", "--random", "18446744073709551615"]).1)
+            .unwrap();
+    assert_ne!(v["action"]["after_ms"], other["action"]["after_ms"]);
+    // An empty budget stops a retry the fixture would make.
+    let (rc, out, _) = classify(&f, &["--json", "--budget", "0"]);
+    assert_eq!(rc, Some(1), "differs from expect: {out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["action"]["action"], "stop", "{v}");
+    assert_eq!(v["differs"], serde_json::json!(["action", "step"]));
+    // A raw response takes --now (a Retry-After date read against it) and --random.
+    let raw =
+        b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: Tue, 14 Nov 2023 22:13:40 GMT\r\n\r\n";
+    let mut child = Command::new(BIN)
+        .args(["classify", "--json", "--now", "1700000000"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), raw).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["action"]["after_ms"], 20_000, "{v}");
+    assert_eq!(v["action"]["basis"], "retry_after", "{v}");
+}

@@ -88,6 +88,45 @@ impl Diagnostics {
     pub fn is_clean(&self) -> bool {
         *self == Diagnostics::default()
     }
+
+    /// The headers that were malformed, and so counted as not sent, lowercase, in the order
+    /// `retry-after`, the `x-ratelimit-*` one, `x-request-id` (a fixture's
+    /// `header_problems`).
+    pub fn header_problems(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self.retry_after.is_some() {
+            out.push("retry-after");
+        }
+        if let Some((name, _)) = self.rate_limit {
+            out.push(name.as_str());
+        }
+        if self.request_id.is_some() {
+            out.push("x-request-id");
+        }
+        out
+    }
+
+    /// Whether the message came from the body (an envelope with a string message), not
+    /// from the page's text (a fixture's `message_from_body`).
+    pub fn message_from_body(&self) -> bool {
+        self.body.is_none() && self.message.is_none()
+    }
+
+    /// Every field as JSON: each problem as its text, or `null`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let text = |e: Option<String>| e.map_or(serde_json::Value::Null, serde_json::Value::String);
+        serde_json::json!({
+            "body": text(self.body.as_ref().map(ToString::to_string)),
+            "message": text(self.message.as_ref().map(ToString::to_string)),
+            "status_mismatch": self.status_mismatch,
+            "retry_after": text(self.retry_after.map(|e| e.to_string())),
+            "rate_limit": self.rate_limit.map(|(name, e)| serde_json::json!({
+                "header": name.as_str(),
+                "problem": e.to_string(),
+            })),
+            "request_id": text(self.request_id.map(|e| e.to_string())),
+        })
+    }
 }
 
 /// A response read as an error.
@@ -97,6 +136,30 @@ pub struct Received {
     pub error: ApiError,
     /// What was malformed, if anything.
     pub diagnostics: Diagnostics,
+}
+
+impl Received {
+    /// What a client read, as JSON: the fields of a golden fixture's `expect` (`status`,
+    /// `code`, `known`, `message`, `request_id`, `task_id`, `body_is_envelope`,
+    /// `message_from_body`, `status_mismatch`, `header_problems`; see `docs/README.md`),
+    /// and `diagnostics` with every problem's text.
+    pub fn report(&self) -> serde_json::Value {
+        let e = &self.error;
+        let d = &self.diagnostics;
+        serde_json::json!({
+            "status": e.status(),
+            "code": (!e.code().as_str().is_empty()).then(|| e.code().as_str()),
+            "known": e.code().known().is_some(),
+            "message": e.message(),
+            "request_id": e.request_id(),
+            "task_id": e.task_id(),
+            "body_is_envelope": d.body.is_none(),
+            "message_from_body": d.message_from_body(),
+            "status_mismatch": e.status_mismatch(),
+            "header_problems": d.header_problems(),
+            "diagnostics": d.to_json(),
+        })
+    }
 }
 
 impl Received {

@@ -7,7 +7,6 @@ use axum::response::{IntoResponse, Response};
 use overten_errors::{ApiError, ErrorCode, JsonPointer};
 use serde::de::DeserializeOwned;
 
-
 /// The error an axum handler returns: `Result<T, HandlerError>`.
 ///
 /// `?` converts both an [`ApiError`] (sent as it is) and any other error (sent as a 500
