@@ -66,19 +66,7 @@ enum Command {
         what: String,
     },
     /// Read a golden fixture (or a raw HTTP response from stdin) as a client would.
-    ///
-    /// Prints the error read, its diagnostics and the advised action (step of docs/retry.md);
-    /// with --json, one JSON object: the fields of a fixture's `expect` (status, code, known,
-    /// message, request_id, task_id, body_is_envelope, message_from_body, status_mismatch,
-    /// header_problems, step, action), `diagnostics` (each problem's text, or null), and for
-    /// a fixture with `expect`: `expect`, `conforms` and `differs` (the fields that differ).
-    ///
-    /// A fixture is read strictly: a field of the wrong type or out of range (an attempt of
-    /// "5", 5.0, -1 or 2^32, a negative or string budget, a now_unix missing or past
-    /// 9999-12-31) is refused, naming the field.
-    ///
-    /// Exit status: 0 read (and conforms, for a fixture with `expect`), 1 differs from
-    /// `expect`, 2 bad input.
+    #[command(long_about = CLASSIFY_HELP)]
     Classify {
         /// A file of `docs/fixtures/`; without it, a raw HTTP/1.1 response on stdin.
         fixture: Option<PathBuf>,
@@ -100,6 +88,23 @@ enum Command {
         budget: Option<u32>,
     },
 }
+
+const CLASSIFY_HELP: &str =
+    "Read a golden fixture (or a raw HTTP response from stdin) as a client would.
+
+Prints the error read, its diagnostics and the advised action (the step of docs/retry.md
+that decided); with --json, one JSON object: the fields of a fixture's `expect` (status,
+code, known, message, request_id, task_id, body_is_envelope, message_from_body,
+status_mismatch, header_problems, step, action), `diagnostics` (each problem's text, or
+null), and for a fixture with `expect`: `expect`, `conforms` and `differs` (the fields that
+differ).
+
+A fixture is read strictly: a field of the wrong type or out of range (an attempt of \"5\",
+5.0, -1, 0 or 2^32, a negative or string budget field, a now_unix missing or past
+9999-12-31, a header that is not a [name, value] pair) is refused, naming the field.
+
+Exit status: 0 read (and conforms, for a fixture with `expect`), 1 differs from `expect`,
+2 bad input.";
 
 const MOCK_HELP: &str = "Serve the mock Overten API on a loopback address until Ctrl-C or SIGTERM.
 
