@@ -114,6 +114,21 @@ fn app(
             }),
         )
         .route(
+            "/panic",
+            post({
+                let w = Arc::clone(work);
+                move || {
+                    let w = Arc::clone(&w);
+                    async move {
+                        w.runs.fetch_add(1, Ordering::SeqCst);
+                        std::panic::panic_any("handler failed".to_owned());
+                        #[allow(unreachable_code, reason = "the handler's return type")]
+                        "unreachable"
+                    }
+                }
+            }),
+        )
+        .route(
             "/endless",
             post(|| async {
                 (
@@ -281,18 +296,23 @@ async fn failures_cancellations_and_the_ceiling_give_the_key_back() {
         let again = post_with(addr, "sk_live_a", Some("k4"), "/work?status=422", "").await;
         assert_eq!((again.status, again.headers.contains_key("idempotent-replayed")), (422, true));
         assert_eq!(work.runs.load(Ordering::SeqCst), 3);
+        // A panic: a 500, and the key comes back.
+        let runs = work.runs.load(Ordering::SeqCst);
+        assert_eq!(post_with(addr, "sk_live_a", Some("kp"), "/panic", "").await.status, 500);
+        assert_eq!(post_with(addr, "sk_live_a", Some("kp"), "/panic", "").await.status, 500);
+        assert_eq!(work.runs.load(Ordering::SeqCst), runs + 2, "the retry ran");
         // The client goes away mid-handler: the key comes back, the retry runs and succeeds.
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
         s.write_all(b"POST /work?ms=250 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk_live_a\r\nIdempotency-Key: kc\r\nContent-Length: 0\r\n\r\n")
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(work.runs.load(Ordering::SeqCst), 4, "the first attempt started");
+        assert_eq!(work.runs.load(Ordering::SeqCst), 6, "the first attempt started");
         drop(s);
         tokio::time::sleep(Duration::from_millis(50)).await;
         let retry = post_with(addr, "sk_live_a", Some("kc"), "/work?ms=250", "").await;
         assert_eq!((retry.status, retry.headers.contains_key("idempotent-replayed")), (201, false));
-        assert_eq!(work.runs.load(Ordering::SeqCst), 5);
+        assert_eq!(work.runs.load(Ordering::SeqCst), 7);
         assert_eq!(work.finished.load(Ordering::SeqCst), 4, "the dropped handler never finished");
         // The ceiling: 408 with the page's code, the handler dropped, the permit and the key
         // given back.
@@ -331,6 +351,15 @@ async fn hostile_keys_and_bodies_are_bounded() {
             assert!(out.starts_with("HTTP/1.1 400"), "{key:.20}: {out}");
             assert!(out.contains("invalid_request"), "{out}");
         }
+        // A bare CR inside the key: refused before any layer, and nothing ran.
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"POST /work HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk_live_a\r\nIdempotency-Key: a\rb\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out).await;
+        let out = String::from_utf8_lossy(&out);
+        assert!(out.is_empty() || out.starts_with("HTTP/1.1 400"), "{out}");
         let two = support::client()
             .send_with(
                 addr,
@@ -591,6 +620,96 @@ async fn the_rust_client_gets_the_kept_result_after_a_timeout_and_the_work_runs_
         );
         assert_eq!(response.text().await.unwrap(), r#"{"run_id":"run_1"}"#);
         assert_eq!(work.runs.load(Ordering::SeqCst), 1, "the work ran once");
+    })
+    .await;
+}
+
+/// An idempotency store that always fails.
+struct Down;
+
+impl overten_errors_http::server::IdempotencyStore for Down {
+    fn claim<'a>(
+        &'a self,
+        _: &'a overten_errors_http::server::RecordKey,
+        _: &'a overten_errors_http::server::Fingerprint,
+        _: overten_errors_http::server::ClaimToken,
+        _: Duration,
+    ) -> overten_errors_http::server::BoxFuture<
+        'a,
+        Result<overten_errors_http::server::Claim, overten_errors_http::server::StoreError>,
+    > {
+        Box::pin(async {
+            Err(overten_errors_http::server::StoreError::Timeout(
+                Duration::from_millis(250),
+            ))
+        })
+    }
+    fn complete<'a>(
+        &'a self,
+        _: &'a overten_errors_http::server::RecordKey,
+        _: &'a overten_errors_http::server::Fingerprint,
+        _: overten_errors_http::server::ClaimToken,
+        _: Option<&'a overten_errors_http::server::StoredResponse>,
+        _: Duration,
+    ) -> overten_errors_http::server::BoxFuture<
+        'a,
+        Result<(), overten_errors_http::server::StoreError>,
+    > {
+        Box::pin(async { Ok(()) })
+    }
+    fn release(
+        &self,
+        _: &overten_errors_http::server::RecordKey,
+        _: overten_errors_http::server::ClaimToken,
+    ) {
+    }
+}
+
+#[tokio::test]
+async fn a_failing_idempotency_store_follows_the_stated_policy() {
+    use overten_errors_http::server::StoreFailure;
+    within(30, async {
+        let (addr, work, _) = start(
+            IdempotencyLayer::new(Arc::new(Down)),
+            Duration::from_secs(30),
+        )
+        .await;
+        let got = post_with(addr, "sk_live_a", Some("k"), "/work", "").await;
+        assert_eq!(
+            (got.status, got.code().as_str()),
+            (503, "service_unavailable")
+        );
+        assert_eq!(got.header("retry-after"), Some(30));
+        assert!(
+            !got.body.contains("250"),
+            "the cause stays in the log: {}",
+            got.body
+        );
+        assert_eq!(work.runs.load(Ordering::SeqCst), 0);
+        // Requests without a key never touch the store.
+        assert_eq!(
+            post_with(addr, "sk_live_a", None, "/work", "").await.status,
+            201
+        );
+        let idem = IdempotencyLayer::new(Arc::new(Down)).on_store_error(StoreFailure::Allow);
+        let (addr, work, _) = start(idem, Duration::from_secs(30)).await;
+        assert_eq!(
+            post_with(addr, "sk_live_a", Some("k"), "/work", "")
+                .await
+                .status,
+            201
+        );
+        assert_eq!(
+            post_with(addr, "sk_live_a", Some("k"), "/work", "")
+                .await
+                .status,
+            201
+        );
+        assert_eq!(
+            work.runs.load(Ordering::SeqCst),
+            2,
+            "run without a record, each time"
+        );
     })
     .await;
 }
