@@ -67,8 +67,18 @@ async fn serve(app: Router) -> SocketAddr {
     addr
 }
 
-/// Successful answers per second from `clients` closed-loop clients over `seconds`.
-async fn load(addrs: &[SocketAddr], clients: usize, seconds: u64, run: bool) -> f64 {
+/// What one load run measured.
+struct Measured {
+    /// Successful answers per second.
+    rate: f64,
+    /// Latency percentiles of the successful answers, in microseconds: p50, p99.
+    p50_us: u64,
+    p99_us: u64,
+}
+
+/// `clients` closed-loop clients over `seconds`: successful answers per second, and their
+/// latency percentiles.
+async fn load(addrs: &[SocketAddr], clients: usize, seconds: u64, run: bool) -> Measured {
     let ok = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let mut tasks = Vec::new();
@@ -78,6 +88,7 @@ async fn load(addrs: &[SocketAddr], clients: usize, seconds: u64, run: bool) -> 
         let ok = Arc::clone(&ok);
         let key = format!("Bearer sk_live_k{}", c % KEYS);
         tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
             // Bounded by the deadline.
             while Instant::now() < deadline {
                 let req = http::Request::builder()
@@ -86,6 +97,7 @@ async fn load(addrs: &[SocketAddr], clients: usize, seconds: u64, run: bool) -> 
                     .header("authorization", &key)
                     .body(Empty::new())
                     .unwrap();
+                let sent = Instant::now();
                 let Ok(resp) = client.request(req).await else {
                     continue;
                 };
@@ -93,16 +105,34 @@ async fn load(addrs: &[SocketAddr], clients: usize, seconds: u64, run: bool) -> 
                 let _ = resp.into_body().collect().await;
                 if status == 200 {
                     ok.fetch_add(1, Ordering::Relaxed);
+                    latencies.push(u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX));
                 }
             }
+            latencies
         }));
     }
+    let mut all = Vec::new();
     for t in tasks {
-        t.await.unwrap();
+        all.extend(t.await.unwrap());
     }
+    all.sort_unstable();
+    let at = |q: f64| {
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss,
+            reason = "an index into a sorted list"
+        )]
+        let i = ((all.len().saturating_sub(1)) as f64 * q).round() as usize;
+        all.get(i).copied().unwrap_or(0)
+    };
     #[allow(clippy::cast_precision_loss, reason = "a rate")]
     let rate = ok.load(Ordering::Relaxed) as f64 / seconds as f64;
-    rate
+    Measured {
+        rate,
+        p50_us: at(0.50),
+        p99_us: at(0.99),
+    }
 }
 
 struct Redis(std::process::Child);
@@ -168,15 +198,18 @@ fn main() {
         fleets.push(("bare routers", bare));
         fleets.push(("stack, memory stores (each replica alone)", memory));
         fleets.push(("stack, one Redis (shared)", shared));
-        println!("{REPLICAS} replicas, {clients} clients, {seconds} s each, successful answers per second:");
+        println!("{REPLICAS} replicas, {clients} clients, {seconds} s each: successful answers per second, latency p50 and p99:");
         for run in [false, true] {
             for (name, addrs) in &fleets {
                 if run && *name == "bare routers" {
                     continue;
                 }
-                let rate = load(addrs, clients, seconds, run).await;
+                let m = load(addrs, clients, seconds, run).await;
                 let what = if run { "runs (POST)" } else { "GET" };
-                println!("  {name:45} {what:12} {rate:>10.0}/s");
+                println!(
+                    "  {name:45} {what:12} {:>8.0}/s  p50 {:>6} µs  p99 {:>6} µs",
+                    m.rate, m.p50_us, m.p99_us
+                );
             }
         }
     });
