@@ -222,6 +222,16 @@ async fn a_hundred_concurrent_retries_run_the_handler_once() {
         );
         assert_eq!(got.headers["idempotent-replayed"], "true");
         assert_eq!(got.headers["content-type"], "application/json");
+        // Its own request id, not the first response's.
+        let again = post_with(
+            addr,
+            "sk_live_a",
+            Some("key-1"),
+            "/work?ms=200",
+            r#"{"sheet":"q3"}"#,
+        )
+        .await;
+        assert_ne!(got.headers["x-request-id"], again.headers["x-request-id"]);
         assert!(got.headers.contains_key("x-ratelimit-remaining"));
         // The same key with another body, or another path: 409.
         let other = post_with(

@@ -135,3 +135,33 @@ where
     })
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Clone)]
+    struct NotReady;
+
+    impl<B> Service<Request<B>> for NotReady {
+        type Response = Response<Vec<u8>>;
+        type Error = std::convert::Infallible;
+        type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Pending
+        }
+        fn call(&mut self, _: Request<B>) -> Self::Future {
+            std::future::ready(Ok(Response::new(Vec::new())))
+        }
+    }
+
+    #[test]
+    fn readiness_is_the_inner_services_and_debug_shows_the_ceiling() {
+        let layer = SyncCeilingLayer::new(Duration::from_secs(7), |_| std::future::ready(()));
+        assert!(format!("{layer:?}").contains("7s"), "{layer:?}");
+        let mut svc = tower_layer::Layer::layer(&layer, NotReady);
+        assert!(format!("{svc:?}").contains("7s"));
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(Service::<Request<()>>::poll_ready(&mut svc, &mut cx).is_pending());
+    }
+}

@@ -416,3 +416,59 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::idempotency::{IdempotencyLayer, MemoryIdempotencyStore};
+
+    /// A service that is never ready.
+    #[derive(Clone)]
+    struct NotReady;
+
+    impl<B> Service<Request<B>> for NotReady {
+        type Response = Response<Full<Bytes>>;
+        type Error = std::convert::Infallible;
+        type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Pending
+        }
+        fn call(&mut self, _: Request<B>) -> Self::Future {
+            std::future::ready(Ok(Response::new(Full::new(Bytes::new()))))
+        }
+    }
+
+    #[test]
+    fn readiness_is_the_inner_services_and_debug_shows_the_settings() {
+        let layer = IdempotencyLayer::new(Arc::new(MemoryIdempotencyStore::new()));
+        assert!(format!("{layer:?}").contains("max_response_bytes"));
+        let mut svc = tower_layer::Layer::layer(&layer, NotReady);
+        assert!(format!("{svc:?}").starts_with("Idempotency"));
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let ready = Service::<Request<Full<Bytes>>>::poll_ready(&mut svc, &mut cx);
+        assert!(ready.is_pending());
+    }
+
+    #[test]
+    fn per_response_headers_are_not_kept() {
+        for name in [
+            CONTENT_LENGTH,
+            TRANSFER_ENCODING,
+            CONNECTION,
+            DATE,
+            names::REQUEST_ID.clone(),
+            names::RATE_LIMIT_LIMIT.clone(),
+            names::RATE_LIMIT_REMAINING.clone(),
+            names::RATE_LIMIT_RESET.clone(),
+        ] {
+            assert!(!kept(&name), "{name}");
+        }
+        for name in [
+            http::header::CONTENT_TYPE,
+            http::header::LOCATION,
+            http::header::ETAG,
+        ] {
+            assert!(kept(&name), "{name}");
+        }
+    }
+}
