@@ -361,6 +361,17 @@ async fn hostile_keys_and_bodies_are_bounded() {
             assert!(out.starts_with("HTTP/1.1 400"), "{key:.20}: {out}");
             assert!(out.contains("invalid_request"), "{out}");
         }
+        // A body cut short (promised 100 bytes, 10 sent): 400, not 413.
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"POST /work HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk_live_a\r\nIdempotency-Key: cut\r\nContent-Length: 100\r\n\r\n{\"sheet\":")
+            .await
+            .unwrap();
+        s.shutdown().await.unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out).await;
+        let out = String::from_utf8_lossy(&out);
+        assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+        assert!(out.contains("could not be read"), "{out}");
         // A bare CR inside the key: refused before any layer, and nothing ran.
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
         s.write_all(b"POST /work HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk_live_a\r\nIdempotency-Key: a\rb\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
