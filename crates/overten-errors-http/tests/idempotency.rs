@@ -404,6 +404,12 @@ async fn hostile_keys_and_bodies_are_bounded() {
         assert_eq!(replay.status, 409);
         assert!(replay.body.contains("too large"), "{}", replay.body);
         assert_eq!(work.runs.load(Ordering::SeqCst), 1);
+        // A response of exactly the bound is kept and replayed.
+        let exact = post_with(addr, "sk_live_a", Some("exact"), "/work?bytes=1048576", "").await;
+        let replay = post_with(addr, "sk_live_a", Some("exact"), "/work?bytes=1048576", "").await;
+        assert_eq!((exact.status, replay.status), (201, 201));
+        assert_eq!(replay.headers["idempotent-replayed"], "true");
+        assert_eq!(replay.body.len(), 1_048_576);
         // A response that never ends: the head comes, memory stays bounded.
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
         s.write_all(b"POST /endless HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk_live_a\r\nIdempotency-Key: endless\r\nContent-Length: 0\r\n\r\n")

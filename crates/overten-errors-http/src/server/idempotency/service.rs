@@ -449,6 +449,74 @@ mod tests {
         assert!(ready.is_pending());
     }
 
+    /// A body that yields "ab" then fails.
+    struct Breaks(u8);
+
+    impl Body for Breaks {
+        type Data = Bytes;
+        type Error = &'static str;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, &'static str>>> {
+            self.0 += 1;
+            Poll::Ready(Some(match self.0 {
+                1 => Ok(Frame::data(Bytes::from_static(b"ab"))),
+                _ => Err("reset"),
+            }))
+        }
+    }
+
+    fn frames(mut body: IdempotencyBody<Breaks>) -> Vec<Result<Bytes, &'static str>> {
+        let mut out = Vec::new();
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        for _ in 0..10 {
+            match Pin::new(&mut body).poll_frame(&mut cx) {
+                Poll::Ready(Some(Ok(f))) => out.push(Ok(f.into_data().unwrap_or_default())),
+                Poll::Ready(Some(Err(e))) => {
+                    out.push(Err(e));
+                    break;
+                }
+                Poll::Ready(None) | Poll::Pending => break,
+            }
+            if body.is_end_stream() {
+                break;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn bodies_yield_what_they_hold_and_say_when_they_end() {
+        let full = IdempotencyBody::<Breaks>::full(Bytes::from_static(b"abc"));
+        assert_eq!(full.size_hint().exact(), Some(3));
+        assert!(!full.is_end_stream());
+        assert_eq!(frames(full), vec![Ok(Bytes::from_static(b"abc"))]);
+        let empty = IdempotencyBody::<Breaks>::full(Bytes::new());
+        assert!(empty.is_end_stream());
+        assert_eq!(empty.size_hint().exact(), Some(0));
+        // The part read ahead, then the error, never dropped.
+        let failed = IdempotencyBody::<Breaks>::failed(Bytes::from_static(b"xy"), "reset");
+        assert!(!failed.is_end_stream());
+        assert_eq!(
+            frames(failed),
+            vec![Ok(Bytes::from_static(b"xy")), Err("reset")]
+        );
+        let failed = IdempotencyBody::<Breaks>::failed(Bytes::new(), "reset");
+        assert_eq!(frames(failed), vec![Err("reset")]);
+        // Read ahead, then the rest of the stream.
+        let prefixed = IdempotencyBody::prefixed(Bytes::from_static(b"12"), Box::pin(Breaks(0)));
+        assert!(!prefixed.is_end_stream());
+        assert_eq!(
+            frames(prefixed),
+            vec![
+                Ok(Bytes::from_static(b"12")),
+                Ok(Bytes::from_static(b"ab")),
+                Err("reset")
+            ]
+        );
+    }
+
     #[test]
     fn per_response_headers_are_not_kept() {
         for name in [
