@@ -556,4 +556,126 @@ mod tests {
             "a dead claim's lease ended"
         );
     }
+
+    fn key(i: u32) -> RecordKey {
+        let mut k = [0; 16];
+        k[..4].copy_from_slice(&i.to_be_bytes());
+        RecordKey(k)
+    }
+
+    fn body_of(n: usize) -> StoredResponse {
+        StoredResponse {
+            status: StatusCode::OK,
+            headers: Vec::new(),
+            body: Bytes::from(vec![b'x'; n]),
+        }
+    }
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    fn keep(s: &MemoryIdempotencyStore, i: u32, r: Option<&StoredResponse>) -> Claim {
+        let fp = Fingerprint([1; 32]);
+        let t = ClaimToken::new();
+        let claimed = crate::block_on(s.claim(&key(i), &fp, t, DAY)).unwrap();
+        if matches!(claimed, Claim::Claimed) {
+            crate::block_on(s.complete(&key(i), &fp, t, r, DAY)).unwrap();
+        }
+        claimed
+    }
+
+    #[test]
+    fn the_record_bound_is_exact_and_the_oldest_go_first() {
+        let s = MemoryIdempotencyStore::new();
+        assert!(s.is_empty());
+        let max = u32::try_from(MemoryIdempotencyStore::MAX_RECORDS).unwrap();
+        for i in 0..max {
+            keep(&s, i, Some(&body_of(0)));
+        }
+        assert_eq!(s.len(), MemoryIdempotencyStore::MAX_RECORDS);
+        assert!(!s.is_empty());
+        keep(&s, max, Some(&body_of(0)));
+        assert_eq!(
+            s.len(),
+            MemoryIdempotencyStore::MAX_RECORDS,
+            "never over the bound"
+        );
+        // The oldest made room; the newest and the second oldest are kept.
+        assert!(matches!(keep(&s, 0, None), Claim::Claimed), "evicted");
+        assert!(matches!(keep(&s, max, None), Claim::Done { .. }));
+        assert!(matches!(keep(&s, 2, None), Claim::Done { .. }));
+    }
+
+    #[test]
+    fn the_byte_bound_is_exact() {
+        let s = MemoryIdempotencyStore::new();
+        let mib = 1024 * 1024;
+        for i in 0..64 {
+            keep(&s, i, Some(&body_of(mib)));
+        }
+        assert_eq!(s.bytes(), 64 * mib, "64 MiB fit exactly");
+        assert_eq!(s.len(), 64);
+        keep(&s, 64, Some(&body_of(mib)));
+        assert_eq!(s.bytes(), 64 * mib, "one went for the new one");
+        assert!(matches!(keep(&s, 0, None), Claim::Claimed), "the oldest");
+        // A response larger than the whole bound is recorded as too large, not kept.
+        let t = ClaimToken::new();
+        let fp = Fingerprint([1; 32]);
+        assert!(matches!(
+            crate::block_on(s.claim(&key(99), &fp, t, DAY)).unwrap(),
+            Claim::Claimed
+        ));
+        crate::block_on(s.complete(&key(99), &fp, t, Some(&body_of(64 * mib + 1)), DAY)).unwrap();
+        let got = crate::block_on(s.claim(&key(99), &fp, ClaimToken::new(), DAY)).unwrap();
+        assert!(
+            matches!(
+                got,
+                Claim::Done {
+                    same_request: true,
+                    response: None
+                }
+            ),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn claims_in_progress_are_never_evicted_until_their_lease_ends() {
+        let s = MemoryIdempotencyStore::new();
+        let fp = Fingerprint([1; 32]);
+        let max = u32::try_from(MemoryIdempotencyStore::MAX_RECORDS).unwrap();
+        let short = Duration::from_millis(200);
+        for i in 0..max {
+            let got = crate::block_on(s.claim(&key(i), &fp, ClaimToken::new(), short)).unwrap();
+            assert!(matches!(got, Claim::Claimed));
+        }
+        let full = crate::block_on(s.claim(&key(max), &fp, ClaimToken::new(), short));
+        assert!(matches!(full, Err(StoreError::Full)));
+        std::thread::sleep(Duration::from_millis(250));
+        let got = crate::block_on(s.claim(&key(max), &fp, ClaimToken::new(), short)).unwrap();
+        assert!(matches!(got, Claim::Claimed), "the ended leases made room");
+        assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn only_the_holder_completes_and_only_the_same_request() {
+        let s = MemoryIdempotencyStore::new();
+        let (fp, other) = (Fingerprint([1; 32]), Fingerprint([2; 32]));
+        let t = ClaimToken::new();
+        assert!(matches!(
+            crate::block_on(s.claim(&key(1), &fp, t, DAY)).unwrap(),
+            Claim::Claimed
+        ));
+        let r = body_of(3);
+        crate::block_on(s.complete(&key(1), &fp, ClaimToken::new(), Some(&r), DAY)).unwrap();
+        crate::block_on(s.complete(&key(1), &other, t, Some(&r), DAY)).unwrap();
+        let got = crate::block_on(s.claim(&key(1), &fp, ClaimToken::new(), DAY)).unwrap();
+        assert!(
+            matches!(got, Claim::InProgress { same_request: true }),
+            "{got:?}"
+        );
+        assert_eq!(s.bytes(), 0);
+        crate::block_on(s.complete(&key(1), &fp, t, Some(&r), DAY)).unwrap();
+        assert_eq!(s.bytes(), 3);
+        assert_eq!(StoredResponse::size(&body_of(7)), 7);
+    }
 }
