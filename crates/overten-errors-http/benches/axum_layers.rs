@@ -37,8 +37,9 @@ struct World {
     hand_url: String,
     #[cfg(feature = "redis")]
     redis_url: String,
+    /// Stopped explicitly at the end of `main`: a static is never dropped.
     #[cfg(feature = "redis")]
-    _redis: RedisServer,
+    redis: std::sync::Mutex<Option<RedisServer>>,
 }
 
 /// A `redis-server` of the bench's own, on a free loopback port, killed by PID at exit.
@@ -184,7 +185,7 @@ fn world() -> &'static World {
             #[cfg(feature = "redis")]
             redis_url,
             #[cfg(feature = "redis")]
-            _redis: redis,
+            redis: std::sync::Mutex::new(Some(redis)),
         }
     })
 }
@@ -255,6 +256,9 @@ fn main() {
         assert_eq!(run_over_http(&w.redis_url), 200);
     }
     divan::main();
+    // The world is a static, never dropped: stop its redis-server by hand.
+    #[cfg(feature = "redis")]
+    drop(w.redis.lock().map(|mut r| r.take()));
 }
 
 mod loopback {
