@@ -83,20 +83,34 @@ impl StoredResponse {
     /// A compact binary form (for a shared store): `v1`, status, header count, each header
     /// as length-prefixed name and value, then the body.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.size() + 8 + 6 * self.headers.len());
+        // Every header whose lengths fit the form (all that `http` lets through: names are
+        // under 64 KiB), at most 65,535 of them.
+        let headers: Vec<(u16, &[u8], u32, &[u8])> = self
+            .headers
+            .iter()
+            .filter_map(|(name, value)| {
+                let (name, value) = (name.as_str().as_bytes(), value.as_bytes());
+                Some((
+                    u16::try_from(name.len()).ok()?,
+                    name,
+                    u32::try_from(value.len()).ok()?,
+                    value,
+                ))
+            })
+            .take(usize::from(u16::MAX))
+            .collect();
+        let mut out = Vec::with_capacity(self.size() + 6 + 6 * headers.len());
         out.extend_from_slice(b"v1");
         out.extend_from_slice(&self.status.as_u16().to_be_bytes());
-        let n = u16::try_from(self.headers.len()).unwrap_or(u16::MAX);
-        out.extend_from_slice(&n.to_be_bytes());
-        for (name, value) in self.headers.iter().take(usize::from(n)) {
-            let name = name.as_str().as_bytes();
-            out.extend_from_slice(&u16::try_from(name.len()).unwrap_or(0).to_be_bytes());
-            out.extend_from_slice(
-                name.get(..usize::from(u16::try_from(name.len()).unwrap_or(0)))
-                    .unwrap_or(&[]),
-            );
-            let value = value.as_bytes();
-            out.extend_from_slice(&u32::try_from(value.len()).unwrap_or(0).to_be_bytes());
+        out.extend_from_slice(
+            &u16::try_from(headers.len())
+                .unwrap_or(u16::MAX)
+                .to_be_bytes(),
+        );
+        for (name_len, name, value_len, value) in headers {
+            out.extend_from_slice(&name_len.to_be_bytes());
+            out.extend_from_slice(name);
+            out.extend_from_slice(&value_len.to_be_bytes());
             out.extend_from_slice(value);
         }
         out.extend_from_slice(&self.body);
