@@ -23,6 +23,8 @@ enum Kind {
     TaskFailure,
     /// No response: a transport failure (`sent`, `replay_safe`).
     Transport { sent: bool, replay_safe: bool },
+    /// A success to `attempt`: what the budget holds after it.
+    Success,
 }
 
 impl Kind {
@@ -31,6 +33,7 @@ impl Kind {
             Kind::Http => "http_response",
             Kind::TaskFailure => "task_failure",
             Kind::Transport { .. } => "transport_failure",
+            Kind::Success => "success",
         }
     }
 }
@@ -129,6 +132,14 @@ impl Fixture {
         f
     }
 
+    fn success(name: &str, description: &str, attempt: u32, tokens: u32) -> Fixture {
+        let mut f = Fixture::raw(name, description, 0, &[], "")
+            .attempt(attempt)
+            .tokens(tokens);
+        f.kind = Kind::Success;
+        f
+    }
+
     fn attempt(mut self, attempt: u32) -> Fixture {
         self.attempt = attempt;
         self
@@ -156,9 +167,10 @@ impl Fixture {
         }
         let mut map = HeaderMap::new();
         for (k, v) in &self.headers {
+            // As `classify` reads a fixture: the value's bytes as they are, obs-text too.
             if let (Ok(k), Ok(v)) = (
                 HeaderName::from_bytes(k.as_bytes()),
-                HeaderValue::from_str(v),
+                HeaderValue::from_bytes(v.as_bytes()),
             ) {
                 map.append(k, v);
             }
@@ -185,7 +197,7 @@ impl Fixture {
                     &mut move || bits,
                     Some(&budget),
                 ),
-                Kind::Http | Kind::TaskFailure => policy.explain(
+                Kind::Http | Kind::TaskFailure | Kind::Success => policy.explain(
                     &received.error,
                     self.attempt,
                     at(self.now),
@@ -213,7 +225,33 @@ impl Fixture {
         (range, step)
     }
 
+    /// The request object every kind shares.
+    fn request_json(&self) -> Value {
+        let budget = self.budget();
+        json!({
+            "now_unix": self.now,
+            "attempt": self.attempt,
+            "budget": {
+                "tokens": budget.tokens(),
+                "capacity": budget.capacity(),
+                "retry_cost": budget.retry_cost(),
+                "success_refill": budget.success_refill(),
+            },
+        })
+    }
+
     pub(crate) fn to_json(&self) -> Value {
+        if self.kind == Kind::Success {
+            let budget = self.budget();
+            budget.record_success_after(self.attempt);
+            return json!({
+                "name": self.name,
+                "description": self.description,
+                "kind": self.kind.as_str(),
+                "request": self.request_json(),
+                "expect": { "budget_tokens": budget.tokens() },
+            });
+        }
         if let Kind::Transport { sent, replay_safe } = self.kind {
             let (action, step) = self.action(&self.received());
             let budget = self.budget();
@@ -665,5 +703,184 @@ pub(crate) fn all() -> Vec<Fixture> {
             "Missing assets",
         ),
     ]);
+    out.extend(edge_cases());
     out
+}
+
+/// An envelope of `gone` padded with an extra member to exactly `total` bytes, a byte
+/// order mark first.
+fn padded_with_bom(total: usize) -> String {
+    const BOM: &str = "\u{feff}";
+    let head = r#"{"success":false,"error":"gone","message":"Expired","pad":""#;
+    let tail = r#""}"#;
+    let pad = total.saturating_sub(BOM.len() + head.len() + tail.len());
+    format!("{BOM}{head}{}{tail}", "p".repeat(pad))
+}
+
+/// One fixture for each case `docs/retry.md` decides where an implementation could
+/// otherwise guess: messages of statuses without a scenario, trimming, partial rate-limit
+/// headers, task-failure codes, duplicate headers, the body bound and a byte order mark,
+/// nesting depth, lone surrogates, and the budget after a success.
+#[allow(clippy::too_many_lines, reason = "one fixture after another")]
+fn edge_cases() -> Vec<Fixture> {
+    let json_type = ("content-type", "application/json");
+    let gone = |extra: &str| {
+        format!(r#"{{"success":false,"error":"gone","message":"Expired","x":{extra}}}"#)
+    };
+    let max = overten_errors_http::MAX_BODY_BYTES;
+    let depth = overten_errors::MAX_BODY_DEPTH;
+    // Arrays inside the top object: `n` of them make `n + 1` levels.
+    let nested = |n: usize| gone(&format!("{}{}", "[".repeat(n), "]".repeat(n)));
+    vec![
+        Fixture::raw(
+            "status-without-scenario",
+            "A bare 418: no scenario in catalog.json, so the message is 'HTTP status 418', never a reason phrase; 4xx is permanent.",
+            418,
+            &[],
+            "",
+        ),
+        Fixture::raw(
+            "status-without-scenario-unknown-code",
+            "A 599 carrying an unknown code and no message: the code is kept, the message is 'HTTP status 599'; 5xx backs off.",
+            599,
+            &[json_type],
+            r#"{"success":false,"error":"edge_melted"}"#,
+        ),
+        Fixture::raw(
+            "body-ids-trimmed",
+            "run_id and task_id in a body are trimmed of spaces and tabs, as X-Request-Id is.",
+            410,
+            &[
+                json_type,
+                ("x-request-id", "\treq_000000000000000000000001 "),
+            ],
+            r#"{"success":false,"error":"gone","message":"Expired","run_id":" \trun_1\t ","task_id":"  task_1"}"#,
+        ),
+        Fixture::raw(
+            "body-id-line-break",
+            "Only spaces and tabs are trimmed: a task_id ending in a line break is dropped (no header problem).",
+            410,
+            &[json_type],
+            r#"{"success":false,"error":"gone","message":"Expired","task_id":"task_1\n"}"#,
+        ),
+        Fixture::raw(
+            "rate-limit-partial",
+            "Two of the three X-RateLimit-* headers: none counts, and the missing one is the header problem; the 429 waits the default.",
+            429,
+            &[
+                json_type,
+                ("x-ratelimit-limit", "60"),
+                ("x-ratelimit-reset", "784111795"),
+            ],
+            &envelope(ErrorCode::RateLimitExceeded),
+        ),
+        Fixture::raw(
+            "rate-limit-invalid-before-missing",
+            "Limit missing and Reset invalid: the invalid one is named, not the missing one.",
+            429,
+            &[
+                json_type,
+                ("x-ratelimit-remaining", "0"),
+                ("x-ratelimit-reset", "soon"),
+            ],
+            &envelope(ErrorCode::RateLimitExceeded),
+        ),
+        Fixture::raw(
+            "retry-after-unicode-space",
+            "Trimming removes spaces and tabs only: a Retry-After ending in a no-break space is invalid.",
+            503,
+            &[json_type, ("retry-after", "7\u{a0}")],
+            &envelope(ErrorCode::ServiceUnavailable),
+        ),
+        Fixture::raw(
+            "retry-after-tab-trimmed",
+            "A Retry-After with a tab and a space around its digits is trimmed and valid.",
+            503,
+            &[json_type, ("retry-after", "\t7 ")],
+            &envelope(ErrorCode::ServiceUnavailable),
+        ),
+        Fixture::raw(
+            "duplicate-header-untrimmed",
+            "X-Request-Id twice, the second with a trailing space: values compare untrimmed, so they differ and the id is dropped.",
+            500,
+            &[
+                json_type,
+                ("x-request-id", "req_000000000000000000000001"),
+                ("x-request-id", "req_000000000000000000000001 "),
+            ],
+            &envelope(ErrorCode::InternalError),
+        ),
+        Fixture::raw(
+            "body-bound-with-bom",
+            "A body of exactly 65536 bytes counting its byte order mark is read.",
+            410,
+            &[json_type],
+            &padded_with_bom(max),
+        ),
+        Fixture::raw(
+            "body-bound-bom-over",
+            "A body of 65537 bytes counting its byte order mark is too large, though the JSON after the mark is 65534: no code.",
+            410,
+            &[json_type],
+            &padded_with_bom(max + 1),
+        ),
+        Fixture::raw(
+            "nesting-at-limit",
+            "Arrays 128 levels deep counting the top object, in a member the client ignores: still an envelope.",
+            410,
+            &[json_type],
+            &nested(depth - 1),
+        ),
+        Fixture::raw(
+            "nesting-too-deep",
+            "Arrays 129 levels deep counting the top object, in a member the client ignores: not an envelope.",
+            410,
+            &[json_type],
+            &nested(depth),
+        ),
+        Fixture::raw(
+            "lone-surrogate",
+            "A lone surrogate escape, even in a member the client ignores: not an envelope.",
+            410,
+            &[json_type],
+            &gone(r#""\ud800""#),
+        ),
+        Fixture::raw(
+            "surrogate-pair",
+            "A surrogate pair escape is one character: the message is read.",
+            410,
+            &[json_type],
+            r#"{"success":false,"error":"gone","message":"Expired \ud83d\ude00"}"#,
+        ),
+        Fixture::task(
+            "task-failed-empty-code",
+            "A failed task whose code is \"\": no code, decided like a 500.",
+            "",
+            "Something failed",
+        ),
+        Fixture::task(
+            "task-failed-any-string-code",
+            "A failed task whose code is not snake_case: kept as sent, unknown, decided like a 500.",
+            "Quota-Frozen",
+            "Quota frozen",
+        ),
+        Fixture::success(
+            "success-first-attempt",
+            "A success to a first attempt returns success_refill (1) token.",
+            1,
+            50,
+        ),
+        Fixture::success(
+            "success-after-retries",
+            "A success to attempt 3 returns retry_cost (5) tokens: retried_success_refill in catalog.json.",
+            3,
+            50,
+        ),
+        Fixture::success(
+            "success-refill-capped",
+            "A success after retries never fills past capacity.",
+            2,
+            98,
+        ),
+    ]
 }

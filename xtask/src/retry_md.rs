@@ -132,6 +132,11 @@ pub(crate) fn retry_md() -> String {
             "max_body_kib",
             (overten_errors_http::MAX_BODY_BYTES / 1024).to_string(),
         ),
+        (
+            "max_body_bytes",
+            overten_errors_http::MAX_BODY_BYTES.to_string(),
+        ),
+        ("max_body_depth", overten_errors::MAX_BODY_DEPTH.to_string()),
     ];
     let mut text = TEMPLATE.to_owned();
     for step in Step::ALL {

@@ -30,7 +30,7 @@ fn received(f: &Value) -> Received {
     for pair in resp["headers"].as_array().unwrap() {
         headers.append(
             HeaderName::from_bytes(pair[0].as_str().unwrap().as_bytes()).unwrap(),
-            HeaderValue::from_str(pair[1].as_str().unwrap()).unwrap(),
+            HeaderValue::from_bytes(pair[1].as_str().unwrap().as_bytes()).unwrap(),
         );
     }
     let status =
@@ -92,6 +92,15 @@ fn every_fixture_replays() {
         let name = f["name"].as_str().unwrap();
         if f["kind"] == "transport_failure" {
             replay_transport(&f, name, &mut steps);
+            seen += 1;
+            continue;
+        }
+        if f["kind"] == "success" {
+            let budget = budget_of(&f["request"]);
+            budget.record_success_after(
+                u32::try_from(f["request"]["attempt"].as_u64().unwrap()).unwrap(),
+            );
+            assert_eq!(f["expect"]["budget_tokens"], budget.tokens(), "{name}");
             seen += 1;
             continue;
         }

@@ -71,7 +71,10 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 
 struct Case {
     received: Option<Received>,
-    decision: Decision,
+    /// The decision; `None` for a `success` fixture, which decides nothing.
+    decision: Option<Decision>,
+    /// For a `success` fixture: the budget's tokens after the success.
+    budget_tokens: Option<u32>,
     expect: Option<Value>,
 }
 
@@ -186,9 +189,12 @@ fn fixture_case(f: &Value, o: &Overrides) -> Result<Case, String> {
         return Err("a fixture is a JSON object".to_owned());
     }
     let kind = string(&f["kind"], "kind")?;
-    if !matches!(kind, "http_response" | "task_failure" | "transport_failure") {
+    if !matches!(
+        kind,
+        "http_response" | "task_failure" | "transport_failure" | "success"
+    ) {
         return Err(format!(
-            "kind: expected http_response, task_failure or transport_failure, found {}",
+            "kind: expected http_response, task_failure, transport_failure or success, found {}",
             shown(&f["kind"])
         ));
     }
@@ -215,13 +221,24 @@ fn fixture_case(f: &Value, o: &Overrides) -> Result<Case, String> {
     };
     let policy = RetryPolicy::default();
     let mut rng = rng_of(o);
+    if kind == "success" {
+        let budget = budget.ok_or("request.budget: a success fixture needs a budget")?;
+        budget.record_success_after(attempt);
+        return Ok(Case {
+            received: None,
+            decision: None,
+            budget_tokens: Some(budget.tokens()),
+            expect,
+        });
+    }
     if kind == "transport_failure" {
         let sent = boolean(&f["failure"]["sent"], "failure.sent")?;
         let safe = boolean(&f["failure"]["replay_safe"], "failure.replay_safe")?;
         let decision = policy.decide_transport(sent, safe, attempt, &mut rng, budget.as_ref());
         return Ok(Case {
             received: None,
-            decision,
+            decision: Some(decision),
+            budget_tokens: None,
             expect,
         });
     }
@@ -273,7 +290,8 @@ fn fixture_case(f: &Value, o: &Overrides) -> Result<Case, String> {
     );
     Ok(Case {
         received: Some(received),
-        decision,
+        decision: Some(decision),
+        budget_tokens: None,
         expect,
     })
 }
@@ -302,6 +320,7 @@ const COMPARED: &[&str] = &[
     "known",
     "message",
     "request_id",
+    "run_id",
     "task_id",
     "body_is_envelope",
     "message_from_body",
@@ -310,20 +329,29 @@ const COMPARED: &[&str] = &[
 ];
 
 fn report(case: &Case) -> Value {
-    let action = serde_json::to_value(case.decision.advice).unwrap_or_default();
     let mut out = match &case.received {
         Some(r) => r.report(),
         None => json!({}),
     };
-    out["step"] = json!(case.decision.step.as_str());
-    out["action"] = action;
+    if let Some(decision) = &case.decision {
+        out["step"] = json!(decision.step.as_str());
+        out["action"] = serde_json::to_value(decision.advice).unwrap_or_default();
+    }
+    if let Some(tokens) = case.budget_tokens {
+        out["budget_tokens"] = json!(tokens);
+    }
     if let Some(expect) = &case.expect {
         let mut differs: Vec<&str> = Vec::new();
-        if !conforms(&out["action"], &expect["action"]) {
-            differs.push("action");
+        if case.decision.is_some() {
+            if !conforms(&out["action"], &expect["action"]) {
+                differs.push("action");
+            }
+            if out["step"] != expect["step"] {
+                differs.push("step");
+            }
         }
-        if out["step"] != expect["step"] {
-            differs.push("step");
+        if case.budget_tokens.is_some() && out["budget_tokens"] != expect["budget_tokens"] {
+            differs.push("budget_tokens");
         }
         for field in COMPARED {
             if case.received.is_some()
@@ -348,14 +376,24 @@ fn text(case: &Case, out: &Value) -> String {
         let _ = writeln!(s, "known code:  {}", out["known"]);
         let _ = writeln!(s, "diagnostics: {}", out["diagnostics"]);
     }
-    let _ = writeln!(
-        s,
-        "advice:      {} (step {} of docs/retry.md)",
-        case.decision.advice,
-        case.decision.step.as_str()
-    );
+    if let Some(decision) = &case.decision {
+        let _ = writeln!(
+            s,
+            "advice:      {} (step {} of docs/retry.md)",
+            decision.advice,
+            decision.step.as_str()
+        );
+    }
+    if let Some(tokens) = case.budget_tokens {
+        let _ = writeln!(s, "budget:      {tokens} tokens after the success");
+    }
     if let Some(ok) = out.get("conforms") {
-        let _ = writeln!(s, "expected:    {}", out["expect"]["action"]);
+        let shown = if case.decision.is_some() {
+            &out["expect"]["action"]
+        } else {
+            &out["expect"]["budget_tokens"]
+        };
+        let _ = writeln!(s, "expected:    {shown}");
         let verdict = if ok == &json!(true) {
             "yes".to_owned()
         } else {
@@ -390,7 +428,8 @@ pub(crate) fn main(fixture: Option<&Path>, as_json: bool, o: &Overrides) -> Exit
                 );
                 Case {
                     received: Some(received),
-                    decision,
+                    decision: Some(decision),
+                    budget_tokens: None,
                     expect: None,
                 }
             }),

@@ -94,7 +94,7 @@ const CLASSIFY_HELP: &str =
 
 Prints the error read, its diagnostics and the advised action (the step of docs/retry.md
 that decided); with --json, one JSON object: the fields of a fixture's `expect` (status,
-code, known, message, request_id, task_id, body_is_envelope, message_from_body,
+code, known, message, request_id, run_id, task_id, body_is_envelope, message_from_body,
 status_mismatch, header_problems, step, action), `diagnostics` (each problem's text, or
 null), and for a fixture with `expect`: `expect`, `conforms` and `differs` (the fields that
 differ).

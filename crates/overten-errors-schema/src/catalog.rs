@@ -160,6 +160,12 @@ pub struct Limits {
     /// The longest id (`X-Request-Id`, `run_id`, `task_id`) written or kept, in bytes; ids
     /// are visible ASCII (`!` to `~`) only.
     pub max_id_bytes: u64,
+    /// The largest body a client reads as an envelope, in bytes, a byte order mark
+    /// included.
+    pub max_body_bytes: u64,
+    /// The deepest nesting of arrays and objects in a body read as an envelope, the top
+    /// object counting as level 1.
+    pub max_body_depth: u64,
 }
 
 fn millis(d: Duration) -> u64 {
@@ -242,6 +248,8 @@ pub fn catalog() -> Catalog {
             rate_limit_window_ms: RATE_LIMIT_WINDOW_SECONDS * 1000,
             max_message_bytes: MAX_MESSAGE_BYTES as u64,
             max_id_bytes: MAX_ID_BYTES as u64,
+            max_body_bytes: overten_errors::MAX_BODY_BYTES as u64,
+            max_body_depth: overten_errors::MAX_BODY_DEPTH as u64,
         },
     }
 }

@@ -123,8 +123,7 @@ pub enum BodyError {
     /// The body is empty or only whitespace.
     #[error("the body is empty")]
     Empty,
-    /// The body is not JSON: a syntax error, truncation, bad UTF-8, or nesting past
-    /// `serde_json`'s recursion limit (128).
+    /// The body is not JSON: a syntax error, truncation or bad UTF-8.
     #[error("the body is not valid JSON (line {line}, column {column})")]
     Json {
         /// One-based line of the error.
@@ -154,6 +153,86 @@ pub enum BodyError {
     /// A known member appears twice, so the body is ambiguous.
     #[error("the `{0}` member appears more than once")]
     Duplicate(&'static str),
+    /// Arrays and objects nest deeper than [`MAX_BODY_DEPTH`] levels somewhere in the body.
+    #[error("the body nests deeper than {} levels", MAX_BODY_DEPTH)]
+    TooDeep,
+    /// A string (a member's name or value, anywhere in the body) holds a lone surrogate
+    /// escape: `\\uD800` to `\\uDFFF` outside a high-low pair, which is no Unicode text.
+    #[error("the body holds a lone surrogate escape")]
+    LoneSurrogate,
+}
+
+/// The largest body a client reads as an envelope: 64 KiB (65,536 bytes), counting every
+/// byte received, a byte order mark included (`docs/retry.md`). A larger body is not an
+/// envelope, whatever it holds.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The deepest nesting of arrays and objects a body may have and still be an envelope,
+/// the top object counting as level 1 (`docs/retry.md`). Members other than the five an
+/// envelope has are skipped whatever they hold, but never past this depth, so that a client
+/// with a recursive JSON parser reads every body the same way as one without.
+pub const MAX_BODY_DEPTH: usize = 128;
+
+/// Screens a body for what a JSON parser may let through but an envelope may not hold:
+/// nesting deeper than [`MAX_BODY_DEPTH`], and a lone surrogate escape (`\\uD800` to
+/// `\\uDFFF` not in a high-low pair) in any string, member names included. Brackets and
+/// escapes inside strings are told apart from structure. Two cheap counts first spare the
+/// exact scan for nearly every body: it needs more than `MAX_BODY_DEPTH` opening brackets
+/// to be too deep, and a `\\u` to hold a surrogate.
+fn screen(bytes: &[u8]) -> Result<(), BodyError> {
+    let deep = bytes.iter().filter(|&&b| b == b'[' || b == b'{').count() > MAX_BODY_DEPTH;
+    let escapes = bytes.windows(2).any(|w| w == b"\\u");
+    if !deep && !escapes {
+        return Ok(());
+    }
+    let mut depth = 0usize;
+    let mut in_string = false;
+    // In a string: a high surrogate just read, which the next escape must complete.
+    let mut pending_high = false;
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        i += 1;
+        if !in_string {
+            match b {
+                b'"' => in_string = true,
+                b'[' | b'{' => {
+                    depth += 1;
+                    if depth > MAX_BODY_DEPTH {
+                        return Err(BodyError::TooDeep);
+                    }
+                }
+                b']' | b'}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+            continue;
+        }
+        let unit = match b {
+            b'\\' => {
+                let escaped = bytes.get(i).copied();
+                i += 1;
+                if escaped == Some(b'u') {
+                    let unit = bytes
+                        .get(i..i + 4)
+                        .and_then(|h| std::str::from_utf8(h).ok())
+                        .and_then(|h| u16::from_str_radix(h, 16).ok());
+                    i += 4;
+                    unit
+                } else {
+                    None
+                }
+            }
+            _ => None,
+        };
+        let low = unit.is_some_and(|u| (0xDC00..=0xDFFF).contains(&u));
+        if pending_high != low {
+            return Err(BodyError::LoneSurrogate);
+        }
+        pending_high = unit.is_some_and(|u| (0xD800..=0xDBFF).contains(&u));
+        if b == b'"' {
+            in_string = false;
+        }
+    }
+    Ok(())
 }
 
 impl From<serde_json::Error> for BodyError {
@@ -182,6 +261,7 @@ impl ErrorBody {
     /// ```
     pub fn parse(bytes: &[u8]) -> Result<ErrorBody, BodyError> {
         let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+        screen(bytes)?;
         // Fast path: a well-formed envelope, read by a derived borrowed struct. Only an
         // object may take it (serde would read an array into a struct too); anything it
         // rejects goes to the tolerant reader, which names the problem.
@@ -697,26 +777,19 @@ mod tests {
         }
         // Deep nesting neither overflows the stack nor passes as an envelope.
         let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
-        assert_eq!(
-            ErrorBody::parse(deep.as_bytes()),
-            Err(BodyError::NotAnObject(JsonType::Array))
-        );
+        assert_eq!(ErrorBody::parse(deep.as_bytes()), Err(BodyError::TooDeep));
         let deep = format!(
             r#"{{"success":false,"error":"gone","message":{}{}}}"#,
             "[".repeat(100_000),
             "]".repeat(100_000)
         );
-        match ErrorBody::parse(deep.as_bytes()) {
-            Ok(body) => assert!(matches!(
-                body.message_issue,
-                Some(BodyError::WrongType {
-                    member: "message",
-                    ..
-                })
-            )),
-            Err(e) => assert!(matches!(e, BodyError::Json { .. }), "{e:?}"),
-        }
+        assert_eq!(ErrorBody::parse(deep.as_bytes()), Err(BodyError::TooDeep));
         let unclosed = "{\"a\":".repeat(100_000);
+        assert_eq!(
+            ErrorBody::parse(unclosed.as_bytes()),
+            Err(BodyError::TooDeep)
+        );
+        let unclosed = "{\"a\":".repeat(100);
         assert!(matches!(
             ErrorBody::parse(unclosed.as_bytes()),
             Err(BodyError::Json { .. })
@@ -731,5 +804,74 @@ mod tests {
         assert_eq!(parsed.message.as_deref(), Some("bad \"fmt\" é\n😀"));
         let body = br#"{"succ\u0065ss":false,"error":"g\u006fne","message":""}"#;
         assert_eq!(ErrorBody::parse(body).unwrap().code, ErrorCode::Gone);
+    }
+
+    /// An envelope whose extra member `x` holds `inner`.
+    fn with_x(inner: &str) -> Vec<u8> {
+        format!(r#"{{"success":false,"error":"gone","message":"m","x":{inner}}}"#).into_bytes()
+    }
+
+    #[test]
+    fn nesting_is_bounded_at_128_levels_counting_the_top_object() {
+        // The top object is level 1: 127 arrays inside it make 128 levels, one more 129.
+        for (arrays, ok) in [(126, true), (127, true), (128, false), (4000, false)] {
+            let body = with_x(&format!("{}{}", "[".repeat(arrays), "]".repeat(arrays)));
+            let got = ErrorBody::parse(&body);
+            assert_eq!(got.is_ok(), ok, "{arrays} arrays: {got:?}");
+            if !ok {
+                assert_eq!(got.unwrap_err(), BodyError::TooDeep);
+            }
+        }
+        // Objects count as arrays do, and the tolerant reader (a number message) agrees.
+        let objects = format!("{}1{}", r#"{"a":"#.repeat(128), "}".repeat(128));
+        assert_eq!(ErrorBody::parse(&with_x(&objects)), Err(BodyError::TooDeep));
+        let tolerant = format!(
+            r#"{{"success":false,"error":"gone","message":1,"x":{}{}}}"#,
+            "[".repeat(127),
+            "]".repeat(127)
+        );
+        assert_eq!(
+            ErrorBody::parse(tolerant.as_bytes()).unwrap().code,
+            ErrorCode::Gone
+        );
+        // Brackets inside strings, escaped quotes included, are not structure.
+        let text = format!(r#""\"{}""#, "[".repeat(300));
+        assert_eq!(
+            ErrorBody::parse(&with_x(&text)).unwrap().code,
+            ErrorCode::Gone
+        );
+        // Many brackets side by side, never deep: fine.
+        let wide = format!("[{}[]]", "[],".repeat(300));
+        assert_eq!(
+            ErrorBody::parse(&with_x(&wide)).unwrap().code,
+            ErrorCode::Gone
+        );
+    }
+
+    #[test]
+    fn a_lone_surrogate_anywhere_is_not_an_envelope() {
+        for lone in [
+            r#""\ud800""#,
+            r#""\uDC00""#,
+            r#""\ud800\u0041""#,
+            r#""\ud800\ud800""#,
+            r#"{"\ud83dkey":1}"#,
+            r#"["ok", "\udfff tail"]"#,
+        ] {
+            assert_eq!(
+                ErrorBody::parse(&with_x(lone)),
+                Err(BodyError::LoneSurrogate),
+                "{lone}"
+            );
+        }
+        let in_message = br#"{"success":false,"error":"gone","message":"a\ud800"}"#;
+        assert_eq!(ErrorBody::parse(in_message), Err(BodyError::LoneSurrogate));
+        for fine in [
+            r#""\ud83d\ude00""#,
+            r#""\uD83D\uDE00 \u00e9 \\ud800""#,
+            r#""\\\ud83d\ude00\"""#,
+        ] {
+            assert!(ErrorBody::parse(&with_x(fine)).is_ok(), "{fine}");
+        }
     }
 }

@@ -126,11 +126,12 @@ impl ApiError {
             (None, None) => crate::status::fallback_message(status),
         };
         let mut err = ApiError::received(body.code, status, message);
+        // Ids from a body are trimmed as header values are (`docs/retry.md`).
         if let Some(id) = body.run_id {
-            err.set_run_id(id);
+            err.set_run_id(crate::text::trimmed_id(id));
         }
         if let Some(id) = body.task_id {
-            err.set_task_id(id);
+            err.set_task_id(crate::text::trimmed_id(id));
         }
         err
     }
@@ -497,5 +498,22 @@ mod tests {
         assert_eq!(err.retry_rule(), RetryRule::Never);
         let err = ApiError::received(Code::parse("quota_frozen"), 418, "x");
         assert_eq!(err.retry_rule(), RetryRule::Never);
+    }
+
+    #[test]
+    fn ids_from_a_body_are_trimmed_of_spaces_and_tabs_only() {
+        let body = crate::ErrorBody::parse(
+            br#"{"success":false,"error":"gone","message":"m","run_id":" \trun_1\t ","task_id":"\ntask_1"}"#,
+        )
+        .unwrap();
+        let err = ApiError::from_body(body, 410);
+        assert_eq!(err.run_id(), Some("run_1"));
+        // A line break is not trimmed, and is no visible ASCII: the id is dropped.
+        assert_eq!(err.task_id(), None);
+        let failure: crate::TaskFailure = serde_json::from_str(
+            r#"{"task_id":"  task_9 ","status":"failed","error":{"code":"gone","message":"m"},"credits_used":0,"duration_ms":1}"#,
+        )
+        .unwrap();
+        assert_eq!(ApiError::from(failure).task_id(), Some("task_9"));
     }
 }

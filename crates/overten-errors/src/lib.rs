@@ -67,7 +67,7 @@ mod task;
 mod text;
 
 pub use code::{Category, Code, CodeSpec, ErrorCode, ParseCodeError};
-pub use envelope::{BodyError, Envelope, ErrorBody, JsonType};
+pub use envelope::{BodyError, Envelope, ErrorBody, JsonType, MAX_BODY_BYTES, MAX_BODY_DEPTH};
 pub use error::ApiError;
 pub use hints::{RateLimit, RetryAfter, RetryAfterError};
 pub use limits::{
@@ -80,9 +80,9 @@ pub use retry::{
     RetryBudget, RetryPolicy, RetryPolicyBuilder, SplitMix64, Step, StopReason,
 };
 pub use rule::{FALLBACK, FallbackRule, HeaderUse, RetryRule};
-pub use status::{STATUSES, StatusInfo, StatusKind, status_info};
+pub use status::{STATUSES, StatusInfo, StatusKind, fallback_message, status_info};
 pub use task::{Failed, TaskError, TaskFailure, UNKNOWN_TASK_CODE_STATUS};
-pub use text::{IdError, MAX_ID_BYTES, MAX_MESSAGE_BYTES, check_id};
+pub use text::{IdError, MAX_ID_BYTES, MAX_MESSAGE_BYTES, check_id, trim_ows};
 
 /// This crate's README examples, compiled and run as doctests.
 #[cfg(doctest)]

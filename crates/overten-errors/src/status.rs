@@ -142,7 +142,8 @@ pub fn status_info(status: u16) -> Option<&'static StatusInfo> {
 
 /// The page's scenario for a status, or `HTTP status N` for one the page does not list: the
 /// public message of an error whose body said nothing usable.
-pub(crate) fn fallback_message(status: u16) -> std::borrow::Cow<'static, str> {
+#[must_use]
+pub fn fallback_message(status: u16) -> std::borrow::Cow<'static, str> {
     match status_info(status) {
         Some(info) => std::borrow::Cow::Borrowed(info.scenario),
         None => std::borrow::Cow::Owned(format!("HTTP status {status}")),

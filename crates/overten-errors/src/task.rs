@@ -75,6 +75,6 @@ impl From<TaskFailure> for ApiError {
             .known()
             .map_or(UNKNOWN_TASK_CODE_STATUS, crate::ErrorCode::status);
         ApiError::received(failure.error.code, status, failure.error.message)
-            .with_task_id(failure.task_id)
+            .with_task_id(crate::text::trimmed_id(failure.task_id))
     }
 }

@@ -54,6 +54,28 @@ pub fn check_id(id: &str) -> Result<&str, IdError> {
     Ok(id)
 }
 
+/// `s` without the spaces (U+0020) and horizontal tabs (U+0009) at either end: what
+/// "trimmed" means everywhere in `docs/retry.md`, for header values and for the ids read
+/// from a body alike. No other character is trimmed (no line break, no Unicode space).
+///
+/// ```
+/// use overten_errors::trim_ows;
+/// assert_eq!(trim_ows(" \trun_1\t "), "run_1");
+/// assert_eq!(trim_ows("\nrun_1"), "\nrun_1");
+/// ```
+#[must_use]
+pub fn trim_ows(s: &str) -> &str {
+    s.trim_matches([' ', '\t'])
+}
+
+/// An id read from a body, trimmed; the string itself when nothing is trimmed.
+pub(crate) fn trimmed_id(id: String) -> String {
+    match trim_ows(&id) {
+        t if t.len() == id.len() => id,
+        t => t.to_owned(),
+    }
+}
+
 /// A message cut to [`MAX_MESSAGE_BYTES`] (borrowed through when it fits).
 pub(crate) fn bound_message(message: Cow<'static, str>) -> Cow<'static, str> {
     const ELLIPSIS: &str = "…";

@@ -10,14 +10,15 @@ use http_body::Body;
 use http_body_util::{BodyExt, Limited};
 use overten_errors::{
     Advice, ApiError, BodyError, Code, ErrorBody, IdError, MAX_ID_BYTES, RandomSource, RateLimit,
-    RetryAfter, RetryAfterError, RetryPolicy, check_id, status_info,
+    RetryAfter, RetryAfterError, RetryPolicy, check_id,
 };
 
 use crate::names;
 
-/// The largest body [`classify`] parses and [`read_body_limited`] reads: 64 KiB. An error
+/// The largest body [`classify`] parses and [`read_body_limited`] reads: the core's
+/// [`overten_errors::MAX_BODY_BYTES`], 64 KiB, a byte order mark included. An error
 /// envelope is a few hundred bytes; anything near this size is not one.
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
+pub const MAX_BODY_BYTES: usize = overten_errors::MAX_BODY_BYTES;
 
 /// The longest `X-Request-Id` kept: the core's [`MAX_ID_BYTES`] (256), the same bound the
 /// server side writes under. Longer values are dropped, not truncated, since a truncated
@@ -152,6 +153,7 @@ impl Received {
             "known": e.code().known().is_some(),
             "message": e.message(),
             "request_id": e.request_id(),
+            "run_id": e.run_id(),
             "task_id": e.task_id(),
             "body_is_envelope": d.body.is_none(),
             "message_from_body": d.message_from_body(),
@@ -181,7 +183,7 @@ impl Received {
 /// does not know is kept. Where the body cannot say — an HTML page from a proxy, an empty,
 /// truncated, non-UTF-8 or deeply nested body, one over [`MAX_BODY_BYTES`] — the code is
 /// [`Code::Missing`], the status decides the retry rule, and the public message is the
-/// reference page's text for the status (or its reason phrase), never the body.
+/// reference page's text for the status (or `HTTP status N`), never the body.
 pub fn classify(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Received {
     classify_read(status, headers, Ok(body))
 }
@@ -260,14 +262,10 @@ fn parse_body(body: &[u8]) -> Result<ErrorBody, BodyIssue> {
 }
 
 /// The public message for a response whose body said nothing usable.
+/// The page's scenario for the status, else `HTTP status N`: never a reason phrase, whose
+/// table differs between HTTP libraries, so every client writes the same text.
 fn status_message(status: StatusCode) -> Cow<'static, str> {
-    match status_info(status.as_u16()) {
-        Some(info) => Cow::Borrowed(info.scenario),
-        None => match status.canonical_reason() {
-            Some(reason) => Cow::Borrowed(reason),
-            None => Cow::Owned(format!("HTTP status {}", status.as_u16())),
-        },
-    }
+    overten_errors::fallback_message(status.as_u16())
 }
 
 /// The header's one value; several identical values count as one.
