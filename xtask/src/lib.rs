@@ -72,6 +72,14 @@ pub fn generate() -> BTreeMap<PathBuf, String> {
             "docs/schema/catalog.schema.json",
             overten_errors_schema::catalog_schema(),
         ),
+        (
+            "docs/schema/fixture.schema.json",
+            overten_errors_schema::fixture_schema(),
+        ),
+        (
+            "docs/schema/classify-output.schema.json",
+            overten_errors_schema::classify_output_schema(),
+        ),
     ] {
         files.insert(path.into(), json_file(value));
     }

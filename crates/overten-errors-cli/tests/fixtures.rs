@@ -7,12 +7,33 @@ use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_overten-errors");
 
+/// `docs/schema/fixture.schema.json` as `cargo xtask docs` writes it.
+fn fixture_schema() -> jsonschema::Validator {
+    jsonschema::draft202012::new(&overten_errors_schema::fixture_schema()).unwrap()
+}
+
+/// `docs/schema/classify-output.schema.json` as `cargo xtask docs` writes it.
+fn output_schema() -> jsonschema::Validator {
+    jsonschema::draft202012::new(&overten_errors_schema::classify_output_schema()).unwrap()
+}
+
+fn schema_errors(v: &jsonschema::Validator, doc: &serde_json::Value) -> Vec<String> {
+    v.iter_errors(doc)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect()
+}
+
 #[test]
 fn classify_agrees_with_every_fixture() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/fixtures");
     let mut seen = 0;
+    let (fixtures, outputs) = (fixture_schema(), output_schema());
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
+        let doc: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let bad = schema_errors(&fixtures, &doc);
+        assert!(bad.is_empty(), "{}: {bad:?}", path.display());
         let out = Command::new(BIN)
             .arg("classify")
             .arg("--json")
@@ -28,6 +49,8 @@ fn classify_agrees_with_every_fixture() {
         });
         assert_eq!(v["conforms"], true, "{}: {v}", path.display());
         assert!(out.status.success(), "{}", path.display());
+        let bad = schema_errors(&outputs, &v);
+        assert!(bad.is_empty(), "{}: {bad:?}", path.display());
         seen += 1;
     }
     assert!(seen > 50, "{seen} fixtures");
@@ -107,6 +130,14 @@ fn bad_fixture_fields_are_refused_with_exit_2_naming_the_field_never_coerced() {
         }
         let (rc, _, err) = classify(&f, &["--json"]);
         assert_eq!(rc, Some(2), "{object}.{field} = {value}: {err}");
+        // The published schema refuses what the reader refuses, but for 5.0: JSON Schema's
+        // "integer" admits a number with a zero fraction, which the reader does not (the
+        // schema's description says so).
+        assert_eq!(
+            fixture_schema().is_valid(&f),
+            value.is_f64() && value.as_f64().is_some_and(|x| x.fract() == 0.0),
+            "{object}.{field} = {value}"
+        );
         assert!(
             err.contains(&format!("{object}.{field}")),
             "{object}.{field}: {err}"
@@ -122,6 +153,7 @@ fn bad_fixture_fields_are_refused_with_exit_2_naming_the_field_never_coerced() {
         let (rc, _, err) = classify(&f, &[]);
         assert_eq!(rc, Some(2), "{field}: {err}");
         assert!(err.contains(&format!("request.budget.{field}")), "{err}");
+        assert!(!fixture_schema().is_valid(&f), "{field} passes the schema");
     }
     let mut f = base.clone();
     f["kind"] = serde_json::json!("http");
@@ -131,6 +163,7 @@ fn bad_fixture_fields_are_refused_with_exit_2_naming_the_field_never_coerced() {
     let (rc, _, err) = classify(&f, &[]);
     assert_eq!(rc, Some(2));
     assert!(err.contains("response.headers[0]"), "{err}");
+    assert!(!fixture_schema().is_valid(&f));
     // An attempt of 2^32 + 1 is refused, not read as attempt 1.
     let mut f = base.clone();
     f["request"]["attempt"] = serde_json::json!(4_294_967_297_u64);
@@ -189,6 +222,7 @@ fn json_output_is_all_json_and_the_draw_now_and_budget_make_it_exact() {
     std::io::Write::write_all(&mut child.stdin.take().unwrap(), raw).unwrap();
     let out = child.wait_with_output().unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(schema_errors(&output_schema(), &v).is_empty(), "{v}");
     assert_eq!(v["action"]["after_ms"], 20_000, "{v}");
     assert_eq!(v["action"]["basis"], "retry_after", "{v}");
 }

@@ -10,6 +10,8 @@
 //! - [`task_failure_schema`] (and [`task_failure_strict_schema`]): the failed async task;
 //! - [`catalog`] and [`catalog_schema`]: the machine-readable catalog for SDKs in other
 //!   languages (codes, statuses, tiers, headers, fallback rule, retry defaults);
+//! - [`fixture_schema`] and [`classify_output_schema`]: a golden fixture of `docs/fixtures/`
+//!   and what `overten-errors classify --json` prints, for SDK authors' test suites;
 //! - [`openapi`]: an OpenAPI 3.1 document whose `components` hold the schemas, one reusable
 //!   response per code, and the header objects, for API specs to `$ref`.
 //!
@@ -37,6 +39,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod catalog;
+mod fixture;
 mod openapi;
 mod schemas;
 
@@ -44,6 +47,7 @@ pub use catalog::{
     BackoffDefaults, BudgetDefaults, Catalog, CodeEntry, Fallback, FallbackEntry, HeaderEntry,
     Limits, StatusEntry, TierEntry, catalog, catalog_schema,
 };
+pub use fixture::{classify_output_schema, fixture_schema};
 pub use openapi::{OPENAPI_VERSION, openapi};
 pub use schemas::{
     CODE_PATTERN, DIALECT, error_body_schema, error_body_strict_schema, task_failure_schema,

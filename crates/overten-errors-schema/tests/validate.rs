@@ -38,6 +38,11 @@ fn schemas_are_valid_2020_12() {
         ("task failure", task_failure_schema()),
         ("task failure, strict", task_failure_strict_schema()),
         ("catalog", catalog_schema()),
+        ("fixture", overten_errors_schema::fixture_schema()),
+        (
+            "classify output",
+            overten_errors_schema::classify_output_schema(),
+        ),
     ] {
         assert_eq!(
             schema["$schema"], "https://json-schema.org/draft/2020-12/schema",
