@@ -182,6 +182,33 @@ fn time_of(secs: u64) -> SystemTime {
         .unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
+/// A fixture's `response.headers`: `[name, value]` pairs, each a header `http` accepts.
+fn headers_of(v: &Value) -> Result<HeaderMap, String> {
+    let pairs = v.as_array().ok_or_else(|| {
+        format!(
+            "response.headers: expected a list of [name, value], found {}",
+            shown(v)
+        )
+    })?;
+    let mut headers = HeaderMap::new();
+    for (i, pair) in pairs.iter().enumerate() {
+        let at = format!("response.headers[{i}]");
+        let (Some(k), Some(v), Some(2)) = (
+            pair[0].as_str(),
+            pair[1].as_str(),
+            pair.as_array().map(Vec::len),
+        ) else {
+            return Err(format!("{at}: expected [name, value], two strings"));
+        };
+        let name = HeaderName::from_bytes(k.as_bytes())
+            .map_err(|_| format!("{at}: {:?} is not a header name", truncate(k)))?;
+        let value = HeaderValue::from_bytes(v.as_bytes())
+            .map_err(|_| format!("{at}: the value of {name} holds a control character"))?;
+        headers.append(name, value);
+    }
+    Ok(headers)
+}
+
 /// Reads a fixture as `docs/README.md` describes it:
 /// every field of the kind checked, none coerced; an error names the field.
 fn fixture_case(f: &Value, o: &Overrides) -> Result<Case, String> {
@@ -257,28 +284,7 @@ fn fixture_case(f: &Value, o: &Overrides) -> Result<Case, String> {
             .ok()
             .and_then(|s| StatusCode::from_u16(s).ok())
             .ok_or("response.status: not a status")?;
-        let pairs = resp["headers"].as_array().ok_or_else(|| {
-            format!(
-                "response.headers: expected a list of [name, value], found {}",
-                shown(&resp["headers"])
-            )
-        })?;
-        let mut headers = HeaderMap::new();
-        for (i, pair) in pairs.iter().enumerate() {
-            let at = format!("response.headers[{i}]");
-            let (Some(k), Some(v), Some(2)) = (
-                pair[0].as_str(),
-                pair[1].as_str(),
-                pair.as_array().map(Vec::len),
-            ) else {
-                return Err(format!("{at}: expected [name, value], two strings"));
-            };
-            let name = HeaderName::from_bytes(k.as_bytes())
-                .map_err(|_| format!("{at}: {:?} is not a header name", truncate(k)))?;
-            let value = HeaderValue::from_bytes(v.as_bytes())
-                .map_err(|_| format!("{at}: the value of {name} holds a control character"))?;
-            headers.append(name, value);
-        }
+        let headers = headers_of(&resp["headers"])?;
         classify(status, &headers, body.as_bytes())
     };
     let decision = policy.explain(

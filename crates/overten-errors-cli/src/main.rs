@@ -4,6 +4,8 @@
 //!   language (loopback only), built from `overten-errors-http`'s axum and tower layers;
 //! - `overten-errors explain <code|status>`: when, fix, status, category, retry rule and the
 //!   headers that matter, like `rustc --explain`;
+//! - `overten-errors conformance -- PROGRAM`: a scripted mock that grades a client against
+//!   the rules of `docs/retry.md` (text, JSON and `JUnit` XML reports);
 //! - `overten-errors classify [FIXTURE.json]`: a golden fixture, or a raw HTTP response on
 //!   stdin, read as a client reads it: the typed error, diagnostics and advice.
 #![forbid(unsafe_code)]
@@ -16,6 +18,7 @@ use clap::{Parser, Subcommand};
 use overten_errors::Tier;
 
 mod classify;
+mod conformance;
 mod explain;
 mod mock;
 
@@ -59,6 +62,32 @@ enum Command {
         /// Seconds a connection has to send its request head before it is dropped.
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
         header_timeout: u64,
+    },
+    /// Grade a client against the rules of docs/retry.md: a scripted mock records every
+    /// attempt of the client's test program and reports each rule, pass or fail.
+    #[command(long_about = CONFORMANCE_HELP)]
+    Conformance {
+        /// The address to listen on (a loopback address; port 0 picks a free one).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        addr: SocketAddr,
+        /// The report on stdout: text, json or junit (`JUnit` XML).
+        #[arg(long, value_enum, default_value = "text")]
+        format: conformance::Format,
+        /// Also write the JSON report to this file.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+        /// Also write the `JUnit` XML report to this file.
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
+        /// Seconds the run may take before the client program is stopped (or, without one,
+        /// before grading without a POST /conformance/done).
+        #[arg(long, default_value_t = 240, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        timeout: u64,
+        /// The client's test program and its arguments (after `--`); it gets
+        /// `OVERTEN_BASE_URL`, `OVERTEN_API_KEY` and `OVERTEN_CONFORMANCE_PLAN`. Without it, the
+        /// mock waits for `POST /conformance/done`.
+        #[arg(last = true, value_name = "COMMAND")]
+        command: Vec<String>,
     },
     /// Explain an error code (known or not) or an HTTP status.
     Explain {
@@ -105,6 +134,31 @@ A fixture is read strictly: a field of the wrong type or out of range (an attemp
 
 Exit status: 0 read (and conforms, for a fixture with `expect`), 1 differs from `expect`,
 2 bad input.";
+
+const CONFORMANCE_HELP: &str = "Grade a client against the rules of docs/retry.md.
+
+  overten-errors conformance [--format text|json|junit] [--json F] [--junit F] -- PROGRAM ARGS...
+
+Serves a scripted mock on a loopback port and runs PROGRAM with OVERTEN_BASE_URL (the mock),
+OVERTEN_API_KEY and OVERTEN_CONFORMANCE_PLAN (GET it: the scenarios as JSON). PROGRAM, the
+SDK author's own test program, sends each scenario's request (`method`, `url`, JSON `body`;
+`clients` of them at once) through the client under test, lets the client retry, resubmit
+and poll as it decides, and exits when every scenario has ended (run them concurrently: the
+503 window alone takes 30-60 s). Without PROGRAM, the mock prints its URL on stderr and
+grades on `POST /conformance/done` (or at --timeout).
+
+Scenarios: 429 with Retry-After; 429 with only X-RateLimit-*; 503 with and without
+Retry-After; 500, 502, 500 then 200; 500 forever; 404; 501 with Retry-After; a POST
+answered 408 (resubmit with async: true, then poll GET /tasks/{task_id}); a POST answered
+503, 500, 201 (its retries keep one Idempotency-Key and body); 8 clients failing at once.
+
+Rules graded (docs/conformance.md): retried-transient, waited-as-named, waited-503-window,
+backoff, max-attempts, no-retry-permanent, no-retry-501, one-idempotency-key, same-body,
+resubmit-async, polled-task, spread. Every request is recorded (time, method, path,
+Idempotency-Key, body SHA-256, status) in the JSON report.
+
+A conforming client takes 35-65 s. Exit status: 0 every rule passed, 1 a rule failed (or
+the program failed or timed out), 2 bad usage (the program could not start).";
 
 const MOCK_HELP: &str = "Serve the mock Overten API on a loopback address until Ctrl-C or SIGTERM.
 
@@ -169,6 +223,21 @@ fn main() -> ExitCode {
                 header_timeout: std::time::Duration::from_secs(header_timeout),
             })
         }
+        Command::Conformance {
+            addr,
+            format,
+            json,
+            junit,
+            timeout,
+            command,
+        } => conformance::main(&conformance::Options {
+            addr,
+            format,
+            json,
+            junit,
+            timeout: std::time::Duration::from_secs(timeout),
+            command,
+        }),
         Command::Explain { what } => match explain::explain(&what) {
             Ok(text) => {
                 print!("{text}");

@@ -181,8 +181,8 @@ pub const MAX_BODY_DEPTH: usize = 128;
 /// to be too deep, and a `\\u` to hold a surrogate.
 fn screen(bytes: &[u8]) -> Result<(), BodyError> {
     let deep = bytes.iter().filter(|&&b| b == b'[' || b == b'{').count() > MAX_BODY_DEPTH;
-    let escapes = bytes.windows(2).any(|w| w == b"\\u");
-    if !deep && !escapes {
+    let has_unicode_escape = bytes.windows(2).any(|w| w == b"\\u");
+    if !deep && !has_unicode_escape {
         return Ok(());
     }
     let mut depth = 0usize;

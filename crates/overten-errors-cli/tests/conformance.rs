@@ -1,0 +1,312 @@
+//! `overten-errors conformance` grades: this workspace's reqwest client passes every rule,
+//! and a naive client (a fixed 1 s retry of everything, five attempts) fails exactly the
+//! rules it breaks. Each run takes the 503 window's 30-60 s; the two run side by side.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests fail loudly"
+)]
+
+use std::collections::BTreeSet;
+use std::io::{BufRead as _, BufReader, Read as _};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use overten_errors::{Advice, RetryPolicy};
+use overten_errors_http::{Retrier, RetryMiddleware, RetryOutcome, TokioSleep};
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_overten-errors");
+
+/// Starts `conformance` with no program: it prints its URL on stderr and grades on
+/// `POST /conformance/done`.
+fn start() -> (Child, String) {
+    let mut child = Command::new(BIN)
+        .args(["conformance", "--format", "json", "--timeout", "200"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no URL in {line:?}"))
+        .trim_end_matches(':')
+        .to_owned();
+    // Keep draining stderr so the child never blocks on a full pipe.
+    std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = stderr.read_to_string(&mut rest);
+    });
+    (child, url)
+}
+
+/// Ends the run and reads the JSON report.
+async fn finish(mut child: Child, url: &str) -> Value {
+    reqwest::Client::new()
+        .post(format!("{url}/conformance/done"))
+        .send()
+        .await
+        .unwrap();
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    child.wait().unwrap();
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+fn failed_rules(report: &Value) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for s in report["scenarios"].as_array().unwrap() {
+        for r in s["rules"].as_array().unwrap() {
+            if r["verdict"] == "fail" {
+                out.insert(format!(
+                    "{}/{}",
+                    s["name"].as_str().unwrap(),
+                    r["rule"].as_str().unwrap()
+                ));
+            }
+        }
+    }
+    out
+}
+
+async fn json_of(response: reqwest::Response) -> Value {
+    serde_json::from_slice(&response.bytes().await.unwrap()).unwrap()
+}
+
+async fn plan(url: &str) -> Value {
+    json_of(reqwest::get(format!("{url}/conformance")).await.unwrap()).await
+}
+
+/// One logical request through this workspace's middleware; after a 408 it does what the
+/// advice says: the same work with `async: true`, then polls the task until it ends.
+async fn workspace_call(client: &reqwest_middleware::ClientWithMiddleware, base: &str, s: &Value) {
+    let method = reqwest::Method::from_bytes(s["method"].as_str().unwrap().as_bytes()).unwrap();
+    let url = s["url"].as_str().unwrap();
+    let send = |body: Option<Value>| {
+        let mut request = client
+            .request(method.clone(), url)
+            .header("authorization", "Bearer sk_live_conformance");
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        request.send()
+    };
+    let body = (!s["body"].is_null()).then(|| s["body"].clone());
+    let response = send(body.clone()).await.unwrap();
+    let resubmit = response
+        .extensions()
+        .get::<RetryOutcome>()
+        .is_some_and(|o| o.advice == Advice::ResubmitAsync);
+    if !resubmit {
+        return;
+    }
+    let mut work = body.unwrap_or_else(|| json!({}));
+    work["async"] = json!(true);
+    let accepted = json_of(send(Some(work)).await.unwrap()).await;
+    let task = accepted["task_id"].as_str().unwrap();
+    for _ in 0..20 {
+        let state = json_of(
+            client
+                .get(format!("{base}/tasks/{task}"))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        if state["status"] != "running" && state["status"] != "queued" {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("the task never ended");
+}
+
+#[tokio::test]
+async fn the_workspace_client_passes_every_rule() {
+    let (child, url) = start();
+    let plan = plan(&url).await;
+    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(RetryMiddleware::new(Retrier::new(
+            RetryPolicy::default(),
+            TokioSleep,
+        )))
+        .build();
+    let mut calls = Vec::new();
+    for s in plan["scenarios"].as_array().unwrap() {
+        for _ in 0..s["clients"].as_u64().unwrap() {
+            let (client, url, s) = (client.clone(), url.clone(), s.clone());
+            calls.push(tokio::spawn(async move {
+                workspace_call(&client, &url, &s).await;
+            }));
+        }
+    }
+    for call in calls {
+        call.await.unwrap();
+    }
+    let report = finish(child, &url).await;
+    assert!(failed_rules(&report).is_empty(), "{report:#}");
+    assert_eq!(report["passed"], true);
+    // Every scenario was graded on a record, and every rule of the plan was graded.
+    let graded: usize = report["scenarios"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["rules"].as_array().unwrap().len())
+        .sum();
+    let planned: usize = plan["scenarios"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["rules"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(graded, planned);
+    assert_eq!(report["rules_passed"], planned);
+    let idem = &report["scenarios"].as_array().unwrap()[9];
+    assert_eq!(idem["name"], "idempotent-post");
+    assert_eq!(idem["attempts"].as_array().unwrap().len(), 3, "{idem:#}");
+}
+
+/// A fixed 1 s retry of every non-2xx, five attempts at most, no key, no async.
+async fn naive_call(base: &str, s: &Value) {
+    let client = reqwest::Client::new();
+    let _ = base;
+    let method = reqwest::Method::from_bytes(s["method"].as_str().unwrap().as_bytes()).unwrap();
+    for attempt in 1..=5 {
+        let mut request = client.request(method.clone(), s["url"].as_str().unwrap());
+        if !s["body"].is_null() {
+            request = request.body(s["body"].to_string());
+        }
+        let status = request.send().await.unwrap().status();
+        if status.is_success() || attempt == 5 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_naive_client_fails_exactly_the_rules_it_breaks() {
+    let (child, url) = start();
+    let plan = plan(&url).await;
+    let mut calls = Vec::new();
+    for s in plan["scenarios"].as_array().unwrap() {
+        for _ in 0..s["clients"].as_u64().unwrap() {
+            let (url, s) = (url.clone(), s.clone());
+            calls.push(tokio::spawn(async move { naive_call(&url, &s).await }));
+        }
+    }
+    for call in calls {
+        call.await.unwrap();
+    }
+    let report = finish(child, &url).await;
+    let want: BTreeSet<String> = [
+        // Waits shorter than the server named (2 s, a reset 2-3 s ahead, 3 s) and the window.
+        "rate-limit-retry-after/waited-as-named",
+        "rate-limit-headers/waited-as-named",
+        "unavailable-retry-after/waited-as-named",
+        "unavailable-window/waited-503-window",
+        // 1 s after attempt 3 is below the 2 s backoff allows.
+        "server-errors-then-success/backoff",
+        "server-errors-forever/backoff",
+        // Retries what must not be retried.
+        "permanent/no-retry-permanent",
+        "not-implemented/no-retry-501",
+        // Replays the 408 instead of resubmitting, never polls.
+        "sync-timeout/resubmit-async",
+        "sync-timeout/polled-task",
+        // Replays a POST without a key.
+        "idempotent-post/one-idempotency-key",
+        // Eight clients, one fixed delay: one instant.
+        "burst/spread",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
+    assert_eq!(failed_rules(&report), want, "{report:#}");
+    assert_eq!(report["passed"], false);
+}
+
+#[test]
+fn reports_come_as_text_and_junit_and_the_exit_code_says_pass_or_fail() {
+    // A program that sends nothing fails every rule; the run ends when it exits.
+    let dir = std::env::temp_dir().join(format!("overten-conf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (json_path, junit_path) = (dir.join("r.json"), dir.join("r.xml"));
+    let out = Command::new(BIN)
+        .args(["conformance", "--junit"])
+        .arg(&junit_path)
+        .arg("--json")
+        .arg(&json_path)
+        .args(["--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("FAIL retried-transient"), "{text}");
+    assert!(text.contains("never requested"), "{text}");
+    assert!(text.trim_end().ends_with("FAIL"), "{text}");
+    let junit = std::fs::read_to_string(&junit_path).unwrap();
+    assert!(junit.starts_with("<?xml"), "{junit}");
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    let failures = report["rules_failed"].as_u64().unwrap();
+    assert!(
+        junit.contains(&format!("failures=\"{failures}\"")),
+        "{junit}"
+    );
+    assert_eq!(junit.matches("<failure ").count() as u64, failures);
+    assert_eq!(report["rules_passed"], 0);
+    // A program that cannot start is bad usage, exit 2; one that fails is a failed run.
+    let out = Command::new(BIN)
+        .args(["conformance", "--", "/nonexistent/program"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = Command::new(BIN)
+        .args(["conformance", "--format", "json", "--", "false"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        report["problems"][0].as_str().unwrap().contains("exited"),
+        "{report}"
+    );
+    // A run past --timeout stops the program and says so.
+    let out = Command::new(BIN)
+        .args([
+            "conformance",
+            "--timeout",
+            "1",
+            "--format",
+            "json",
+            "--",
+            "sleep",
+            "30",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        report["problems"][0]
+            .as_str()
+            .unwrap()
+            .contains("ran past 1 s"),
+        "{report}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
