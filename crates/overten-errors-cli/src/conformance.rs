@@ -1117,3 +1117,362 @@ async fn run(options: &Options) -> Result<bool, String> {
 fn write_file(path: &std::path::Path, text: &str) -> Result<(), String> {
     std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Attempts of a scenario: each `(ms after the start it arrived, ms its answer took,
+    /// status, named)`.
+    fn record(specs: &[(u64, u64, u16, Named)]) -> Vec<Attempt> {
+        let start = Instant::now();
+        specs
+            .iter()
+            .map(|&(at, took, status, named)| {
+                let arrived = start + Duration::from_millis(at);
+                Attempt {
+                    scenario: Some("x"),
+                    arrived,
+                    arrived_unix_ms: 1_000_000 + u128::from(at),
+                    answered: arrived + Duration::from_millis(took),
+                    method: "GET".into(),
+                    path: "/conformance/x".into(),
+                    key: None,
+                    body_sha256: String::new(),
+                    body: None,
+                    status,
+                    named,
+                }
+            })
+            .collect()
+    }
+
+    fn refs(v: &[Attempt]) -> Vec<&Attempt> {
+        v.iter().collect()
+    }
+
+    fn scenario(name: &str) -> Scenario {
+        scenarios().into_iter().find(|s| s.name == name).unwrap()
+    }
+
+    fn verdict(rule: Rule, name: &str, v: &[Attempt]) -> bool {
+        grade_rule(rule, &scenario(name), &refs(v), &[]).pass
+    }
+
+    #[test]
+    fn a_named_wait_passes_at_the_wait_and_fails_21_ms_short() {
+        let after = Named::After(Duration::from_secs(2));
+        // Answered at 10 ms; the retry 2000 ms later passes, 1979 ms later does not (20 ms
+        // of slack), and 1980 still does.
+        for (retry_at, pass) in [(2010, true), (1990, true), (1989, false), (500, false)] {
+            let v = record(&[(0, 10, 429, after), (retry_at, 1, 200, Named::Nothing)]);
+            assert_eq!(
+                verdict(Rule::WaitedAsNamed, "rate-limit-retry-after", &v),
+                pass,
+                "{retry_at}"
+            );
+        }
+        // Retry-After: 0 still means min_wait (1 s).
+        let zero = Named::After(Duration::ZERO);
+        let v = record(&[(0, 0, 503, zero), (500, 1, 200, Named::Nothing)]);
+        assert!(!verdict(Rule::WaitedAsNamed, "unavailable-retry-after", &v));
+        let v = record(&[(0, 0, 503, zero), (1000, 1, 200, Named::Nothing)]);
+        assert!(verdict(Rule::WaitedAsNamed, "unavailable-retry-after", &v));
+        // Not retried at all: fails.
+        let v = record(&[(0, 0, 429, after)]);
+        assert!(!verdict(Rule::WaitedAsNamed, "rate-limit-retry-after", &v));
+    }
+
+    #[test]
+    fn a_reset_is_a_moment_on_the_clock_not_a_duration() {
+        // The record's clock: arrived_unix_ms = 1_000_000 + at. A reset at 1003 s is
+        // 1_003_000 ms: the retry must arrive at `at` >= 3000 (less 20 ms of slack).
+        let until = Named::Until(1003);
+        for (retry_at, pass) in [(3000, true), (2980, true), (2979, false), (1500, false)] {
+            let v = record(&[(0, 0, 429, until), (retry_at, 1, 200, Named::Nothing)]);
+            assert_eq!(
+                verdict(Rule::WaitedAsNamed, "rate-limit-headers", &v),
+                pass,
+                "{retry_at}"
+            );
+        }
+        // A reset already past still means min_wait.
+        let past = Named::Until(999);
+        let v = record(&[(0, 0, 429, past), (100, 1, 200, Named::Nothing)]);
+        assert!(!verdict(Rule::WaitedAsNamed, "rate-limit-headers", &v));
+    }
+
+    #[test]
+    fn the_503_window_is_30_seconds_at_least() {
+        for (retry_at, pass) in [
+            (30_000, true),
+            (29_980, true),
+            (29_979, false),
+            (1000, false),
+        ] {
+            let v = record(&[
+                (0, 0, 503, Named::Window),
+                (retry_at, 1, 200, Named::Nothing),
+            ]);
+            assert_eq!(
+                verdict(Rule::WaitedWindow, "unavailable-window", &v),
+                pass,
+                "{retry_at}"
+            );
+        }
+    }
+
+    #[test]
+    fn backoff_floors_are_half_of_1_2_4_8_seconds() {
+        // retry.md step 9 with the defaults: bases 1000, 2000, 4000, 8000 ms, jitter 0.5.
+        assert_eq!(
+            least_backoff(&RetryPolicy::default(), 1),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            least_backoff(&RetryPolicy::default(), 2),
+            Duration::from_millis(1000)
+        );
+        assert_eq!(
+            least_backoff(&RetryPolicy::default(), 4),
+            Duration::from_millis(4000)
+        );
+        assert_eq!(
+            least_backoff(&RetryPolicy::default(), 9),
+            Duration::from_millis(16_000)
+        );
+        assert_eq!(
+            least_backoff(&RetryPolicy::default(), 60),
+            Duration::from_millis(16_000)
+        );
+        let b = Named::Backoff;
+        let ok = record(&[
+            (0, 0, 500, b),
+            (500, 0, 502, b),
+            (1500, 0, 500, b),
+            (3500, 0, 200, Named::Nothing),
+        ]);
+        assert!(verdict(Rule::Backoff, "server-errors-then-success", &ok));
+        // A fixed second fails after attempt 3 (needs 2 s).
+        let fixed = record(&[
+            (0, 0, 500, b),
+            (1000, 0, 502, b),
+            (2000, 0, 500, b),
+            (3000, 0, 200, Named::Nothing),
+        ]);
+        assert!(!verdict(
+            Rule::Backoff,
+            "server-errors-then-success",
+            &fixed
+        ));
+        // An immediate first retry fails.
+        let hot = record(&[(0, 0, 500, b), (5, 0, 200, Named::Nothing)]);
+        assert!(!verdict(Rule::Backoff, "server-errors-then-success", &hot));
+        assert!(!verdict(
+            Rule::Backoff,
+            "server-errors-then-success",
+            &record(&[(0, 0, 500, b)])
+        ));
+    }
+
+    #[test]
+    fn attempts_are_counted_against_max_attempts_and_permanent_errors_once() {
+        let five: Vec<(u64, u64, u16, Named)> =
+            (0..5).map(|i| (i * 10, 0, 500, Named::Backoff)).collect();
+        assert!(verdict(
+            Rule::MaxAttempts,
+            "server-errors-forever",
+            &record(&five)
+        ));
+        let six: Vec<(u64, u64, u16, Named)> =
+            (0..6).map(|i| (i * 10, 0, 500, Named::Backoff)).collect();
+        assert!(!verdict(
+            Rule::MaxAttempts,
+            "server-errors-forever",
+            &record(&six)
+        ));
+        // Eight clients may make 40.
+        let forty: Vec<(u64, u64, u16, Named)> =
+            (0..40).map(|i| (i, 0, 500, Named::Backoff)).collect();
+        assert!(verdict(Rule::MaxAttempts, "burst", &record(&forty)));
+        let once = record(&[(0, 0, 404, Named::Nothing)]);
+        let twice = record(&[(0, 0, 404, Named::Nothing), (10, 0, 404, Named::Nothing)]);
+        assert!(verdict(Rule::NoRetryPermanent, "permanent", &once));
+        assert!(!verdict(Rule::NoRetryPermanent, "permanent", &twice));
+        assert!(!verdict(Rule::NoRetry501, "not-implemented", &twice));
+        assert!(!verdict(Rule::NoRetry501, "not-implemented", &[]));
+    }
+
+    #[test]
+    fn retried_means_reaching_the_success_that_followed() {
+        let b = Named::Backoff;
+        let gave_up = record(&[(0, 0, 500, b), (600, 0, 502, b)]);
+        assert!(!verdict(
+            Rule::Retried,
+            "server-errors-then-success",
+            &gave_up
+        ));
+        let reached = record(&[(0, 0, 500, b), (600, 0, 200, Named::Nothing)]);
+        assert!(verdict(
+            Rule::Retried,
+            "server-errors-then-success",
+            &reached
+        ));
+        assert!(!verdict(
+            Rule::Retried,
+            "server-errors-forever",
+            &record(&[(0, 0, 500, b)])
+        ));
+        assert!(verdict(
+            Rule::Retried,
+            "server-errors-forever",
+            &record(&[(0, 0, 500, b), (600, 0, 500, b)])
+        ));
+    }
+
+    #[test]
+    fn one_key_and_one_body_across_a_posts_retries() {
+        let mut v = record(&[
+            (0, 0, 503, Named::After(Duration::from_secs(1))),
+            (1000, 0, 500, Named::Backoff),
+            (2000, 0, 201, Named::Nothing),
+        ]);
+        for a in &mut v {
+            a.key = Some("k1".into());
+            a.body_sha256 = "aa".into();
+            a.method = "POST".into();
+        }
+        assert!(verdict(Rule::OneIdempotencyKey, "idempotent-post", &v));
+        assert!(verdict(Rule::SameBody, "idempotent-post", &v));
+        v[2].key = Some("k2".into());
+        v[1].body_sha256 = "bb".into();
+        assert!(!verdict(Rule::OneIdempotencyKey, "idempotent-post", &v));
+        assert!(!verdict(Rule::SameBody, "idempotent-post", &v));
+        // Replayed without any key: fails.
+        for a in &mut v {
+            a.key = None;
+        }
+        assert!(!verdict(Rule::OneIdempotencyKey, "idempotent-post", &v));
+        // Sent once without a key: the rule against replays holds; retry rules pass too.
+        let single = vec![v[0].clone()];
+        assert!(verdict(Rule::OneIdempotencyKey, "idempotent-post", &single));
+        assert!(verdict(Rule::WaitedAsNamed, "idempotent-post", &single));
+        assert!(verdict(Rule::Retried, "idempotent-post", &single));
+        // But sent once *with* a key and given up: not retried.
+        let mut keyed = single;
+        keyed[0].key = Some("k1".into());
+        assert!(!verdict(Rule::Retried, "idempotent-post", &keyed));
+    }
+
+    #[test]
+    fn a_408_is_resubmitted_with_async_true_not_replayed() {
+        let work = json!({"prompt": "p"});
+        let mut v = record(&[(0, 0, 408, Named::Nothing), (10, 0, 202, Named::Nothing)]);
+        v[0].body = Some(work.clone());
+        v[1].body = Some(json!({"prompt": "p", "async": true}));
+        assert!(resubmitted(&refs(&v)).0);
+        // Other work with async: true fails; so does a replay before it.
+        v[1].body = Some(json!({"prompt": "q", "async": true}));
+        assert!(!resubmitted(&refs(&v)).0);
+        let mut replayed = record(&[
+            (0, 0, 408, Named::Nothing),
+            (10, 0, 408, Named::Nothing),
+            (20, 0, 202, Named::Nothing),
+        ]);
+        replayed[0].body = Some(work.clone());
+        replayed[1].body = Some(work.clone());
+        replayed[2].body = Some(json!({"prompt": "p", "async": true}));
+        assert!(!resubmitted(&refs(&replayed)).0);
+        replayed.remove(1);
+        assert!(resubmitted(&refs(&replayed)).0);
+        // "async": "true" (a string) is not a resubmission.
+        replayed[1].body = Some(json!({"prompt": "p", "async": "true"}));
+        assert!(!resubmitted(&refs(&replayed)).0);
+        assert!(!resubmitted(&refs(&record(&[(0, 0, 202, Named::Nothing)]))).0);
+    }
+
+    #[test]
+    fn polling_needs_two_answers_of_the_task() {
+        let s = scenario("sync-timeout");
+        let first = record(&[(0, 0, 408, Named::Nothing)]);
+        let polls = record(&[(10, 0, 200, Named::Nothing), (20, 0, 200, Named::Nothing)]);
+        assert!(grade_rule(Rule::PolledTask, &s, &refs(&first), &refs(&polls)).pass);
+        assert!(!grade_rule(Rule::PolledTask, &s, &refs(&first), &refs(&polls[..1])).pass);
+        let lost = record(&[(10, 0, 404, Named::Nothing), (20, 0, 404, Named::Nothing)]);
+        assert!(!grade_rule(Rule::PolledTask, &s, &refs(&first), &refs(&lost)).pass);
+    }
+
+    #[test]
+    fn burst_retries_must_spread_over_50_ms() {
+        let b = Named::Backoff;
+        let mut specs: Vec<(u64, u64, u16, Named)> = (0..8).map(|_| (0, 0, 500, b)).collect();
+        let together: Vec<(u64, u64, u16, Named)> = (0..8)
+            .map(|i| (1000 + i * 7, 0, 200, Named::Nothing))
+            .collect();
+        let spread_out: Vec<(u64, u64, u16, Named)> = (0..8)
+            .map(|i| (600 + i * 60, 0, 200, Named::Nothing))
+            .collect();
+        let mut a = specs.clone();
+        a.extend(&together); // 49 ms from first to last
+        assert!(!verdict(Rule::Spread, "burst", &record(&a)));
+        specs.extend(&spread_out);
+        assert!(verdict(Rule::Spread, "burst", &record(&specs)));
+        let exactly: Vec<(u64, u64, u16, Named)> = (0..8)
+            .map(|_| (0, 0, 500, b))
+            .chain([(600, 0, 200, Named::Nothing), (650, 0, 200, Named::Nothing)])
+            .collect();
+        assert!(verdict(Rule::Spread, "burst", &record(&exactly)));
+        // Fewer than 8 clients, or no retries: fails.
+        assert!(!verdict(Rule::Spread, "burst", &record(&spread_out[..7])));
+        let no_retries: Vec<(u64, u64, u16, Named)> = (0..8).map(|_| (0, 0, 500, b)).collect();
+        assert!(!verdict(Rule::Spread, "burst", &record(&no_retries)));
+        let ok: Vec<(u64, u64, u16, Named)> = (0..16)
+            .map(|i| (i, 0, if i < 8 { 500 } else { 200 }, b))
+            .collect();
+        assert!(verdict(Rule::Retried, "burst", &record(&ok)));
+        assert!(!verdict(Rule::Retried, "burst", &record(&ok[..15])));
+    }
+
+    #[test]
+    fn scripts_answer_as_the_plan_says() {
+        let status = |name: &str, n: usize| scripted(name, n).0.status().as_u16();
+        assert_eq!(
+            (0..4)
+                .map(|n| status("server-errors-then-success", n))
+                .collect::<Vec<_>>(),
+            [500, 502, 500, 200]
+        );
+        assert_eq!(
+            (0..3)
+                .map(|n| status("idempotent-post", n))
+                .collect::<Vec<_>>(),
+            [503, 500, 201]
+        );
+        assert_eq!(status("server-errors-forever", 7), 500);
+        assert_eq!((status("burst", 7), status("burst", 8)), (500, 200));
+        assert_eq!(
+            (status("permanent", 0), status("not-implemented", 3)),
+            (404, 501)
+        );
+        let (r, named) = scripted("rate-limit-headers", 0);
+        assert!(r.headers().get("retry-after").is_none());
+        assert_eq!(r.headers()["x-ratelimit-remaining"], "0");
+        assert!(matches!(named, Named::Until(_)));
+        let (r, _) = scripted("unavailable-window", 0);
+        assert!(r.headers().get("retry-after").is_none());
+        assert_eq!(
+            scripted("unavailable-retry-after", 0).0.headers()["retry-after"],
+            "3"
+        );
+        assert_eq!(
+            scripted("not-implemented", 0).0.headers()["retry-after"],
+            "1"
+        );
+        assert_eq!(status("sync-timeout", 0), 408);
+    }
+
+    #[test]
+    fn xml_is_escaped_and_controls_dropped() {
+        assert_eq!(xml("a<b>&\"'\u{1}\n"), "a&lt;b&gt;&amp;&quot;&apos; \n");
+    }
+}

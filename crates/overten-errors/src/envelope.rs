@@ -840,6 +840,27 @@ mod tests {
             ErrorBody::parse(&with_x(&text)).unwrap().code,
             ErrorCode::Gone
         );
+        // At the limit with more than 128 brackets in all, so the exact scan runs: still fine,
+        // one level more is not.
+        let at_limit = format!(
+            "[{}{}{}]",
+            "[],".repeat(200),
+            "[".repeat(126),
+            "]".repeat(126)
+        );
+        assert_eq!(
+            ErrorBody::parse(&with_x(&at_limit)).unwrap().code,
+            ErrorCode::Gone
+        );
+        let over = format!(
+            "[{}{}{}]",
+            "[],".repeat(200),
+            "[".repeat(127),
+            "]".repeat(127)
+        );
+        assert_eq!(ErrorBody::parse(&with_x(&over)), Err(BodyError::TooDeep));
+        // The bound `docs/retry.md` states: 64 KiB.
+        assert_eq!(MAX_BODY_BYTES, 65_536);
         // Many brackets side by side, never deep: fine.
         let wide = format!("[{}[]]", "[],".repeat(300));
         assert_eq!(
