@@ -71,19 +71,19 @@ pub enum Incident {
 }
 
 /// One scenario of `docs/retry-storms.md`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Scenario {
     /// Its short name (file names).
-    pub name: &'static str,
+    pub name: String,
     /// Its title.
-    pub title: &'static str,
+    pub title: String,
     /// The incident.
     pub incident: Incident,
     /// Requests per second each client offers (overrides the fleet's).
     pub rate_per_client: f64,
     /// The API's normal capacity, as a multiple of the fleet's offered rate.
     pub headroom: f64,
-    /// Simulated seconds.
+    /// Seconds during which requests arrive; the run goes on 120 s more for the drain.
     pub horizon: u64,
 }
 
@@ -99,23 +99,55 @@ impl Scenario {
     }
 }
 
-/// The scenarios.
-pub const SCENARIOS: &[Scenario] = &[
-    Scenario {
-        name: "outage",
-        title: "Hard outage, 60 s of 503 service_unavailable",
-        incident: Incident::Outage {
-            at: 60,
-            secs: 60,
-            html: false,
-        },
-        rate_per_client: 1.0,
-        headroom: 1.5,
-        horizon: 300,
-    },
-    Scenario {
-        name: "outage-html",
-        title: "Hard outage, 60 s of HTML 502 from a proxy",
+/// How the API behaves past its capacity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerModel {
+    /// Goodput collapses with the previous second's load: past capacity, each attempt
+    /// succeeds with probability `(capacity / load)^2` (metastable failure).
+    Collapse,
+    /// A bounded queue: the API serves `capacity` attempts a second in arrival order, queues
+    /// up to 2 s of work and sheds the rest at once with 503 `service_unavailable`.
+    Queue,
+}
+
+impl ServerModel {
+    /// Both, in table order.
+    pub const ALL: [ServerModel; 2] = [ServerModel::Collapse, ServerModel::Queue];
+
+    /// Its short name.
+    pub fn name(self) -> &'static str {
+        match self {
+            ServerModel::Collapse => "collapse",
+            ServerModel::Queue => "queue",
+        }
+    }
+}
+
+/// The longest the bounded queue holds work, in ms of service at capacity.
+pub const QUEUE_MS: u64 = 2000;
+
+/// Every scenario of `docs/retry-storms.md`: outages of 15 to 300 s (and one of a proxy's HTML
+/// 502), overloads of 30 to 60 s, a brown-out, and per-key rate limits with demand over and
+/// under the limit.
+pub fn scenarios() -> Vec<Scenario> {
+    let mut out = Vec::new();
+    for secs in [15, 30, 60, 120, 300] {
+        out.push(Scenario {
+            name: format!("outage-{secs}"),
+            title: format!("Hard outage, {secs} s of 503 service_unavailable"),
+            incident: Incident::Outage {
+                at: 60,
+                secs,
+                html: false,
+            },
+            rate_per_client: 1.0,
+            headroom: 1.5,
+            horizon: 60 + secs + 240,
+        });
+    }
+    out.push(Scenario {
+        name: "outage-html-60".into(),
+        title: "Hard outage, 60 s of HTML 502 from a proxy".into(),
         incident: Incident::Outage {
             at: 60,
             secs: 60,
@@ -123,27 +155,25 @@ pub const SCENARIOS: &[Scenario] = &[
         },
         rate_per_client: 1.0,
         headroom: 1.5,
-        horizon: 300,
-    },
-    Scenario {
-        name: "rate-limit-free",
-        title: "Rate limits, free tier (10/min per key; each client offers 15/min)",
-        incident: Incident::RateLimit { tier: Tier::Free },
-        rate_per_client: 0.25,
-        headroom: 4.0,
-        horizon: 300,
-    },
-    Scenario {
-        name: "rate-limit-pro",
-        title: "Rate limits, pro tier (60/min per key; each client offers 75/min)",
-        incident: Incident::RateLimit { tier: Tier::Pro },
-        rate_per_client: 1.25,
-        headroom: 4.0,
-        horizon: 300,
-    },
-    Scenario {
-        name: "brownout",
-        title: "Brown-out, 30% of requests fail with 500 for 5 minutes",
+        horizon: 360,
+    });
+    for secs in [30, 45, 60] {
+        out.push(Scenario {
+            name: format!("overload-{secs}"),
+            title: format!("Overload, capacity drops to 40% for {secs} s"),
+            incident: Incident::Overload {
+                at: 60,
+                secs,
+                factor: 0.4,
+            },
+            rate_per_client: 1.0,
+            headroom: 1.25,
+            horizon: 420,
+        });
+    }
+    out.push(Scenario {
+        name: "brownout".into(),
+        title: "Brown-out, 30% of requests fail with 500 for 5 minutes".into(),
         incident: Incident::Brownout {
             at: 60,
             secs: 300,
@@ -152,20 +182,44 @@ pub const SCENARIOS: &[Scenario] = &[
         rate_per_client: 1.0,
         headroom: 1.5,
         horizon: 480,
-    },
-    Scenario {
-        name: "overload",
-        title: "Overload, capacity drops to 40% for 60 s (the metastable case)",
-        incident: Incident::Overload {
-            at: 60,
-            secs: 60,
-            factor: 0.4,
-        },
-        rate_per_client: 1.0,
-        headroom: 1.25,
-        horizon: 420,
-    },
-];
+    });
+    for (name, title, tier, per_minute) in [
+        (
+            "rate-limit-free-over",
+            "Rate limits, free tier (10/min per key), each client offering 15/min",
+            Tier::Free,
+            15.0,
+        ),
+        (
+            "rate-limit-free-under",
+            "Rate limits, free tier (10/min per key), each client offering 8/min",
+            Tier::Free,
+            8.0,
+        ),
+        (
+            "rate-limit-pro-over",
+            "Rate limits, pro tier (60/min per key), each client offering 75/min",
+            Tier::Pro,
+            75.0,
+        ),
+        (
+            "rate-limit-pro-under",
+            "Rate limits, pro tier (60/min per key), each client offering 50/min",
+            Tier::Pro,
+            50.0,
+        ),
+    ] {
+        out.push(Scenario {
+            name: name.into(),
+            title: title.into(),
+            incident: Incident::RateLimit { tier },
+            rate_per_client: per_minute / 60.0,
+            headroom: 4.0,
+            horizon: 300,
+        });
+    }
+    out
+}
 
 /// A response as a client sees it.
 #[derive(Debug, Clone, Copy)]
@@ -251,32 +305,44 @@ impl Policy for Ours {
     }
 }
 
-/// AWS SDKs, standard mode (retry behaviour 2.0, the default): 3 attempts, full jitter
-/// `U * min(1 s * 2^(n-1), 20 s)`, a 500-token quota costing 5 a retry (a success after
-/// retries returns the last retry's cost, a first-attempt success 1); retries 500, 502, 503,
-/// 504; a bare 429 is not retried; `Retry-After` is not read.
+/// The AWS SDK for Rust (smithy-rs `release-2026-08-21`, aws-smithy-runtime 1.14.0), standard
+/// mode, retry behaviour 2.0 (the default), which a Rust user gets: 3 attempts, full jitter
+/// `U * min(1 s * 2^(n-1), 20 s)`, a 500-token quota per partition; a 500, 502, 503 or 504 is
+/// a *transient* error and costs 10 tokens (`LEGACY_RETRY_TIMEOUT_COST`; botocore charges 5);
+/// a success after retries returns the last retry's cost, a first-attempt success 1; a 429
+/// whose code is not in AWS's throttling list is not retried; `Retry-After` is not read
+/// (smithy-rs reads `x-amz-retry-after` only).
 struct Aws {
     tokens: u32,
+    last_cost: u32,
 }
+
+/// smithy-rs' cost of a retry after a transient error (`LEGACY_RETRY_TIMEOUT_COST`).
+const AWS_TRANSIENT_COST: u32 = 10;
 
 impl Policy for Aws {
     fn next(&mut self, r: &Resp, attempts: u32, _: u64, rng: &mut SplitMix64) -> Option<u64> {
-        if attempts >= 3 || ![500, 502, 503, 504].contains(&r.status) || self.tokens < 5 {
+        if attempts >= 3
+            || ![500, 502, 503, 504].contains(&r.status)
+            || self.tokens < AWS_TRANSIENT_COST
+        {
             return None;
         }
-        self.tokens -= 5;
+        self.tokens -= AWS_TRANSIENT_COST;
+        self.last_cost = AWS_TRANSIENT_COST;
         let cap = (1000.0 * 2f64.powi(i32::try_from(attempts - 1).unwrap_or(30))).min(20_000.0);
         Some(ms(unit(rng) * cap))
     }
     fn success(&mut self, attempts: u32) {
-        let back = if attempts > 1 { 5 } else { 1 };
+        let back = if attempts > 1 { self.last_cost } else { 1 };
         self.tokens = (self.tokens + back).min(500);
     }
 }
 
-/// Stainless-generated SDKs (openai-python, anthropic-sdk-python): 2 retries; retries 408,
-/// 409, 429 and 5xx; a `Retry-After` in (0, 60] s is waited exactly; otherwise
-/// `min(0.5 s * 2^n, 8 s) * (1 - 0.25 U)` with `n` the retries taken.
+/// Stainless-generated SDKs (anthropic-sdk-python v0.121.0; openai-python up to v2.51.0):
+/// 2 retries; retries 408, 409, 429 and 5xx; a `Retry-After` in (0, 60] s is waited exactly;
+/// otherwise (a longer one is ignored) `min(0.5 s * 2^n, 8 s) * (1 - 0.25 U)` with `n` the
+/// retries taken.
 struct Stainless;
 
 impl Policy for Stainless {
@@ -295,7 +361,7 @@ impl Policy for Stainless {
     fn success(&mut self, _: u32) {}
 }
 
-/// reqwest-retry 0.9 with retry-policies' `ExponentialBackoff` defaults (1 s to 30 min,
+/// reqwest-retry 0.9.1 with retry-policies 0.5.1's `ExponentialBackoff` defaults (1 s to 30 min,
 /// base 2, full jitter) and the documented `build_with_max_retries(3)`; retries 5xx, 408,
 /// 429; no `Retry-After`.
 struct ReqwestRetry;
@@ -336,8 +402,7 @@ impl Policy for NoRetry {
 pub const POLICIES: &[&str] = &[
     "overten (default + budget)",
     "overten (default, no budget)",
-    "overten (previous budget: 500 tokens, no refund)",
-    "AWS standard",
+    "AWS SDK for Rust",
     "Stainless",
     "reqwest-retry",
     "naive 1 s x5",
@@ -356,12 +421,10 @@ fn policy(name: &str) -> Box<dyn Policy> {
             budget: None,
             refund: true,
         }),
-        "overten (previous budget: 500 tokens, no refund)" => Box::new(Ours {
-            policy: RetryPolicy::default(),
-            budget: Some(RetryBudget::new(500, 5, 1)),
-            refund: false,
+        "AWS SDK for Rust" => Box::new(Aws {
+            tokens: 500,
+            last_cost: 0,
         }),
-        "AWS standard" => Box::new(Aws { tokens: 500 }),
         "Stainless" => Box::new(Stainless),
         "reqwest-retry" => Box::new(ReqwestRetry),
         "naive 1 s x5" => Box::new(Naive),
@@ -372,25 +435,37 @@ fn policy(name: &str) -> Box<dyn Policy> {
 /// What one run measured.
 #[derive(Debug, Clone)]
 pub struct Outcome {
-    /// Requests offered.
+    /// Requests offered (all arrive before the scenario's horizon).
     pub offered: u64,
     /// Attempts the API received.
     pub attempts: u64,
-    /// Requests that eventually succeeded.
+    /// Requests that eventually succeeded, the drain after the horizon included.
     pub succeeded: u64,
+    /// Requests that succeeded before the horizon (while requests still arrived).
+    pub succeeded_in_run: u64,
+    /// 429 answers the clients received.
+    pub rejected_429: u64,
     /// The most attempts in one second, as a multiple of the normal capacity.
     pub peak_load: f64,
-    /// Median latency of successful requests, ms (first attempt to success).
+    /// The most attempts in one second, as a multiple of what the keys' limits allow in a
+    /// second on average (`clients * limit / 60`); rate-limit scenarios only.
+    pub peak_over_limits: Option<f64>,
+    /// Median latency of successful requests, ms (arrival to success).
     pub p50_ms: u64,
     /// 99th percentile latency of successful requests, ms.
     pub p99_ms: u64,
-    /// Seconds after the trigger ended until the API answered at least 95% of attempts
-    /// successfully for 10 s in a row (`None`: no trigger, or never within the run).
+    /// The API's side: seconds after the trigger ended until it answered at least 95% of
+    /// attempts successfully for 10 s in a row (`None`: no trigger, or never within the run).
     pub recovery_s: Option<u64>,
+    /// The users' side: seconds after the trigger ended until, for 10 s in a row, at least
+    /// 95% of the requests arriving each second succeeded within 5 s.
+    pub user_recovery_s: Option<u64>,
     /// Attempts per second, per second of the run.
     pub load: Vec<u64>,
     /// Successful requests per second (goodput), per second of the run.
     pub goodput: Vec<u64>,
+    /// Seconds during which requests arrived.
+    pub horizon: u64,
 }
 
 impl Outcome {
@@ -400,13 +475,19 @@ impl Outcome {
         self.attempts as f64 / self.offered.max(1) as f64
     }
 
-    /// Successful requests per second of the run.
+    /// Successful requests per second while requests arrived (the drain after excluded).
     #[allow(clippy::cast_precision_loss, reason = "counts far below 2^53")]
-    pub fn goodput_per_second(&self) -> f64 {
-        self.succeeded as f64 / self.load.len().max(1) as f64
+    pub fn goodput_in_run(&self) -> f64 {
+        self.succeeded_in_run as f64 / self.horizon.max(1) as f64
     }
 
-    /// Share of requests that succeeded.
+    /// Requests that succeeded after arrivals stopped, per request offered.
+    #[allow(clippy::cast_precision_loss, reason = "counts far below 2^53")]
+    pub fn drain_share(&self) -> f64 {
+        (self.succeeded - self.succeeded_in_run) as f64 / self.offered.max(1) as f64
+    }
+
+    /// Share of requests that succeeded (the drain included).
     #[allow(clippy::cast_precision_loss, reason = "counts far below 2^53")]
     pub fn success_share(&self) -> f64 {
         self.succeeded as f64 / self.offered.max(1) as f64
@@ -422,7 +503,15 @@ struct Event {
     attempts: u32,
 }
 
-/// Runs one scenario with one policy.
+/// The bounded queue: when the API is next free, in ms.
+struct Queue {
+    free_at: f64,
+}
+
+/// How long the users' recovery allows a request to take.
+const USER_OK_MS: u64 = 5000;
+
+/// Runs one scenario with one policy on one server model.
 #[allow(
     clippy::cast_possible_truncation,
     clippy::cast_sign_loss,
@@ -430,7 +519,7 @@ struct Event {
     clippy::too_many_lines,
     reason = "counts and times are far below the limits of each type"
 )]
-pub fn run(fleet: Fleet, scenario: &Scenario, policy_name: &str) -> Outcome {
+pub fn run(fleet: Fleet, scenario: &Scenario, model: ServerModel, policy_name: &str) -> Outcome {
     let mut rng = SplitMix64::new(fleet.seed);
     let rate = scenario.rate_per_client;
     let offered_rate = f64::from(fleet.clients) * rate;
@@ -439,6 +528,9 @@ pub fn run(fleet: Fleet, scenario: &Scenario, policy_name: &str) -> Outcome {
     let mut queue = BinaryHeap::new();
     let mut seq = 0;
     let mut offered = 0;
+    let seconds = scenario.horizon as usize + 120;
+    let mut arrived = vec![0u64; seconds];
+    let mut arrived_ok = vec![0u64; seconds];
     // Poisson arrivals per client.
     for client in 0..fleet.clients {
         let mut t = 0.0;
@@ -450,6 +542,7 @@ pub fn run(fleet: Fleet, scenario: &Scenario, policy_name: &str) -> Outcome {
             }
             seq += 1;
             offered += 1;
+            arrived[(at / 1000) as usize] += 1;
             queue.push(Reverse(Event {
                 at,
                 seq,
@@ -461,13 +554,13 @@ pub fn run(fleet: Fleet, scenario: &Scenario, policy_name: &str) -> Outcome {
     }
     let mut policies: Vec<Box<dyn Policy>> =
         (0..fleet.clients).map(|_| policy(policy_name)).collect();
-    let seconds = scenario.horizon as usize + 120;
     let mut load = vec![0u64; seconds];
     let mut failed = vec![0u64; seconds];
     let mut goodput = vec![0u64; seconds];
     let mut windows: Vec<(u64, u32)> = vec![(u64::MAX, 0); fleet.clients as usize];
     let mut latencies = Vec::new();
-    let (mut attempts_total, mut succeeded) = (0u64, 0u64);
+    let (mut attempts_total, mut succeeded, mut in_run, mut rejected) = (0u64, 0u64, 0u64, 0u64);
+    let mut server = Queue { free_at: 0.0 };
     while let Some(Reverse(mut e)) = queue.pop() {
         let sec = (e.at / 1000) as usize;
         if sec >= seconds {
@@ -484,6 +577,11 @@ pub fn run(fleet: Fleet, scenario: &Scenario, policy_name: &str) -> Outcome {
             retry_after: None,
             rate_limit: None,
         };
+        let unavailable = Resp {
+            status: 503,
+            code: Some("service_unavailable"),
+            ..ok
+        };
         let mut resp = ok;
         match scenario.incident {
             Incident::Outage { at, secs, html } if (at..at + secs).contains(&t) => {
@@ -494,11 +592,7 @@ pub fn run(fleet: Fleet, scenario: &Scenario, policy_name: &str) -> Outcome {
                         ..ok
                     }
                 } else {
-                    Resp {
-                        status: 503,
-                        code: Some("service_unavailable"),
-                        ..ok
-                    }
+                    unavailable
                 };
             }
             Incident::Brownout { at, secs, share }
@@ -519,6 +613,7 @@ pub fn run(fleet: Fleet, scenario: &Scenario, policy_name: &str) -> Outcome {
                 let limit = tier.requests_per_minute();
                 let reset = (window + 1) * 60;
                 if w.1 >= limit {
+                    rejected += 1;
                     resp = Resp {
                         status: 429,
                         code: Some("rate_limit_exceeded"),
@@ -535,31 +630,48 @@ pub fn run(fleet: Fleet, scenario: &Scenario, policy_name: &str) -> Outcome {
             }
             _ => {}
         }
+        let mut done = e.at + SERVICE_MS;
         if resp.status == 200 {
-            // Capacity: beyond it, goodput collapses as (capacity / load)^2 of attempts.
             let cap = match scenario.incident {
                 Incident::Overload { at, secs, factor } if (at..at + secs).contains(&t) => {
                     capacity * factor
                 }
                 _ => capacity,
             };
-            let recent = if sec > 0 { load[sec - 1] as f64 } else { 0.0 };
-            if recent > cap {
-                let p = (cap / recent).powi(2);
-                if unit(&mut rng) >= p {
-                    resp = Resp {
-                        status: 503,
-                        code: Some("service_unavailable"),
-                        ..ok
-                    };
+            match model {
+                ServerModel::Collapse => {
+                    // Beyond capacity, goodput collapses as (capacity / load)^2 of attempts.
+                    let recent = if sec > 0 { load[sec - 1] as f64 } else { 0.0 };
+                    if recent > cap {
+                        let p = (cap / recent).powi(2);
+                        if unit(&mut rng) >= p {
+                            resp = unavailable;
+                        }
+                    }
+                }
+                ServerModel::Queue => {
+                    let now = e.at as f64;
+                    let start = server.free_at.max(now);
+                    if start - now > QUEUE_MS as f64 {
+                        resp = unavailable;
+                    } else {
+                        server.free_at = start + 1000.0 / cap;
+                        done = start as u64 + SERVICE_MS;
+                    }
                 }
             }
         }
-        let done = e.at + SERVICE_MS;
         let policy = &mut policies[e.client as usize];
         if resp.status == 200 {
             succeeded += 1;
-            latencies.push(done - e.started);
+            if done < horizon_ms {
+                in_run += 1;
+            }
+            let took = done - e.started;
+            latencies.push(took);
+            if took <= USER_OK_MS {
+                arrived_ok[(e.started / 1000) as usize] += 1;
+            }
             if let Some(g) = goodput.get_mut((done / 1000) as usize) {
                 *g += 1;
             }
@@ -582,24 +694,38 @@ pub fn run(fleet: Fleet, scenario: &Scenario, policy_name: &str) -> Outcome {
         let i = ((latencies.len() - 1) as f64 * p).round() as usize;
         latencies[i]
     };
-    let recovery_s = scenario.trigger_end().and_then(|end| {
-        let healthy = |s: usize| load[s] == 0 || failed[s] * 20 <= load[s];
-        (end as usize..scenario.horizon as usize)
-            .find(|&s| (s..s + 10).all(|x| x < seconds && healthy(x)))
-            .map(|s| s as u64 - end)
-    });
-    let peak = load.iter().copied().max().unwrap_or(0) as f64 / capacity;
+    let recover = |healthy: &dyn Fn(usize) -> bool| {
+        scenario.trigger_end().and_then(|end| {
+            (end as usize..scenario.horizon as usize)
+                .find(|&s| (s..s + 10).all(|x| x < seconds && healthy(x)))
+                .map(|s| s as u64 - end)
+        })
+    };
+    let recovery_s = recover(&|s| load[s] == 0 || failed[s] * 20 <= load[s]);
+    let user_recovery_s = recover(&|s| arrived[s] == 0 || arrived_ok[s] * 20 >= arrived[s] * 19);
+    let peak = load.iter().copied().max().unwrap_or(0) as f64;
+    let peak_over_limits = match scenario.incident {
+        Incident::RateLimit { tier } => {
+            Some(peak / (f64::from(fleet.clients) * f64::from(tier.requests_per_minute()) / 60.0))
+        }
+        _ => None,
+    };
     load.truncate(scenario.horizon as usize);
     goodput.truncate(scenario.horizon as usize);
     Outcome {
         offered,
         attempts: attempts_total,
         succeeded,
-        peak_load: peak,
+        succeeded_in_run: in_run,
+        rejected_429: rejected,
+        peak_load: peak / capacity,
+        peak_over_limits,
         p50_ms: pct(0.5),
         p99_ms: pct(0.99),
         recovery_s,
+        user_recovery_s,
         load,
         goodput,
+        horizon: scenario.horizon,
     }
 }

@@ -1,8 +1,8 @@
-//! The retry-storm simulator: deterministic, and it tells policies apart.
+//! The retry-storm simulator: deterministic, and it tells policies and server models apart.
 
 #![allow(clippy::unwrap_used, clippy::panic, reason = "tests fail loudly")]
 
-use xtask::sim::{Fleet, POLICIES, SCENARIOS, run};
+use xtask::sim::{Fleet, Scenario, ServerModel, run, scenarios};
 
 const FLEET: Fleet = Fleet {
     clients: 40,
@@ -10,55 +10,135 @@ const FLEET: Fleet = Fleet {
     seed: 7,
 };
 
-fn scenario(name: &str) -> &'static xtask::sim::Scenario {
-    SCENARIOS.iter().find(|s| s.name == name).unwrap()
+const COLLAPSE: ServerModel = ServerModel::Collapse;
+const QUEUE: ServerModel = ServerModel::Queue;
+
+fn scenario(name: &str) -> Scenario {
+    scenarios().into_iter().find(|s| s.name == name).unwrap()
+}
+
+fn fleet(s: &Scenario) -> Fleet {
+    Fleet {
+        rate_per_client: s.rate_per_client,
+        ..FLEET
+    }
 }
 
 #[test]
 fn a_seed_gives_the_same_run() {
-    let s = scenario("outage");
-    let (a, b) = (run(FLEET, s, POLICIES[0]), run(FLEET, s, POLICIES[0]));
+    let s = scenario("outage-60");
+    let ours = "overten (default + budget)";
+    let (a, b) = (
+        run(fleet(&s), &s, COLLAPSE, ours),
+        run(fleet(&s), &s, COLLAPSE, ours),
+    );
     assert_eq!(
         (a.attempts, a.succeeded, a.load.clone()),
         (b.attempts, b.succeeded, b.load)
     );
-    let c = run(Fleet { seed: 8, ..FLEET }, s, POLICIES[0]);
+    let c = run(
+        Fleet {
+            seed: 8,
+            ..fleet(&s)
+        },
+        &s,
+        COLLAPSE,
+        ours,
+    );
     assert_ne!(a.attempts, c.attempts, "another seed, another run");
 }
 
 #[test]
 fn policies_are_told_apart() {
-    let s = scenario("outage");
-    let none = run(FLEET, s, "no retries");
-    let naive = run(FLEET, s, "naive 1 s x5");
-    let ours = run(FLEET, s, "overten (default + budget)");
+    let s = scenario("outage-60");
+    let f = fleet(&s);
+    let none = run(f, &s, COLLAPSE, "no retries");
+    let naive = run(f, &s, COLLAPSE, "naive 1 s x5");
+    let ours = run(f, &s, COLLAPSE, "overten (default + budget)");
     assert_eq!(
         none.attempts, none.offered,
         "no retries: one attempt per request"
     );
-    // About 60 of the 300 simulated seconds fail: a fifth of requests.
+    // 60 of the 360 seconds during which requests arrive fail: a sixth of requests.
     assert!(
-        (0.75..0.85).contains(&none.success_share()),
+        (0.79..0.88).contains(&none.success_share()),
         "{}",
         none.success_share()
     );
     assert!(naive.amplification() > 3.0, "{}", naive.amplification());
     assert!(ours.amplification() < naive.amplification());
     assert!(ours.success_share() >= none.success_share());
-    // The overload keeps a naive fleet down; without retries the API recovers at once.
-    let s = scenario("overload");
-    assert_eq!(run(FLEET, s, "no retries").recovery_s, Some(0));
-    assert_eq!(run(FLEET, s, "naive 1 s x5").recovery_s, None);
+    // The overload keeps a naive fleet down on the collapse model; without retries the API
+    // recovers at once, from both sides.
+    let s = scenario("overload-60");
+    let none = run(fleet(&s), &s, COLLAPSE, "no retries");
+    assert_eq!((none.recovery_s, none.user_recovery_s), (Some(0), Some(0)));
+    assert_eq!(
+        run(fleet(&s), &s, COLLAPSE, "naive 1 s x5").recovery_s,
+        None
+    );
 }
 
 #[test]
-fn rate_limits_answer_429_with_the_window() {
-    let s = scenario("rate-limit-free");
-    let none = run(FLEET, s, "no retries");
+fn the_queue_model_sheds_what_it_cannot_hold_and_delays_the_rest() {
+    let s = scenario("overload-60");
+    let f = fleet(&s);
+    let (collapse, queue) = (
+        run(f, &s, COLLAPSE, "no retries"),
+        run(f, &s, QUEUE, "no retries"),
+    );
+    // Without retries the queue serves the overload late rather than failing it at random:
+    // its slowest successes wait in the queue (up to its 2 s), the collapse model's never do.
+    assert!(
+        queue.p99_ms > collapse.p99_ms,
+        "{} {}",
+        queue.p99_ms,
+        collapse.p99_ms
+    );
+    assert!(queue.p99_ms <= xtask::sim::QUEUE_MS + xtask::sim::SERVICE_MS);
+    // And a naive fleet, which the collapse model keeps down, recovers on the queue model.
+    assert!(run(f, &s, QUEUE, "naive 1 s x5").recovery_s.is_some());
+}
+
+#[test]
+fn goodput_in_the_run_leaves_out_the_drain() {
+    let s = scenario("rate-limit-free-over");
+    let f = fleet(&s);
+    let none = run(f, &s, COLLAPSE, "no retries");
     // Each client offers 15 a minute against a limit of 10: about two thirds pass.
     assert!(
         (0.6..0.72).contains(&none.success_share()),
         "{}",
         none.success_share()
     );
+    // No retries: nothing succeeds after arrivals stop but the last 50 ms.
+    assert!(none.drain_share() < 0.001, "{}", none.drain_share());
+    // Honouring the reset, the default collects a drain after the last minute.
+    let ours = run(f, &s, COLLAPSE, "overten (default + budget)");
+    assert!(ours.drain_share() > 0.05, "{}", ours.drain_share());
+    assert!(ours.succeeded > ours.succeeded_in_run);
+    assert!(ours.rejected_429 > 0 && ours.peak_over_limits.unwrap() > 1.0);
+    // Under the limit hardly anything is refused.
+    let s = scenario("rate-limit-pro-under");
+    let under = run(fleet(&s), &s, COLLAPSE, "no retries");
+    assert!(under.success_share() > 0.98, "{}", under.success_share());
+}
+
+#[test]
+fn every_length_is_swept() {
+    let names: Vec<String> = scenarios().into_iter().map(|s| s.name).collect();
+    for name in [
+        "outage-15",
+        "outage-30",
+        "outage-60",
+        "outage-120",
+        "outage-300",
+        "overload-30",
+        "overload-45",
+        "overload-60",
+        "rate-limit-free-under",
+        "rate-limit-pro-over",
+    ] {
+        assert!(names.iter().any(|n| n == name), "{name}");
+    }
 }

@@ -126,9 +126,10 @@ that decided); with --json, one JSON object: the fields of a fixture's `expect` 
 code, known, message, request_id, run_id, task_id, body_is_envelope, message_from_body,
 status_mismatch, header_problems, step, action), `diagnostics` (each problem's text, or
 null), and for a fixture with `expect`: `expect`, `conforms` and `differs` (the fields that
-differ).
+differ). docs/schema/classify-output.schema.json describes it; a `success` fixture prints
+`budget_tokens`, the budget after the success.
 
-A fixture is read strictly: a field of the wrong type or out of range (an attempt of \"5\",
+A fixture follows docs/schema/fixture.schema.json and is read strictly: a field of the wrong type or out of range (an attempt of \"5\",
 5.0, -1, 0 or 2^32, a negative or string budget field, a now_unix missing or past
 9999-12-31, a header that is not a [name, value] pair) is refused, naming the field.
 
