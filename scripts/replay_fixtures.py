@@ -331,7 +331,11 @@ def decide(cat, r, attempt, now_ms, u, budget):
         if w > p["max_wait_ms"]:
             return {"action": "stop", "reason": "wait_too_long",
                     "requested_ms": min(w, MAX_SAFE), "max_ms": p["max_wait_ms"]}, step
-        return {"action": "retry", "after_ms": max(w, p["min_wait_ms"]), "basis": basis}, step
+        # retry.md, bound(): spread the named wait upward, never past max_wait.
+        base = max(w, p["min_wait_ms"])
+        spread = min(math.floor(float(base) * float(p["wait_spread"])), p["wait_spread_max_ms"])
+        extra = min(math.floor((spread + 1) * u), spread) if spread > 0 else 0
+        return {"action": "retry", "after_ms": min(base + extra, p["max_wait_ms"]), "basis": basis}, step
 
     def pay(decision):
         advice, step = decision
@@ -462,8 +466,13 @@ def check(cat, fixture):
                   and want["min_ms"] <= advice.get("after_ms", -1) <= want["max_ms"])
             if not ok:
                 errors.append("action: got %r, want %r" % (advice, want))
+            # The ends of a range are the draws r = 0 and r = 2^64 - 1 (docs/README.md):
+            # a backoff is longest at u = 0, every other wait shortest.
+            low_first = want["basis"] != "backoff"
             if bits == 0:
-                same("delay at r = 0", advice["after_ms"], max(want["min_ms"], want["max_ms"]) if want["basis"] == "backoff" else want["min_ms"])
+                same("delay at r = 0", advice["after_ms"], want["min_ms"] if low_first else want["max_ms"])
+            if bits == 2**64 - 1:
+                same("delay at r = 2^64 - 1", advice["after_ms"], want["max_ms"] if low_first else want["min_ms"])
         else:
             same("action", advice, want)
     return errors

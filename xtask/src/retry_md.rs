@@ -137,6 +137,11 @@ pub(crate) fn retry_md() -> String {
             overten_errors_http::MAX_BODY_BYTES.to_string(),
         ),
         ("max_body_depth", overten_errors::MAX_BODY_DEPTH.to_string()),
+        ("wait_spread", policy.wait_spread().to_string()),
+        (
+            "wait_spread_max_ms",
+            policy.wait_spread_max().as_millis().to_string(),
+        ),
     ];
     let mut text = TEMPLATE.to_owned();
     for step in Step::ALL {

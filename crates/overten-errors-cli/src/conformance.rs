@@ -1231,19 +1231,19 @@ mod tests {
         );
         assert_eq!(
             least_backoff(&RetryPolicy::default(), 2),
-            Duration::from_millis(1000)
+            Duration::from_secs(1)
         );
         assert_eq!(
             least_backoff(&RetryPolicy::default(), 4),
-            Duration::from_millis(4000)
+            Duration::from_secs(4)
         );
         assert_eq!(
             least_backoff(&RetryPolicy::default(), 9),
-            Duration::from_millis(16_000)
+            Duration::from_secs(16)
         );
         assert_eq!(
             least_backoff(&RetryPolicy::default(), 60),
-            Duration::from_millis(16_000)
+            Duration::from_secs(16)
         );
         let b = Named::Backoff;
         let ok = record(&[

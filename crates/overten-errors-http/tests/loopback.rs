@@ -179,9 +179,11 @@ async fn fetch(addr: std::net::SocketAddr, path: &str) -> (http::response::Parts
     (parts, classify_response(rebuilt).await.unwrap())
 }
 
+/// The default decision with named waits exact (`wait_spread` 0): these tests check what
+/// crossed the wire; the spread is tested in the core.
 fn advise(r: &Received, attempt: u32) -> Advice {
     r.advise(
-        &RetryPolicy::default(),
+        &RetryPolicy::builder().wait_spread(0.0).build().unwrap(),
         attempt,
         now(),
         &mut SplitMix64::new(3),

@@ -130,6 +130,10 @@ pub struct BackoffDefaults {
     /// The wait after a 429 that names no usable wait (the page's sample client's
     /// default), in milliseconds.
     pub rate_limit_default_wait_ms: u64,
+    /// The most a wait named by the server or the page is lengthened, as a share of it.
+    pub wait_spread: f64,
+    /// The most a named wait is lengthened, in milliseconds.
+    pub wait_spread_max_ms: u64,
 }
 
 /// The default retry budget.
@@ -235,6 +239,8 @@ pub fn catalog() -> Catalog {
             min_wait_ms: millis(policy.min_wait()),
             max_wait_ms: millis(policy.max_wait()),
             rate_limit_default_wait_ms: RATE_LIMIT_DEFAULT_WAIT_SECONDS * 1000,
+            wait_spread: policy.wait_spread(),
+            wait_spread_max_ms: millis(policy.wait_spread_max()),
         },
         retry_budget: BudgetDefaults {
             capacity: budget.capacity(),

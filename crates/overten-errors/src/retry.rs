@@ -87,6 +87,8 @@ pub struct RetryPolicy {
     max_attempts: u32,
     min_wait_ms: u64,
     max_wait_ms: u64,
+    wait_spread: f64,
+    wait_spread_max_ms: u64,
 }
 
 impl RetryPolicy {
@@ -100,6 +102,10 @@ impl RetryPolicy {
     /// - `max_attempts` 5: gRPC's retry policy caps `maxAttempts` at 5.
     /// - `min_wait` 1 s: the smallest whole delta-seconds above zero.
     /// - `max_wait` 300 s: the API's own sync ceiling; a wait longer than that is an outage.
+    /// - `wait_spread` 0.5, `wait_spread_max` 30 s: a wait the server (or the page) names is
+    ///   lengthened by a random share of up to half of it, at most 30 s, never shortened, so
+    ///   that clients told the same moment (every key's rate-limit window opens together) do
+    ///   not all come back in that one second. `docs/retry-storms.md` measures why.
     pub const DEFAULT: RetryPolicy = RetryPolicy {
         initial_delay_ms: 1_000,
         multiplier: 2.0,
@@ -108,6 +114,8 @@ impl RetryPolicy {
         max_attempts: 5,
         min_wait_ms: 1_000,
         max_wait_ms: crate::SYNC_TIMEOUT_SECONDS * 1000,
+        wait_spread: 0.5,
+        wait_spread_max_ms: 30_000,
     };
 
     /// A builder starting from [`RetryPolicy::DEFAULT`].
@@ -164,6 +172,17 @@ impl RetryPolicy {
     /// [`StopReason::WaitTooLong`] rather than a client that hangs.
     pub const fn max_wait(&self) -> Duration {
         Duration::from_millis(self.max_wait_ms)
+    }
+
+    /// The most a wait named by the server or the page is lengthened, as a share of it
+    /// (in `[0, 1]`; 0 waits exactly what was named).
+    pub const fn wait_spread(&self) -> f64 {
+        self.wait_spread
+    }
+
+    /// The most a named wait is lengthened, whatever its length.
+    pub const fn wait_spread_max(&self) -> Duration {
+        Duration::from_millis(self.wait_spread_max_ms)
     }
 }
 
@@ -222,6 +241,18 @@ impl RetryPolicyBuilder {
         self
     }
 
+    /// The most a named wait is lengthened, as a share of it, in `[0, 1]` (0: exact waits).
+    pub const fn wait_spread(mut self, share: f64) -> Self {
+        self.0.wait_spread = share;
+        self
+    }
+
+    /// The most a named wait is lengthened (a longer wait never passes `max_wait`).
+    pub const fn wait_spread_max(mut self, d: Duration) -> Self {
+        self.0.wait_spread_max_ms = millis_of(d);
+        self
+    }
+
     /// Checks the policy: a typed error names the first rule it breaks.
     pub fn build(self) -> Result<RetryPolicy, PolicyError> {
         let p = self.0;
@@ -245,6 +276,9 @@ impl RetryPolicyBuilder {
         }
         if p.min_wait_ms > p.max_wait_ms {
             return Err(PolicyError::WaitOrder);
+        }
+        if !(0.0..=1.0).contains(&p.wait_spread) {
+            return Err(PolicyError::WaitSpread);
         }
         Ok(p)
     }
@@ -289,6 +323,9 @@ pub enum PolicyError {
     /// Not `min_wait <= max_wait`.
     #[error("min_wait must not exceed max_wait")]
     WaitOrder,
+    /// `wait_spread` outside `[0, 1]` (or NaN).
+    #[error("wait_spread must lie in [0, 1]")]
+    WaitSpread,
 }
 
 /// Where the delay of an advised retry came from.
@@ -512,7 +549,14 @@ impl Step {
             Step::Permanent => &["rule", "code", "status"],
             Step::Attempts => &["attempt", "max_attempts"],
             Step::ResubmitAsync => &["rule"],
-            Step::RetryAfter => &["Retry-After", "now", "min_wait", "max_wait"],
+            Step::RetryAfter => &[
+                "Retry-After",
+                "now",
+                "min_wait",
+                "max_wait",
+                "wait_spread",
+                "random",
+            ],
             Step::RateLimitReset => &[
                 "rule",
                 "X-RateLimit-Remaining",
@@ -520,8 +564,10 @@ impl Step {
                 "now",
                 "min_wait",
                 "max_wait",
+                "wait_spread",
+                "random",
             ],
-            Step::RateLimitDefault => &["rule", "min_wait", "max_wait"],
+            Step::RateLimitDefault => &["rule", "min_wait", "max_wait", "wait_spread", "random"],
             Step::WaitWindow => &["rule", "random", "max_wait"],
             Step::Backoff => &[
                 "attempt",
@@ -690,7 +736,7 @@ impl RetryPolicy {
         // Step 5.
         if let Some(ra) = err.retry_after() {
             let wait = whole_millis(ra.delay_from(now));
-            return decided(self.bounded(wait, Basis::RetryAfter), Step::RetryAfter);
+            return decided(self.bounded(wait, Basis::RetryAfter, rng), Step::RetryAfter);
         }
         match rule {
             RetryRule::RetryAfter => {
@@ -698,14 +744,14 @@ impl RetryPolicy {
                 if let Some(rl) = err.rate_limit().filter(|rl| rl.remaining == 0) {
                     let wait = whole_millis(rl.reset_in(now));
                     return decided(
-                        self.bounded(wait, Basis::RateLimitReset),
+                        self.bounded(wait, Basis::RateLimitReset, rng),
                         Step::RateLimitReset,
                     );
                 }
                 // Step 7.
                 let wait = crate::RATE_LIMIT_DEFAULT_WAIT_SECONDS.saturating_mul(1000);
                 decided(
-                    self.bounded(wait, Basis::RateLimitDefault),
+                    self.bounded(wait, Basis::RateLimitDefault, rng),
                     Step::RateLimitDefault,
                 )
             }
@@ -718,17 +764,32 @@ impl RetryPolicy {
         }
     }
 
-    /// A wait named by the server or the page: more than `max_wait` stops; otherwise at
-    /// least `min_wait`.
-    fn bounded(&self, wait_ms: u64, basis: Basis) -> Advice {
+    /// A wait named by the server or the page: more than `max_wait` stops; otherwise
+    /// `base = max(wait, min_wait)`, lengthened by `min(floor((spread + 1) * u), spread)` ms
+    /// with `spread = min(floor(base * wait_spread), wait_spread_max)`, and never past
+    /// `max_wait`.
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss,
+        reason = "base is at most max_wait, below 2^53; the share lies in [0, 1]"
+    )]
+    fn bounded<R: RandomSource + ?Sized>(&self, wait_ms: u64, basis: Basis, rng: &mut R) -> Advice {
         if wait_ms > self.max_wait_ms {
             return Advice::Stop(StopReason::WaitTooLong {
                 requested: Duration::from_millis(wait_ms),
                 max: self.max_wait(),
             });
         }
+        let base = wait_ms.max(self.min_wait_ms);
+        let spread = ((base as f64 * self.wait_spread).floor() as u64).min(self.wait_spread_max_ms);
+        let extra = if spread == 0 {
+            0
+        } else {
+            (((spread + 1) as f64 * unit(rng)).floor() as u64).min(spread)
+        };
         Advice::Retry {
-            after: Duration::from_millis(wait_ms.max(self.min_wait_ms)),
+            after: Duration::from_millis((base + extra).min(self.max_wait_ms)),
             basis,
         }
     }

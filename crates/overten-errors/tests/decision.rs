@@ -31,8 +31,14 @@ fn err(code: &str, status: u16) -> ApiError {
     ApiError::received(Code::parse(code), status, "m")
 }
 
+/// The default policy with waits exactly as named (`wait_spread` 0), so that tests of the
+/// steps see the named wait itself; the spread has its own test.
+fn exact() -> RetryPolicy {
+    RetryPolicy::builder().wait_spread(0.0).build().unwrap()
+}
+
 fn explain(e: &ApiError, attempt: u32, budget: Option<&RetryBudget>) -> (Advice, Step) {
-    let d = RetryPolicy::default().explain(e, attempt, now(), &mut SplitMix64::new(9), budget);
+    let d = exact().explain(e, attempt, now(), &mut SplitMix64::new(9), budget);
     (d.advice, d.step)
 }
 
@@ -445,6 +451,66 @@ fn policies_are_validated() {
 }
 
 #[test]
+fn a_named_wait_is_spread_upward_by_up_to_half_at_most_30_s() {
+    let p = RetryPolicy::default();
+    let wait = |e: &ApiError, bits: u64| match p.decide(e, 1, now(), &mut || bits) {
+        Advice::Retry { after, .. } => after,
+        other => panic!("{other:?}"),
+    };
+    // Retry-After: 10: spread = floor(10000 * 0.5) = 5000 ms; u = 0 gives the named wait,
+    // the top draw 10000 + min(floor(5001 * u), 5000) = 15000.
+    let ten = err("rate_limit_exceeded", 429).with_retry_after(RetryAfter::Seconds(10));
+    assert_eq!(wait(&ten, 0), secs(10));
+    assert_eq!(wait(&ten, u64::MAX), secs(15));
+    // u = 1/2 (bits 2^63): floor(5001 / 2) = 2500.
+    assert_eq!(wait(&ten, 1 << 63), Duration::from_millis(12_500));
+    // 100 s: half would be 50 s, capped at 30 s.
+    let long = err("rate_limit_exceeded", 429).with_retry_after(RetryAfter::Seconds(100));
+    assert_eq!(wait(&long, u64::MAX), secs(130));
+    // Never past max_wait: 290 s + up to 30 s stops at 300 s; a wait of exactly 300 s is
+    // not lengthened; Retry-After: 0 spreads from the floor (1 s up to 1.5 s).
+    let near = err("internal_error", 500).with_retry_after(RetryAfter::Seconds(290));
+    assert_eq!(wait(&near, u64::MAX), secs(300));
+    let zero = err("internal_error", 500).with_retry_after(RetryAfter::Seconds(0));
+    assert_eq!(wait(&zero, u64::MAX), Duration::from_millis(1500));
+    // The reset and the page's 30 s are spread the same way.
+    let reset = err("rate_limit_exceeded", 429).with_rate_limit(limited(0, NOW + 20));
+    assert_eq!(wait(&reset, u64::MAX), secs(30));
+    assert_eq!(wait(&err("rate_limit_exceeded", 429), u64::MAX), secs(45));
+    // Never earlier than named, over many draws.
+    for seed in 0..500 {
+        let d = p.decide(&ten, 1, now(), &mut SplitMix64::new(seed));
+        assert!(matches!(d, Advice::Retry { after, .. } if after >= secs(10) && after <= secs(15)));
+    }
+    // A spread of 0 waits exactly; a share outside [0, 1] is refused.
+    assert_eq!(
+        exact().decide(&ten, 1, now(), &mut || u64::MAX),
+        Advice::Retry {
+            after: secs(10),
+            basis: Basis::RetryAfter
+        }
+    );
+    for bad in [-0.1, 1.5, f64::NAN] {
+        assert_eq!(
+            RetryPolicy::builder().wait_spread(bad).build(),
+            Err(PolicyError::WaitSpread)
+        );
+    }
+    let capped = RetryPolicy::builder()
+        .wait_spread(1.0)
+        .wait_spread_max(secs(2))
+        .build()
+        .unwrap();
+    assert_eq!(
+        capped.decide(&ten, 1, now(), &mut || u64::MAX),
+        Advice::Retry {
+            after: secs(12),
+            basis: Basis::RetryAfter
+        }
+    );
+}
+
+#[test]
 fn a_window_is_capped_at_max_wait() {
     let e = err("service_unavailable", 503);
     let short = RetryPolicy::builder().max_wait(secs(45)).build().unwrap();
@@ -737,6 +803,7 @@ fn the_defaults_are_the_documented_ones() {
         (p.multiplier(), p.jitter(), p.max_attempts()),
         (2.0, 0.5, 5)
     );
+    assert_eq!((p.wait_spread(), p.wait_spread_max()), (0.5, secs(30)));
     let b = RetryBudget::default();
     assert_eq!(
         (b.capacity(), b.retry_cost(), b.success_refill()),

@@ -19,8 +19,14 @@ fn now() -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777)
 }
 
+/// The default policy with named waits exact (`wait_spread` 0): these tests read headers;
+/// `tests/decision.rs` tests the spread.
+fn exact() -> RetryPolicy {
+    RetryPolicy::builder().wait_spread(0.0).build().unwrap()
+}
+
 fn decide(err: &ApiError, attempt: u32) -> Advice {
-    RetryPolicy::default().decide(err, attempt, now(), &mut SplitMix64::new(42))
+    exact().decide(err, attempt, now(), &mut SplitMix64::new(42))
 }
 
 fn retry_after(err: ErrorCode, value: &str) -> ApiError {
@@ -68,7 +74,7 @@ fn retry_after_parse_errors_are_typed() {
 
 #[test]
 fn hostile_retry_after_never_hot_loops_or_hangs() {
-    let policy = RetryPolicy::default();
+    let policy = exact();
     // Zero and dates in the past wait the floor.
     for value in ["0", "Thu, 01 Jan 1970 00:00:00 GMT"] {
         assert_eq!(
@@ -138,7 +144,7 @@ fn rate_limit_reset_is_used_when_retry_after_is_absent() {
 #[test]
 fn service_unavailable_waits_in_its_window_unless_told() {
     let err = ApiError::from(ErrorCode::ServiceUnavailable);
-    let policy = RetryPolicy::default();
+    let policy = exact();
     let (mut lo, mut hi) = (Duration::MAX, Duration::ZERO);
     for seed in 0..2000 {
         match policy.decide(&err, 1, now(), &mut SplitMix64::new(seed)) {

@@ -356,7 +356,9 @@ mod tests {
     #[test]
     fn the_clock_resolves_dates() {
         let (log, sleep) = recorder();
-        let retrier = Retrier::new(RetryPolicy::default(), sleep)
+        // Named waits exact (no spread): the clock is what is tested.
+        let exact = RetryPolicy::builder().wait_spread(0.0).build().unwrap();
+        let retrier = Retrier::new(exact, sleep)
             .with_clock(|| SystemTime::UNIX_EPOCH + Duration::from_secs(1000));
         let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1007);
         let err = ApiError::from(ErrorCode::RateLimitExceeded)

@@ -657,14 +657,15 @@ mod tests {
         let s = MemoryIdempotencyStore::new();
         let fp = Fingerprint([1; 32]);
         let max = u32::try_from(MemoryIdempotencyStore::MAX_RECORDS).unwrap();
-        let short = Duration::from_millis(200);
+        // Long enough that filling the store (slow on a loaded machine) ends inside it.
+        let short = Duration::from_secs(2);
         for i in 0..max {
             let got = crate::block_on(s.claim(&key(i), &fp, ClaimToken::new(), short)).unwrap();
             assert!(matches!(got, Claim::Claimed));
         }
         let full = crate::block_on(s.claim(&key(max), &fp, ClaimToken::new(), short));
         assert!(matches!(full, Err(StoreError::Full)));
-        std::thread::sleep(Duration::from_millis(250));
+        std::thread::sleep(Duration::from_millis(2100));
         let got = crate::block_on(s.claim(&key(max), &fp, ClaimToken::new(), short)).unwrap();
         assert!(matches!(got, Claim::Claimed), "the ended leases made room");
         assert_eq!(s.len(), 1);
