@@ -341,8 +341,10 @@ def decide(cat, r, attempt, now_ms, u, budget):
         advice, step = decision
         # Step 10
         if advice["action"] == "retry" and budget is not None:
-            if budget["tokens"] >= budget["retry_cost"]:
-                budget["tokens"] -= budget["retry_cost"]
+            # A retry in a wait window (step 8) costs window_cost, any other retry_cost.
+            cost = budget["window_cost"] if advice.get("basis") == "wait_window" else budget["retry_cost"]
+            if budget["tokens"] >= cost:
+                budget["tokens"] -= cost
             else:
                 return {"action": "stop", "reason": "budget_exhausted"}, "budget"
         return advice, step

@@ -235,6 +235,7 @@ impl Fixture {
                 "tokens": budget.tokens(),
                 "capacity": budget.capacity(),
                 "retry_cost": budget.retry_cost(),
+                "window_cost": budget.window_cost(),
                 "success_refill": budget.success_refill(),
             },
         })
@@ -266,6 +267,7 @@ impl Fixture {
                         "tokens": budget.tokens(),
                         "capacity": budget.capacity(),
                         "retry_cost": budget.retry_cost(),
+                        "window_cost": budget.window_cost(),
                         "success_refill": budget.success_refill(),
                     },
                 },
@@ -295,6 +297,7 @@ impl Fixture {
                     "tokens": budget.tokens(),
                     "capacity": budget.capacity(),
                     "retry_cost": budget.retry_cost(),
+                    "window_cost": budget.window_cost(),
                     "success_refill": budget.success_refill(),
                 },
             },
@@ -864,6 +867,22 @@ fn edge_cases() -> Vec<Fixture> {
             "Quota-Frozen",
             "Quota frozen",
         ),
+        Fixture::raw(
+            "budget-window-cost",
+            "A 503 without Retry-After when the budget holds 19 tokens: a retry in the wait window costs 20 (window_cost), so stop.",
+            503,
+            &[json_type],
+            &envelope(ErrorCode::ServiceUnavailable),
+        )
+        .tokens(19),
+        Fixture::raw(
+            "budget-window-cost-paid",
+            "The same 503 with 20 tokens: the window retry is paid.",
+            503,
+            &[json_type],
+            &envelope(ErrorCode::ServiceUnavailable),
+        )
+        .tokens(20),
         Fixture::success(
             "success-first-attempt",
             "A success to a first attempt returns success_refill (1) token.",

@@ -106,10 +106,15 @@ pub(crate) fn retry_md() -> String {
         ),
         ("budget_capacity", budget.capacity().to_string()),
         ("budget_retry_cost", budget.retry_cost().to_string()),
+        ("budget_window_cost", budget.window_cost().to_string()),
         ("budget_success_refill", budget.success_refill().to_string()),
         (
             "budget_retries",
             (budget.capacity() / budget.retry_cost().max(1)).to_string(),
+        ),
+        (
+            "budget_window_retries",
+            (budget.capacity() / budget.window_cost().max(1)).to_string(),
         ),
         ("max_safe_integer", MAX_SAFE_INTEGER.to_string()),
         (

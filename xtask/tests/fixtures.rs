@@ -41,7 +41,9 @@ fn received(f: &Value) -> Received {
 fn budget_of(request: &Value) -> RetryBudget {
     let b = &request["budget"];
     let n = |k: &str| u32::try_from(b[k].as_u64().unwrap()).unwrap();
-    RetryBudget::new(n("capacity"), n("retry_cost"), n("success_refill")).with_tokens(n("tokens"))
+    RetryBudget::new(n("capacity"), n("retry_cost"), n("success_refill"))
+        .with_window_cost(n("window_cost"))
+        .with_tokens(n("tokens"))
 }
 
 fn matches_action(got: &Value, want: &Value, name: &str) {

@@ -143,6 +143,7 @@ fn budget_of(request: &Value) -> Result<Option<RetryBudget>, String> {
     let n = |k: &str| u32_of(&b[k], &format!("request.budget.{k}"), 0);
     Ok(Some(
         RetryBudget::new(n("capacity")?, n("retry_cost")?, n("success_refill")?)
+            .with_window_cost(n("window_cost")?)
             .with_tokens(n("tokens")?),
     ))
 }

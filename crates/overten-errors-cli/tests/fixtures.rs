@@ -210,11 +210,12 @@ fn json_output_is_all_json_and_the_draw_now_and_budget_make_it_exact() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["action"]["action"], "stop", "{v}");
     assert_eq!(v["differs"], serde_json::json!(["action", "step"]));
-    // A raw response takes --now (a Retry-After date read against it) and --random.
+    // A raw response takes --now (a Retry-After date read against it) and --random (r = 0:
+    // the named wait itself, no spread).
     let raw =
         b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: Tue, 14 Nov 2023 22:13:40 GMT\r\n\r\n";
     let mut child = Command::new(BIN)
-        .args(["classify", "--json", "--now", "1700000000"])
+        .args(["classify", "--json", "--now", "1700000000", "--random", "0"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()

@@ -143,6 +143,8 @@ pub struct BudgetDefaults {
     pub capacity: u32,
     /// Tokens one retry spends.
     pub retry_cost: u32,
+    /// Tokens a retry in a wait window (step 8: a 503 without `Retry-After`) costs.
+    pub window_cost: u32,
     /// Tokens a success to a first attempt returns.
     pub success_refill: u32,
     /// Tokens a success after retries returns (the last retry's cost).
@@ -245,6 +247,7 @@ pub fn catalog() -> Catalog {
         retry_budget: BudgetDefaults {
             capacity: budget.capacity(),
             retry_cost: budget.retry_cost(),
+            window_cost: budget.window_cost(),
             success_refill: budget.success_refill(),
             retried_success_refill: budget.retry_cost(),
         },

@@ -810,6 +810,56 @@ fn the_defaults_are_the_documented_ones() {
         (100, 5, 1)
     );
     assert_eq!(b.tokens(), 100, "a budget starts full");
+    assert_eq!(
+        b.window_cost(),
+        20,
+        "docs/retry.md: a retry in a 503's window costs 20"
+    );
+    assert_eq!(
+        RetryBudget::new(40, 7, 3).window_cost(),
+        7,
+        "a custom budget: retry_cost"
+    );
+    // A window retry spends 20, a backoff 5; 19 tokens cannot pay for the window.
+    let window = err("service_unavailable", 503);
+    let spent = RetryBudget::default();
+    assert!(matches!(
+        explain(&window, 1, Some(&spent)).0,
+        Advice::Retry {
+            basis: Basis::WaitWindow,
+            ..
+        }
+    ));
+    assert_eq!(spent.tokens(), 80);
+    assert!(matches!(
+        explain(&err("internal_error", 500), 1, Some(&spent)).0,
+        Advice::Retry {
+            basis: Basis::Backoff,
+            ..
+        }
+    ));
+    assert_eq!(spent.tokens(), 75);
+    let poor = RetryBudget::default().with_tokens(19);
+    assert_eq!(
+        explain(&window, 1, Some(&poor)),
+        (Advice::Stop(StopReason::BudgetExhausted), Step::Budget)
+    );
+    assert_eq!(poor.tokens(), 19, "a refused retry spends nothing");
+    assert!(matches!(
+        poor.admit(Advice::Retry {
+            after: secs(1),
+            basis: Basis::Backoff
+        }),
+        Advice::Retry { .. }
+    ));
+    assert_eq!(poor.tokens(), 14);
+    assert_eq!(
+        RetryBudget::default().with_tokens(19).admit(Advice::Retry {
+            after: secs(30),
+            basis: Basis::WaitWindow
+        }),
+        Advice::Stop(StopReason::BudgetExhausted)
+    );
     // A success after retries pays the retry's cost back; a first-attempt success 1.
     let b = RetryBudget::default().with_tokens(50);
     b.record_success_after(1);
