@@ -93,10 +93,14 @@ async fn plan(url: &str) -> Value {
 async fn workspace_call(client: &reqwest_middleware::ClientWithMiddleware, base: &str, s: &Value) {
     let method = reqwest::Method::from_bytes(s["method"].as_str().unwrap().as_bytes()).unwrap();
     let url = s["url"].as_str().unwrap();
-    let send = |body: Option<Value>| {
+    let send = |body: Option<Value>, resubmission: Option<overten_errors_http::Resubmission>| {
         let mut request = client
             .request(method.clone(), url)
             .header("authorization", "Bearer sk_live_conformance");
+        if let Some(r) = resubmission {
+            // The resubmission is the next attempt of the same logical request.
+            request = request.with_extension(r);
+        }
         if let Some(body) = body {
             request = request
                 .header("content-type", "application/json")
@@ -105,17 +109,19 @@ async fn workspace_call(client: &reqwest_middleware::ClientWithMiddleware, base:
         request.send()
     };
     let body = (!s["body"].is_null()).then(|| s["body"].clone());
-    let response = send(body.clone()).await.unwrap();
-    let resubmit = response
+    let response = send(body.clone(), None).await.unwrap();
+    let Some(outcome) = response
         .extensions()
         .get::<RetryOutcome>()
-        .is_some_and(|o| o.advice == Advice::ResubmitAsync);
-    if !resubmit {
+        .filter(|o| o.advice == Advice::ResubmitAsync)
+        .cloned()
+    else {
         return;
-    }
+    };
     let mut work = body.unwrap_or_else(|| json!({}));
     work["async"] = json!(true);
-    let accepted = json_of(send(Some(work)).await.unwrap()).await;
+    let resubmission = overten_errors_http::Resubmission::after(&outcome);
+    let accepted = json_of(send(Some(work), Some(resubmission)).await.unwrap()).await;
     let task = accepted["task_id"].as_str().unwrap();
     for _ in 0..20 {
         let state = json_of(

@@ -61,19 +61,20 @@ async fn main() -> Result<(), BoxError> {
         .max_delay(max_sleep.min(Duration::from_secs(32)))
         .max_wait(max_sleep)
         .build()?;
-    let middleware = RetryMiddleware::new(Retrier::new(policy, TokioSleep)).on_decision(
-        |attempt, received, decision| {
-            let err = &received.error;
-            println!(
-                "  attempt {attempt}: {} {} [request id {}] -> {} (step {})",
-                err.status(),
-                err.code(),
-                err.request_id().unwrap_or("-"),
-                decision.advice,
-                decision.step.as_str(),
-            );
-        },
-    );
+    let middleware = RetryMiddleware::new(Retrier::new(policy, TokioSleep)).on_decision(|event| {
+        let err = &event.received.error;
+        println!(
+            "  {} {} attempt {}: {} {} [request id {}] -> {} (step {})",
+            event.method,
+            event.url,
+            event.attempt,
+            err.status(),
+            err.code(),
+            err.request_id().unwrap_or("-"),
+            event.decision.advice,
+            event.decision.step.as_str(),
+        );
+    });
     let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
         .with(middleware)
         .build();

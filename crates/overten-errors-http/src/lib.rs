@@ -82,7 +82,8 @@ pub use server::{into_response, set_rate_limit_headers, set_request_id};
 pub use client::TokioSleep;
 #[cfg(feature = "reqwest")]
 pub use client::{
-    IDEMPOTENCY_KEY, Observer, RetryMiddleware, RetryOutcome, STREAMING_BODY, received_from_reqwest,
+    DecisionEvent, IDEMPOTENCY_KEY, Observer, Resubmission, RetryMiddleware, RetryOutcome,
+    STREAMING_BODY, received_from_reqwest,
 };
 #[cfg(feature = "tower")]
 pub use server::{

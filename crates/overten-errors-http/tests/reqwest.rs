@@ -87,9 +87,12 @@ async fn server(script: Vec<(&str, Vec<Reply>)>) -> (SocketAddr, Shared) {
 
 type Sleeps = Arc<Mutex<Vec<Duration>>>;
 
+/// The default policy with named waits exact (`wait_spread` 0), so each path's sleep is the
+/// wait the server named; the spread is tested in the core.
 fn retrier(sleeps: &Sleeps) -> Retrier<impl overten_errors_http::Sleep + use<>> {
     let log = Arc::clone(sleeps);
-    Retrier::new(RetryPolicy::default(), move |d| {
+    let exact = RetryPolicy::builder().wait_spread(0.0).build().unwrap();
+    Retrier::new(exact, move |d| {
         log.lock().unwrap().push(d);
         std::future::ready(())
     })
@@ -570,6 +573,138 @@ async fn a_post_carrying_its_own_key_is_replay_safe_when_the_middleware_adds_non
             .unwrap();
         assert_eq!(response.status(), 503);
         assert_eq!(state.lock().unwrap().seen.len(), 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_resubmission_after_408_continues_the_attempt_count() {
+    within(async {
+        let internal = || error(ApiError::from(ErrorCode::InternalError));
+        let timeout = error(ApiError::from(ErrorCode::SyncTimeoutUpgradeAsync));
+        // Three 500s and a 408 end the sync request at attempt 4; then the async
+        // resubmission meets a 500 at attempt 5 = max_attempts: no sixth attempt.
+        let (addr, state) = server(vec![(
+            "/run",
+            vec![
+                internal(),
+                internal(),
+                internal(),
+                timeout,
+                internal(),
+                internal(),
+            ],
+        )])
+        .await;
+        let sleeps: Sleeps = Arc::default();
+        let c = client(RetryMiddleware::new(retrier(&sleeps)));
+        let url = format!("http://{addr}/run");
+        let first = c.post(&url).body(r#"{"p":1}"#).send().await.unwrap();
+        assert_eq!(first.status(), 408);
+        let outcome = first.extensions().get::<RetryOutcome>().unwrap().clone();
+        assert_eq!(
+            (outcome.advice, outcome.attempts),
+            (Advice::ResubmitAsync, 4)
+        );
+        let again = c
+            .post(&url)
+            .body(r#"{"p":1,"async":true}"#)
+            .with_extension(overten_errors_http::Resubmission::after(&outcome))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(again.status(), 500);
+        let end = again.extensions().get::<RetryOutcome>().unwrap();
+        assert_eq!(
+            end.advice,
+            Advice::Stop(StopReason::AttemptsExhausted { attempts: 5 })
+        );
+        assert_eq!(hits(&state, "/run"), 5);
+        // Without it, the count would start again at 1 and the 500 be retried.
+        let (addr, state) = server(vec![("/run", vec![internal()])]).await;
+        let fresh = c
+            .post(format!("http://{addr}/run"))
+            .body(r#"{"p":1,"async":true}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(fresh.status(), 200);
+        assert_eq!(hits(&state, "/run"), 2);
+    })
+    .await;
+}
+
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
+    type Writer = Logs;
+    fn make_writer(&'a self) -> Logs {
+        self.clone()
+    }
+}
+
+#[tokio::test]
+async fn every_attempt_and_decision_is_traced_with_opentelemetry_names() {
+    let logs = Logs::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(logs.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::DEBUG)
+        .finish();
+    // A current-thread runtime: the middleware logs through this subscriber.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    within(async {
+        let (addr, _) = server(vec![(
+            "/busy",
+            vec![error(
+                ApiError::from(ErrorCode::ServiceUnavailable).with_request_id("req_traced_1"),
+            )],
+        )])
+        .await;
+        let sleeps: Sleeps = Arc::default();
+        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+        let log = Arc::clone(&seen);
+        let c = client(
+            RetryMiddleware::new(retrier(&sleeps)).on_decision(move |e| {
+                log.lock()
+                    .unwrap()
+                    .push(format!("{} {} {}", e.method, e.url, e.attempt));
+            }),
+        );
+        let url = format!("http://{addr}/busy?token=secret#frag");
+        assert_eq!(c.get(&url).send().await.unwrap().status(), 200);
+        let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        let redacted = format!("http://{addr}/busy");
+        for want in [
+            "overten.request".to_owned(),
+            "http.request.method=GET".to_owned(),
+            format!("url.full={redacted}"),
+            "http.response.status_code=503".to_owned(),
+            "error.type=service_unavailable".to_owned(),
+            "request_id=\"req_traced_1\"".to_owned(),
+            "http.request.resend_count=0".to_owned(),
+            "http.request.resend_count=1".to_owned(),
+            "http.response.status_code=200".to_owned(),
+            "basis=\"wait_window\"".to_owned(),
+            "wait_ms=".to_owned(),
+            "budget.tokens=80".to_owned(),
+            "step=\"wait_window\"".to_owned(),
+        ] {
+            assert!(text.contains(&want), "{want} missing from:\n{text}");
+        }
+        assert!(!text.contains("secret"), "the query leaked:\n{text}");
+        assert_eq!(*seen.lock().unwrap(), vec![format!("GET {redacted} 1")]);
     })
     .await;
 }

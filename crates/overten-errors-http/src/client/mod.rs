@@ -14,7 +14,8 @@ pub use classify::{
 };
 #[cfg(feature = "reqwest")]
 pub use reqwest::{
-    IDEMPOTENCY_KEY, Observer, RetryMiddleware, RetryOutcome, STREAMING_BODY, received_from_reqwest,
+    DecisionEvent, IDEMPOTENCY_KEY, Observer, Resubmission, RetryMiddleware, RetryOutcome,
+    STREAMING_BODY, received_from_reqwest,
 };
 #[cfg(feature = "tokio")]
 pub use retrier::TokioSleep;

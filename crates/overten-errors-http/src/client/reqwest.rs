@@ -193,7 +193,118 @@ pub struct RetryMiddleware<S> {
 }
 
 /// Called with every error response the middleware decides on, and its decision.
-pub type Observer = Arc<dyn Fn(u32, &Received, &Decision) + Send + Sync>;
+pub type Observer = Arc<dyn Fn(&DecisionEvent<'_>) + Send + Sync>;
+
+/// One decision of [`RetryMiddleware`], for [`RetryMiddleware::on_decision`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct DecisionEvent<'a> {
+    /// The request's method.
+    pub method: &'a Method,
+    /// The request's URL without its query, fragment or credentials (`url.full` in the
+    /// OpenTelemetry HTTP conventions, redacted).
+    pub url: &'a str,
+    /// The attempt that just failed (the first is 1; a [`Resubmission`] continues the count).
+    pub attempt: u32,
+    /// The response read as an error.
+    pub received: &'a Received,
+    /// The decision, with the step of `docs/retry.md` that took it.
+    pub decision: &'a Decision,
+}
+
+/// Put on a request that resubmits work after a 408 `sync_timeout_upgrade_async`
+/// ([`Advice::ResubmitAsync`]), with
+/// `reqwest_middleware::RequestBuilder::with_extension`: the middleware continues the
+/// attempt count (`docs/retry.md`: the resubmission is the next attempt) instead of
+/// starting again at 1, so `max_attempts` bounds the whole logical request.
+///
+/// ```
+/// # async fn run(client: reqwest_middleware::ClientWithMiddleware) -> Result<(), reqwest_middleware::Error> {
+/// use overten_errors::Advice;
+/// use overten_errors_http::{Resubmission, RetryOutcome};
+/// let response = client.post("http://127.0.0.1:8080/v1/runs").body(r#"{"prompt":"p"}"#).send().await?;
+/// if let Some(outcome) = response.extensions().get::<RetryOutcome>() {
+///     if outcome.advice == Advice::ResubmitAsync {
+///         let accepted = client
+///             .post("http://127.0.0.1:8080/v1/runs")
+///             .body(r#"{"prompt":"p","async":true}"#)
+///             .with_extension(Resubmission::after(outcome))
+///             .send()
+///             .await?;
+///         # let _ = accepted;
+///     }
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resubmission {
+    /// Attempts the logical request has made so far.
+    pub attempts: u32,
+}
+
+impl Resubmission {
+    /// The resubmission that follows `outcome` (its attempts so far).
+    pub fn after(outcome: &RetryOutcome) -> Resubmission {
+        Resubmission {
+            attempts: outcome.attempts,
+        }
+    }
+}
+
+/// The URL for traces and observers: scheme, host, port and path, never the query (which
+/// may carry secrets), the fragment or credentials.
+fn redacted(url: &reqwest::Url) -> String {
+    let mut shown = url.clone();
+    shown.set_query(None);
+    shown.set_fragment(None);
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    shown.to_string()
+}
+
+/// `error.type` of a response: its code, or its status when it carries none.
+fn error_type(received: &Received) -> String {
+    let code = received.error.code().as_str();
+    if code.is_empty() {
+        received.error.status().to_string()
+    } else {
+        code.to_owned()
+    }
+}
+
+/// `error.type` of a transport failure.
+fn transport_error_type(error: &reqwest::Error) -> &'static str {
+    if error.is_connect() {
+        "connect"
+    } else if error.is_timeout() {
+        "timeout"
+    } else if error.is_body() || error.is_decode() {
+        "body"
+    } else {
+        "transport"
+    }
+}
+
+/// One event for a decision, with the wait and its basis or the stop's reason.
+fn trace_decision(attempt: u32, decision: &Decision, tokens: u32) {
+    match decision.advice {
+        Advice::Retry { after, basis } => tracing::info!(
+            http.request.resend_count = attempt - 1,
+            step = decision.step.as_str(),
+            wait_ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX),
+            basis = basis.as_str(),
+            budget.tokens = tokens,
+            "retry decided"
+        ),
+        advice => tracing::info!(
+            http.request.resend_count = attempt - 1,
+            step = decision.step.as_str(),
+            advice = %advice,
+            budget.tokens = tokens,
+            "no retry"
+        ),
+    }
+}
 
 impl<S> std::fmt::Debug for RetryMiddleware<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -226,7 +337,7 @@ impl<S: Sleep> RetryMiddleware<S> {
     #[must_use]
     pub fn on_decision(
         mut self,
-        observer: impl Fn(u32, &Received, &Decision) + Send + Sync + 'static,
+        observer: impl Fn(&DecisionEvent<'_>) + Send + Sync + 'static,
     ) -> RetryMiddleware<S> {
         self.observer = Some(Arc::new(observer));
         self
@@ -263,9 +374,34 @@ fn stop(fix: &'static str) -> Advice {
 impl<S: Sleep + 'static> Middleware for RetryMiddleware<S> {
     async fn handle(
         &self,
+        req: reqwest::Request,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<reqwest::Response> {
+        use tracing::Instrument as _;
+        let url = redacted(req.url());
+        let span = tracing::info_span!(
+            "overten.request",
+            otel.kind = "client",
+            http.request.method = %req.method(),
+            url.full = %url,
+        );
+        self.run(req, extensions, next, &url).instrument(span).await
+    }
+}
+
+impl<S: Sleep + 'static> RetryMiddleware<S> {
+    /// The retry loop of one logical request (inside its span).
+    #[allow(
+        clippy::too_many_lines,
+        reason = "one loop, each outcome handled in place"
+    )]
+    async fn run(
+        &self,
         mut req: reqwest::Request,
         extensions: &mut Extensions,
         next: Next<'_>,
+        url: &str,
     ) -> reqwest_middleware::Result<reqwest::Response> {
         // Replay-safe: an idempotent method, or any request that carries an idempotency
         // key (the caller's own, even when this middleware is told to add none).
@@ -280,7 +416,11 @@ impl<S: Sleep + 'static> Middleware for RetryMiddleware<S> {
                 replay_safe = true;
             }
         }
-        let mut attempt: u32 = 1;
+        let method = req.method().clone();
+        // A resubmission after a 408 is the next attempt of the same logical request.
+        let mut attempt: u32 = extensions
+            .get::<Resubmission>()
+            .map_or(1, |r| r.attempts.saturating_add(1));
         loop {
             let replay = req.try_clone();
             match next.clone().run(req, extensions).await {
@@ -291,6 +431,11 @@ impl<S: Sleep + 'static> Middleware for RetryMiddleware<S> {
                     if response.status().is_success() {
                         self.retrier.record_success(attempt);
                     }
+                    tracing::debug!(
+                        http.request.resend_count = attempt - 1,
+                        http.response.status_code = response.status().as_u16(),
+                        "attempt answered"
+                    );
                     return Ok(response);
                 }
                 Ok(response) => {
@@ -299,8 +444,14 @@ impl<S: Sleep + 'static> Middleware for RetryMiddleware<S> {
                     let (received, mut response) = match read_reqwest(response).await {
                         Ok(read) => read,
                         Err(error) => {
+                            tracing::info!(
+                                http.request.resend_count = attempt - 1,
+                                error.type = "body",
+                                "the error body was cut short"
+                            );
                             let decision =
                                 self.retrier.decide_transport(true, replay_safe, attempt);
+                            trace_decision(attempt, &decision, self.retrier.budget().tokens());
                             match (decision.advice, replay) {
                                 (Advice::Retry { after, .. }, Some(again)) => {
                                     self.retrier.sleep(after).await;
@@ -325,8 +476,22 @@ impl<S: Sleep + 'static> Middleware for RetryMiddleware<S> {
                             decision.advice = stop(NOT_REPLAY_SAFE);
                         }
                     }
+                    tracing::info!(
+                        http.request.resend_count = attempt - 1,
+                        http.response.status_code = received.error.status(),
+                        error.type = %error_type(&received),
+                        request_id = received.error.request_id().unwrap_or(""),
+                        "attempt failed"
+                    );
+                    trace_decision(attempt, &decision, self.retrier.budget().tokens());
                     if let Some(observe) = &self.observer {
-                        observe(attempt, &received, &decision);
+                        observe(&DecisionEvent {
+                            method: &method,
+                            url,
+                            attempt,
+                            received: &received,
+                            decision: &decision,
+                        });
                     }
                     if let (Advice::Retry { after, .. }, Some(again)) = (decision.advice, replay) {
                         self.retrier.sleep(after).await;
@@ -344,10 +509,18 @@ impl<S: Sleep + 'static> Middleware for RetryMiddleware<S> {
                 }
                 Err(error) => {
                     let sent = match &error {
-                        reqwest_middleware::Error::Reqwest(e) => !e.is_connect(),
+                        reqwest_middleware::Error::Reqwest(e) => {
+                            tracing::info!(
+                                http.request.resend_count = attempt - 1,
+                                error.type = transport_error_type(e),
+                                "attempt got no response"
+                            );
+                            !e.is_connect()
+                        }
                         reqwest_middleware::Error::Middleware(_) => return Err(error),
                     };
                     let decision = self.retrier.decide_transport(sent, replay_safe, attempt);
+                    trace_decision(attempt, &decision, self.retrier.budget().tokens());
                     match (decision.advice, replay) {
                         (Advice::Retry { after, .. }, Some(again)) => {
                             self.retrier.sleep(after).await;
