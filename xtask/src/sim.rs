@@ -242,6 +242,12 @@ trait Policy {
     ) -> Option<u64>;
     /// A request succeeded after `attempts` attempts.
     fn success(&mut self, attempts: u32);
+    /// Reads any response's rate-limit snapshot (for pacing).
+    fn observe(&mut self, _resp: &Resp, _now_ms: u64, _rng: &mut SplitMix64) {}
+    /// How long a request about to be sent at `now_ms` is held first (pacing).
+    fn hold(&self, _now_ms: u64) -> Option<u64> {
+        None
+    }
 }
 
 #[allow(
@@ -267,6 +273,8 @@ fn unit(rng: &mut SplitMix64) -> f64 {
 struct Ours {
     policy: RetryPolicy,
     budget: Option<RetryBudget>,
+    /// The client's key's pacer (`docs/retry.md`, *Pacing*).
+    pacer: overten_errors::Pacer,
     /// Whether a success after retries returns the retry's cost (this workspace's rule
     /// since the simulation; the previous default returned 1).
     refund: bool,
@@ -302,6 +310,18 @@ impl Policy for Ours {
                 b.record_success();
             }
         }
+    }
+    fn observe(&mut self, r: &Resp, now_ms: u64, rng: &mut SplitMix64) {
+        if let Some(rl) = r.rate_limit.filter(|rl| rl.remaining == 0) {
+            let now = SystemTime::UNIX_EPOCH + Duration::from_millis(now_ms);
+            self.pacer.observe(&rl, now, &self.policy, rng);
+        }
+    }
+    fn hold(&self, now_ms: u64) -> Option<u64> {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_millis(now_ms);
+        self.pacer
+            .hold(now, &self.policy)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
     }
 }
 
@@ -414,11 +434,13 @@ fn policy(name: &str) -> Box<dyn Policy> {
         "overten (default + budget)" => Box::new(Ours {
             policy: RetryPolicy::default(),
             budget: Some(RetryBudget::default()),
+            pacer: overten_errors::Pacer::new(),
             refund: true,
         }),
         "overten (default, no budget)" => Box::new(Ours {
             policy: RetryPolicy::default(),
             budget: None,
+            pacer: overten_errors::Pacer::new(),
             refund: true,
         }),
         "AWS SDK for Rust" => Box::new(Aws {
@@ -566,6 +588,14 @@ pub fn run(fleet: Fleet, scenario: &Scenario, model: ServerModel, policy_name: &
         if sec >= seconds {
             continue;
         }
+        // A held key's request waits for its window's reset before it is sent.
+        if let Some(hold) = policies[e.client as usize].hold(e.at) {
+            seq += 1;
+            e.at += hold;
+            e.seq = seq;
+            queue.push(Reverse(e));
+            continue;
+        }
         e.attempts += 1;
         attempts_total += 1;
         load[sec] += 1;
@@ -612,7 +642,15 @@ pub fn run(fleet: Fleet, scenario: &Scenario, model: ServerModel, policy_name: &
                 }
                 let limit = tier.requests_per_minute();
                 let reset = (window + 1) * 60;
-                if w.1 >= limit {
+                if w.1 < limit {
+                    // Every answer carries the window (the gateway's X-RateLimit-*).
+                    w.1 += 1;
+                    resp.rate_limit = Some(RateLimit {
+                        limit,
+                        remaining: limit - w.1,
+                        reset,
+                    });
+                } else {
                     rejected += 1;
                     resp = Resp {
                         status: 429,
@@ -624,8 +662,6 @@ pub fn run(fleet: Fleet, scenario: &Scenario, model: ServerModel, policy_name: &
                             reset,
                         }),
                     };
-                } else {
-                    w.1 += 1;
                 }
             }
             _ => {}
@@ -645,7 +681,11 @@ pub fn run(fleet: Fleet, scenario: &Scenario, model: ServerModel, policy_name: &
                     if recent > cap {
                         let p = (cap / recent).powi(2);
                         if unit(&mut rng) >= p {
-                            resp = unavailable;
+                            // The gateway's X-RateLimit-* ride on every answer.
+                            resp = Resp {
+                                rate_limit: resp.rate_limit,
+                                ..unavailable
+                            };
                         }
                     }
                 }
@@ -653,7 +693,10 @@ pub fn run(fleet: Fleet, scenario: &Scenario, model: ServerModel, policy_name: &
                     let now = e.at as f64;
                     let start = server.free_at.max(now);
                     if start - now > QUEUE_MS as f64 {
-                        resp = unavailable;
+                        resp = Resp {
+                            rate_limit: resp.rate_limit,
+                            ..unavailable
+                        };
                     } else {
                         server.free_at = start + 1000.0 / cap;
                         done = start as u64 + SERVICE_MS;
@@ -662,6 +705,7 @@ pub fn run(fleet: Fleet, scenario: &Scenario, model: ServerModel, policy_name: &
             }
         }
         let policy = &mut policies[e.client as usize];
+        policy.observe(&resp, done, &mut rng);
         if resp.status == 200 {
             succeeded += 1;
             if done < horizon_ms {

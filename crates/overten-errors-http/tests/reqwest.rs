@@ -198,12 +198,25 @@ async fn every_advice_path() {
         assert_eq!(last_sleep(), Duration::from_secs(2));
         assert_eq!(get("/date").await.status(), 200);
         assert_eq!(last_sleep(), Duration::from_secs(3));
-        assert_eq!(get("/reset").await.status(), 200);
-        assert_eq!(last_sleep(), Duration::from_secs(5));
         assert_eq!(get("/html-503").await.status(), 200);
         assert!((Duration::from_secs(30)..=Duration::from_secs(60)).contains(&last_sleep()));
         let slept = sleeps.lock().unwrap().len();
-        assert_eq!(slept, 5);
+        assert_eq!(slept, 4);
+        // The reset, through a client of its own: its spent window holds that client's
+        // requests until the reset, and this test's clock never moves.
+        let reset_sleeps: Sleeps = Arc::default();
+        let held = client(RetryMiddleware::new(retrier(&reset_sleeps)));
+        let reset = held
+            .get(format!("http://{addr}/reset"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reset.status(), 200);
+        // The decision's 5 s, then the pacer's hold for the retry: never earlier than reset.
+        assert_eq!(
+            *reset_sleeps.lock().unwrap(),
+            vec![Duration::from_secs(5); 2]
+        );
 
         // 408: surfaced, body intact, with the advice to resubmit async; no sleep.
         let r = get("/async").await;
@@ -705,6 +718,72 @@ async fn every_attempt_and_decision_is_traced_with_opentelemetry_names() {
         }
         assert!(!text.contains("secret"), "the query leaked:\n{text}");
         assert_eq!(*seen.lock().unwrap(), vec![format!("GET {redacted} 1")]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_spent_window_holds_the_keys_next_requests_until_the_reset() {
+    within(async {
+        let spent = |reset: u64| {
+            let mut r = Response::new(br#"{"success":true}"#.to_vec());
+            for (k, v) in [
+                ("x-ratelimit-limit", "60".to_owned()),
+                ("x-ratelimit-remaining", "0".to_owned()),
+                ("x-ratelimit-reset", reset.to_string()),
+            ] {
+                r.headers_mut().insert(k, v.parse().unwrap());
+            }
+            r
+        };
+        let (addr, state) = server(vec![("/last", vec![spent(NOW + 20)])]).await;
+        let sleeps: Sleeps = Arc::default();
+        let pacer = Arc::new(overten_errors::Pacer::new());
+        let one = client(RetryMiddleware::new(
+            retrier(&sleeps).with_pacer(Arc::clone(&pacer)),
+        ));
+        let other_sleeps: Sleeps = Arc::default();
+        let other = client(RetryMiddleware::new(
+            retrier(&other_sleeps).with_pacer(Arc::clone(&pacer)),
+        ));
+        // A success that spends the window: no wait for it, but the next request of any
+        // client sharing the pacer waits until the reset (exact: the test's policy has no
+        // spread), and is sent after it, not refused.
+        assert_eq!(
+            one.get(format!("http://{addr}/last"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+        assert!(sleeps.lock().unwrap().is_empty());
+        assert_eq!(
+            other
+                .get(format!("http://{addr}/ok"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+        assert_eq!(*other_sleeps.lock().unwrap(), vec![Duration::from_secs(20)]);
+        assert_eq!(hits(&state, "/ok"), 1);
+        assert_eq!(
+            pacer.held_until(),
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(NOW + 20))
+        );
+        // A reset past max_wait holds nothing: the request goes out and a 429 would decide.
+        let (addr, _) = server(vec![("/far", vec![spent(NOW + 10_000)])]).await;
+        let fresh_sleeps: Sleeps = Arc::default();
+        let fresh = client(RetryMiddleware::new(retrier(&fresh_sleeps)));
+        fresh
+            .get(format!("http://{addr}/far"))
+            .send()
+            .await
+            .unwrap();
+        fresh.get(format!("http://{addr}/ok")).send().await.unwrap();
+        assert!(fresh_sleeps.lock().unwrap().is_empty());
     })
     .await;
 }

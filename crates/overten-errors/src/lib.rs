@@ -76,7 +76,7 @@ pub use limits::{
 };
 pub use pointer::{JsonPointer, PointerError};
 pub use retry::{
-    Advice, Basis, Decision, MAX_SAFE_INTEGER, NOT_REPLAY_SAFE, PolicyError, RandomSource,
+    Advice, Basis, Decision, MAX_SAFE_INTEGER, NOT_REPLAY_SAFE, Pacer, PolicyError, RandomSource,
     RetryBudget, RetryPolicy, RetryPolicyBuilder, SplitMix64, Step, StopReason,
 };
 pub use rule::{FALLBACK, FallbackRule, HeaderUse, RetryRule};

@@ -6,7 +6,7 @@
 //! (written by `cargo xtask docs`) describes each with the default numbers.
 
 use core::fmt;
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use core::time::Duration;
 use std::time::SystemTime;
 
@@ -770,12 +770,6 @@ impl RetryPolicy {
     /// `base = max(wait, min_wait)`, lengthened by `min(floor((spread + 1) * u), spread)` ms
     /// with `spread = min(floor(base * wait_spread), wait_spread_max)`, and never past
     /// `max_wait`.
-    #[allow(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        clippy::cast_precision_loss,
-        reason = "base is at most max_wait, below 2^53; the share lies in [0, 1]"
-    )]
     fn bounded<R: RandomSource + ?Sized>(&self, wait_ms: u64, basis: Basis, rng: &mut R) -> Advice {
         if wait_ms > self.max_wait_ms {
             return Advice::Stop(StopReason::WaitTooLong {
@@ -784,16 +778,28 @@ impl RetryPolicy {
             });
         }
         let base = wait_ms.max(self.min_wait_ms);
+        Advice::Retry {
+            after: Duration::from_millis(self.spread(base, rng)),
+            basis,
+        }
+    }
+
+    /// `base` (at most `max_wait`) lengthened by the named-wait spread, never past
+    /// `max_wait`: see [`RetryPolicy::bounded`].
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss,
+        reason = "base is at most max_wait, below 2^53; the share lies in [0, 1]"
+    )]
+    fn spread<R: RandomSource + ?Sized>(&self, base: u64, rng: &mut R) -> u64 {
         let spread = ((base as f64 * self.wait_spread).floor() as u64).min(self.wait_spread_max_ms);
         let extra = if spread == 0 {
             0
         } else {
             (((spread + 1) as f64 * unit(rng)).floor() as u64).min(spread)
         };
-        Advice::Retry {
-            after: Duration::from_millis((base + extra).min(self.max_wait_ms)),
-            basis,
-        }
+        base.saturating_add(extra).min(self.max_wait_ms)
     }
 
     /// `lo + min(floor((span + 1) * u), span)` ms, where the window's top is capped at
@@ -852,6 +858,80 @@ fn charge(budget: Option<&RetryBudget>, decision: Decision) -> Decision {
             step: Step::Budget,
         },
         _ => decision,
+    }
+}
+
+/// Holds a key's requests while its rate-limit window is spent (`docs/retry.md`, *Pacing*):
+/// after a response whose `X-RateLimit-Remaining` is 0, the key's next requests wait until
+/// `X-RateLimit-Reset`, spread like a wait the server named, instead of earning a 429. One
+/// `Pacer` serves every client of a key in a process (share it); it only reads and writes
+/// one atomic, so holding costs nothing when no window is spent.
+///
+/// ```
+/// use std::time::{Duration, SystemTime};
+/// use overten_errors::{Pacer, RateLimit, RetryPolicy};
+/// let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+/// let pacer = Pacer::new();
+/// let spent = RateLimit { limit: 60, remaining: 0, reset: 1_020 };
+/// pacer.observe(&spent, now, &RetryPolicy::default(), &mut || 0);
+/// assert_eq!(pacer.hold(now, &RetryPolicy::default()), Some(Duration::from_secs(20)));
+/// assert_eq!(pacer.hold(now + Duration::from_secs(21), &RetryPolicy::default()), None);
+/// ```
+#[derive(Debug, Default)]
+pub struct Pacer {
+    /// Unix milliseconds until which requests are held (0: none).
+    until_ms: AtomicU64,
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, whole_millis)
+}
+
+impl Pacer {
+    /// No hold.
+    pub const fn new() -> Pacer {
+        Pacer {
+            until_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Reads a response's rate-limit snapshot (of any response, success or not): with
+    /// `remaining` 0, the key is held until its reset plus the spread of a named wait
+    /// (`policy`'s `wait_spread`, one draw); an earlier hold never shortens a later one. A
+    /// reset past `max_wait` holds nothing: requests are sent and a 429 decides.
+    pub fn observe<R: RandomSource + ?Sized>(
+        &self,
+        rate_limit: &crate::RateLimit,
+        now: SystemTime,
+        policy: &RetryPolicy,
+        rng: &mut R,
+    ) {
+        if rate_limit.remaining != 0 {
+            return;
+        }
+        let wait = whole_millis(rate_limit.reset_in(now));
+        if wait == 0 || wait > policy.max_wait_ms {
+            return;
+        }
+        let until = unix_ms(now).saturating_add(policy.spread(wait, rng));
+        self.until_ms.fetch_max(until, Ordering::AcqRel);
+    }
+
+    /// How long a request sent at `now` waits first: `None` when the key is not held, or
+    /// when the hold would pass `policy`'s `max_wait` (the request is then sent at once).
+    pub fn hold(&self, now: SystemTime, policy: &RetryPolicy) -> Option<Duration> {
+        let until = self.until_ms.load(Ordering::Acquire);
+        let left = until.saturating_sub(unix_ms(now));
+        (left > 0 && left <= policy.max_wait_ms).then(|| Duration::from_millis(left))
+    }
+
+    /// The moment the hold ends, for metrics (`None`: never held).
+    pub fn held_until(&self) -> Option<SystemTime> {
+        match self.until_ms.load(Ordering::Acquire) {
+            0 => None,
+            ms => SystemTime::UNIX_EPOCH.checked_add(Duration::from_millis(ms)),
+        }
     }
 }
 

@@ -511,6 +511,45 @@ fn a_named_wait_is_spread_upward_by_up_to_half_at_most_30_s() {
 }
 
 #[test]
+fn a_spent_window_holds_until_its_reset_spread_like_a_named_wait() {
+    use overten_errors::Pacer;
+    let p = RetryPolicy::default();
+    let at = |s: u64| SystemTime::UNIX_EPOCH + secs(s);
+    let pacer = Pacer::new();
+    assert_eq!((pacer.hold(now(), &p), pacer.held_until()), (None, None));
+    // Requests remain: nothing held.
+    pacer.observe(&limited(3, NOW + 20), now(), &p, &mut || u64::MAX);
+    assert_eq!(pacer.hold(now(), &p), None);
+    // Spent, reset in 20 s: held 20 s at u = 0, 30 s at the top draw (half of 20 s more).
+    pacer.observe(&limited(0, NOW + 20), now(), &p, &mut || 0);
+    assert_eq!(pacer.hold(now(), &p), Some(secs(20)));
+    pacer.observe(&limited(0, NOW + 20), now(), &p, &mut || u64::MAX);
+    assert_eq!(pacer.hold(now(), &p), Some(secs(30)));
+    // A later, shorter hold never shortens it; time passing does.
+    pacer.observe(&limited(0, NOW + 5), now(), &p, &mut || 0);
+    assert_eq!(pacer.hold(now(), &p), Some(secs(30)));
+    assert_eq!(pacer.hold(at(NOW + 29), &p), Some(secs(1)));
+    assert_eq!(pacer.hold(at(NOW + 30), &p), None);
+    assert_eq!(pacer.held_until(), Some(at(NOW + 30)));
+    // A reset already passed, or past max_wait, holds nothing.
+    let fresh = Pacer::new();
+    fresh.observe(&limited(0, NOW - 1), now(), &p, &mut || 0);
+    fresh.observe(&limited(0, NOW + 301), now(), &p, &mut || 0);
+    fresh.observe(&limited(0, u64::MAX), now(), &p, &mut || 0);
+    assert_eq!((fresh.hold(now(), &p), fresh.held_until()), (None, None));
+    // A hold of exactly max_wait is kept.
+    fresh.observe(&limited(0, NOW + 300), now(), &p, &mut || u64::MAX);
+    assert_eq!(fresh.hold(now(), &p), Some(secs(300)));
+    // A policy with a shorter max_wait does not wait a longer hold.
+    let short = RetryPolicy::builder()
+        .max_delay(secs(10))
+        .max_wait(secs(10))
+        .build()
+        .unwrap();
+    assert_eq!(fresh.hold(now(), &short), None);
+}
+
+#[test]
 fn a_window_is_capped_at_max_wait() {
     let e = err("service_unavailable", 503);
     let short = RetryPolicy::builder().max_wait(secs(45)).build().unwrap();

@@ -422,8 +422,20 @@ impl<S: Sleep + 'static> RetryMiddleware<S> {
             .get::<Resubmission>()
             .map_or(1, |r| r.attempts.saturating_add(1));
         loop {
+            // A spent rate-limit window holds the key's requests until its reset.
+            if let Some(hold) = self.retrier.pace().await {
+                tracing::info!(
+                    http.request.resend_count = attempt - 1,
+                    hold_ms = u64::try_from(hold.as_millis()).unwrap_or(u64::MAX),
+                    "held until the rate-limit window resets"
+                );
+            }
             let replay = req.try_clone();
-            match next.clone().run(req, extensions).await {
+            let answered = next.clone().run(req, extensions).await;
+            if let Ok(response) = &answered {
+                self.retrier.observe(response.headers());
+            }
+            match answered {
                 Ok(response)
                     if !response.status().is_client_error()
                         && !response.status().is_server_error() =>

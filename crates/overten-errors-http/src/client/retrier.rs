@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use overten_errors::{
-    Advice, ApiError, Decision, RandomSource, RetryBudget, RetryPolicy, SplitMix64,
+    Advice, ApiError, Decision, Pacer, RandomSource, RetryBudget, RetryPolicy, SplitMix64,
 };
 
 /// How the loop waits. Any `Fn(Duration) -> impl Future<Output = ()>` is one, so tests pass
@@ -83,6 +83,7 @@ pub struct GaveUp {
 pub struct Retrier<S> {
     policy: RetryPolicy,
     budget: Arc<RetryBudget>,
+    pacer: Arc<Pacer>,
     rng: Mutex<SplitMix64>,
     sleep: S,
     clock: fn() -> SystemTime,
@@ -93,6 +94,7 @@ impl<S> std::fmt::Debug for Retrier<S> {
         f.debug_struct("Retrier")
             .field("policy", &self.policy)
             .field("budget", &self.budget)
+            .field("pacer", &self.pacer)
             .finish_non_exhaustive()
     }
 }
@@ -103,6 +105,7 @@ impl<S: Sleep> Retrier<S> {
         Retrier {
             policy,
             budget: Arc::new(RetryBudget::default()),
+            pacer: Arc::new(Pacer::new()),
             rng: Mutex::new(SplitMix64::new(process_seed())),
             sleep,
             clock: SystemTime::now,
@@ -113,6 +116,14 @@ impl<S: Sleep> Retrier<S> {
     #[must_use]
     pub fn with_budget(mut self, budget: Arc<RetryBudget>) -> Retrier<S> {
         self.budget = budget;
+        self
+    }
+
+    /// Shares `pacer` (the same `Arc` in every loop of one API key: a spent window holds
+    /// them all).
+    #[must_use]
+    pub fn with_pacer(mut self, pacer: Arc<Pacer>) -> Retrier<S> {
+        self.pacer = pacer;
         self
     }
 
@@ -137,9 +148,34 @@ impl<S: Sleep> Retrier<S> {
         &self.policy
     }
 
-    /// The shared budget.
+    /// The shared budget (its `tokens()` are a gauge for metrics).
     pub fn budget(&self) -> &Arc<RetryBudget> {
         &self.budget
+    }
+
+    /// The shared pacer (its `held_until()` is a gauge for metrics).
+    pub fn pacer(&self) -> &Arc<Pacer> {
+        &self.pacer
+    }
+
+    /// Reads a response's `X-RateLimit-*` (of any response): a spent window holds the key's
+    /// next requests ([`Pacer::observe`]).
+    pub fn observe(&self, headers: &http::HeaderMap) {
+        if let Ok(Some(rl)) = super::classify::rate_limit_headers(headers) {
+            if rl.remaining == 0 {
+                let bits = self.draw();
+                self.pacer
+                    .observe(&rl, (self.clock)(), &self.policy, &mut move || bits);
+            }
+        }
+    }
+
+    /// Waits while the key is held (`docs/retry.md`, *Pacing*); returns the wait, if any.
+    /// A hold past `max_wait` is not waited.
+    pub async fn pace(&self) -> Option<Duration> {
+        let hold = self.pacer.hold((self.clock)(), &self.policy)?;
+        self.sleep.sleep(hold).await;
+        Some(hold)
     }
 
     fn draw(&self) -> u64 {
