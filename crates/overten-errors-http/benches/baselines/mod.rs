@@ -54,6 +54,9 @@ pub struct HandResult {
     pub retry_in: Option<Duration>,
 }
 
+/// `SplitMix64::new(1)`'s first draw, which the decision in the benchmark takes.
+const SPREAD_DRAW: u64 = 0x910a_2dec_8902_5cc1;
+
 pub fn header_num<T: std::str::FromStr>(headers: &HeaderMap, name: &HeaderName) -> Option<T> {
     headers.get(name)?.to_str().ok()?.parse().ok()
 }
@@ -75,8 +78,18 @@ pub fn hand_classify(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Op
         (Some(l), Some(r), Some(t)) => Some((l, r, t)),
         _ => None,
     };
+    // The 429's named wait, spread upward as docs/retry.md's `bound()` says (one draw, the
+    // same the decision takes from `SplitMix64::new(1)`).
     let retry_in = (status == StatusCode::TOO_MANY_REQUESTS)
-        .then(|| retry_after.map(|s| Duration::from_secs(s.clamp(1, 300))))
+        .then(|| {
+            retry_after.map(|s| {
+                let base = s.clamp(1, 300) * 1000;
+                let spread = (base / 2).min(30_000);
+                let u = (SPREAD_DRAW >> 11) as f64 / (1u64 << 53) as f64;
+                let extra = (((spread + 1) as f64 * u) as u64).min(spread);
+                Duration::from_millis((base + extra).min(300_000))
+            })
+        })
         .flatten();
     Some(HandResult {
         code,
