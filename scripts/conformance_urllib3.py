@@ -36,7 +36,7 @@ def main():
 
     def one(scenario, n):
         body = scenario.get("body")
-        headers = {"Authorization": "Bearer " + key}
+        headers = {"Authorization": "Bearer " + scenario.get("api_key", key)}
         if body is not None:
             headers["Content-Type"] = "application/json"
             body = json.dumps(body)

@@ -279,6 +279,12 @@ fn error(err: &ApiError) -> Response {
     into_response::<Body>(err).into_response()
 }
 
+/// Each scenario's own API key: a client that paces per key (`docs/retry.md`, *Pacing*)
+/// must not let one scenario's spent window hold another's requests.
+fn scenario_key(name: &str) -> String {
+    format!("{API_KEY}_{}", name.replace('-', "_"))
+}
+
 fn plan(base: &str) -> Value {
     let list: Vec<Value> = scenarios()
         .iter()
@@ -292,6 +298,7 @@ fn plan(base: &str) -> Value {
                 "body": s.body.and_then(|b| serde_json::from_str::<Value>(b).ok()),
                 "what": s.what,
                 "rules": s.rules.iter().map(|r| r.id()).collect::<Vec<_>>(),
+                "api_key": scenario_key(s.name),
             })
         })
         .collect();
@@ -1474,5 +1481,90 @@ mod tests {
     #[test]
     fn xml_is_escaped_and_controls_dropped() {
         assert_eq!(xml("a<b>&\"'\u{1}\n"), "a&lt;b&gt;&amp;&quot;&apos; \n");
+    }
+
+    #[test]
+    fn details_say_what_was_measured() {
+        let after = Named::After(Duration::from_secs(2));
+        let v = record(&[(0, 10, 429, after), (2010, 1, 200, Named::Nothing)]);
+        let got = grade_rule(
+            Rule::WaitedAsNamed,
+            &scenario("rate-limit-retry-after"),
+            &refs(&v),
+            &[],
+        );
+        assert_eq!(got.detail, "waited 2.000 s after Retry-After: 2");
+        let until = Named::Until(1003);
+        let early = record(&[(0, 0, 429, until), (2500, 1, 200, Named::Nothing)]);
+        let got = grade_rule(
+            Rule::WaitedAsNamed,
+            &scenario("rate-limit-headers"),
+            &refs(&early),
+            &[],
+        );
+        assert_eq!(got.detail, "retried 500 ms before X-RateLimit-Reset");
+        let late = record(&[(0, 0, 429, until), (3000, 1, 200, Named::Nothing)]);
+        let got = grade_rule(
+            Rule::WaitedAsNamed,
+            &scenario("rate-limit-headers"),
+            &refs(&late),
+            &[],
+        );
+        assert_eq!(
+            got.detail,
+            "retried at or after X-RateLimit-Reset (waited 3.000 s)"
+        );
+        assert_eq!(hex(&[0x0f, 0xa0, 0x00]), "0fa000");
+        assert_eq!(millis(Duration::from_millis(1234)), 1234);
+        assert!(Rule::Spread.text().contains("spread"));
+    }
+
+    /// The burst's first requests are held until all 8 arrived, then answered together,
+    /// however staggered they came: a client with a fixed delay then retries in one instant.
+    #[tokio::test]
+    async fn the_burst_answers_its_first_requests_together() {
+        let app: App = Arc::new(Shared {
+            run: Mutex::new(Run {
+                start: Instant::now(),
+                attempts: Vec::new(),
+                counts: HashMap::new(),
+                tasks: HashMap::new(),
+                burst: Burst::default(),
+                overflow: false,
+            }),
+            burst_ready: Notify::new(),
+            done: Notify::new(),
+        });
+        let burst = scenario("burst");
+        let mut answered = Vec::new();
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for i in 0..BURST_CLIENTS {
+            let app = Arc::clone(&app);
+            tasks.push(tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(40 * i as u64)).await;
+                let s = scenario("burst");
+                let (r, _) = answer(&app, &s, &Method::GET, None).await;
+                (r.status().as_u16(), Instant::now())
+            }));
+        }
+        for t in tasks {
+            answered.push(t.await.unwrap());
+        }
+        let last_arrival = Duration::from_millis(40 * (BURST_CLIENTS as u64 - 1));
+        for (status, at) in &answered {
+            assert_eq!(*status, 500);
+            // None answered before the last one arrived (280 ms in).
+            assert!(at.duration_since(start) + Duration::from_millis(5) >= last_arrival);
+        }
+        let first = answered.iter().map(|a| a.1).min().unwrap();
+        let last = answered.iter().map(|a| a.1).max().unwrap();
+        assert!(last.duration_since(first) < Duration::from_millis(30));
+        // The ninth request is not held and succeeds.
+        let (r, _) = answer(&app, &burst, &Method::GET, None).await;
+        assert_eq!(r.status(), 200);
+        // A method the scenario does not use is refused.
+        let (r, _) = answer(&app, &burst, &Method::DELETE, None).await;
+        assert_eq!(r.status(), 400);
     }
 }

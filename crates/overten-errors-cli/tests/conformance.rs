@@ -60,8 +60,10 @@ async fn finish(mut child: Child, url: &str) -> Value {
         .unwrap()
         .read_to_string(&mut out)
         .unwrap();
-    child.wait().unwrap();
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    let status = child.wait().unwrap();
+    let mut report: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    report["exit"] = json!(status.code());
+    report
 }
 
 fn failed_rules(report: &Value) -> BTreeSet<String> {
@@ -94,9 +96,10 @@ async fn workspace_call(client: &reqwest_middleware::ClientWithMiddleware, base:
     let method = reqwest::Method::from_bytes(s["method"].as_str().unwrap().as_bytes()).unwrap();
     let url = s["url"].as_str().unwrap();
     let send = |body: Option<Value>, resubmission: Option<overten_errors_http::Resubmission>| {
+        let key = format!("Bearer {}", s["api_key"].as_str().unwrap());
         let mut request = client
             .request(method.clone(), url)
-            .header("authorization", "Bearer sk_live_conformance");
+            .header("authorization", key);
         if let Some(r) = resubmission {
             // The resubmission is the next attempt of the same logical request.
             request = request.with_extension(r);
@@ -144,14 +147,16 @@ async fn workspace_call(client: &reqwest_middleware::ClientWithMiddleware, base:
 async fn the_workspace_client_passes_every_rule() {
     let (child, url) = start();
     let plan = plan(&url).await;
-    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
-        .with(RetryMiddleware::new(Retrier::new(
-            RetryPolicy::default(),
-            TokioSleep,
-        )))
-        .build();
+    // One budget for the process, one pacer (one Retrier) per API key: each scenario has
+    // its own key.
+    let budget = std::sync::Arc::new(overten_errors::RetryBudget::default());
     let mut calls = Vec::new();
     for s in plan["scenarios"].as_array().unwrap() {
+        let retrier = Retrier::new(RetryPolicy::default(), TokioSleep)
+            .with_budget(std::sync::Arc::clone(&budget));
+        let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+            .with(RetryMiddleware::new(retrier))
+            .build();
         for _ in 0..s["clients"].as_u64().unwrap() {
             let (client, url, s) = (client.clone(), url.clone(), s.clone());
             calls.push(tokio::spawn(async move {
@@ -165,6 +170,7 @@ async fn the_workspace_client_passes_every_rule() {
     let report = finish(child, &url).await;
     assert!(failed_rules(&report).is_empty(), "{report:#}");
     assert_eq!(report["passed"], true);
+    assert_eq!(report["exit"], 0, "every rule passed: exit status 0");
     // Every scenario was graded on a record, and every rule of the plan was graded.
     let graded: usize = report["scenarios"]
         .as_array()
@@ -243,6 +249,7 @@ async fn a_naive_client_fails_exactly_the_rules_it_breaks() {
     .collect();
     assert_eq!(failed_rules(&report), want, "{report:#}");
     assert_eq!(report["passed"], false);
+    assert_eq!(report["exit"], 1);
 }
 
 #[test]
@@ -314,5 +321,32 @@ fn reports_come_as_text_and_junit_and_the_exit_code_says_pass_or_fail() {
             .contains("ran past 1 s"),
         "{report}"
     );
+    assert!(report["duration_ms"].as_u64().unwrap() >= 1000, "{report}");
+    assert!(
+        report["scenarios"][0]["rules"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("retried")
+    );
+    // The same run as JUnit: the problem is an <error>, each rule a failed testcase.
+    let out = Command::new(BIN)
+        .args([
+            "conformance",
+            "--timeout",
+            "1",
+            "--format",
+            "junit",
+            "--",
+            "sleep",
+            "30",
+        ])
+        .output()
+        .unwrap();
+    let junit = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        junit.contains("<error message=\"the client program ran past 1 s"),
+        "{junit}"
+    );
+    assert!(junit.contains("errors=\"1\""), "{junit}");
     let _ = std::fs::remove_dir_all(&dir);
 }
