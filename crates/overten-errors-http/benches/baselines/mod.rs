@@ -63,6 +63,12 @@ pub fn header_num<T: std::str::FromStr>(headers: &HeaderMap, name: &HeaderName) 
 
 /// The client's work by hand: borrowed serde, a code match, `str::parse` of the headers,
 /// the message and request id copied out, and the 429 decision.
+#[allow(
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "53-bit draws and millisecond waits below 2^53"
+)]
 pub fn hand_classify(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Option<HandResult> {
     let parsed: HandBody<'_> = serde_json::from_slice(body).ok()?;
     if parsed.success {
