@@ -647,143 +647,42 @@ async fn a_resubmission_after_408_continues_the_attempt_count() {
     .await;
 }
 
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
-    type Writer = Logs;
-    fn make_writer(&'a self) -> Logs {
-        self.clone()
-    }
-}
-
 #[tokio::test]
-async fn every_attempt_and_decision_is_traced_with_opentelemetry_names() {
-    let logs = Logs::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(logs.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::DEBUG)
-        .finish();
-    // A current-thread runtime: the middleware logs through this subscriber.
-    let _guard = tracing::subscriber::set_default(subscriber);
+async fn what_is_not_retried_is_not_charged_and_gets_are_sent_without_a_key() {
     within(async {
-        let (addr, _) = server(vec![(
-            "/busy",
-            vec![error(
-                ApiError::from(ErrorCode::ServiceUnavailable).with_request_id("req_traced_1"),
-            )],
-        )])
+        let (addr, state) = server(vec![
+            (
+                "/post",
+                vec![error(ApiError::from(ErrorCode::InternalError))],
+            ),
+            (
+                "/get",
+                vec![error(ApiError::from(ErrorCode::InternalError))],
+            ),
+        ])
         .await;
         let sleeps: Sleeps = Arc::default();
-        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
-        let log = Arc::clone(&seen);
-        let c = client(
-            RetryMiddleware::new(retrier(&sleeps)).on_decision(move |e| {
-                log.lock()
-                    .unwrap()
-                    .push(format!("{} {} {}", e.method, e.url, e.attempt));
-            }),
-        );
-        let url = format!("http://{addr}/busy?token=secret#frag");
-        assert_eq!(c.get(&url).send().await.unwrap().status(), 200);
-        let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
-        let redacted = format!("http://{addr}/busy");
-        for want in [
-            "overten.request".to_owned(),
-            "http.request.method=GET".to_owned(),
-            format!("url.full={redacted}"),
-            "http.response.status_code=503".to_owned(),
-            "error.type=service_unavailable".to_owned(),
-            "request_id=\"req_traced_1\"".to_owned(),
-            "http.request.resend_count=0".to_owned(),
-            "http.request.resend_count=1".to_owned(),
-            "http.response.status_code=200".to_owned(),
-            "basis=\"wait_window\"".to_owned(),
-            "wait_ms=".to_owned(),
-            "budget.tokens=80".to_owned(),
-            "step=\"wait_window\"".to_owned(),
-        ] {
-            assert!(text.contains(&want), "{want} missing from:\n{text}");
-        }
-        assert!(!text.contains("secret"), "the query leaked:\n{text}");
-        assert_eq!(*seen.lock().unwrap(), vec![format!("GET {redacted} 1")]);
-    })
-    .await;
-}
-
-#[tokio::test]
-async fn a_spent_window_holds_the_keys_next_requests_until_the_reset() {
-    within(async {
-        let spent = |reset: u64| {
-            let mut r = Response::new(br#"{"success":true}"#.to_vec());
-            for (k, v) in [
-                ("x-ratelimit-limit", "60".to_owned()),
-                ("x-ratelimit-remaining", "0".to_owned()),
-                ("x-ratelimit-reset", reset.to_string()),
-            ] {
-                r.headers_mut().insert(k, v.parse().unwrap());
-            }
-            r
-        };
-        let (addr, state) = server(vec![("/last", vec![spent(NOW + 20)])]).await;
-        let sleeps: Sleeps = Arc::default();
-        let pacer = Arc::new(overten_errors::Pacer::new());
-        let one = client(RetryMiddleware::new(
-            retrier(&sleeps).with_pacer(Arc::clone(&pacer)),
-        ));
-        let other_sleeps: Sleeps = Arc::default();
-        let other = client(RetryMiddleware::new(
-            retrier(&other_sleeps).with_pacer(Arc::clone(&pacer)),
-        ));
-        // A success that spends the window: no wait for it, but the next request of any
-        // client sharing the pacer waits until the reset (exact: the test's policy has no
-        // spread), and is sent after it, not refused.
-        assert_eq!(
-            one.get(format!("http://{addr}/last"))
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            200
-        );
-        assert!(sleeps.lock().unwrap().is_empty());
-        assert_eq!(
-            other
-                .get(format!("http://{addr}/ok"))
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            200
-        );
-        assert_eq!(*other_sleeps.lock().unwrap(), vec![Duration::from_secs(20)]);
-        assert_eq!(hits(&state, "/ok"), 1);
-        assert_eq!(
-            pacer.held_until(),
-            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(NOW + 20))
-        );
-        // A reset past max_wait holds nothing: the request goes out and a 429 would decide.
-        let (addr, _) = server(vec![("/far", vec![spent(NOW + 10_000)])]).await;
-        let fresh_sleeps: Sleeps = Arc::default();
-        let fresh = client(RetryMiddleware::new(retrier(&fresh_sleeps)));
-        fresh
-            .get(format!("http://{addr}/far"))
+        let shared = Arc::new(retrier(&sleeps));
+        let c = client(RetryMiddleware::shared(Arc::clone(&shared)).idempotency_key(None));
+        // A keyless POST that may not be replayed: stopped, and the budget is not charged.
+        let r = c
+            .post(format!("http://{addr}/post"))
+            .body("{}")
             .send()
             .await
             .unwrap();
-        fresh.get(format!("http://{addr}/ok")).send().await.unwrap();
-        assert!(fresh_sleeps.lock().unwrap().is_empty());
+        assert_eq!(r.status(), 500);
+        assert_eq!(shared.budget().tokens(), 100);
+        assert_eq!(shared.pacer().held_until(), None);
+        // A GET is replay-safe by its method: retried (charged 5, refunded 5 on success),
+        // and it never gets an Idempotency-Key.
+        let r = c.get(format!("http://{addr}/get")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(shared.budget().tokens(), 100);
+        let st = state.lock().unwrap();
+        let gets: Vec<_> = st.seen.iter().filter(|(p, _)| p == "/get").collect();
+        assert_eq!(gets.len(), 2);
+        assert!(gets.iter().all(|(_, h)| !h.contains_key("idempotency-key")));
     })
     .await;
 }
