@@ -379,13 +379,23 @@ impl<S: Sleep + 'static> Middleware for RetryMiddleware<S> {
         next: Next<'_>,
     ) -> reqwest_middleware::Result<reqwest::Response> {
         use tracing::Instrument as _;
-        let url = redacted(req.url());
-        let span = tracing::info_span!(
-            "overten.request",
-            otel.kind = "client",
-            http.request.method = %req.method(),
-            url.full = %url,
-        );
+        // The redacted URL costs a copy of the URL: made only for a subscriber or observer.
+        let traced = tracing::enabled!(tracing::Level::INFO);
+        let url = if traced || self.observer.is_some() {
+            redacted(req.url())
+        } else {
+            String::new()
+        };
+        let span = if traced {
+            tracing::info_span!(
+                "overten.request",
+                otel.kind = "client",
+                http.request.method = %req.method(),
+                url.full = %url,
+            )
+        } else {
+            tracing::Span::none()
+        };
         self.run(req, extensions, next, &url).instrument(span).await
     }
 }
