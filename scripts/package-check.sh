@@ -39,6 +39,7 @@ export CARGO_TARGET_DIR="$root/target/package-tests"
 rm -rf "$CARGO_TARGET_DIR"
 core="$work/overten-errors-$version"
 http="$work/overten-errors-http-$version"
+schema="$work/overten-errors-schema-$version"
 crates="overten-errors overten-errors-http overten-errors-schema overten-errors-cli"
 for crate in $crates; do
   tar -xzf "$packages/$crate-$version.crate" -C "$work"
@@ -48,5 +49,6 @@ for crate in $crates; do
   echo "== $crate $version: cargo test from the unpacked .crate"
   (cd "$dir" && cargo test --all-features \
       --config "patch.crates-io.overten-errors.path=\"$core\"" \
-      --config "patch.crates-io.overten-errors-http.path=\"$http\"")
+      --config "patch.crates-io.overten-errors-http.path=\"$http\"" \
+      --config "patch.crates-io.overten-errors-schema.path=\"$schema\"")
 done
