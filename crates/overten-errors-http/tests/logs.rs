@@ -9,8 +9,12 @@
     reason = "tests fail loudly"
 )]
 
+#[path = "support/logs.rs"]
+mod logs;
 #[path = "support/gateway_app.rs"]
 mod support;
+
+use logs::Logs;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -38,27 +42,6 @@ impl Store for Broken {
         _: Duration,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
         Box::pin(async { Ok(false) })
-    }
-}
-
-/// A log writer into a shared buffer.
-#[derive(Clone, Default)]
-struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
-    type Writer = Logs;
-    fn make_writer(&'a self) -> Logs {
-        self.clone()
     }
 }
 

@@ -9,8 +9,12 @@
     reason = "tests fail loudly"
 )]
 
+#[path = "support/logs.rs"]
+mod logs;
 #[path = "support/mod.rs"]
 mod support;
+
+use logs::Logs;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,26 +24,6 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use overten_errors::{ApiError, ErrorCode, RetryPolicy};
 use overten_errors_http::{Retrier, RetryMiddleware, into_response};
-
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
-    type Writer = Logs;
-    fn make_writer(&'a self) -> Logs {
-        self.clone()
-    }
-}
 
 type Sleeps = Arc<Mutex<Vec<Duration>>>;
 
