@@ -42,7 +42,14 @@ async fn fleet(
 ) -> Vec<SocketAddr> {
     let mut addrs = Vec::new();
     for _ in 0..n {
-        let store = RedisStore::connect(url).await.unwrap();
+        // A generous timeout: these tests count admissions exactly, and a thousand requests
+        // at once on a loaded two-core machine (a debug build, CI's other jobs) can keep a
+        // call past the default 250 ms; the timeout policy has tests of its own.
+        let store = RedisStore::builder(url)
+            .timeout(Duration::from_secs(10))
+            .connect()
+            .await
+            .unwrap();
         let gateway =
             edit(GatewayLayer::new(accounts.clone(), Arc::new(store)).with_clock(fixed_now));
         addrs.push(serve(app(gateway, gauge.clone())).await);
