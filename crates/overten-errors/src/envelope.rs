@@ -180,11 +180,15 @@ pub const MAX_BODY_DEPTH: usize = 128;
 /// exact scan for nearly every body: it needs more than `MAX_BODY_DEPTH` opening brackets
 /// to be too deep, and a `\\u` to hold a surrogate.
 fn screen(bytes: &[u8]) -> Result<(), BodyError> {
-    // A body of at most MAX_BODY_DEPTH bytes cannot nest deeper; `contains` on bytes is a
-    // memchr, so an error envelope without escapes costs two short scans at most.
+    // A body of at most MAX_BODY_DEPTH bytes cannot nest deeper; the first backslash is
+    // found by memchr's SIMD search, so an envelope without escapes costs one short scan.
     let deep = bytes.len() > MAX_BODY_DEPTH
         && bytes.iter().filter(|&&b| b == b'[' || b == b'{').count() > MAX_BODY_DEPTH;
-    let has_unicode_escape = bytes.contains(&b'\\') && bytes.windows(2).any(|w| w == b"\\u");
+    let has_unicode_escape = memchr::memchr(b'\\', bytes).is_some_and(|at| {
+        bytes
+            .get(at..)
+            .is_some_and(|rest| rest.windows(2).any(|w| w == b"\\u"))
+    });
     if !deep && !has_unicode_escape {
         return Ok(());
     }

@@ -230,8 +230,9 @@ pub(crate) fn classify_read(
         }
     };
     diagnostics.status_mismatch = error.status_mismatch();
+    let found = scan(headers);
     // The setter applies the id rule; only an id it refuses is checked again, to name why.
-    match trimmed_request_id(headers) {
+    match trimmed_request_id(found.request_id) {
         Ok(Some(id)) => {
             error.set_request_id(id);
             if error.request_id().is_none() {
@@ -241,12 +242,12 @@ pub(crate) fn classify_read(
         Ok(None) => {}
         Err(e) => diagnostics.request_id = Some(e),
     }
-    match retry_after_header(headers) {
+    match retry_after_value(found.retry_after) {
         Ok(Some(ra)) => error.set_retry_after(ra),
         Ok(None) => {}
         Err(e) => diagnostics.retry_after = Some(e),
     }
-    match rate_limit_headers(headers) {
+    match rate_limit_values(&found) {
         Ok(Some(rl)) => error.set_rate_limit(rl),
         Ok(None) => {}
         Err(e) => diagnostics.rate_limit = Some(e),
@@ -268,23 +269,66 @@ fn status_message(status: StatusCode) -> Cow<'static, str> {
     overten_errors::fallback_message(status.as_u16())
 }
 
-/// The header's one value; several identical values count as one.
-fn single<'h>(
-    headers: &'h HeaderMap,
-    name: &HeaderName,
-) -> Result<Option<&'h HeaderValue>, HeaderError> {
-    // As many values as names: no header is repeated, so one lookup says it all.
-    if headers.len() == headers.keys_len() {
-        return Ok(headers.get(name));
+/// One header's value as found: absent, one value (several identical values count as
+/// one), or [`HeaderError::Duplicate`].
+type Slot<'h> = Result<Option<&'h HeaderValue>, HeaderError>;
+
+/// The five headers a client reads, each found once.
+#[derive(Debug, Clone, Copy)]
+struct Found<'h> {
+    request_id: Slot<'h>,
+    retry_after: Slot<'h>,
+    limit: Slot<'h>,
+    remaining: Slot<'h>,
+    reset: Slot<'h>,
+}
+
+/// Adds a value to its slot: the first is kept, a different second one makes it a
+/// duplicate (compared byte for byte, untrimmed, as `docs/retry.md` says).
+fn record<'h>(slot: &mut Slot<'h>, value: &'h HeaderValue) {
+    match slot {
+        Ok(None) => *slot = Ok(Some(value)),
+        Ok(Some(first)) if *first != value => *slot = Err(HeaderError::Duplicate),
+        _ => {}
     }
-    let mut values = headers.get_all(name).iter();
-    let Some(first) = values.next() else {
-        return Ok(None);
+}
+
+/// Finds the five headers in one pass over the map (a hash lookup for each would cost
+/// more than comparing every name of a response's few headers). The map is bounded by the
+/// transport (hyper accepts 100 headers by default); the pass is linear in it.
+fn scan(headers: &HeaderMap) -> Found<'_> {
+    let mut found = Found {
+        request_id: Ok(None),
+        retry_after: Ok(None),
+        limit: Ok(None),
+        remaining: Ok(None),
+        reset: Ok(None),
     };
-    if values.any(|v| v != first) {
-        return Err(HeaderError::Duplicate);
+    // Names compared as text: a length check rejects nearly every other header at once.
+    let (request_id, retry_after) = (names::REQUEST_ID.as_str(), names::RETRY_AFTER.as_str());
+    let (limit, remaining, reset) = (
+        names::RATE_LIMIT_LIMIT.as_str(),
+        names::RATE_LIMIT_REMAINING.as_str(),
+        names::RATE_LIMIT_RESET.as_str(),
+    );
+    for (name, value) in headers {
+        let name = name.as_str();
+        let slot = if name == retry_after {
+            &mut found.retry_after
+        } else if name == request_id {
+            &mut found.request_id
+        } else if name == limit {
+            &mut found.limit
+        } else if name == remaining {
+            &mut found.remaining
+        } else if name == reset {
+            &mut found.reset
+        } else {
+            continue;
+        };
+        record(slot, value);
     }
-    Ok(Some(first))
+    found
 }
 
 fn text(value: &HeaderValue) -> Result<&str, HeaderError> {
@@ -295,7 +339,7 @@ fn text(value: &HeaderValue) -> Result<&str, HeaderError> {
 /// one rule for ids ([`check_id`]: 1 to [`MAX_REQUEST_ID_BYTES`] bytes of visible ASCII),
 /// the rule the server side writes under. A blank value is no id.
 pub fn request_id_header(headers: &HeaderMap) -> Result<Option<String>, HeaderError> {
-    match trimmed_request_id(headers)? {
+    match trimmed_request_id(scan(headers).request_id)? {
         Some(id) => id_error(id).map(|id| id.map(str::to_owned)),
         None => Ok(None),
     }
@@ -303,8 +347,8 @@ pub fn request_id_header(headers: &HeaderMap) -> Result<Option<String>, HeaderEr
 
 /// The `X-Request-Id` value with the whitespace around it trimmed, as text, not yet checked
 /// against the id rule (`None` when absent or blank).
-fn trimmed_request_id(headers: &HeaderMap) -> Result<Option<&str>, HeaderError> {
-    let Some(value) = single(headers, &names::REQUEST_ID)? else {
+fn trimmed_request_id(slot: Slot<'_>) -> Result<Option<&str>, HeaderError> {
+    let Some(value) = slot? else {
         return Ok(None);
     };
     let trimmed = value.as_bytes().trim_ascii();
@@ -330,7 +374,11 @@ fn id_error(id: &str) -> Result<Option<&str>, HeaderError> {
 
 /// Reads `Retry-After` in any RFC 9110 form (delta-seconds, IMF-fixdate, RFC 850, asctime).
 pub fn retry_after_header(headers: &HeaderMap) -> Result<Option<RetryAfter>, HeaderError> {
-    let Some(value) = single(headers, &names::RETRY_AFTER)? else {
+    retry_after_value(scan(headers).retry_after)
+}
+
+fn retry_after_value(slot: Slot<'_>) -> Result<Option<RetryAfter>, HeaderError> {
+    let Some(value) = slot? else {
         return Ok(None);
     };
     RetryAfter::parse(text(value)?)
@@ -344,6 +392,18 @@ fn number<T: TryFrom<u64>>(value: &HeaderValue) -> Result<T, HeaderError> {
     let digits = value.as_bytes().trim_ascii();
     if digits.is_empty() {
         return Err(HeaderError::NotANumber);
+    }
+    // Nineteen digits cannot overflow a u64: no overflow check per digit.
+    if digits.len() <= 19 {
+        let mut n: u64 = 0;
+        for &b in digits {
+            let digit = b.wrapping_sub(b'0');
+            if digit > 9 {
+                return Err(HeaderError::NotANumber);
+            }
+            n = n * 10 + u64::from(digit);
+        }
+        return T::try_from(n).map_err(|_| HeaderError::Overflow);
     }
     let mut n: u64 = 0;
     let mut overflow = false;
@@ -371,17 +431,20 @@ type RateLimitResult = Result<Option<RateLimit>, (&'static HeaderName, HeaderErr
 /// Reads `X-RateLimit-Limit`, `-Remaining` and `-Reset` together: all three or none.
 /// The error names the header at fault.
 pub fn rate_limit_headers(headers: &HeaderMap) -> RateLimitResult {
+    rate_limit_values(&scan(headers))
+}
+
+fn rate_limit_values(found: &Found<'_>) -> RateLimitResult {
     fn field<T: TryFrom<u64>>(
-        headers: &HeaderMap,
+        slot: Slot<'_>,
         name: &'static HeaderName,
     ) -> Result<Option<T>, (&'static HeaderName, HeaderError)> {
-        single(headers, name)
-            .and_then(|v| v.map(number).transpose())
+        slot.and_then(|v| v.map(number).transpose())
             .map_err(|e| (name, e))
     }
-    let limit = field::<u32>(headers, &names::RATE_LIMIT_LIMIT)?;
-    let remaining = field::<u32>(headers, &names::RATE_LIMIT_REMAINING)?;
-    let reset = field::<u64>(headers, &names::RATE_LIMIT_RESET)?;
+    let limit = field::<u32>(found.limit, &names::RATE_LIMIT_LIMIT)?;
+    let remaining = field::<u32>(found.remaining, &names::RATE_LIMIT_REMAINING)?;
+    let reset = field::<u64>(found.reset, &names::RATE_LIMIT_RESET)?;
     match (limit, remaining, reset) {
         (Some(limit), Some(remaining), Some(reset)) => Ok(Some(RateLimit {
             limit,
