@@ -3,7 +3,9 @@
 //! Run: `cargo bench -p overten-errors-http --features reqwest,tokio --bench reqwest_paths`.
 //! `verify()` first proves each pair does the same work (same status, same decision).
 //!
-//! - `success`: a 200 through the middleware vs the same request with bare reqwest;
+//! - `success`: a 200 through the middleware (default policy) vs the same request with bare reqwest, and
+//!   through reqwest-middleware with a middleware that only passes it on (the framework's
+//!   own cost);
 //! - `error_429`: a 429 read into a typed error and decided: by the middleware (a policy of
 //!   one attempt, so it decides and stops) vs bare reqwest + `received_from_reqwest` +
 //!   `Retrier::decide_unpaid`.
@@ -24,9 +26,19 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use overten_errors::{Advice, ApiError, ErrorCode, RetryAfter, RetryPolicy, StopReason};
+use overten_errors::{
+    Advice, ApiError, ErrorCode, RateLimit, RetryAfter, RetryPolicy, StopReason,
+};
 use overten_errors_http::{
     Retrier, RetryMiddleware, RetryOutcome, into_response, received_from_reqwest,
+    set_rate_limit_headers, set_request_id,
+};
+
+/// The rate-limit headers of the 200 (a window with budget left: nothing is held).
+const RATE_LIMIT: RateLimit = RateLimit {
+    limit: 60,
+    remaining: 42,
+    reset: 1_713_312_345,
 };
 
 type Sleeper = fn(Duration) -> std::future::Ready<()>;
@@ -40,7 +52,14 @@ struct World {
     ok: String,
     limited: String,
     bare: reqwest::Client,
+    /// `RetryMiddleware` with the default policy, as a user runs it (a retry stays possible,
+    /// so every attempt keeps a copy of the request).
     wrapped: reqwest_middleware::ClientWithMiddleware,
+    /// `RetryMiddleware` with a policy of one attempt: a 429 is decided, then stopped.
+    one_attempt: reqwest_middleware::ClientWithMiddleware,
+    /// reqwest-middleware with one middleware that only passes the request on: what the
+    /// framework itself costs, apart from ours.
+    passthrough: reqwest_middleware::ClientWithMiddleware,
     retrier: Retrier<Sleeper>,
 }
 
@@ -60,7 +79,11 @@ fn world() -> &'static World {
                             .with_retry_after(RetryAfter::Seconds(42)),
                     )
                 } else {
-                    http::Response::new(br#"{"success":true}"#.to_vec())
+                    // The page: "Every response includes rate-limit headers"; and an id.
+                    let mut ok = http::Response::new(br#"{"success":true}"#.to_vec());
+                    set_rate_limit_headers(ok.headers_mut(), &RATE_LIMIT);
+                    set_request_id(ok.headers_mut(), "req_8f2c61d0a9b34e7f5c1d2e3f");
+                    ok
                 };
                 body.map(|b| Full::new(Bytes::from(b)).boxed_unsync())
             })
@@ -75,12 +98,45 @@ fn world() -> &'static World {
             bare: reqwest::Client::new(),
             wrapped: reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
                 .with(RetryMiddleware::new(Retrier::new(
+                    RetryPolicy::default(),
+                    no_sleep as Sleeper,
+                )))
+                .build(),
+            one_attempt: reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+                .with(RetryMiddleware::new(Retrier::new(
                     one_attempt,
                     no_sleep as Sleeper,
                 )))
                 .build(),
+            passthrough: reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+                .with(PassThrough)
+                .build(),
             retrier: Retrier::new(one_attempt, no_sleep as Sleeper),
         }
+    })
+}
+
+/// A middleware that does nothing but pass the request on.
+struct PassThrough;
+
+#[async_trait::async_trait]
+impl reqwest_middleware::Middleware for PassThrough {
+    async fn handle(
+        &self,
+        req: reqwest::Request,
+        extensions: &mut http::Extensions,
+        next: reqwest_middleware::Next<'_>,
+    ) -> reqwest_middleware::Result<reqwest::Response> {
+        next.run(req, extensions).await
+    }
+}
+
+fn passthrough_success(w: &World) -> u16 {
+    w.rt.block_on(async {
+        let r = w.passthrough.get(&w.ok).send().await.unwrap();
+        let status = r.status().as_u16();
+        r.bytes().await.unwrap();
+        status
     })
 }
 
@@ -112,7 +168,7 @@ fn bare_429(w: &World) -> Advice {
 
 fn middleware_429(w: &World) -> Advice {
     w.rt.block_on(async {
-        let r = w.wrapped.get(&w.limited).send().await.unwrap();
+        let r = w.one_attempt.get(&w.limited).send().await.unwrap();
         let advice = r.extensions().get::<RetryOutcome>().unwrap().advice;
         r.bytes().await.unwrap();
         advice
@@ -123,6 +179,7 @@ fn verify() {
     let w = world();
     assert_eq!(bare_success(w), 200);
     assert_eq!(middleware_success(w), 200);
+    assert_eq!(passthrough_success(w), 200);
     let stop = Advice::Stop(StopReason::AttemptsExhausted { attempts: 1 });
     assert_eq!(bare_429(w), stop);
     assert_eq!(middleware_429(w), stop);
@@ -142,6 +199,11 @@ mod success {
     #[divan::bench]
     fn retry_middleware() -> u16 {
         super::middleware_success(super::world())
+    }
+
+    #[divan::bench]
+    fn passthrough_middleware() -> u16 {
+        super::passthrough_success(super::world())
     }
 }
 

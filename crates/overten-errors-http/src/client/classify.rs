@@ -293,9 +293,48 @@ fn record<'h>(slot: &mut Slot<'h>, value: &'h HeaderValue) {
     }
 }
 
+/// The five names as text, and a mask of their lengths (bit `n` set when one is `n` bytes
+/// long), made once from the core's table.
+struct ClientNames {
+    request_id: &'static str,
+    retry_after: &'static str,
+    limit: &'static str,
+    remaining: &'static str,
+    reset: &'static str,
+    lengths: u64,
+}
+
+static CLIENT_NAMES: std::sync::LazyLock<ClientNames> = std::sync::LazyLock::new(|| {
+    let text = |name: &'static HeaderName| -> &'static str { name.as_str() };
+    let names = ClientNames {
+        request_id: text(&names::REQUEST_ID),
+        retry_after: text(&names::RETRY_AFTER),
+        limit: text(&names::RATE_LIMIT_LIMIT),
+        remaining: text(&names::RATE_LIMIT_REMAINING),
+        reset: text(&names::RATE_LIMIT_RESET),
+        lengths: 0,
+    };
+    let lengths = [
+        names.request_id,
+        names.retry_after,
+        names.limit,
+        names.remaining,
+        names.reset,
+    ]
+    .iter()
+    .fold(0u64, |mask, n| mask | length_bit(n.len()));
+    ClientNames { lengths, ..names }
+});
+
+/// Bit `len` of a length mask; names of 64 bytes or more share bit 63.
+fn length_bit(len: usize) -> u64 {
+    1u64 << len.min(63)
+}
+
 /// Finds the five headers in one pass over the map (a hash lookup for each would cost
 /// more than comparing every name of a response's few headers). The map is bounded by the
-/// transport (hyper accepts 100 headers by default); the pass is linear in it.
+/// transport (hyper accepts 100 headers by default); the pass is linear in it, and a name
+/// whose length none of the five has is passed over after one mask test.
 fn scan(headers: &HeaderMap) -> Found<'_> {
     let mut found = Found {
         request_id: Ok(None),
@@ -304,24 +343,21 @@ fn scan(headers: &HeaderMap) -> Found<'_> {
         remaining: Ok(None),
         reset: Ok(None),
     };
-    // Names compared as text: a length check rejects nearly every other header at once.
-    let (request_id, retry_after) = (names::REQUEST_ID.as_str(), names::RETRY_AFTER.as_str());
-    let (limit, remaining, reset) = (
-        names::RATE_LIMIT_LIMIT.as_str(),
-        names::RATE_LIMIT_REMAINING.as_str(),
-        names::RATE_LIMIT_RESET.as_str(),
-    );
+    let names = &*CLIENT_NAMES;
     for (name, value) in headers {
         let name = name.as_str();
-        let slot = if name == retry_after {
+        if names.lengths & length_bit(name.len()) == 0 {
+            continue;
+        }
+        let slot = if name == names.retry_after {
             &mut found.retry_after
-        } else if name == request_id {
+        } else if name == names.request_id {
             &mut found.request_id
-        } else if name == limit {
+        } else if name == names.limit {
             &mut found.limit
-        } else if name == remaining {
+        } else if name == names.remaining {
             &mut found.remaining
-        } else if name == reset {
+        } else if name == names.reset {
             &mut found.reset
         } else {
             continue;
@@ -424,6 +460,18 @@ fn number<T: TryFrom<u64>>(value: &HeaderValue) -> Result<T, HeaderError> {
         return Err(HeaderError::Overflow);
     }
     T::try_from(n).map_err(|_| HeaderError::Overflow)
+}
+
+/// False when `X-RateLimit-Remaining` is absent, or its (first) value is not 0 once
+/// trimmed: then no reading of the three headers can give `remaining == 0`. True otherwise
+/// (the three are then read in full, duplicates and all).
+pub(crate) fn remaining_may_be_zero(headers: &HeaderMap) -> bool {
+    // A pass comparing names as text costs less than hashing a custom name for `get`.
+    let wanted = CLIENT_NAMES.remaining;
+    headers
+        .iter()
+        .find(|(name, _)| name.as_str() == wanted)
+        .is_some_and(|(_, v)| number::<u64>(v).is_ok_and(|n| n == 0))
 }
 
 type RateLimitResult = Result<Option<RateLimit>, (&'static HeaderName, HeaderError)>;

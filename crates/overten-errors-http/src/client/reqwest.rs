@@ -386,16 +386,16 @@ impl<S: Sleep + 'static> Middleware for RetryMiddleware<S> {
         } else {
             String::new()
         };
-        let span = if traced {
-            tracing::info_span!(
-                "overten.request",
-                otel.kind = "client",
-                http.request.method = %req.method(),
-                url.full = %url,
-            )
-        } else {
-            tracing::Span::none()
-        };
+        if !traced {
+            // No subscriber: no span to enter on every poll.
+            return self.run(req, extensions, next, &url).await;
+        }
+        let span = tracing::info_span!(
+            "overten.request",
+            otel.kind = "client",
+            http.request.method = %req.method(),
+            url.full = %url,
+        );
         self.run(req, extensions, next, &url).instrument(span).await
     }
 }

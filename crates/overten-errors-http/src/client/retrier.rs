@@ -161,6 +161,11 @@ impl<S: Sleep> Retrier<S> {
     /// Reads a response's `X-RateLimit-*` (of any response): a spent window holds the key's
     /// next requests ([`Pacer::observe`]).
     pub fn observe(&self, headers: &http::HeaderMap) {
+        // Only a spent window holds anything: one lookup settles every response whose
+        // `X-RateLimit-Remaining` is absent or not 0 (nearly all), before the three are read.
+        if !super::classify::remaining_may_be_zero(headers) {
+            return;
+        }
         if let Ok(Some(rl)) = super::classify::rate_limit_headers(headers) {
             if rl.remaining == 0 {
                 let bits = self.draw();
@@ -173,6 +178,8 @@ impl<S: Sleep> Retrier<S> {
     /// Waits while the key is held (`docs/retry.md`, *Pacing*); returns the wait, if any.
     /// A hold past `max_wait` is not waited.
     pub async fn pace(&self) -> Option<Duration> {
+        // A key never held needs no clock read (the common case, on every request).
+        self.pacer.held_until()?;
         let hold = self.pacer.hold((self.clock)(), &self.policy)?;
         self.sleep.sleep(hold).await;
         Some(hold)
