@@ -57,6 +57,7 @@
 mod code;
 mod envelope;
 mod error;
+mod fast_body;
 mod hints;
 mod limits;
 mod pointer;
