@@ -26,9 +26,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use overten_errors::{
-    Advice, ApiError, ErrorCode, RateLimit, RetryAfter, RetryPolicy, StopReason,
-};
+use overten_errors::{Advice, ApiError, ErrorCode, RateLimit, RetryAfter, RetryPolicy, StopReason};
 use overten_errors_http::{
     Retrier, RetryMiddleware, RetryOutcome, into_response, received_from_reqwest,
     set_rate_limit_headers, set_request_id,

@@ -549,16 +549,45 @@ mod tests {
     /// Member names the generated bodies use: the envelope's, an unknown one, and names
     /// that only unescape to (or almost spell) an envelope member.
     const NAMES: &[&str] = &[
-        "success", "error", "message", "run_id", "task_id", "x", "succ\\u0065ss", "Error",
-        "message ", "",
+        "success",
+        "error",
+        "message",
+        "run_id",
+        "task_id",
+        "x",
+        "succ\\u0065ss",
+        "Error",
+        "message ",
+        "",
     ];
     /// Values: every JSON type, strings with escapes, lone and paired surrogates, a raw
     /// control character, non-ASCII text, and malformed literals and escapes.
     const VALUES: &[&str] = &[
-        "false", "true", "null", "1", "-0.5e3", "01", "\"gone\"", "\"quota\"",
-        "\"a\\\"b\"", "\"\\u00e9t\\u00e9\"", "\"\\ud83d\\ude00\"", "\"\\ud83d\"",
-        "\"tab\there\"", "\"\\x\"", "\"\\u12\"", "\"run_\\/1\"", "\"日本\"", "[]",
-        "{}", "[false]", "{\"a\":{}}", "tru", "nul", "\"\"", "\" gone \"",
+        "false",
+        "true",
+        "null",
+        "1",
+        "-0.5e3",
+        "01",
+        "\"gone\"",
+        "\"quota\"",
+        "\"a\\\"b\"",
+        "\"\\u00e9t\\u00e9\"",
+        "\"\\ud83d\\ude00\"",
+        "\"\\ud83d\"",
+        "\"tab\there\"",
+        "\"\\x\"",
+        "\"\\u12\"",
+        "\"run_\\/1\"",
+        "\"日本\"",
+        "[]",
+        "{}",
+        "[false]",
+        "{\"a\":{}}",
+        "tru",
+        "nul",
+        "\"\"",
+        "\" gone \"",
     ];
     /// Whitespace, JSON's and not.
     const SPACE: &[&str] = &["", " ", "\n", "\r\n\t", "\u{c}", "\u{a0}"];

@@ -222,6 +222,9 @@ mod tests {
         ] {
             assert_eq!(fast(body), None, "{body:?}");
         }
-        assert_eq!(read(b"{\"success\":false,\"error\":\"\xff\",\"message\":\"m\"}"), None);
+        assert_eq!(
+            read(b"{\"success\":false,\"error\":\"\xff\",\"message\":\"m\"}"),
+            None
+        );
     }
 }

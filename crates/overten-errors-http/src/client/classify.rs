@@ -619,6 +619,91 @@ mod tests {
     }
 
     #[test]
+    fn numbers_at_the_digit_bounds() {
+        let reset = |v: &str| {
+            rate_limit_headers(&map(&[
+                ("x-ratelimit-limit", "60"),
+                ("x-ratelimit-remaining", "0"),
+                ("x-ratelimit-reset", v),
+            ]))
+            .map(|rl| rl.map(|rl| rl.reset))
+            .map_err(|(_, e)| e)
+        };
+        // 19 digits (no overflow check needed), 20 (checked), zeros that pad past 19.
+        assert_eq!(
+            reset("9999999999999999999"),
+            Ok(Some(9_999_999_999_999_999_999))
+        );
+        assert_eq!(reset("18446744073709551615"), Ok(Some(u64::MAX)));
+        assert_eq!(reset("18446744073709551616"), Err(HeaderError::Overflow));
+        assert_eq!(reset("99999999999999999999"), Err(HeaderError::Overflow));
+        assert_eq!(reset("000000000000000000000000042"), Ok(Some(42)));
+        assert_eq!(reset("1234567890123456789x"), Err(HeaderError::NotANumber));
+        assert_eq!(reset("123456789012345678/"), Err(HeaderError::NotANumber));
+        assert_eq!(reset("12345678901234567890:"), Err(HeaderError::NotANumber));
+    }
+
+    #[test]
+    fn names_of_the_same_length_are_told_apart() {
+        // Each name shares its length with one of the five (or is far longer).
+        let h = map(&[
+            ("content-type", "text/html"),
+            ("x-request-ie", "no"),
+            ("retry-aftex", "5"),
+            ("x-ratelimit-lima", "1"),
+            ("x-ratelimit-remainder", "1"),
+            ("x-ratelimit-rese7", "1"),
+            (
+                "x-a-header-name-much-longer-than-sixty-four-bytes-of-anything-at-all",
+                "1",
+            ),
+        ]);
+        let r = classify(StatusCode::TOO_MANY_REQUESTS, &h, b"");
+        assert_eq!(r.error.request_id(), None);
+        assert_eq!(r.error.retry_after(), None);
+        assert_eq!(r.error.rate_limit(), None);
+        assert!(r.diagnostics.header_problems().is_empty());
+        // The five themselves, each found, with another header between them.
+        let h = map(&[
+            ("x-request-id", "req_1"),
+            ("content-type", "application/json"),
+            ("retry-after", "5"),
+            ("x-ratelimit-limit", "60"),
+            ("date", "x"),
+            ("x-ratelimit-remaining", "7"),
+            ("x-ratelimit-reset", "9"),
+        ]);
+        let r = classify(StatusCode::TOO_MANY_REQUESTS, &h, b"");
+        assert_eq!(r.error.request_id(), Some("req_1"));
+        assert_eq!(r.error.retry_after(), Some(RetryAfter::Seconds(5)));
+        assert_eq!(
+            r.error.rate_limit(),
+            Some(RateLimit {
+                limit: 60,
+                remaining: 7,
+                reset: 9
+            })
+        );
+        // A repeated header with the same value counts once; with another value it is a
+        // duplicate, whichever of the five it is.
+        for name in ["x-request-id", "retry-after", "x-ratelimit-limit"] {
+            let mut pairs = vec![
+                ("x-request-id", "1"),
+                ("retry-after", "1"),
+                ("x-ratelimit-limit", "1"),
+                ("x-ratelimit-remaining", "1"),
+                ("x-ratelimit-reset", "1"),
+            ];
+            pairs.push((name, "1"));
+            let r = classify(StatusCode::TOO_MANY_REQUESTS, &map(&pairs), b"");
+            assert!(r.diagnostics.header_problems().is_empty(), "{name}");
+            pairs.push((name, "2"));
+            let r = classify(StatusCode::TOO_MANY_REQUESTS, &map(&pairs), b"");
+            assert_eq!(r.diagnostics.header_problems(), vec![name], "{name}");
+        }
+    }
+
+    #[test]
     fn what_a_body_does_say_is_kept() {
         let body = br#"{"success":false,"error":"upstream_error","message":null}"#;
         let r = classify(StatusCode::BAD_GATEWAY, &HeaderMap::new(), body);

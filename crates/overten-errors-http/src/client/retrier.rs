@@ -315,6 +315,60 @@ mod tests {
     }
 
     #[test]
+    fn only_a_spent_window_read_whole_holds_the_key() {
+        fn now() -> SystemTime {
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_713_312_300)
+        }
+        let reset = now() + Duration::from_secs(45);
+        let held = |pairs: &[(&'static str, &str)]| {
+            let mut h = http::HeaderMap::new();
+            for (k, v) in pairs {
+                h.append(
+                    http::HeaderName::from_static(k),
+                    http::HeaderValue::from_str(v).unwrap(),
+                );
+            }
+            let r = Retrier::new(RetryPolicy::default(), |_| std::future::ready(()))
+                .with_seed(1)
+                .with_clock(now);
+            r.observe(&h);
+            r.pacer().held_until()
+        };
+        let window = |remaining: &'static str| {
+            [
+                ("x-ratelimit-limit", "60"),
+                ("x-ratelimit-remaining", remaining),
+                ("x-ratelimit-reset", "1713312345"),
+            ]
+        };
+        for spent in ["0", " 0\t", "00"] {
+            let until = held(&window(spent)).expect(spent);
+            // Held until the reset, spread upward by at most half of the 45 s.
+            assert!(
+                until >= reset && until <= reset + Duration::from_millis(22_500),
+                "{spent:?}"
+            );
+        }
+        for not_spent in ["1", "5", "", "-0", "0x0", "99999999999999999999999"] {
+            assert_eq!(held(&window(not_spent)), None, "{not_spent:?}");
+        }
+        assert_eq!(held(&[]), None);
+        // A spent window that is not read whole (one of the three missing, a second
+        // different value) holds nothing, whichever value comes first.
+        assert_eq!(held(&window("0")[..2]), None);
+        assert_eq!(held(&window("0")[1..]), None);
+        let mut twice = window("0").to_vec();
+        twice.push(("x-ratelimit-remaining", "5"));
+        assert_eq!(held(&twice), None);
+        let mut twice = window("5").to_vec();
+        twice.push(("x-ratelimit-remaining", "0"));
+        assert_eq!(held(&twice), None);
+        let mut same = window("0").to_vec();
+        same.push(("x-ratelimit-remaining", "0"));
+        assert!(held(&same).is_some());
+    }
+
+    #[test]
     fn retries_until_success_and_sleeps_what_was_decided() {
         let (log, sleep) = recorder();
         let retrier = Retrier::new(RetryPolicy::default(), sleep).with_seed(1);
