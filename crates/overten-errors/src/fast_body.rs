@@ -125,14 +125,11 @@ pub(crate) fn read(bytes: &[u8]) -> Option<Fast<'_>> {
     let mut message = None;
     let mut run_id: Option<Option<Cow<'_, str>>> = None;
     let mut task_id: Option<Option<Cow<'_, str>>> = None;
-    let mut first = true;
+    // Every member starts with its name (`{}` has no `success`: the fast path is not for it).
     loop {
-        match c.next_token()? {
-            b'}' if first => break,
-            b'"' => {}
-            _ => return None,
+        if c.next_token()? != b'"' {
+            return None;
         }
-        first = false;
         let (name, escaped) = c.string()?;
         if escaped || c.next_token()? != b':' {
             return None;
@@ -211,6 +208,8 @@ mod tests {
             "{\"succ\\u0065ss\":false,\"error\":\"gone\",\"message\":\"m\"}",
             "{\"success\":\"false\",\"error\":\"gone\",\"message\":\"m\"}",
             "{\"success\":false,\"error\":\"gone\",\"message\":\"a\nb\"}",
+            "{\"success\":false,\"error\":\"gone\",\"message\":\"a\t\tb\"}",
+            "{\"success\":false,\"error\":\"gone\",\"message\":\"\u{0}\u{1f}\u{1}\"}",
             "{\"success\":false,\"error\":\"gone\",\"message\":\"m\"} x",
             "{\"success\":false,\"error\":\"gone\",\"message\":\"m\",}",
             "{\"success\":false,\"error\":\"gone\",\"message\":\"m\"",
