@@ -825,6 +825,13 @@ mod tests {
             run(read_body_limited(&h, exact)).unwrap().map(|b| b.len()),
             Ok(MAX_BODY_BYTES)
         );
+        // Undeclared and one byte over: read up to the cap, then refused as too large (not
+        // as a transport error).
+        let over = http_body_util::Full::new(Bytes::from(vec![b' '; MAX_BODY_BYTES + 1]));
+        assert_eq!(
+            run(read_body_limited(&HeaderMap::new(), over)).unwrap(),
+            Err(BodyIssue::TooLarge)
+        );
         h.insert(CONTENT_LENGTH, HeaderValue::from(MAX_BODY_BYTES + 1));
         let small = http_body_util::Full::new(Bytes::from_static(b"{}"));
         assert_eq!(
