@@ -69,8 +69,8 @@ pub use server::mock;
 
 pub use client::{
     Attempt, BodyIssue, Diagnostics, GaveUp, HeaderError, MAX_BODY_BYTES, MAX_REQUEST_ID_BYTES,
-    Received, Retrier, Sleep, classify, classify_parts, classify_response, process_seed,
-    rate_limit_headers, read_body_limited, request_id_header, retry_after_header,
+    Received, Retrier, Sleep, classify, classify_parts, classify_response, observe_rate_limit,
+    process_seed, rate_limit_headers, read_body_limited, request_id_header, retry_after_header,
 };
 pub use names::{
     RATE_LIMIT_LIMIT, RATE_LIMIT_REMAINING, RATE_LIMIT_RESET, REQUEST_ID, RETRY_AFTER, bearer_key,

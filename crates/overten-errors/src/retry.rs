@@ -896,6 +896,22 @@ impl Pacer {
         }
     }
 
+    /// A pacer already holding until `until` (a hold carried over, or a fixture's earlier
+    /// hold); a moment at or before the Unix epoch holds nothing.
+    ///
+    /// ```
+    /// use std::time::{Duration, SystemTime};
+    /// use overten_errors::{Pacer, RetryPolicy};
+    /// let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+    /// let pacer = Pacer::holding(now + Duration::from_secs(5));
+    /// assert_eq!(pacer.hold(now, &RetryPolicy::default()), Some(Duration::from_secs(5)));
+    /// ```
+    pub fn holding(until: SystemTime) -> Pacer {
+        Pacer {
+            until_ms: AtomicU64::new(unix_ms(until)),
+        }
+    }
+
     /// Reads a response's rate-limit snapshot (of any response, success or not): with
     /// `remaining` 0, the key is held until its reset plus the spread of a named wait
     /// (`policy`'s `wait_spread`, one draw); an earlier hold never shortens a later one. A

@@ -9,8 +9,8 @@ use http::{StatusCode, response};
 use http_body::Body;
 use http_body_util::{BodyExt, Limited};
 use overten_errors::{
-    Advice, ApiError, BodyError, Code, ErrorBody, IdError, MAX_ID_BYTES, RandomSource, RateLimit,
-    RetryAfter, RetryAfterError, RetryPolicy, check_id,
+    Advice, ApiError, BodyError, Code, ErrorBody, IdError, MAX_ID_BYTES, Pacer, RandomSource,
+    RateLimit, RetryAfter, RetryAfterError, RetryPolicy, check_id,
 };
 
 use crate::names;
@@ -465,13 +465,49 @@ fn number<T: TryFrom<u64>>(value: &HeaderValue) -> Result<T, HeaderError> {
 /// False when `X-RateLimit-Remaining` is absent, or its (first) value is not 0 once
 /// trimmed: then no reading of the three headers can give `remaining == 0`. True otherwise
 /// (the three are then read in full, duplicates and all).
-pub(crate) fn remaining_may_be_zero(headers: &HeaderMap) -> bool {
+fn remaining_may_be_zero(headers: &HeaderMap) -> bool {
     // A pass comparing names as text costs less than hashing a custom name for `get`.
     let wanted = CLIENT_NAMES.remaining;
     headers
         .iter()
         .find(|(name, _)| name.as_str() == wanted)
         .is_some_and(|(_, v)| number::<u64>(v).is_ok_and(|n| n == 0))
+}
+
+/// Pacing's reading of a response, success or not (`docs/retry.md`, *Pacing*): when its
+/// three `X-RateLimit-*` headers, read whole as [`rate_limit_headers`] reads them, say
+/// `Remaining` 0, `pacer` holds the key until the reset, spread with one draw from `rng`
+/// ([`Pacer::observe`]). `now` is read only then. [`crate::Retrier::observe`] calls this
+/// with its own pacer, clock and random source.
+///
+/// ```
+/// use std::time::{Duration, SystemTime};
+/// use http::{HeaderMap, HeaderValue};
+/// use overten_errors::{Pacer, RetryPolicy};
+/// let mut headers = HeaderMap::new();
+/// headers.insert("x-ratelimit-limit", HeaderValue::from_static("60"));
+/// headers.insert("x-ratelimit-remaining", HeaderValue::from_static("0"));
+/// headers.insert("x-ratelimit-reset", HeaderValue::from_static("1020"));
+/// let now = || SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+/// let (pacer, policy) = (Pacer::new(), RetryPolicy::default());
+/// overten_errors_http::observe_rate_limit(&pacer, &headers, now, &policy, &mut || 0);
+/// assert_eq!(pacer.hold(now(), &policy), Some(Duration::from_secs(20)));
+/// ```
+pub fn observe_rate_limit<R: RandomSource + ?Sized>(
+    pacer: &Pacer,
+    headers: &HeaderMap,
+    now: impl FnOnce() -> SystemTime,
+    policy: &RetryPolicy,
+    rng: &mut R,
+) {
+    // Only a spent window holds anything: one pass settles every response whose
+    // `X-RateLimit-Remaining` is absent or not 0 (nearly all), before the three are read.
+    if !remaining_may_be_zero(headers) {
+        return;
+    }
+    if let Ok(Some(rate_limit)) = rate_limit_headers(headers) {
+        pacer.observe(&rate_limit, now(), policy, rng);
+    }
 }
 
 type RateLimitResult = Result<Option<RateLimit>, (&'static HeaderName, HeaderError)>;

@@ -9,8 +9,8 @@ mod retrier;
 
 pub use classify::{
     BodyIssue, Diagnostics, HeaderError, MAX_BODY_BYTES, MAX_REQUEST_ID_BYTES, Received, classify,
-    classify_parts, classify_response, rate_limit_headers, read_body_limited, request_id_header,
-    retry_after_header,
+    classify_parts, classify_response, observe_rate_limit, rate_limit_headers, read_body_limited,
+    request_id_header, retry_after_header,
 };
 #[cfg(feature = "reqwest")]
 pub use reqwest::{

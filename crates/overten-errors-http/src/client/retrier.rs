@@ -161,18 +161,13 @@ impl<S: Sleep> Retrier<S> {
     /// Reads a response's `X-RateLimit-*` (of any response): a spent window holds the key's
     /// next requests ([`Pacer::observe`]).
     pub fn observe(&self, headers: &http::HeaderMap) {
-        // Only a spent window holds anything: one lookup settles every response whose
-        // `X-RateLimit-Remaining` is absent or not 0 (nearly all), before the three are read.
-        if !super::classify::remaining_may_be_zero(headers) {
-            return;
-        }
-        if let Ok(Some(rl)) = super::classify::rate_limit_headers(headers) {
-            if rl.remaining == 0 {
-                let bits = self.draw();
-                self.pacer
-                    .observe(&rl, (self.clock)(), &self.policy, &mut move || bits);
-            }
-        }
+        super::classify::observe_rate_limit(
+            &self.pacer,
+            headers,
+            self.clock,
+            &self.policy,
+            &mut || self.draw(),
+        );
     }
 
     /// Waits while the key is held (`docs/retry.md`, *Pacing*); returns the wait, if any.
