@@ -420,9 +420,45 @@ def same_action(errors, advice, want):
         errors.append("action: got %r, want %r" % (advice, want))
 
 
+def pacing_hold(cat, fixture, u):
+    """retry.md, Pacing: the response read at now for its X-RateLimit-* (all three valid),
+    then how long the key's next request, sent at now, waits; None when it is sent at once."""
+    p = cat.policy
+    req = fixture["request"]
+    now_ms = req["now_unix"] * 1000
+    hold = req.get("held_until_unix_ms", 0)
+    rl, _ = rate_limit(fixture["response"]["headers"])
+    if rl is not None and rl["remaining"] == 0:
+        w = max(0, rl["reset"] * 1000 - now_ms)
+        # A reset already passed (w = 0) or further ahead than max_wait holds nothing.
+        if 0 < w <= p["max_wait_ms"]:
+            s = min(math.floor(float(w) * float(p["wait_spread"])), p["wait_spread_max_ms"])
+            extra = min(math.floor((s + 1) * u), s) if s > 0 else 0
+            # A later hold never shortens an earlier one.
+            hold = max(hold, now_ms + min(w + extra, p["max_wait_ms"]))
+    left = hold - now_ms
+    # A hold more than max_wait away is not waited.
+    return left if 0 < left <= p["max_wait_ms"] else None
+
+
 def check(cat, fixture):
     errors = []
     e = fixture["expect"]
+    if fixture["kind"] == "pacing":
+        want = e["hold_ms"]
+        for bits in (0, 2**64 - 1, 2**63, 12345678901234567):
+            got = pacing_hold(cat, fixture, unit(bits))
+            if isinstance(want, dict):
+                if got is None or not want["min_ms"] <= got <= want["max_ms"]:
+                    errors.append("hold_ms: got %r, want %r" % (got, want))
+                # The ends of the range are the draws r = 0 and r = 2^64 - 1 (docs/README.md).
+                if bits == 0 and got != want["min_ms"]:
+                    errors.append("hold_ms at r = 0: got %r, want %r" % (got, want["min_ms"]))
+                if bits == 2**64 - 1 and got != want["max_ms"]:
+                    errors.append("hold_ms at r = 2^64 - 1: got %r, want %r" % (got, want["max_ms"]))
+            elif got != want:
+                errors.append("hold_ms: got %r, want %r" % (got, want))
+        return errors
     if fixture["kind"] == "success":
         # retry.md, step 10: a first attempt returns success_refill, a later one retry_cost.
         b = fixture["request"]["budget"]

@@ -5,10 +5,10 @@ use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use overten_errors::{
-    ApiError, Code, ErrorCode, Failed, RateLimit, RetryAfter, RetryBudget, RetryPolicy, TaskError,
-    TaskFailure,
+    ApiError, Code, ErrorCode, Failed, Pacer, RateLimit, RetryAfter, RetryBudget, RetryPolicy,
+    TaskError, TaskFailure,
 };
-use overten_errors_http::{Received, classify, into_response};
+use overten_errors_http::{Received, classify, into_response, observe_rate_limit};
 use serde_json::{Value, json};
 
 /// The "now" most fixtures assume: Sun, 06 Nov 1994 08:49:37 GMT (RFC 9110's sample).
@@ -25,6 +25,9 @@ enum Kind {
     Transport { sent: bool, replay_safe: bool },
     /// A success to `attempt`: what the budget holds after it.
     Success,
+    /// Pacing: a response read for its `X-RateLimit-*` (the key held until
+    /// `held_until_ms` before it, if ever), then how long a request sent at `now` waits.
+    Pacing { held_until_ms: Option<u64> },
 }
 
 impl Kind {
@@ -34,6 +37,7 @@ impl Kind {
             Kind::TaskFailure => "task_failure",
             Kind::Transport { .. } => "transport_failure",
             Kind::Success => "success",
+            Kind::Pacing { .. } => "pacing",
         }
     }
 }
@@ -140,6 +144,18 @@ impl Fixture {
         f
     }
 
+    fn pacing(
+        name: &str,
+        description: &str,
+        status: u16,
+        headers: &[(&str, &str)],
+        held_until_ms: Option<u64>,
+    ) -> Fixture {
+        let mut f = Fixture::raw(name, description, status, headers, "");
+        f.kind = Kind::Pacing { held_until_ms };
+        f
+    }
+
     fn attempt(mut self, attempt: u32) -> Fixture {
         self.attempt = attempt;
         self
@@ -165,9 +181,15 @@ impl Fixture {
                 Err(_) => classify(StatusCode::OK, &HeaderMap::new(), self.body.as_bytes()),
             };
         }
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        classify(status, &self.header_map(), self.body.as_bytes())
+    }
+
+    /// The response's headers as `classify` reads a fixture's: the value's bytes as they
+    /// are, obs-text too.
+    fn header_map(&self) -> HeaderMap {
         let mut map = HeaderMap::new();
         for (k, v) in &self.headers {
-            // As `classify` reads a fixture: the value's bytes as they are, obs-text too.
             if let (Ok(k), Ok(v)) = (
                 HeaderName::from_bytes(k.as_bytes()),
                 HeaderValue::from_bytes(v.as_bytes()),
@@ -175,8 +197,29 @@ impl Fixture {
                 map.append(k, v);
             }
         }
-        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        classify(status, &map, self.body.as_bytes())
+        map
+    }
+
+    /// A pacing fixture's hold for a request sent at `now`, in ms, with the spread's draw
+    /// at its two extremes: one number when they agree, else the range; `null` for none.
+    fn hold_ms(&self, held_until_ms: Option<u64>) -> Value {
+        let policy = RetryPolicy::default();
+        let headers = self.header_map();
+        let hold = |bits: u64| {
+            let pacer = held_until_ms.map_or_else(Pacer::new, |ms| {
+                Pacer::holding(SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
+            });
+            observe_rate_limit(&pacer, &headers, || at(self.now), &policy, &mut move || {
+                bits
+            });
+            pacer
+                .hold(at(self.now), &policy)
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        };
+        match (hold(0), hold(u64::MAX)) {
+            (Some(a), Some(b)) if a != b => json!({"min_ms": a.min(b), "max_ms": a.max(b)}),
+            (a, _) => json!(a),
+        }
     }
 
     fn budget(&self) -> RetryBudget {
@@ -197,13 +240,14 @@ impl Fixture {
                     &mut move || bits,
                     Some(&budget),
                 ),
-                Kind::Http | Kind::TaskFailure | Kind::Success => policy.explain(
-                    &received.error,
-                    self.attempt,
-                    at(self.now),
-                    &mut move || bits,
-                    Some(&budget),
-                ),
+                Kind::Http | Kind::TaskFailure | Kind::Success | Kind::Pacing { .. } => policy
+                    .explain(
+                        &received.error,
+                        self.attempt,
+                        at(self.now),
+                        &mut move || bits,
+                        Some(&budget),
+                    ),
             }
         };
         let (lo, hi) = (decide(0), decide(u64::MAX));
@@ -253,30 +297,36 @@ impl Fixture {
                 "expect": { "budget_tokens": budget.tokens() },
             });
         }
-        if let Kind::Transport { sent, replay_safe } = self.kind {
-            let (action, step) = self.action(&self.received());
-            let budget = self.budget();
+        if let Kind::Pacing { held_until_ms } = self.kind {
+            let mut request = json!({"now_unix": self.now, "attempt": self.attempt});
+            if let Some(ms) = held_until_ms {
+                request["held_until_unix_ms"] = json!(ms);
+            }
             return json!({
                 "name": self.name,
                 "description": self.description,
                 "kind": self.kind.as_str(),
-                "request": {
-                    "now_unix": self.now,
-                    "attempt": self.attempt,
-                    "budget": {
-                        "tokens": budget.tokens(),
-                        "capacity": budget.capacity(),
-                        "retry_cost": budget.retry_cost(),
-                        "window_cost": budget.window_cost(),
-                        "success_refill": budget.success_refill(),
-                    },
+                "request": request,
+                "response": {
+                    "status": self.status,
+                    "headers": self.headers,
+                    "body": self.body,
                 },
+                "expect": { "hold_ms": self.hold_ms(held_until_ms) },
+            });
+        }
+        if let Kind::Transport { sent, replay_safe } = self.kind {
+            let (action, step) = self.action(&self.received());
+            return json!({
+                "name": self.name,
+                "description": self.description,
+                "kind": self.kind.as_str(),
+                "request": self.request_json(),
                 "failure": { "sent": sent, "replay_safe": replay_safe },
                 "expect": { "step": step, "action": action },
             });
         }
         let received = self.received();
-        let budget = self.budget();
         let (action, step) = self.action(&received);
         // What a client reads (the http crate's one report), less the diagnostics' texts,
         // plus the decision.
@@ -290,17 +340,7 @@ impl Fixture {
             "name": self.name,
             "description": self.description,
             "kind": self.kind.as_str(),
-            "request": {
-                "now_unix": self.now,
-                "attempt": self.attempt,
-                "budget": {
-                    "tokens": budget.tokens(),
-                    "capacity": budget.capacity(),
-                    "retry_cost": budget.retry_cost(),
-                    "window_cost": budget.window_cost(),
-                    "success_refill": budget.success_refill(),
-                },
-            },
+            "request": self.request_json(),
             "response": {
                 "status": self.status,
                 "headers": self.headers,
@@ -707,6 +747,7 @@ pub(crate) fn all() -> Vec<Fixture> {
         ),
     ]);
     out.extend(edge_cases());
+    out.extend(pacing());
     out
 }
 
@@ -900,6 +941,153 @@ fn edge_cases() -> Vec<Fixture> {
             "A success after retries never fills past capacity.",
             2,
             98,
+        ),
+    ]
+}
+
+/// Pacing (`docs/retry.md`, *Pacing*): a response read for its `X-RateLimit-*`, then the
+/// wait of the key's next request, sent at the same moment.
+#[allow(clippy::too_many_lines, reason = "one fixture after another")]
+fn pacing() -> Vec<Fixture> {
+    let json_type = ("content-type", "application/json");
+    let reset = |secs: i64| (i128::from(NOW) + i128::from(secs)).to_string();
+    let window = |remaining: &str, reset: &str| {
+        vec![
+            json_type,
+            ("x-ratelimit-limit", "60"),
+            ("x-ratelimit-remaining", remaining),
+            ("x-ratelimit-reset", reset),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect::<Vec<_>>()
+    };
+    let pairs = |v: &[(String, String)]| -> Vec<(String, String)> { v.to_vec() };
+    let fixture = |name: &str,
+                   description: &str,
+                   status: u16,
+                   headers: Vec<(String, String)>,
+                   held: Option<u64>| {
+        let borrowed: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        Fixture::pacing(name, description, status, &borrowed, held)
+    };
+    let ms = |secs: i64| u64::try_from((i128::from(NOW) + i128::from(secs)) * 1000).unwrap_or(0);
+    let in_18 = reset(18);
+    let mut duplicate = window("0", &in_18);
+    duplicate.push(("x-ratelimit-remaining".to_owned(), "5".to_owned()));
+    let mut limited = window("0", &in_18);
+    limited.push(("retry-after".to_owned(), "18".to_owned()));
+    vec![
+        fixture(
+            "pacing-window-spent",
+            "Remaining 0 on a success: the key's next request waits until the reset, 18 s, lengthened by up to half of it (spread), one draw.",
+            200,
+            window("0", &in_18),
+            None,
+        ),
+        fixture(
+            "pacing-window-left",
+            "Remaining 1: nothing is held.",
+            200,
+            window("1", &in_18),
+            None,
+        ),
+        fixture(
+            "pacing-on-an-error",
+            "Remaining 0 on a 429 holds the key too: every response is read for X-RateLimit-*.",
+            429,
+            limited,
+            None,
+        ),
+        fixture(
+            "pacing-reset-passed",
+            "Remaining 0 with a reset already passed: nothing is held.",
+            200,
+            window("0", &reset(-2)),
+            None,
+        ),
+        fixture(
+            "pacing-reset-now",
+            "Remaining 0 with the reset at this very second (w = 0): nothing is held.",
+            200,
+            window("0", &reset(0)),
+            None,
+        ),
+        fixture(
+            "pacing-reset-past-max-wait",
+            "Remaining 0 with the reset 301 s away, past max_wait (300 s): nothing is held; the request is sent and a 429 is decided by the steps.",
+            200,
+            window("0", &reset(301)),
+            None,
+        ),
+        fixture(
+            "pacing-reset-at-max-wait",
+            "Remaining 0 with the reset exactly max_wait (300 s) away: held 300 s, the spread cut at max_wait.",
+            200,
+            window("0", &reset(300)),
+            None,
+        ),
+        fixture(
+            "pacing-remaining-trimmed",
+            "Remaining \" 0\\t\" is 0 once trimmed: held as for 0.",
+            200,
+            window(" 0\t", &in_18),
+            None,
+        ),
+        fixture(
+            "pacing-partial-headers",
+            "Remaining 0 without X-RateLimit-Limit: the three are not read whole, so nothing is held.",
+            200,
+            pairs(&window("0", &in_18))
+                .into_iter()
+                .filter(|(k, _)| k != "x-ratelimit-limit")
+                .collect(),
+            None,
+        ),
+        fixture(
+            "pacing-duplicate-remaining",
+            "X-RateLimit-Remaining sent twice with different values (0, then 5): not read, so nothing is held.",
+            200,
+            duplicate,
+            None,
+        ),
+        fixture(
+            "pacing-earlier-hold-kept",
+            "The key is held 60 s more; a spent window resetting in 18 s never shortens that hold.",
+            200,
+            window("0", &in_18),
+            Some(ms(60)),
+        ),
+        fixture(
+            "pacing-later-hold-extends",
+            "The key is held 5 s more; a spent window resetting in 18 s holds it longer.",
+            200,
+            window("0", &in_18),
+            Some(ms(5)),
+        ),
+        fixture(
+            "pacing-hold-outlives-the-response",
+            "The key is held 10 s more; a response with budget left does not lift the hold.",
+            200,
+            window("5", &in_18),
+            Some(ms(10)),
+        ),
+        fixture(
+            "pacing-hold-passed",
+            "A hold that ended a second ago holds nothing.",
+            200,
+            vec![(json_type.0.to_owned(), json_type.1.to_owned())],
+            Some(ms(-1)),
+        ),
+        fixture(
+            "pacing-hold-past-max-wait",
+            "A hold 400 s away, past max_wait: the request is sent at once (a 429 is then decided by the steps).",
+            200,
+            vec![(json_type.0.to_owned(), json_type.1.to_owned())],
+            Some(ms(400)),
         ),
     ]
 }

@@ -6,8 +6,10 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
-use overten_errors::{ApiError, Decision, RetryBudget, RetryPolicy, SplitMix64, TaskFailure};
-use overten_errors_http::{Diagnostics, Received, classify, process_seed};
+use overten_errors::{
+    ApiError, Decision, Pacer, RetryBudget, RetryPolicy, SplitMix64, TaskFailure,
+};
+use overten_errors_http::{Diagnostics, Received, classify, observe_rate_limit, process_seed};
 use serde_json::{Value, json};
 
 /// The most bytes read from stdin or a fixture file.
@@ -75,6 +77,9 @@ struct Case {
     decision: Option<Decision>,
     /// For a `success` fixture: the budget's tokens after the success.
     budget_tokens: Option<u32>,
+    /// For a `pacing` fixture: how long the key's next request waits, in ms, or `null`
+    /// when it is not held.
+    hold_ms: Option<Value>,
     expect: Option<Value>,
 }
 
@@ -210,6 +215,44 @@ fn headers_of(v: &Value) -> Result<HeaderMap, String> {
     Ok(headers)
 }
 
+/// A `pacing` fixture: the response read for its `X-RateLimit-*` after the earlier hold,
+/// if any, then the hold of a request sent at `now`.
+fn pacing_case(
+    f: &Value,
+    now: u64,
+    policy: &RetryPolicy,
+    rng: &mut Draws,
+    expect: Option<Value>,
+) -> Result<Case, String> {
+    let held_until = match f["request"].get("held_until_unix_ms") {
+        None => None,
+        Some(v) => Some(integer(
+            v,
+            "request.held_until_unix_ms",
+            0,
+            MAX_NOW.saturating_mul(1000),
+        )?),
+    };
+    let resp = &f["response"];
+    integer(&resp["status"], "response.status", 100, 999)?;
+    string(&resp["body"], "response.body")?;
+    let headers = headers_of(&resp["headers"])?;
+    let pacer = held_until.map_or_else(Pacer::new, |ms| {
+        Pacer::holding(SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
+    });
+    observe_rate_limit(&pacer, &headers, || time_of(now), policy, rng);
+    let hold = pacer
+        .hold(time_of(now), policy)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    Ok(Case {
+        received: None,
+        decision: None,
+        budget_tokens: None,
+        hold_ms: Some(json!(hold)),
+        expect,
+    })
+}
+
 /// Reads a fixture as `docs/README.md` describes it:
 /// every field of the kind checked, none coerced; an error names the field.
 fn fixture_case(f: &Value, o: &Overrides) -> Result<Case, String> {
@@ -219,10 +262,10 @@ fn fixture_case(f: &Value, o: &Overrides) -> Result<Case, String> {
     let kind = string(&f["kind"], "kind")?;
     if !matches!(
         kind,
-        "http_response" | "task_failure" | "transport_failure" | "success"
+        "http_response" | "task_failure" | "transport_failure" | "success" | "pacing"
     ) {
         return Err(format!(
-            "kind: expected http_response, task_failure, transport_failure or success, found {}",
+            "kind: expected http_response, task_failure, transport_failure, success or pacing, found {}",
             shown(&f["kind"])
         ));
     }
@@ -256,8 +299,12 @@ fn fixture_case(f: &Value, o: &Overrides) -> Result<Case, String> {
             received: None,
             decision: None,
             budget_tokens: Some(budget.tokens()),
+            hold_ms: None,
             expect,
         });
+    }
+    if kind == "pacing" {
+        return pacing_case(f, now, &policy, &mut rng, expect);
     }
     if kind == "transport_failure" {
         let sent = boolean(&f["failure"]["sent"], "failure.sent")?;
@@ -267,6 +314,7 @@ fn fixture_case(f: &Value, o: &Overrides) -> Result<Case, String> {
             received: None,
             decision: Some(decision),
             budget_tokens: None,
+            hold_ms: None,
             expect,
         });
     }
@@ -299,8 +347,21 @@ fn fixture_case(f: &Value, o: &Overrides) -> Result<Case, String> {
         received: Some(received),
         decision: Some(decision),
         budget_tokens: None,
+        hold_ms: None,
         expect,
     })
+}
+
+/// Whether `got` is the expected hold: the same (a number, or `null` for none), or for a
+/// spread one, a number in the range.
+fn hold_conforms(got: &Value, want: &Value) -> bool {
+    match (
+        want.get("min_ms").and_then(Value::as_u64),
+        want.get("max_ms").and_then(Value::as_u64),
+    ) {
+        (Some(lo), Some(hi)) => got.as_u64().is_some_and(|ms| (lo..=hi).contains(&ms)),
+        _ => got == want,
+    }
 }
 
 /// Whether `got` is the expected action: the same, or for a jittered one, in the range.
@@ -332,6 +393,9 @@ fn report(case: &Case) -> Value {
     if let Some(tokens) = case.budget_tokens {
         out["budget_tokens"] = json!(tokens);
     }
+    if let Some(hold) = &case.hold_ms {
+        out["hold_ms"] = hold.clone();
+    }
     if let Some(expect) = &case.expect {
         let mut differs: Vec<String> = Vec::new();
         if case.decision.is_some() {
@@ -344,6 +408,9 @@ fn report(case: &Case) -> Value {
         }
         if case.budget_tokens.is_some() && out["budget_tokens"] != expect["budget_tokens"] {
             differs.push("budget_tokens".to_owned());
+        }
+        if case.hold_ms.is_some() && !hold_conforms(&out["hold_ms"], &expect["hold_ms"]) {
+            differs.push("hold_ms".to_owned());
         }
         // Every field the client's report has (`Received::report`, the one list of them),
         // but the diagnostics' texts, which a fixture does not carry.
@@ -386,9 +453,23 @@ fn text(case: &Case, out: &Value) -> String {
     if let Some(tokens) = case.budget_tokens {
         let _ = writeln!(s, "budget:      {tokens} tokens after the success");
     }
+    match case.hold_ms.as_ref().map(Value::as_u64) {
+        Some(Some(ms)) => {
+            let _ = writeln!(s, "hold:        the key's next request waits {ms} ms");
+        }
+        Some(None) => {
+            let _ = writeln!(
+                s,
+                "hold:        none (the key's next request is sent at once)"
+            );
+        }
+        None => {}
+    }
     if let Some(ok) = out.get("conforms") {
         let shown = if case.decision.is_some() {
             &out["expect"]["action"]
+        } else if case.hold_ms.is_some() {
+            &out["expect"]["hold_ms"]
         } else {
             &out["expect"]["budget_tokens"]
         };
@@ -429,6 +510,7 @@ pub(crate) fn main(fixture: Option<&Path>, as_json: bool, o: &Overrides) -> Exit
                     received: Some(received),
                     decision: Some(decision),
                     budget_tokens: None,
+                    hold_ms: None,
                     expect: None,
                 }
             }),

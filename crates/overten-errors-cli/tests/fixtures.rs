@@ -227,3 +227,47 @@ fn json_output_is_all_json_and_the_draw_now_and_budget_make_it_exact() {
     assert_eq!(v["action"]["after_ms"], 20_000, "{v}");
     assert_eq!(v["action"]["basis"], "retry_after", "{v}");
 }
+
+#[test]
+fn pacing_fixtures_are_judged_on_the_hold_and_read_strictly() {
+    let f = fixture("pacing-window-spent");
+    // The draw decides where in the range the hold falls: 0 gives the reset alone.
+    let (rc, out, _) = classify(&f, &["--json", "--random", "0"]);
+    assert_eq!(rc, Some(0));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["hold_ms"], 18_000, "{v}");
+    assert_eq!(v["conforms"], true);
+    // A wrong hold, or none where one is due, does not conform.
+    for wrong in [
+        serde_json::json!(null),
+        serde_json::json!(17_999),
+        serde_json::json!({"min_ms": 27_001, "max_ms": 30_000}),
+    ] {
+        let mut g = f.clone();
+        g["expect"]["hold_ms"] = wrong.clone();
+        let (rc, out, _) = classify(&g, &["--json", "--random", "0"]);
+        assert_eq!(rc, Some(1), "{wrong}: {out}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["differs"], serde_json::json!(["hold_ms"]), "{wrong}");
+    }
+    // A window with budget left holds nothing, and expecting a hold there is wrong.
+    let mut g = fixture("pacing-window-left");
+    assert_eq!(classify(&g, &[]).0, Some(0));
+    g["expect"]["hold_ms"] = serde_json::json!(18_000);
+    assert_eq!(classify(&g, &[]).0, Some(1));
+    // The earlier hold is read as strictly as every other field.
+    let base = fixture("pacing-earlier-hold-kept");
+    for bad in [
+        serde_json::json!("784111837000"),
+        serde_json::json!(-1),
+        serde_json::json!(1.5),
+        serde_json::json!(null),
+    ] {
+        let mut g = base.clone();
+        g["request"]["held_until_unix_ms"] = bad.clone();
+        let (rc, _, err) = classify(&g, &[]);
+        assert_eq!(rc, Some(2), "{bad}: {err}");
+        assert!(err.contains("request.held_until_unix_ms"), "{bad}: {err}");
+        assert!(!fixture_schema().is_valid(&g), "{bad} passes the schema");
+    }
+}

@@ -166,6 +166,7 @@ fn request() -> Value {
         "properties": {
             "now_unix": {"type": "integer", "minimum": 0, "maximum": 253_402_300_799_u64, "description": "The clock, in Unix seconds (at most 9999-12-31T23:59:59Z)."},
             "attempt": {"type": "integer", "minimum": 1, "maximum": u32::MAX, "description": "The attempt that just failed (or succeeded, for kind success); the first request is 1."},
+            "held_until_unix_ms": {"type": "integer", "minimum": 0, "maximum": 253_402_300_799_000_u64, "description": "For kind pacing: the moment, in Unix milliseconds, until which the key was held before this response; absent when it was never held."},
             "budget": {
                 "type": "object",
                 "description": "The client's retry budget before the decision.",
@@ -181,6 +182,27 @@ fn request() -> Value {
             },
         },
         "required": ["now_unix", "attempt"],
+    })
+}
+
+/// A pacing fixture's expected hold: milliseconds, `null` for none, or the range a spread
+/// hold falls in.
+fn hold_ms() -> Value {
+    json!({
+        "description": "How long the key's next request, sent at now_unix, waits (docs/retry.md, Pacing): milliseconds; null when it is not held; {min_ms, max_ms} when the spread's draw decides.",
+        "oneOf": [
+            {"type": "integer", "minimum": 1},
+            {"type": "null"},
+            {
+                "type": "object",
+                "properties": {
+                    "min_ms": {"type": "integer", "minimum": 1},
+                    "max_ms": {"type": "integer", "minimum": 1},
+                },
+                "required": ["min_ms", "max_ms"],
+                "additionalProperties": false,
+            },
+        ],
     })
 }
 
@@ -203,7 +225,7 @@ pub fn fixture_schema() -> Value {
             "name": {"type": "string"},
             "description": {"type": "string"},
             "$comment": {"type": "string"},
-            "kind": {"enum": ["http_response", "task_failure", "transport_failure", "success"]},
+            "kind": {"enum": ["http_response", "task_failure", "transport_failure", "success", "pacing"]},
             "request": request(),
             "response": {
                 "type": "object",
@@ -256,6 +278,17 @@ pub fn fixture_schema() -> Value {
                 },
             },
             {
+                "if": {"properties": {"kind": {"const": "pacing"}}},
+                "then": {
+                    "required": ["response"],
+                    "properties": {"expect": {
+                        "type": "object",
+                        "properties": {"hold_ms": hold_ms()},
+                        "required": ["hold_ms"],
+                    }},
+                },
+            },
+            {
                 "if": {"properties": {"kind": {"const": "success"}}},
                 "then": {
                     "properties": {
@@ -283,6 +316,10 @@ pub fn classify_output_schema() -> Value {
     props.insert(
         "budget_tokens".into(),
         json!({"type": "integer", "minimum": 0, "description": "For a success fixture: the budget's tokens after the success."}),
+    );
+    props.insert(
+        "hold_ms".into(),
+        json!({"type": ["integer", "null"], "minimum": 1, "description": "For a pacing fixture: how long the key's next request waits, in ms; null when it is not held."}),
     );
     props.insert(
         "diagnostics".into(),
@@ -330,6 +367,7 @@ pub fn classify_output_schema() -> Value {
             {"description": "A response or a failed task was read and decided.", "required": read_required.iter().copied().chain(["step", "action"]).collect::<Vec<_>>()},
             {"description": "A transport failure was decided.", "required": ["step", "action"], "not": {"required": ["status"]}},
             {"description": "A success fixture.", "required": ["budget_tokens"], "not": {"required": ["action"]}},
+            {"description": "A pacing fixture.", "required": ["hold_ms"], "not": {"required": ["action"]}},
         ],
         "dependentRequired": {"expect": ["conforms", "differs"], "conforms": ["expect", "differs"]},
     })
