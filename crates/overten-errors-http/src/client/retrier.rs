@@ -364,6 +364,30 @@ mod tests {
     }
 
     #[test]
+    fn pace_waits_out_a_hold_and_nothing_else() {
+        fn now() -> SystemTime {
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_000)
+        }
+        let (log, sleep) = recorder();
+        let free = Retrier::new(RetryPolicy::default(), sleep).with_clock(now);
+        assert_eq!(block_on(free.pace()), None);
+        assert!(log.lock().unwrap().is_empty());
+        let (log, sleep) = recorder();
+        let held = Retrier::new(RetryPolicy::default(), sleep)
+            .with_clock(now)
+            .with_pacer(Arc::new(Pacer::holding(now() + Duration::from_secs(5))));
+        assert_eq!(block_on(held.pace()), Some(Duration::from_secs(5)));
+        assert_eq!(*log.lock().unwrap(), vec![Duration::from_secs(5)]);
+        // A hold past max_wait is not waited.
+        let (log, sleep) = recorder();
+        let far = Retrier::new(RetryPolicy::default(), sleep)
+            .with_clock(now)
+            .with_pacer(Arc::new(Pacer::holding(now() + Duration::from_secs(301))));
+        assert_eq!(block_on(far.pace()), None);
+        assert!(log.lock().unwrap().is_empty());
+    }
+
+    #[test]
     fn retries_until_success_and_sleeps_what_was_decided() {
         let (log, sleep) = recorder();
         let retrier = Retrier::new(RetryPolicy::default(), sleep).with_seed(1);
