@@ -30,6 +30,10 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use overten_errors::Tier;
+#[path = "../tests/support/redis_server.rs"]
+mod redis_server;
+use redis_server::RedisServer;
+
 use overten_errors_http::server::{
     Account, GatewayLayer, MemoryAccounts, MemoryStore, RedisStore, Store, TierLimits, stack,
 };
@@ -135,15 +139,6 @@ async fn load(addrs: &[SocketAddr], clients: usize, seconds: u64, run: bool) -> 
     }
 }
 
-struct Redis(std::process::Child);
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn main() {
     let seconds: u64 = std::env::args()
         .nth(1)
@@ -153,33 +148,7 @@ fn main() {
         .nth(2)
         .and_then(|s| s.parse().ok())
         .unwrap_or(64);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let redis = Redis(
-        std::process::Command::new("redis-server")
-            .args([
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server (apt-get install -y redis-server)"),
-    );
-    for _ in 0..500 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let redis = RedisServer::start();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -192,7 +161,7 @@ fn main() {
         for _ in 0..REPLICAS {
             bare.push(serve(routes()).await);
             memory.push(serve(routes().layer(stack(gateway(Arc::new(MemoryStore::new()))))).await);
-            let store = RedisStore::connect(format!("redis://127.0.0.1:{port}/")).await.unwrap();
+            let store = RedisStore::connect(redis.url()).await.unwrap();
             shared.push(serve(routes().layer(stack(gateway(Arc::new(store))))).await);
         }
         fleets.push(("bare routers", bare));

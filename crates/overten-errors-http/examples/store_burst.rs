@@ -8,7 +8,8 @@
 //! cargo run --release -p overten-errors-http --features axum,redis --example store_burst -- [BURST] [ROUNDS]
 //! ```
 //!
-//! It starts its own `redis-server` on a free loopback port and kills it at the end.
+//! It starts its own `redis-server` on a free loopback port (the tests' `RedisServer`)
+//! and kills it at the end.
 
 #![allow(
     clippy::unwrap_used,
@@ -21,17 +22,12 @@ use std::time::{Duration, Instant};
 
 use overten_errors_http::server::{Admit, KeyHash, RedisStore, Store};
 
+#[path = "../tests/support/redis_server.rs"]
+mod redis_server;
+use redis_server::RedisServer;
+
 const REPLICAS: usize = 4;
 const KEYS: usize = 20;
-
-struct Redis(std::process::Child);
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn main() {
     let arg = |i: usize, default: usize| {
@@ -41,25 +37,7 @@ fn main() {
             .unwrap_or(default)
     };
     let (burst, rounds) = (arg(1, 1000), arg(2, 5));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let _redis = Redis(
-        std::process::Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server (apt-get install -y redis-server)"),
-    );
-    for _ in 0..500 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let redis = RedisServer::start();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -67,7 +45,7 @@ fn main() {
     let mut all: Vec<u128> = rt.block_on(async {
         let mut stores = Vec::new();
         for _ in 0..REPLICAS {
-            let store = RedisStore::builder(format!("redis://127.0.0.1:{port}/"))
+            let store = RedisStore::builder(redis.url())
                 .timeout(Duration::from_secs(30))
                 .connect()
                 .await
