@@ -18,8 +18,10 @@
     reason = "a benchmark binary: a broken contender must abort the run"
 )]
 
+mod passthrough;
 #[path = "../tests/support/mod.rs"]
 mod support;
+use passthrough::PassThrough;
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -112,21 +114,6 @@ fn world() -> &'static World {
             retrier: Retrier::new(one_attempt, no_sleep as Sleeper),
         }
     })
-}
-
-/// A middleware that does nothing but pass the request on.
-struct PassThrough;
-
-#[async_trait::async_trait]
-impl reqwest_middleware::Middleware for PassThrough {
-    async fn handle(
-        &self,
-        req: reqwest::Request,
-        extensions: &mut http::Extensions,
-        next: reqwest_middleware::Next<'_>,
-    ) -> reqwest_middleware::Result<reqwest::Response> {
-        next.run(req, extensions).await
-    }
 }
 
 fn passthrough_success(w: &World) -> u16 {

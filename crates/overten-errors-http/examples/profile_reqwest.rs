@@ -15,8 +15,11 @@
     reason = "a profiling program: a failed request must abort it"
 )]
 
+#[path = "../benches/passthrough/mod.rs"]
+mod passthrough;
 #[path = "../tests/support/mod.rs"]
 mod support;
+use passthrough::PassThrough;
 
 use std::time::Duration;
 
@@ -26,21 +29,6 @@ use overten_errors::{RateLimit, RetryPolicy};
 use overten_errors_http::{Retrier, RetryMiddleware, set_rate_limit_headers, set_request_id};
 
 const REQUESTS: usize = 2_000;
-
-/// A middleware that only passes the request on.
-struct PassThrough;
-
-#[async_trait::async_trait]
-impl reqwest_middleware::Middleware for PassThrough {
-    async fn handle(
-        &self,
-        req: reqwest::Request,
-        extensions: &mut http::Extensions,
-        next: reqwest_middleware::Next<'_>,
-    ) -> reqwest_middleware::Result<reqwest::Response> {
-        next.run(req, extensions).await
-    }
-}
 
 fn no_sleep(_: Duration) -> std::future::Ready<()> {
     std::future::ready(())
