@@ -11,8 +11,10 @@
 use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
-use overten_errors::{ApiError, RetryBudget, RetryPolicy, SplitMix64, TaskFailure};
-use overten_errors_http::{Diagnostics, Received, classify};
+use overten_errors::{
+    ApiError, Pacer, RandomSource, RetryBudget, RetryPolicy, SplitMix64, TaskFailure,
+};
+use overten_errors_http::{Diagnostics, Received, classify, observe_rate_limit};
 use serde_json::Value;
 
 fn received(f: &Value) -> Received {
@@ -26,6 +28,12 @@ fn received(f: &Value) -> Received {
         };
     }
     assert_eq!(f["kind"], "http_response");
+    let status =
+        StatusCode::from_u16(u16::try_from(resp["status"].as_u64().unwrap()).unwrap()).unwrap();
+    classify(status, &headers_of(resp), body.as_bytes())
+}
+
+fn headers_of(resp: &Value) -> HeaderMap {
     let mut headers = HeaderMap::new();
     for pair in resp["headers"].as_array().unwrap() {
         headers.append(
@@ -33,9 +41,43 @@ fn received(f: &Value) -> Received {
             HeaderValue::from_bytes(pair[1].as_str().unwrap().as_bytes()).unwrap(),
         );
     }
-    let status =
-        StatusCode::from_u16(u16::try_from(resp["status"].as_u64().unwrap()).unwrap()).unwrap();
-    classify(status, &headers, body.as_bytes())
+    headers
+}
+
+/// A pacing fixture: the key's hold for a request sent at `now_unix`, after the response
+/// is read, with the spread's draws from `rng`.
+fn pacing_hold(f: &Value, rng: &mut dyn RandomSource) -> Value {
+    let request = &f["request"];
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(request["now_unix"].as_u64().unwrap());
+    let pacer = request["held_until_unix_ms"]
+        .as_u64()
+        .map_or_else(Pacer::new, |ms| {
+            Pacer::holding(SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
+        });
+    let policy = RetryPolicy::default();
+    observe_rate_limit(&pacer, &headers_of(&f["response"]), || now, &policy, rng);
+    serde_json::json!(pacer.hold(now, &policy).map(|d| d.as_millis()))
+}
+
+fn replay_pacing(f: &Value, name: &str) {
+    let want = &f["expect"]["hold_ms"];
+    if let (Some(lo), Some(hi)) = (want["min_ms"].as_u64(), want["max_ms"].as_u64()) {
+        // The range's ends are the draws r = 0 and r = 2^64 - 1 (docs/README.md).
+        assert_eq!(pacing_hold(f, &mut || 0), lo, "{name} at r = 0");
+        assert_eq!(
+            pacing_hold(f, &mut || u64::MAX),
+            hi,
+            "{name} at r = 2^64 - 1"
+        );
+        for seed in 0..50 {
+            let ms = pacing_hold(f, &mut SplitMix64::new(seed)).as_u64().unwrap();
+            assert!((lo..=hi).contains(&ms), "{name}: {ms} not in {lo}..={hi}");
+        }
+    } else {
+        for seed in 0..50 {
+            assert_eq!(&pacing_hold(f, &mut SplitMix64::new(seed)), want, "{name}");
+        }
+    }
 }
 
 fn budget_of(request: &Value) -> RetryBudget {
@@ -94,6 +136,11 @@ fn every_fixture_replays() {
         let name = f["name"].as_str().unwrap();
         if f["kind"] == "transport_failure" {
             replay_transport(&f, name, &mut steps);
+            seen += 1;
+            continue;
+        }
+        if f["kind"] == "pacing" {
+            replay_pacing(&f, name);
             seen += 1;
             continue;
         }
