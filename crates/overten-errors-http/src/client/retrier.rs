@@ -86,8 +86,11 @@ pub struct Retrier<S> {
     pacer: Arc<Pacer>,
     rng: Mutex<SplitMix64>,
     sleep: S,
-    clock: fn() -> SystemTime,
+    clock: Clock,
 }
+
+/// Where a [`Retrier`] reads "now".
+type Clock = Box<dyn Fn() -> SystemTime + Send + Sync>;
 
 impl<S> std::fmt::Debug for Retrier<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -108,7 +111,7 @@ impl<S: Sleep> Retrier<S> {
             pacer: Arc::new(Pacer::new()),
             rng: Mutex::new(SplitMix64::new(process_seed())),
             sleep,
-            clock: SystemTime::now,
+            clock: Box::new(SystemTime::now),
         }
     }
 
@@ -136,10 +139,14 @@ impl<S: Sleep> Retrier<S> {
         }
     }
 
-    /// Reads "now" from `clock` instead of the system clock.
+    /// Reads "now" from `clock` instead of the system clock: a function, or a closure over
+    /// a clock the caller moves (tests).
     #[must_use]
-    pub fn with_clock(mut self, clock: fn() -> SystemTime) -> Retrier<S> {
-        self.clock = clock;
+    pub fn with_clock(
+        mut self,
+        clock: impl Fn() -> SystemTime + Send + Sync + 'static,
+    ) -> Retrier<S> {
+        self.clock = Box::new(clock);
         self
     }
 
@@ -164,7 +171,7 @@ impl<S: Sleep> Retrier<S> {
         super::classify::observe_rate_limit(
             &self.pacer,
             headers,
-            self.clock,
+            &self.clock,
             &self.policy,
             &mut || self.draw(),
         );
@@ -385,6 +392,36 @@ mod tests {
             .with_pacer(Arc::new(Pacer::holding(now() + Duration::from_secs(301))));
         assert_eq!(block_on(far.pace()), None);
         assert!(log.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_clock_the_caller_moves_ends_a_hold() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let secs = Arc::new(AtomicU64::new(1_000));
+        let clock = Arc::clone(&secs);
+        let policy = RetryPolicy::builder().wait_spread(0.0).build().unwrap();
+        let (log, sleep) = recorder();
+        let r = Retrier::new(policy, sleep).with_clock(move || {
+            SystemTime::UNIX_EPOCH + Duration::from_secs(clock.load(Ordering::SeqCst))
+        });
+        let mut h = http::HeaderMap::new();
+        for (k, v) in [
+            ("x-ratelimit-limit", "60"),
+            ("x-ratelimit-remaining", "0"),
+            ("x-ratelimit-reset", "1020"),
+        ] {
+            h.insert(k, http::HeaderValue::from_static(v));
+        }
+        r.observe(&h);
+        assert_eq!(block_on(r.pace()), Some(Duration::from_secs(20)));
+        secs.store(1_015, Ordering::SeqCst);
+        assert_eq!(block_on(r.pace()), Some(Duration::from_secs(5)));
+        secs.store(1_020, Ordering::SeqCst);
+        assert_eq!(block_on(r.pace()), None);
+        assert_eq!(
+            *log.lock().unwrap(),
+            vec![Duration::from_secs(20), Duration::from_secs(5)]
+        );
     }
 
     #[test]
