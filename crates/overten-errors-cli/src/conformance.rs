@@ -255,6 +255,24 @@ struct Shared {
     done: Notify,
 }
 
+impl Shared {
+    /// A run that starts now, with nothing recorded.
+    fn new() -> Shared {
+        Shared {
+            run: Mutex::new(Run {
+                start: Instant::now(),
+                attempts: Vec::new(),
+                counts: HashMap::new(),
+                tasks: HashMap::new(),
+                burst: Burst::default(),
+                overflow: false,
+            }),
+            burst_ready: Notify::new(),
+            done: Notify::new(),
+        }
+    }
+}
+
 type App = Arc<Shared>;
 
 fn lock(app: &App) -> std::sync::MutexGuard<'_, Run> {
@@ -1027,18 +1045,7 @@ async fn run(options: &Options) -> Result<bool, String> {
         .map_err(|e| format!("cannot listen on {}: {e}", options.addr))?;
     let bound = listener.local_addr().map_err(|e| e.to_string())?;
     let base = format!("http://{bound}");
-    let app: App = Arc::new(Shared {
-        run: Mutex::new(Run {
-            start: Instant::now(),
-            attempts: Vec::new(),
-            counts: HashMap::new(),
-            tasks: HashMap::new(),
-            burst: Burst::default(),
-            overflow: false,
-        }),
-        burst_ready: Notify::new(),
-        done: Notify::new(),
-    });
+    let app: App = Arc::new(Shared::new());
     let server = {
         let router = router(app.clone());
         tokio::spawn(async move {
@@ -1523,18 +1530,7 @@ mod tests {
     /// however staggered they came: a client with a fixed delay then retries in one instant.
     #[tokio::test]
     async fn the_burst_answers_its_first_requests_together() {
-        let app: App = Arc::new(Shared {
-            run: Mutex::new(Run {
-                start: Instant::now(),
-                attempts: Vec::new(),
-                counts: HashMap::new(),
-                tasks: HashMap::new(),
-                burst: Burst::default(),
-                overflow: false,
-            }),
-            burst_ready: Notify::new(),
-            done: Notify::new(),
-        });
+        let app: App = Arc::new(Shared::new());
         let burst = scenario("burst");
         let mut answered = Vec::new();
         let start = Instant::now();
