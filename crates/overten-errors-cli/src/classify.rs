@@ -54,13 +54,20 @@ fn parse_raw(bytes: &[u8]) -> Result<(StatusCode, HeaderMap, Vec<u8>), String> {
         let Some((name, value)) = line.split_once(':') else {
             return Err(format!("malformed header line {:?}", truncate(line)));
         };
-        let name = HeaderName::from_bytes(name.trim().as_bytes())
+        let name = HeaderName::from_bytes(ows(name).as_bytes())
             .map_err(|_| format!("malformed header name {:?}", truncate(name)))?;
-        let value = HeaderValue::from_str(value.trim())
+        let value = HeaderValue::from_str(ows(value))
             .map_err(|_| format!("malformed value of {name}"))?;
         headers.append(name, value);
     }
     Ok((status, headers, body.to_vec()))
+}
+
+/// `s` without the optional white space around it: U+0020 and U+0009 and nothing else
+/// (RFC 9110 OWS, as `docs/retry.md` reads a trimmed value): a no-break space, a vertical
+/// tab or a form feed stays, and the value is read with it.
+fn ows(s: &str) -> &str {
+    s.trim_matches([' ', '\t'])
 }
 
 fn truncate(s: &str) -> String {

@@ -99,6 +99,44 @@ fn classify_a_raw_response_on_stdin() {
     assert!(err.contains("status line"), "{err}");
 }
 
+/// A raw response's header values lose U+0020 and U+0009 around them and nothing else
+/// (`docs/retry.md`, Reading a response): a no-break space before the number makes the
+/// `Retry-After` invalid, as in a fixture, and the decision backs off instead.
+#[test]
+fn a_raw_header_value_is_trimmed_of_spaces_and_tabs_only() {
+    let decide = |value: &[u8]| {
+        let mut raw = b"HTTP/1.1 500 X\r\nRetry-After:".to_vec();
+        raw.extend_from_slice(value);
+        raw.extend_from_slice(b"\r\n\r\n");
+        let args = [
+            "classify", "--json", "--random", "0", "--now", "1700000000", "--attempt", "1",
+        ];
+        let (rc, out, err) = run(&args, Some(&raw));
+        assert_eq!(rc, 0, "{err}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()
+    };
+    for trimmed in [&b" 5"[..], b"\t5\t", b" \t 5 "] {
+        let v = decide(trimmed);
+        assert_eq!(v["action"]["after_ms"], 5000, "{trimmed:?}");
+        assert_eq!(v["action"]["basis"], "retry_after");
+    }
+    for kept in [&b"\xc2\xa05"[..], b"5\xc2\xa0", b" \xe2\x80\x835"] {
+        let v = decide(kept);
+        assert_eq!(v["action"]["basis"], "backoff", "{kept:?}: {v}");
+        assert_eq!(v["header_problems"], serde_json::json!(["retry-after"]));
+    }
+    // A control character other than HTAB is not a field value at all: the response is
+    // malformed, as an HTTP library would find it.
+    for control in [&b"\x0b5"[..], b"\x0c5", b"5\x7f"] {
+        let mut raw = b"HTTP/1.1 500 X\r\nRetry-After:".to_vec();
+        raw.extend_from_slice(control);
+        raw.extend_from_slice(b"\r\n\r\n");
+        let (rc, _, err) = run(&["classify", "--json"], Some(&raw));
+        assert_eq!(rc, 2, "{control:?}");
+        assert!(err.contains("retry-after"), "{err}");
+    }
+}
+
 struct Mock {
     child: Child,
     addr: SocketAddr,

@@ -31,6 +31,14 @@ pub static RETRY_AFTER: LazyLock<HeaderName> = LazyLock::new(|| name(&headers::R
 /// `X-Request-Id`.
 pub static REQUEST_ID: LazyLock<HeaderName> = LazyLock::new(|| name(&headers::REQUEST_ID));
 
+/// `Idempotency-Key` (draft-ietf-httpapi-idempotency-key-header): the header a client sends
+/// once per logical request and the server's idempotency layer reads. The page names no
+/// such header; it is this workspace's, on both sides, under this one name.
+pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+
+/// `Idempotent-Replayed`: `true` on a response the idempotency layer replayed.
+pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+
 /// The API key of `Authorization: Bearer <key>` (scheme in any case, then spaces), if any.
 /// A request with more than one `Authorization` header has none: which one counts would
 /// be ambiguous.

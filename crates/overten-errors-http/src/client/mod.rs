@@ -14,9 +14,10 @@ pub use classify::{
 };
 #[cfg(feature = "reqwest")]
 pub use reqwest::{
-    DecisionEvent, IDEMPOTENCY_KEY, Observer, Resubmission, RetryMiddleware, RetryOutcome,
+    DecisionEvent, Observer, Resubmission, RetryMiddleware, RetryOutcome,
     STREAMING_BODY, received_from_reqwest,
 };
 #[cfg(feature = "tokio")]
 pub use retrier::TokioSleep;
+pub use crate::names::IDEMPOTENCY_KEY;
 pub use retrier::{Attempt, GaveUp, Retrier, Sleep, process_seed};

@@ -21,8 +21,7 @@ use super::retrier::{Retrier, Sleep, process_seed};
 pub const STREAMING_BODY: &str =
     "the request body is a stream: it cannot be sent again, so it is not retried";
 
-/// The default idempotency-key header (draft-ietf-httpapi-idempotency-key-header).
-pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+use crate::names::IDEMPOTENCY_KEY;
 
 /// Reads a `reqwest::Response` into a [`Received`] (body capped at [`MAX_BODY_BYTES`]; a
 /// `Content-Length` over it is not read at all). The error is the transport's, when the

@@ -211,20 +211,33 @@ fn rewrite<B>(response: Response<B>, request_id: &str) -> Response<EnvelopeBody<
 fn log(request_id: &str, status: u16, sent: Option<&ApiError>, rewritten: Option<&ApiError>) {
     let err = sent.or(rewritten);
     let code = err.map_or("-", ApiError::wire_code);
-    let mut chain = String::new();
-    let mut cause = err.and_then(std::error::Error::source);
-    while let Some(c) = cause {
-        if !chain.is_empty() {
-            chain.push_str(": ");
-        }
-        chain.push_str(&c.to_string());
-        cause = c.source();
-    }
+    let chain = cause_chain(err.and_then(std::error::Error::source));
     if status >= 500 {
         tracing::error!(request_id, code, status, cause = %chain, "server error");
     } else {
         tracing::debug!(request_id, code, status, "client error");
     }
+}
+
+/// The texts of `cause` and its sources, joined by `": "`, each said once.
+///
+/// Errors differ on whether a wrapper prints its source: many (`redis::RedisError`, an
+/// `io::Error` inside, a `thiserror` variant with `{0}` and `#[source]`) both print it and
+/// return it from `source()`. A text the chain already ends with is not repeated, so
+/// `a: b` followed by `b` stays `a: b`.
+pub(crate) fn cause_chain(mut cause: Option<&(dyn std::error::Error + 'static)>) -> String {
+    let mut chain = String::new();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !text.is_empty() && !chain.ends_with(text.as_str()) {
+            if !chain.is_empty() {
+                chain.push_str(": ");
+            }
+            chain.push_str(&text);
+        }
+        cause = c.source();
+    }
+    chain
 }
 
 /// A handler's panic, as the cause of the 500 [`PanicEnvelope`] answers with: its text is
@@ -262,6 +275,42 @@ impl tower_http::catch_panic::ResponseForPanic for PanicEnvelope {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug)]
+    struct Wraps(&'static str, Option<Box<Wraps>>);
+    impl std::fmt::Display for Wraps {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+    impl std::error::Error for Wraps {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|e| e as _)
+        }
+    }
+
+    #[test]
+    fn a_cause_chain_says_each_text_once() {
+        // The store error prints its source, which prints its own: the log line of issue 25.
+        let io = Wraps("Connection refused (os error 111)", None);
+        let redis = Wraps("Connection refused (os error 111)", Some(Box::new(io)));
+        let store = Wraps(
+            "the store failed: Connection refused (os error 111)",
+            Some(Box::new(redis)),
+        );
+        assert_eq!(
+            cause_chain(Some(&store)),
+            "the store failed: Connection refused (os error 111)"
+        );
+        // Sources that add something new are all kept, in order.
+        let inner = Wraps("disk full", None);
+        let outer = Wraps("write failed", Some(Box::new(inner)));
+        assert_eq!(cause_chain(Some(&outer)), "write failed: disk full");
+        assert_eq!(cause_chain(None), "");
+        // An empty text adds no separator.
+        let empty = Wraps("", Some(Box::new(Wraps("x", None))));
+        assert_eq!(cause_chain(Some(&empty)), "x");
+    }
 
     #[test]
     fn ids_are_kept_whole_inline_or_not() {

@@ -41,7 +41,7 @@ pub use gateway::{
 pub use gateway::{RedisStore, RedisStoreBuilder};
 #[cfg(feature = "tower")]
 pub use idempotency::{
-    Claim, ClaimToken, Fingerprint, IDEMPOTENCY_KEY_HEADER, IDEMPOTENT_REPLAYED, Idempotency,
+    Claim, ClaimToken, Fingerprint, Idempotency,
     IdempotencyBody, IdempotencyLayer, IdempotencyStore, MemoryIdempotencyStore, RecordKey,
     StoredResponse,
 };
@@ -49,6 +49,7 @@ pub use idempotency::{
 pub use request_id::{
     MakeReqId, RequestIdLayers, SanitizeRequestId, SanitizeRequestIdLayer, request_id_layers,
 };
+pub use crate::names::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED};
 pub use response::{into_response, set_rate_limit_headers, set_request_id};
 
 /// The recommended server stack, outermost first: [`request_id_layers`] (drop an invalid

@@ -16,14 +16,6 @@ pub use store::{
     StoredResponse,
 };
 
-/// The request header (draft-ietf-httpapi-idempotency-key-header).
-pub const IDEMPOTENCY_KEY_HEADER: http::HeaderName =
-    http::HeaderName::from_static("idempotency-key");
-
-/// The header a replayed response carries: `Idempotent-Replayed: true`.
-pub const IDEMPOTENT_REPLAYED: http::HeaderName =
-    http::HeaderName::from_static("idempotent-replayed");
-
 /// Idempotency keys, as draft-ietf-httpapi-idempotency-key-header describes and the page's
 /// 409 `conflict` ("Idempotency key reused with a different request body") names.
 ///

@@ -13,7 +13,8 @@ use overten_errors::{ApiError, ErrorCode, RetryAfter};
 use tower_service::Service;
 
 use super::store::{Claim, ClaimToken, Fingerprint, IdempotencyStore, RecordKey, StoredResponse};
-use super::{Config, IDEMPOTENCY_KEY_HEADER, IDEMPOTENT_REPLAYED};
+use super::Config;
+use crate::names::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED};
 use crate::names;
 use crate::server::StoreFailure;
 use crate::server::gateway::{Account, BoxFuture, KeyHash};
@@ -70,7 +71,7 @@ fn answer<B: Body>(err: ApiError) -> Response<IdempotencyBody<B>> {
 
 /// The key of the request: `None` if absent, `Err` if malformed.
 fn idempotency_key(headers: &http::HeaderMap) -> Option<Result<&str, ApiError>> {
-    let mut all = headers.get_all(IDEMPOTENCY_KEY_HEADER).iter();
+    let mut all = headers.get_all(IDEMPOTENCY_KEY).iter();
     let first = all.next()?;
     let bad = || {
         ApiError::new(
