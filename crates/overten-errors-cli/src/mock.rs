@@ -71,7 +71,9 @@ pub(crate) fn accounts(
     keys: &[String],
     file: Option<&std::path::Path>,
 ) -> Result<MockAccounts, String> {
-    let mut out = Vec::new();
+    let mut out: Vec<(String, Tier, String)> = Vec::new();
+    // Where each key was named, to name both places of a duplicate.
+    let mut named: HashMap<String, String> = HashMap::new();
     let mut add = |key: &str, tier: &str, org: Option<&str>, at: &str| -> Result<(), String> {
         let mut headers = HeaderMap::new();
         let bearer = http::HeaderValue::from_str(&format!("Bearer {key}"))
@@ -94,20 +96,26 @@ pub(crate) fn accounts(
             Some(_) => return Err(format!("{at}: an org is 1 to 128 visible ASCII characters")),
             None => default_org(&KeyHash::of(key)),
         };
+        if let Some(first) = named.insert(key.to_owned(), at.to_owned()) {
+            return Err(format!(
+                "{at}: the key is named twice (first by {first}); name each key once"
+            ));
+        }
         out.push((key.to_owned(), tier, org));
         Ok(())
     };
-    for k in keys {
+    for (n, k) in keys.iter().enumerate() {
         let mut parts = k.splitn(3, ':');
         let (key, tier, org) = (parts.next().unwrap_or(""), parts.next(), parts.next());
         let Some(tier) = tier else {
             return Err(format!("--key {k:.40}: expected KEY:TIER or KEY:TIER:ORG"));
         };
-        add(key, tier, org, "--key")?;
+        add(key, tier, org, &format!("--key #{}", n + 1))?;
     }
     if let Some(path) = file {
         let text =
             std::fs::read_to_string(path).map_err(|e| format!("--keys {}: {e}", path.display()))?;
+        let mut listed = 0_usize;
         for (n, line) in text.lines().enumerate() {
             let line = line.split('#').next().unwrap_or("").trim();
             if line.is_empty() {
@@ -120,6 +128,15 @@ pub(crate) fn accounts(
                 [key, tier, org] => add(key, tier, Some(org), &at)?,
                 _ => return Err(format!("{at}: expected KEY TIER [ORG]")),
             }
+            listed += 1;
+        }
+        // Fail closed: a file meant to list the keys that names none must not open the
+        // mock to every key.
+        if listed == 0 {
+            return Err(format!(
+                "--keys {}: the file names no key (only the keys named are accepted; leave out --keys to accept any key)",
+                path.display()
+            ));
         }
     }
     Ok(if out.is_empty() {
@@ -406,11 +423,13 @@ pub(crate) fn main(options: &Options) -> ExitCode {
         serve(listener, app, options.header_timeout, shutdown_signal()).await;
         Ok(())
     });
+    // Every error above is a start input the mock could not use (a bad or dead --redis, an
+    // address it cannot bind): exit 2, as for every other bad start input.
     match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("overten-errors mock: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(2)
         }
     }
 }

@@ -512,8 +512,53 @@ fn the_mock_reads_keys_from_a_file_and_refuses_bad_ones() {
         ],
         None,
     );
-    assert_ne!(rc, 0, "no Redis there: {err}");
+    assert_eq!(rc, 2, "no Redis there: a bad start input: {err}");
     assert!(err.contains("--redis"), "{err}");
+    for bad_url in ["not a url", "http://127.0.0.1:6379/", "redis://"] {
+        let (rc, _, err) = run(
+            &["mock", "--addr", "127.0.0.1:0", "--redis", bad_url],
+            None,
+        );
+        assert_eq!(rc, 2, "{bad_url}: {err}");
+        assert!(err.contains("--redis"), "{bad_url}: {err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A `--keys` file that names no key fails closed (the mock does not start and accept
+/// every key), and a key named twice, in the file or by `--key` and the file, is an error
+/// naming both places.
+#[test]
+fn the_mock_refuses_a_keys_file_naming_no_key_or_a_key_twice() {
+    let dir = std::env::temp_dir().join(format!("overten-cli-keys2-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("keys.txt");
+    let path = file.to_str().unwrap();
+    let start = |extra: &[&str]| {
+        let mut args = vec!["mock", "--addr", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        run(&args, None)
+    };
+    for empty in ["", "# none\n", "\n\n   \n# a\n  # b\n"] {
+        std::fs::write(&file, empty).unwrap();
+        let (rc, _, err) = start(&["--keys", path]);
+        assert_eq!(rc, 2, "{empty:?}: {err}");
+        assert!(err.contains("names no key"), "{err}");
+        // Keys given by --key do not make an empty file acceptable either.
+        let (rc, _, err) = start(&["--key", "sk_live_a:pro", "--keys", path]);
+        assert_eq!(rc, 2, "{empty:?}: {err}");
+    }
+    std::fs::write(&file, "sk_live_d1 free\n# x\nsk_live_d2 pro\nsk_live_d1 pro\n").unwrap();
+    let (rc, _, err) = start(&["--keys", path]);
+    assert_eq!(rc, 2, "{err}");
+    assert!(err.contains("line 4") && err.contains("line 1"), "{err}");
+    std::fs::write(&file, "sk_live_d2 pro\n").unwrap();
+    let (rc, _, err) = start(&["--key", "sk_live_d2:free", "--keys", path]);
+    assert_eq!(rc, 2, "{err}");
+    assert!(err.contains("line 1") && err.contains("--key #1"), "{err}");
+    let (rc, _, err) = start(&["--key", "sk_live_d3:free", "--key", "sk_live_d3:pro"]);
+    assert_eq!(rc, 2, "{err}");
+    assert!(err.contains("--key #2") && err.contains("--key #1"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
