@@ -56,8 +56,8 @@ fn parse_raw(bytes: &[u8]) -> Result<(StatusCode, HeaderMap, Vec<u8>), String> {
         };
         let name = HeaderName::from_bytes(ows(name).as_bytes())
             .map_err(|_| format!("malformed header name {:?}", truncate(name)))?;
-        let value = HeaderValue::from_str(ows(value))
-            .map_err(|_| format!("malformed value of {name}"))?;
+        let value =
+            HeaderValue::from_str(ows(value)).map_err(|_| format!("malformed value of {name}"))?;
         headers.append(name, value);
     }
     Ok((status, headers, body.to_vec()))

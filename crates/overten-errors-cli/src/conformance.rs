@@ -42,6 +42,12 @@ const SLACK: Duration = Duration::from_millis(20);
 const MAX_BODY: usize = 64 * 1024;
 /// The most requests recorded; past it, requests are answered 503 and the run fails.
 const MAX_RECORDED: usize = 10_000;
+/// The most task ids handed out in one run (a conforming client needs one).
+const MAX_TASKS: usize = 1_000;
+/// The largest request body kept parsed in the record (its SHA-256 is always kept): the
+/// scenarios' bodies are a few dozen bytes, and 10,000 bodies of 64 KiB would hold
+/// hundreds of MB.
+const MAX_RECORDED_BODY: usize = 8 * 1024;
 
 /// A rule of `docs/retry.md` that the wire can show.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -404,6 +410,12 @@ async fn handle(State(app): State<App>, request: Request) -> Response {
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    // Past the record's bound nothing is answered, handed out or kept: a flood costs no
+    // memory (every map of the run is bounded).
+    if lock(&app).attempts.len() >= MAX_RECORDED {
+        lock(&app).overflow = true;
+        return error(&ApiError::from(ErrorCode::ServiceUnavailable));
+    }
     let json_body = serde_json::from_slice::<Value>(&bytes).ok();
     let base = format!(
         "http://{}",
@@ -449,7 +461,7 @@ async fn handle(State(app): State<App>, request: Request) -> Response {
         path,
         key,
         body_sha256: hex(&sha2::Sha256::digest(&bytes)),
-        body: json_body,
+        body: json_body.filter(|_| bytes.len() <= MAX_RECORDED_BODY),
         status: response.status().as_u16(),
         named,
     });
@@ -493,6 +505,13 @@ async fn answer(
     if s.name == "sync-timeout" && body.and_then(|b| b.get("async")) == Some(&json!(true)) {
         let id = {
             let mut run = lock(app);
+            if run.tasks.len() >= MAX_TASKS {
+                run.overflow = true;
+                return (
+                    error(&ApiError::from(ErrorCode::ServiceUnavailable)),
+                    Named::Nothing,
+                );
+            }
             let id = format!("task_conformance_{}", run.tasks.len() + 1);
             run.tasks.insert(id.clone(), 0);
             id
@@ -1039,6 +1058,23 @@ pub(crate) fn main(options: &Options) -> ExitCode {
     }
 }
 
+/// Stops `child` and every process of its group (SIGKILL to the group the child leads).
+/// `group` is the child's pid, read while it ran: the group outlives its leader while any
+/// member is left.
+async fn stop_group(child: &mut tokio::process::Child, group: Option<u32>) {
+    #[cfg(unix)]
+    if let Some(pid) = group {
+        // This crate forbids `unsafe`, so no `kill(2)` here: the shell's `kill` takes a
+        // negative pid as a group, and its exit status does not matter (the group may be
+        // gone already).
+        let _ = tokio::process::Command::new("sh")
+            .args(["-c", &format!("kill -KILL -{pid} 2>/dev/null")])
+            .status()
+            .await;
+    }
+    let _ = child.kill().await;
+}
+
 async fn run(options: &Options) -> Result<bool, String> {
     let listener = tokio::net::TcpListener::bind(options.addr)
         .await
@@ -1071,7 +1107,11 @@ async fn run(options: &Options) -> Result<bool, String> {
             ));
         }
     } else {
-        let mut child = tokio::process::Command::new(&options.command[0])
+        let mut command = tokio::process::Command::new(&options.command[0]);
+        // A process group of its own, so that what the program started goes with it.
+        #[cfg(unix)]
+        command.process_group(0);
+        let mut child = command
             .args(&options.command[1..])
             .env("OVERTEN_BASE_URL", &base)
             .env("OVERTEN_API_KEY", API_KEY)
@@ -1080,6 +1120,7 @@ async fn run(options: &Options) -> Result<bool, String> {
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| format!("cannot run {}: {e}", options.command[0]))?;
+        let group = child.id();
         tokio::select! {
             status = child.wait() => match status {
                 Ok(s) if s.success() => {}
@@ -1090,16 +1131,18 @@ async fn run(options: &Options) -> Result<bool, String> {
                 let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
             }
             () = tokio::time::sleep(options.timeout) => {
-                let _ = child.kill().await;
                 problems.push(format!("the client program ran past {} s and was stopped", options.timeout.as_secs()));
             }
         }
+        // Whatever of the program's group is still running (the program itself past its
+        // timeout, or children it left behind) is stopped with it.
+        stop_group(&mut child, group).await;
     }
     let (graded, elapsed) = {
         let run = lock(&app);
         if run.overflow {
             problems.push(format!(
-                "more than {MAX_RECORDED} requests: the rest were not recorded"
+                "more than {MAX_RECORDED} requests or {MAX_TASKS} async resubmissions: the rest were answered 503 and not recorded"
             ));
         }
         (grade(&run), run.start.elapsed())
@@ -1524,6 +1567,45 @@ mod tests {
         assert_eq!(hex(&[0x0f, 0xa0, 0x00]), "0fa000");
         assert_eq!(millis(Duration::from_millis(1234)), 1234);
         assert!(Rule::Spread.text().contains("spread"));
+    }
+
+    /// A flood past the record's bound adds nothing: no attempt, no task id, no body. On
+    /// the main of issue 25 every async resubmission past 10,000 requests still added a
+    /// task id.
+    #[tokio::test]
+    async fn a_flood_is_bounded_in_every_map() {
+        let app: App = Arc::new(Shared::new());
+        let post = |body: String| {
+            Request::builder()
+                .method("POST")
+                .uri("/conformance/sync-timeout")
+                .body(Body::from(body))
+                .unwrap()
+        };
+        let big = format!(
+            r#"{{"async":true,"pad":"{}"}}"#,
+            "x".repeat(MAX_RECORDED_BODY)
+        );
+        let r = handle(State(Arc::clone(&app)), post(big)).await;
+        assert_eq!(r.status(), 202);
+        assert!(
+            lock(&app).attempts[0].body.is_none(),
+            "a large body is not kept parsed"
+        );
+        let mut statuses = HashMap::new();
+        for _ in 0..(MAX_RECORDED + 200) {
+            let r = handle(State(Arc::clone(&app)), post(r#"{"async":true}"#.into())).await;
+            *statuses.entry(r.status().as_u16()).or_insert(0) += 1;
+        }
+        let run = lock(&app);
+        assert!(run.tasks.len() <= MAX_TASKS, "{} tasks", run.tasks.len());
+        assert_eq!(run.attempts.len(), MAX_RECORDED);
+        assert!(run.overflow);
+        assert_eq!(statuses.get(&202), Some(&(MAX_TASKS - 1)));
+        assert_eq!(
+            statuses.get(&503),
+            Some(&(MAX_RECORDED + 200 - (MAX_TASKS - 1)))
+        );
     }
 
     /// The burst's first requests are held until all 8 arrived, then answered together,

@@ -109,7 +109,14 @@ fn a_raw_header_value_is_trimmed_of_spaces_and_tabs_only() {
         raw.extend_from_slice(value);
         raw.extend_from_slice(b"\r\n\r\n");
         let args = [
-            "classify", "--json", "--random", "0", "--now", "1700000000", "--attempt", "1",
+            "classify",
+            "--json",
+            "--random",
+            "0",
+            "--now",
+            "1700000000",
+            "--attempt",
+            "1",
         ];
         let (rc, out, err) = run(&args, Some(&raw));
         assert_eq!(rc, 0, "{err}");
@@ -515,10 +522,7 @@ fn the_mock_reads_keys_from_a_file_and_refuses_bad_ones() {
     assert_eq!(rc, 2, "no Redis there: a bad start input: {err}");
     assert!(err.contains("--redis"), "{err}");
     for bad_url in ["not a url", "http://127.0.0.1:6379/", "redis://"] {
-        let (rc, _, err) = run(
-            &["mock", "--addr", "127.0.0.1:0", "--redis", bad_url],
-            None,
-        );
+        let (rc, _, err) = run(&["mock", "--addr", "127.0.0.1:0", "--redis", bad_url], None);
         assert_eq!(rc, 2, "{bad_url}: {err}");
         assert!(err.contains("--redis"), "{bad_url}: {err}");
     }
@@ -548,7 +552,11 @@ fn the_mock_refuses_a_keys_file_naming_no_key_or_a_key_twice() {
         let (rc, _, err) = start(&["--key", "sk_live_a:pro", "--keys", path]);
         assert_eq!(rc, 2, "{empty:?}: {err}");
     }
-    std::fs::write(&file, "sk_live_d1 free\n# x\nsk_live_d2 pro\nsk_live_d1 pro\n").unwrap();
+    std::fs::write(
+        &file,
+        "sk_live_d1 free\n# x\nsk_live_d2 pro\nsk_live_d1 pro\n",
+    )
+    .unwrap();
     let (rc, _, err) = start(&["--keys", path]);
     assert_eq!(rc, 2, "{err}");
     assert!(err.contains("line 4") && err.contains("line 1"), "{err}");
@@ -558,7 +566,10 @@ fn the_mock_refuses_a_keys_file_naming_no_key_or_a_key_twice() {
     assert!(err.contains("line 1") && err.contains("--key #1"), "{err}");
     let (rc, _, err) = start(&["--key", "sk_live_d3:free", "--key", "sk_live_d3:pro"]);
     assert_eq!(rc, 2, "{err}");
-    assert!(err.contains("--key #2") && err.contains("--key #1"), "{err}");
+    assert!(
+        err.contains("--key #2") && err.contains("--key #1"),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -350,3 +350,65 @@ fn reports_come_as_text_and_junit_and_the_exit_code_says_pass_or_fail() {
     assert!(junit.contains("errors=\"1\""), "{junit}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Whether process `pid` is alive (a zombie counts as gone: it runs nothing).
+fn alive(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .next()?
+                .to_owned();
+            Some(state != "Z" && state != "X")
+        })
+        .unwrap_or(false)
+}
+
+/// What the client program started goes with it: its whole process group is stopped,
+/// whether the program ran past `--timeout` or exited and left a child behind. On the main
+/// of issue 25 the `sleep 600` kept running.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_programs_children_do_not_outlive_the_grader() {
+    let dir = std::env::temp_dir().join(format!("overten-conf-group-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, script, timeout) in [
+        ("timed-out", "sleep 600 & echo $! > \"$0\"; wait", "1"),
+        ("exited", "sleep 600 & echo $! > \"$0\"; exit 0", "30"),
+    ] {
+        let pid_file = dir.join(name);
+        let out = Command::new(BIN)
+            .args([
+                "conformance",
+                "--timeout",
+                timeout,
+                "--format",
+                "json",
+                "--",
+            ])
+            .args(["sh", "-c", script, pid_file.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{name}");
+        let pid = std::fs::read_to_string(&pid_file).unwrap();
+        let pid = pid.trim();
+        assert!(!pid.is_empty(), "{name}");
+        // The grader has exited: poll to a deadline for the kill to land.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while alive(pid) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let gone = !alive(pid);
+        if !gone {
+            let _ = Command::new("kill").args(["-KILL", pid]).status();
+        }
+        assert!(
+            gone,
+            "{name}: the program's child {pid} outlived the grader"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -73,8 +73,8 @@ pub use client::{
     process_seed, rate_limit_headers, read_body_limited, request_id_header, retry_after_header,
 };
 pub use names::{
-    IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, RATE_LIMIT_LIMIT, RATE_LIMIT_REMAINING, RATE_LIMIT_RESET, REQUEST_ID, RETRY_AFTER, bearer_key,
-    live_api_key,
+    IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, RATE_LIMIT_LIMIT, RATE_LIMIT_REMAINING, RATE_LIMIT_RESET,
+    REQUEST_ID, RETRY_AFTER, bearer_key, live_api_key,
 };
 pub use server::{into_response, set_rate_limit_headers, set_request_id};
 
@@ -82,8 +82,8 @@ pub use server::{into_response, set_rate_limit_headers, set_request_id};
 pub use client::TokioSleep;
 #[cfg(feature = "reqwest")]
 pub use client::{
-    DecisionEvent, Observer, Resubmission, RetryMiddleware, RetryOutcome,
-    STREAMING_BODY, received_from_reqwest,
+    DecisionEvent, Observer, Resubmission, RetryMiddleware, RetryOutcome, STREAMING_BODY,
+    received_from_reqwest,
 };
 #[cfg(feature = "tower")]
 pub use server::{

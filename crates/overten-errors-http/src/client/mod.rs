@@ -7,6 +7,7 @@ mod classify;
 mod reqwest;
 mod retrier;
 
+pub use crate::names::IDEMPOTENCY_KEY;
 pub use classify::{
     BodyIssue, Diagnostics, HeaderError, MAX_BODY_BYTES, MAX_REQUEST_ID_BYTES, Received, classify,
     classify_parts, classify_response, observe_rate_limit, rate_limit_headers, read_body_limited,
@@ -14,10 +15,9 @@ pub use classify::{
 };
 #[cfg(feature = "reqwest")]
 pub use reqwest::{
-    DecisionEvent, Observer, Resubmission, RetryMiddleware, RetryOutcome,
-    STREAMING_BODY, received_from_reqwest,
+    DecisionEvent, Observer, Resubmission, RetryMiddleware, RetryOutcome, STREAMING_BODY,
+    received_from_reqwest,
 };
 #[cfg(feature = "tokio")]
 pub use retrier::TokioSleep;
-pub use crate::names::IDEMPOTENCY_KEY;
 pub use retrier::{Attempt, GaveUp, Retrier, Sleep, process_seed};

@@ -25,6 +25,7 @@ mod response;
 
 #[cfg(feature = "axum")]
 pub use self::axum::{HandlerError, Json, Path, Query, from_json_bytes};
+pub use crate::names::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED};
 #[cfg(feature = "tower")]
 pub use ceiling::{SyncCeiling, SyncCeilingLayer};
 #[cfg(feature = "tower")]
@@ -41,15 +42,13 @@ pub use gateway::{
 pub use gateway::{RedisStore, RedisStoreBuilder};
 #[cfg(feature = "tower")]
 pub use idempotency::{
-    Claim, ClaimToken, Fingerprint, Idempotency,
-    IdempotencyBody, IdempotencyLayer, IdempotencyStore, MemoryIdempotencyStore, RecordKey,
-    StoredResponse,
+    Claim, ClaimToken, Fingerprint, Idempotency, IdempotencyBody, IdempotencyLayer,
+    IdempotencyStore, MemoryIdempotencyStore, RecordKey, StoredResponse,
 };
 #[cfg(feature = "tower")]
 pub use request_id::{
     MakeReqId, RequestIdLayers, SanitizeRequestId, SanitizeRequestIdLayer, request_id_layers,
 };
-pub use crate::names::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED};
 pub use response::{into_response, set_rate_limit_headers, set_request_id};
 
 /// The recommended server stack, outermost first: [`request_id_layers`] (drop an invalid

@@ -12,10 +12,10 @@ use http_body_util::{BodyExt, Either, Full, Limited};
 use overten_errors::{ApiError, ErrorCode, RetryAfter};
 use tower_service::Service;
 
-use super::store::{Claim, ClaimToken, Fingerprint, IdempotencyStore, RecordKey, StoredResponse};
 use super::Config;
-use crate::names::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED};
+use super::store::{Claim, ClaimToken, Fingerprint, IdempotencyStore, RecordKey, StoredResponse};
 use crate::names;
+use crate::names::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED};
 use crate::server::StoreFailure;
 use crate::server::gateway::{Account, BoxFuture, KeyHash};
 
