@@ -6,6 +6,7 @@ use std::borrow::Cow;
 use crate::code::{Code, ErrorCode};
 use crate::envelope::{Envelope, ErrorBody};
 use crate::hints::{RateLimit, RetryAfter};
+use crate::limits::Tier;
 use crate::pointer::{self, JsonPointer};
 use crate::rule::RetryRule;
 use crate::text::{self, LogSafe};
@@ -140,6 +141,31 @@ impl ApiError {
     /// `cause` is kept for logs only.
     pub fn internal(cause: impl Into<Cause>) -> ApiError {
         ApiError::from(ErrorCode::InternalError).with_cause(cause)
+    }
+
+    /// A 413 `payload_too_large` for a request body over its upload limit: one message for
+    /// the condition, wherever it is found (an announced `Content-Length`, a body that
+    /// streams past the limit, an idempotency layer that reads it).
+    ///
+    /// ```
+    /// use overten_errors::{ApiError, Tier};
+    /// let err = ApiError::upload_too_large(Some(Tier::Free), 10 * 1024 * 1024);
+    /// assert_eq!(err.status(), 413);
+    /// assert_eq!(
+    ///     err.message(),
+    ///     "The request body exceeds the free tier's upload limit of 10485760 bytes"
+    /// );
+    /// let err = ApiError::upload_too_large(None, 1024);
+    /// assert_eq!(err.message(), "The request body exceeds the upload limit of 1024 bytes");
+    /// ```
+    pub fn upload_too_large(tier: Option<Tier>, limit_bytes: u64) -> ApiError {
+        let message = match tier {
+            Some(tier) => format!(
+                "The request body exceeds the {tier} tier's upload limit of {limit_bytes} bytes"
+            ),
+            None => format!("The request body exceeds the upload limit of {limit_bytes} bytes"),
+        };
+        ApiError::new(ErrorCode::PayloadTooLarge, message)
     }
 
     /// A 422 `validation_error` for the field at `pointer`: the message is

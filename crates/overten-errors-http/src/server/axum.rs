@@ -116,13 +116,30 @@ where
                 "Expected a request body with Content-Type: application/json",
             )));
         }
+        // Behind the gateway, the limit is the tier's, and the 413 says so as the gateway's
+        // own does.
+        #[cfg(feature = "tower")]
+        let limit = {
+            let tier = req
+                .extensions()
+                .get::<crate::server::Account>()
+                .map(|a| a.tier);
+            req.extensions()
+                .get::<crate::server::TierLimits>()
+                .map(|l| (tier, l.upload_bytes))
+        };
+        #[cfg(not(feature = "tower"))]
+        let limit: Option<(Option<overten_errors::Tier>, u64)> = None;
         let bytes = match axum::body::Bytes::from_request(req, state).await {
             Ok(bytes) => bytes,
             Err(rejection) if rejection.status() == http::StatusCode::PAYLOAD_TOO_LARGE => {
-                return Err(HandlerError::new(ApiError::new(
-                    ErrorCode::PayloadTooLarge,
-                    "The request body exceeds the limit",
-                )));
+                return Err(HandlerError::new(match limit {
+                    Some((tier, bytes)) => ApiError::upload_too_large(tier, bytes),
+                    None => ApiError::new(
+                        ErrorCode::PayloadTooLarge,
+                        "The request body exceeds the limit",
+                    ),
+                }));
             }
             Err(_) => {
                 return Err(HandlerError::new(ApiError::new(

@@ -15,7 +15,7 @@ use super::accounts::{Account, AccountStatus, KeyHash};
 use super::body::GatewayBody;
 use super::permit::RunPermit;
 use super::store::{Admit, BoxFuture, PermitId, RunAdmission, RunAsk, StoreError};
-use super::{Config, StoreFailure, rank};
+use super::{Config, StoreFailure, TierLimits, rank};
 use crate::server::set_rate_limit_headers;
 
 /// The service of [`GatewayLayer`](super::GatewayLayer).
@@ -98,17 +98,11 @@ struct Admitted {
     hash: KeyHash,
     stamp: Option<RateLimit>,
     permit: Option<RunPermit>,
-    upload: usize,
+    limits: TierLimits,
 }
 
 fn too_large(account: &Account, limit: u64) -> ApiError {
-    ApiError::new(
-        ErrorCode::PayloadTooLarge,
-        format!(
-            "The request body exceeds the {} tier's upload limit of {limit} bytes",
-            account.tier
-        ),
-    )
+    ApiError::upload_too_large(Some(account.tier), limit)
 }
 
 /// Step 2: the key's account, if it may use this path. A lookup that fails is a 503
@@ -161,7 +155,6 @@ async fn gate(config: &Config, head: &http::request::Parts) -> Result<Admitted, 
 
     let account = account(config, &hash, head.uri.path()).await?;
     let limits = config.limits_of(account.tier);
-    let upload = usize::try_from(limits.upload_bytes).unwrap_or(usize::MAX);
 
     // 3. Count, and a permit for a run, in one store call. A body announced too large
     // asks no permit: it is answered 413 once counted.
@@ -196,7 +189,7 @@ async fn gate(config: &Config, head: &http::request::Parts) -> Result<Admitted, 
                 hash,
                 stamp: None,
                 permit: None,
-                upload,
+                limits,
             });
         }
     };
@@ -238,7 +231,7 @@ async fn gate(config: &Config, head: &http::request::Parts) -> Result<Admitted, 
         hash,
         stamp: Some(rate_limit),
         permit,
-        upload,
+        limits,
     })
 }
 
@@ -255,18 +248,51 @@ where
         Ok(admitted) => admitted,
         Err(err) => return Ok(answer(err)),
     };
-    // 5. Pass, with the account, the key's hash and the permit; the body limited.
+    // 5. Pass, with the account, the key's hash, the tier's limits and the permit; the body
+    // limited to the tier's upload limit.
+    let upload = admitted.limits.upload_bytes;
+    let tier = admitted.account.tier;
     head.extensions.insert(admitted.account);
     head.extensions.insert(admitted.hash);
+    head.extensions.insert(admitted.limits);
     if let Some(permit) = &admitted.permit {
         head.extensions.insert(permit.clone());
     }
-    let req = Request::from_parts(head, Limited::new(body, admitted.upload));
+    let mut req = Request::from_parts(
+        head,
+        Limited::new(body, usize::try_from(upload).unwrap_or(usize::MAX)),
+    );
+    // axum's extractors cap a body at 2 MB of their own unless told otherwise: the tier's
+    // limit is the one that holds.
+    #[cfg(feature = "axum")]
+    axum::extract::DefaultBodyLimit::max(usize::try_from(upload).unwrap_or(usize::MAX))
+        .apply(&mut req);
     // If the inner service fails or this future is dropped (the client went away), the
     // permit is dropped with it and goes back.
-    let mut response = inner.call(req).await?;
+    let response = inner.call(req).await?;
+    let mut response = if framework_too_large(&response) {
+        // A body that streamed past the limit, refused by the framework (axum's
+        // extractors) in its own words: the same envelope as an announced one.
+        // The handler has returned: its run, and its permit, end here.
+        drop(response);
+        answer(ApiError::upload_too_large(Some(tier), upload))
+    } else {
+        response.map(|body| GatewayBody::inner(body, admitted.permit))
+    };
     if let Some(rate_limit) = &admitted.stamp {
         set_rate_limit_headers(response.headers_mut(), rate_limit);
     }
-    Ok(response.map(|body| GatewayBody::inner(body, admitted.permit)))
+    Ok(response)
+}
+
+/// A 413 the inner service did not write as an envelope (no `ApiError` in its extensions,
+/// not JSON): the framework's own answer to a body over its limit.
+fn framework_too_large<B>(response: &Response<B>) -> bool {
+    response.status() == http::StatusCode::PAYLOAD_TOO_LARGE
+        && response.extensions().get::<ApiError>().is_none()
+        && !response
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim_start().starts_with("application/json"))
 }

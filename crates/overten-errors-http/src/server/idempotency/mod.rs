@@ -21,8 +21,9 @@ pub use store::{
 ///
 /// A request that carries `Idempotency-Key` (one header, 1 to 255 visible ASCII characters,
 /// else 400 `invalid_request`) is fingerprinted (SHA-256 over its method, path and query,
-/// and body; a body over [`IdempotencyLayer::max_request_bytes`], default 1 MiB, is 413
-/// `payload_too_large`) and claimed in the store under the caller's org (from the gateway's
+/// and body; a body over the caller's tier's upload limit, or without a gateway over
+/// [`IdempotencyLayer::max_request_bytes`] (default 1 MiB), is 413 `payload_too_large`, and
+/// keyed bodies held at once are bounded by [`IdempotencyLayer::max_buffered_bytes`]) and claimed in the store under the caller's org (from the gateway's
 /// `Account`; without one, the key's hash) and the key, so two orgs never see each other's
 /// records:
 ///
@@ -78,6 +79,9 @@ pub(crate) struct Config {
     pub(crate) retention: Duration,
     pub(crate) lease: Duration,
     pub(crate) max_request_bytes: usize,
+    pub(crate) max_buffered_bytes: usize,
+    /// Request bytes held by this layer's requests right now, across every clone.
+    pub(crate) buffered: Arc<std::sync::atomic::AtomicUsize>,
     pub(crate) max_response_bytes: usize,
     pub(crate) in_progress_retry_after: Duration,
     pub(crate) on_store_error: crate::server::StoreFailure,
@@ -89,6 +93,7 @@ impl std::fmt::Debug for IdempotencyLayer {
             .field("retention", &self.config.retention)
             .field("lease", &self.config.lease)
             .field("max_request_bytes", &self.config.max_request_bytes)
+            .field("max_buffered_bytes", &self.config.max_buffered_bytes)
             .field("max_response_bytes", &self.config.max_response_bytes)
             .finish_non_exhaustive()
     }
@@ -103,6 +108,8 @@ impl IdempotencyLayer {
                 retention: Duration::from_secs(24 * 60 * 60),
                 lease: Duration::from_secs(SYNC_TIMEOUT_SECONDS + 60),
                 max_request_bytes: 1024 * 1024,
+                max_buffered_bytes: Self::DEFAULT_MAX_BUFFERED_BYTES,
+                buffered: Arc::default(),
                 max_response_bytes: 1024 * 1024,
                 in_progress_retry_after: Duration::from_secs(1),
                 on_store_error: crate::server::StoreFailure::default(),
@@ -127,11 +134,26 @@ impl IdempotencyLayer {
         self.edit(|c| c.lease = d)
     }
 
-    /// The largest request body fingerprinted (default 1 MiB); a larger one with a key is
-    /// 413 `payload_too_large`.
+    /// The largest request body fingerprinted when no gateway is in front (default 1 MiB);
+    /// a larger one with a key is 413 `payload_too_large`. Behind the gateway, the limit is
+    /// the caller's tier's upload limit ([`TierLimits`](crate::server::TierLimits) in the
+    /// request's extensions) and this setting is not used.
     #[must_use]
     pub fn max_request_bytes(self, n: usize) -> IdempotencyLayer {
         self.edit(|c| c.max_request_bytes = n)
+    }
+
+    /// The default of [`IdempotencyLayer::max_buffered_bytes`]: 256 MiB.
+    pub const DEFAULT_MAX_BUFFERED_BYTES: usize = 256 * 1024 * 1024;
+
+    /// The most request-body bytes that keyed requests may hold in memory at once, across
+    /// every request through this layer (default 256 MiB). A keyed body is read whole before
+    /// it is fingerprinted and claimed; one that would take the total past this bound is
+    /// answered 503 `service_unavailable` with `Retry-After` (capacity exhausted, as the
+    /// page names it), so many large uploads at once cannot exhaust the process's memory.
+    #[must_use]
+    pub fn max_buffered_bytes(self, n: usize) -> IdempotencyLayer {
+        self.edit(|c| c.max_buffered_bytes = n)
     }
 
     /// The largest response body kept (default 1 MiB).

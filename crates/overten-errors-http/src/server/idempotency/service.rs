@@ -2,13 +2,14 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, HeaderName, TRANSFER_ENCODING};
 use http::{HeaderValue, Request, Response};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::{BodyExt, Either, Full, Limited};
+use http_body_util::{BodyExt, Either, Full};
 use overten_errors::{ApiError, ErrorCode, RetryAfter};
 use tower_service::Service;
 
@@ -17,7 +18,7 @@ use super::store::{Claim, ClaimToken, Fingerprint, IdempotencyStore, RecordKey, 
 use crate::names;
 use crate::names::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED};
 use crate::server::StoreFailure;
-use crate::server::gateway::{Account, BoxFuture, KeyHash};
+use crate::server::gateway::{Account, BoxFuture, KeyHash, TierLimits};
 
 /// The service of [`IdempotencyLayer`](super::IdempotencyLayer).
 #[derive(Clone)]
@@ -90,6 +91,94 @@ fn idempotency_key(headers: &http::HeaderMap) -> Option<Result<&str, ApiError>> 
     })
 }
 
+/// Request-body bytes a keyed request holds, counted in the layer's total until dropped.
+struct Held {
+    total: Arc<AtomicUsize>,
+    bytes: usize,
+}
+
+impl Held {
+    /// Counts `n` more bytes, unless the total would pass `max`.
+    fn grow(&mut self, n: usize, max: usize) -> bool {
+        let before = self.total.fetch_add(n, Ordering::AcqRel);
+        if before.saturating_add(n) > max {
+            self.total.fetch_sub(n, Ordering::AcqRel);
+            return false;
+        }
+        self.bytes += n;
+        true
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.total.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+/// Why a keyed request's body was not read.
+#[derive(Debug, PartialEq, Eq)]
+enum Unread {
+    /// Past the upload limit (this layer's, or the gateway's `Limited` below it).
+    TooLarge,
+    /// Past the layer's bound on bytes held at once.
+    Busy,
+    /// The body failed to arrive.
+    Broken,
+}
+
+/// Reads a keyed request's body whole, at most `limit` bytes, each byte counted in `held`
+/// against `max_held` before it is kept.
+async fn read_keyed<B>(
+    body: B,
+    limit: usize,
+    max_held: usize,
+    held: &mut Held,
+) -> Result<Bytes, Unread>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut body = std::pin::pin!(body);
+    let mut first: Option<Bytes> = None;
+    let mut rest = BytesMut::new();
+    let mut len = 0_usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            let e: Box<dyn std::error::Error + Send + Sync> = e.into();
+            // The limit's error may come wrapped (axum's `Body` boxes it in its own error).
+            let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&*e);
+            while let Some(c) = cause {
+                if c.is::<http_body_util::LengthLimitError>() {
+                    return Unread::TooLarge;
+                }
+                cause = c.source();
+            }
+            Unread::Broken
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        len = len.saturating_add(data.len());
+        if len > limit {
+            return Err(Unread::TooLarge);
+        }
+        if !held.grow(data.len(), max_held) {
+            return Err(Unread::Busy);
+        }
+        // One frame (the common case) is kept as it came, without a copy.
+        match first.take() {
+            None if rest.is_empty() => first = Some(data),
+            None => rest.extend_from_slice(&data),
+            Some(f) => {
+                rest.extend_from_slice(&f);
+                rest.extend_from_slice(&data);
+            }
+        }
+    }
+    Ok(first.unwrap_or_else(|| rest.freeze()))
+}
+
 /// Headers that belong to one response, not to the record: they are made afresh.
 fn kept(name: &HeaderName) -> bool {
     !(name == CONTENT_LENGTH
@@ -147,22 +236,37 @@ where
         (None, None) => String::new(),
     };
     let record = RecordKey::new(&scope, &key);
+    // Behind the gateway the limit is the tier's upload limit, as for any request.
+    let tier = req.extensions().get::<Account>().map(|a| a.tier);
+    let limit = req
+        .extensions()
+        .get::<TierLimits>()
+        .map_or(config.max_request_bytes, |l| {
+            usize::try_from(l.upload_bytes).unwrap_or(usize::MAX)
+        });
     let (head, body) = req.into_parts();
-    let bytes = match Limited::new(body, config.max_request_bytes).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            return Ok(answer(ApiError::new(
-                ErrorCode::PayloadTooLarge,
-                format!(
-                    "A request with an Idempotency-Key may carry at most {} bytes",
-                    config.max_request_bytes
-                ),
-            )));
+    let mut held = Held {
+        total: Arc::clone(&config.buffered),
+        bytes: 0,
+    };
+    let bytes = match read_keyed(body, limit, config.max_buffered_bytes, &mut held).await {
+        Ok(bytes) => bytes,
+        Err(Unread::TooLarge) => {
+            let limit = u64::try_from(limit).unwrap_or(u64::MAX);
+            return Ok(answer(ApiError::upload_too_large(tier, limit)));
         }
-        Err(_) => {
+        Err(Unread::Busy) => {
+            return Ok(answer(
+                ApiError::new(
+                    ErrorCode::ServiceUnavailable,
+                    "Too many large uploads are in progress; retry after the Retry-After delay",
+                )
+                .with_retry_after(RetryAfter::Seconds(
+                    crate::server::StoreFailure::DEFAULT_RETRY_AFTER.as_secs(),
+                )),
+            ));
+        }
+        Err(Unread::Broken) => {
             return Ok(answer(ApiError::new(
                 ErrorCode::InvalidRequest,
                 "The request body could not be read",
@@ -539,5 +643,99 @@ mod tests {
         ] {
             assert!(kept(&name), "{name}");
         }
+    }
+}
+
+#[cfg(test)]
+mod body_tests {
+    use super::*;
+
+    /// A body of these frames, then `Err` if `fails`.
+    struct Frames(std::collections::VecDeque<Bytes>, bool);
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = std::io::Error;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+            match self.0.pop_front() {
+                Some(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
+                None if self.1 => {
+                    self.1 = false;
+                    Poll::Ready(Some(Err(std::io::Error::other("reset"))))
+                }
+                None => Poll::Ready(None),
+            }
+        }
+    }
+
+    fn read(frames: &[&str], fails: bool, limit: usize, max: usize) -> Result<Bytes, Unread> {
+        let body = Frames(
+            frames
+                .iter()
+                .map(|f| Bytes::copy_from_slice(f.as_bytes()))
+                .collect(),
+            fails,
+        );
+        let mut held = Held {
+            total: Arc::new(AtomicUsize::new(0)),
+            bytes: 0,
+        };
+        crate::block_on(read_keyed(body, limit, max, &mut held))
+    }
+
+    #[test]
+    fn a_keyed_body_is_read_whole_within_both_bounds() {
+        assert_eq!(read(&[], false, 10, 10).unwrap(), "");
+        assert_eq!(read(&["abc"], false, 10, 10).unwrap(), "abc");
+        assert_eq!(read(&["ab", "cd", "ef"], false, 10, 10).unwrap(), "abcdef");
+        assert_eq!(read(&["ab", "", "cd"], false, 10, 10).unwrap(), "abcd");
+        assert_eq!(
+            read(&["abcde", "fghij"], false, 10, 10).unwrap(),
+            "abcdefghij"
+        );
+        assert_eq!(
+            read(&["abcde", "fghijk"], false, 10, 100),
+            Err(Unread::TooLarge)
+        );
+        assert_eq!(
+            read(&["abcde", "fghijk"], false, 100, 10),
+            Err(Unread::Busy)
+        );
+        assert_eq!(read(&["ab"], true, 10, 10), Err(Unread::Broken));
+        // The gateway's limit below, wrapped as axum wraps it: too large, not broken.
+        let limited =
+            http_body_util::Limited::new(Frames([Bytes::from_static(b"abcdef")].into(), false), 3);
+        let mut held = Held {
+            total: Arc::new(AtomicUsize::new(0)),
+            bytes: 0,
+        };
+        let got = crate::block_on(read_keyed(limited, 10, 10, &mut held));
+        assert_eq!(got, Err(Unread::TooLarge));
+    }
+
+    #[test]
+    fn held_bytes_are_counted_bounded_and_given_back() {
+        let total = Arc::new(AtomicUsize::new(0));
+        let mut a = Held {
+            total: Arc::clone(&total),
+            bytes: 0,
+        };
+        assert!(a.grow(6, 10));
+        assert!(!a.grow(5, 10), "6 + 5 > 10");
+        assert!(a.grow(4, 10), "6 + 4 = 10 is within");
+        let mut b = Held {
+            total: Arc::clone(&total),
+            bytes: 0,
+        };
+        assert!(!b.grow(1, 10));
+        assert_eq!(total.load(Ordering::SeqCst), 10);
+        drop(a);
+        assert_eq!(total.load(Ordering::SeqCst), 0);
+        assert!(b.grow(1, 10));
+        drop(b);
+        assert_eq!(total.load(Ordering::SeqCst), 0);
     }
 }
