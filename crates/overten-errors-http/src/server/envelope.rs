@@ -176,11 +176,17 @@ fn rewrite<B>(response: Response<B>, request_id: &str) -> Response<EnvelopeBody<
         return response.map(Either::Left);
     }
     if is_json(&response) {
+        // A store outage is logged by the layer that saw it, once: its requests at debug.
+        let quiet = response
+            .extensions()
+            .get::<crate::server::gateway::OutageAnswer>()
+            .is_some();
         log(
             request_id,
             status.as_u16(),
             response.extensions().get::<ApiError>(),
             None,
+            quiet,
         );
         return response.map(Either::Left);
     }
@@ -191,7 +197,7 @@ fn rewrite<B>(response: Response<B>, request_id: &str) -> Response<EnvelopeBody<
         status.canonical_reason().unwrap_or("Error")
     };
     let err = ApiError::received(Code::Known(code), status.as_u16(), message);
-    log(request_id, status.as_u16(), None, Some(&err));
+    log(request_id, status.as_u16(), None, Some(&err), false);
     let (mut parts, _) = response.into_parts();
     let written: Response<Vec<u8>> = into_response(&err);
     let (written, body) = written.into_parts();
@@ -207,12 +213,21 @@ fn rewrite<B>(response: Response<B>, request_id: &str) -> Response<EnvelopeBody<
     Response::from_parts(parts, Either::Right(Full::new(Bytes::from(body))))
 }
 
-/// One log line per error response: request id, code, status, and the cause chain.
-fn log(request_id: &str, status: u16, sent: Option<&ApiError>, rewritten: Option<&ApiError>) {
+/// One log line per error response: request id, code, status, and the cause chain. A
+/// `quiet` 5xx (answered during a store outage that is logged on its own) is at debug.
+fn log(
+    request_id: &str,
+    status: u16,
+    sent: Option<&ApiError>,
+    rewritten: Option<&ApiError>,
+    quiet: bool,
+) {
     let err = sent.or(rewritten);
     let code = err.map_or("-", ApiError::wire_code);
     let chain = cause_chain(err.and_then(std::error::Error::source));
-    if status >= 500 {
+    if status >= 500 && quiet {
+        tracing::debug!(request_id, code, status, cause = %chain, "server error during a store outage");
+    } else if status >= 500 {
         tracing::error!(request_id, code, status, cause = %chain, "server error");
     } else {
         tracing::debug!(request_id, code, status, "client error");

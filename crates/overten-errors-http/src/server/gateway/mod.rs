@@ -2,6 +2,7 @@
 
 mod accounts;
 mod body;
+mod outage;
 mod permit;
 #[cfg(feature = "redis")]
 mod redis;
@@ -17,6 +18,7 @@ use overten_errors::{SYNC_TIMEOUT_SECONDS, Tier};
 pub(crate) use accounts::hex;
 pub use accounts::{Account, AccountStatus, Accounts, KeyHash, MemoryAccounts};
 pub use body::GatewayBody;
+pub(crate) use outage::{Outage, OutageAnswer};
 pub use permit::RunPermit;
 #[cfg(feature = "redis")]
 pub use redis::{RedisStore, RedisStoreBuilder};
@@ -178,6 +180,8 @@ pub(crate) struct Config {
     pub(crate) clock: Clock,
     pub(crate) concurrency_retry_after: Duration,
     pub(crate) lease: Duration,
+    /// The store's outage, as this layer's requests saw it (shared by every clone).
+    pub(crate) outage: Arc<Outage>,
 }
 
 impl Clone for Config {
@@ -192,6 +196,7 @@ impl Clone for Config {
             clock: Arc::clone(&self.clock),
             concurrency_retry_after: self.concurrency_retry_after,
             lease: self.lease,
+            outage: Arc::clone(&self.outage),
         }
     }
 }
@@ -233,6 +238,7 @@ impl GatewayLayer {
                 clock: Arc::new(SystemTime::now),
                 concurrency_retry_after: Self::DEFAULT_CONCURRENCY_RETRY_AFTER,
                 lease: Self::DEFAULT_LEASE,
+                outage: Arc::new(Outage::new("gateway")),
             }),
         }
     }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use http::header::CONTENT_LENGTH;
 use http::{Request, Response};
@@ -71,11 +71,13 @@ fn unix_seconds(now: SystemTime) -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// The answer for a store that failed, or `None` to pass the request uncounted.
-fn store_failed(policy: StoreFailure, err: StoreError) -> Option<ApiError> {
-    match policy {
+/// The answer for a store that failed, or `None` to pass the request uncounted. The outage
+/// is logged as one story ([`Outage`](super::Outage)); this request at debug.
+fn store_failed(config: &Config, err: StoreError) -> Option<ApiError> {
+    config.outage.failed(&err, Instant::now());
+    match config.on_store_error {
         StoreFailure::Allow => {
-            tracing::warn!(error = %err, "gateway store failed: request passed uncounted");
+            tracing::debug!(error = %err, "gateway store failed: request passed uncounted");
             None
         }
         StoreFailure::Reject { retry_after } => Some(unavailable(retry_after, err)),
@@ -112,6 +114,7 @@ async fn account(config: &Config, hash: &KeyHash, path: &str) -> Result<Account,
         Ok(Some(account)) => account,
         Ok(None) => return Err(ApiError::from(ErrorCode::InvalidApiKey)),
         Err(err) => {
+            config.outage.failed(&err, Instant::now());
             let wait = match config.on_store_error {
                 StoreFailure::Reject { retry_after } => retry_after,
                 StoreFailure::Allow => StoreFailure::DEFAULT_RETRY_AFTER,
@@ -176,9 +179,12 @@ async fn gate(config: &Config, head: &http::request::Parts) -> Result<Admitted, 
         ask = ask.with_run(run);
     }
     let admission = match config.store.admit(ask).await {
-        Ok(admission) => admission,
+        Ok(admission) => {
+            config.outage.succeeded(Instant::now());
+            admission
+        }
         Err(err) => {
-            if let Some(answer) = store_failed(config.on_store_error, err) {
+            if let Some(answer) = store_failed(config, err) {
                 return Err(answer);
             }
             if announced_too_large {
@@ -246,7 +252,14 @@ where
     let (mut head, body) = req.into_parts();
     let admitted = match gate(&config, &head).await {
         Ok(admitted) => admitted,
-        Err(err) => return Ok(answer(err)),
+        Err(err) => {
+            let outage = err.code() == &overten_errors::Code::Known(ErrorCode::ServiceUnavailable);
+            let mut response = answer(err);
+            if outage {
+                response.extensions_mut().insert(super::OutageAnswer);
+            }
+            return Ok(response);
+        }
     };
     // 5. Pass, with the account, the key's hash, the tier's limits and the permit; the body
     // limited to the tier's upload limit.

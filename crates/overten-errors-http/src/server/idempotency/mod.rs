@@ -85,6 +85,8 @@ pub(crate) struct Config {
     pub(crate) max_response_bytes: usize,
     pub(crate) in_progress_retry_after: Duration,
     pub(crate) on_store_error: crate::server::StoreFailure,
+    /// The store's outage, as this layer's requests saw it (shared by every clone).
+    pub(crate) outage: Arc<crate::server::gateway::Outage>,
 }
 
 impl std::fmt::Debug for IdempotencyLayer {
@@ -113,6 +115,7 @@ impl IdempotencyLayer {
                 max_response_bytes: 1024 * 1024,
                 in_progress_retry_after: Duration::from_secs(1),
                 on_store_error: crate::server::StoreFailure::default(),
+                outage: Arc::new(crate::server::gateway::Outage::new("idempotency")),
             }),
         }
     }

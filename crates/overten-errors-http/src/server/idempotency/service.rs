@@ -18,7 +18,7 @@ use super::store::{Claim, ClaimToken, Fingerprint, IdempotencyStore, RecordKey, 
 use crate::names;
 use crate::names::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED};
 use crate::server::StoreFailure;
-use crate::server::gateway::{Account, BoxFuture, KeyHash, TierLimits};
+use crate::server::gateway::{Account, BoxFuture, KeyHash, OutageAnswer, TierLimits};
 
 /// The service of [`IdempotencyLayer`](super::IdempotencyLayer).
 #[derive(Clone)]
@@ -284,20 +284,26 @@ where
         .claim(&record, &fingerprint, token, config.lease)
         .await;
     let request = Request::from_parts(head, Either::Right(Full::new(bytes)));
+    match &claim {
+        Ok(_) => config.outage.succeeded(std::time::Instant::now()),
+        Err(err) => config.outage.failed(err, std::time::Instant::now()),
+    }
     match claim {
         Err(err) => match config.on_store_error {
             StoreFailure::Reject { retry_after } => {
-                return Ok(answer(
+                let mut response = answer(
                     ApiError::new(
                         ErrorCode::ServiceUnavailable,
                         "Idempotency keys cannot be checked right now; retry after the Retry-After delay",
                     )
                     .with_retry_after(RetryAfter::Seconds(retry_after.as_secs().max(1)))
                     .with_cause(err),
-                ));
+                );
+                response.extensions_mut().insert(OutageAnswer);
+                return Ok(response);
             }
             StoreFailure::Allow => {
-                tracing::warn!(error = %err, "idempotency store failed: request runs without a record");
+                tracing::debug!(error = %err, "idempotency store failed: request runs without a record");
                 let response = inner.call(request).await?;
                 return Ok(response.map(IdempotencyBody::inner));
             }
@@ -404,7 +410,8 @@ where
     match saved {
         Ok(()) => guard.armed = false,
         Err(error) => {
-            tracing::warn!(%error, "idempotency record not saved: the key is given back");
+            config.outage.failed(&error, std::time::Instant::now());
+            tracing::debug!(%error, "idempotency record not saved: the key is given back");
         }
     }
     drop(guard);
