@@ -35,8 +35,8 @@ pub use envelope::{
 #[cfg(feature = "tower")]
 pub use gateway::{
     Account, AccountStatus, Accounts, Admission, Admit, BoxFuture, Gateway, GatewayBody,
-    GatewayLayer, KeyHash, MemoryAccounts, MemoryStore, PermitId, RunAdmission, RunAsk, RunPermit,
-    Store, StoreError, StoreFailure, TierLimits,
+    GatewayLayer, KeyHash, MemoryAccounts, MemoryStore, PermitId, Renewal, RunAdmission, RunAsk,
+    RunPermit, Store, StoreError, StoreFailure, TierLimits,
 };
 #[cfg(feature = "redis")]
 pub use gateway::{RedisStore, RedisStoreBuilder};

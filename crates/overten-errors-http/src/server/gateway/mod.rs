@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use http::{Method, Uri};
-use overten_errors::{SYNC_TIMEOUT_SECONDS, Tier};
+use overten_errors::Tier;
 
 pub(crate) use accounts::hex;
 pub use accounts::{Account, AccountStatus, Accounts, KeyHash, MemoryAccounts};
@@ -24,7 +24,8 @@ pub use permit::RunPermit;
 pub use redis::{RedisStore, RedisStoreBuilder};
 pub use service::Gateway;
 pub use store::{
-    Admission, Admit, BoxFuture, MemoryStore, PermitId, RunAdmission, RunAsk, Store, StoreError,
+    Admission, Admit, BoxFuture, MemoryStore, PermitId, Renewal, RunAdmission, RunAsk, Store,
+    StoreError,
 };
 
 /// One tier's limits.
@@ -220,9 +221,11 @@ impl GatewayLayer {
     /// The default `Retry-After` of a 429 for the concurrent-runs limit.
     pub const DEFAULT_CONCURRENCY_RETRY_AFTER: Duration = Duration::from_secs(5);
 
-    /// The default lease of a run permit: the sync ceiling plus a minute
-    /// (`SYNC_TIMEOUT_SECONDS` + 60 s = 360 s).
-    pub const DEFAULT_LEASE: Duration = Duration::from_secs(SYNC_TIMEOUT_SECONDS + 60);
+    /// The default lease of a run permit in a shared store: 30 s. A held permit renews
+    /// itself every third of its lease ([`RunPermit`]), so a run may last as long as it
+    /// needs, and a replica that dies frees its runs within about 30 s (it was 360 s,
+    /// the sync ceiling and a minute, before permits renewed themselves).
+    pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 
     /// A gateway resolving keys with `accounts` and counting in `store`, with the page's
     /// limits, every `POST` a run, and the default [`StoreFailure`].
@@ -295,7 +298,9 @@ impl GatewayLayer {
         self.edit(|c| c.concurrency_retry_after = wait)
     }
 
-    /// A run permit's lease in a shared store (default [`GatewayLayer::DEFAULT_LEASE`]).
+    /// A run permit's lease in a shared store (default [`GatewayLayer::DEFAULT_LEASE`]):
+    /// how long the permits of a replica that died outlive it. Held permits renew
+    /// themselves, so this bounds no run.
     #[must_use]
     pub fn lease(self, lease: Duration) -> GatewayLayer {
         self.edit(|c| c.lease = lease)

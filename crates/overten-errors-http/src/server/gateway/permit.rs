@@ -5,16 +5,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::accounts::KeyHash;
-use super::store::{PermitId, Store, StoreError};
+use super::store::{PermitId, Renewal, Store, StoreError};
 
 struct Held {
     store: Arc<dyn Store>,
     key: KeyHash,
     id: PermitId,
+    renewal: Option<Renewal>,
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
+        // Renewals stop first, so that none lands after the release.
+        drop(self.renewal.take());
         self.store.release(&self.key, self.id);
         tracing::trace!(key = %self.key, "run permit released");
     }
@@ -26,14 +29,28 @@ impl Drop for Held {
 /// so a sync run holds it until the response body has been sent (or the client went away,
 /// or the handler panicked: every path drops it). An async task that outlives its response
 /// keeps a clone (`Extension<RunPermit>` in axum) and drops it when the task ends; the
-/// permit goes back when its last clone is dropped. A task that runs longer than the
-/// gateway's lease renews it ([`RunPermit::renew`]), or a shared store lets it expire.
+/// permit goes back when its last clone is dropped. In a shared store the permit is a
+/// lease that renews itself while any clone is alive ([`Store::keep_renewed`]: the Redis
+/// store renews every third of the lease), so a run may last as long as it needs while a
+/// replica that dies frees its permits within about one lease
+/// ([`GatewayLayer::lease`](super::GatewayLayer::lease)).
 #[derive(Clone)]
 pub struct RunPermit(Arc<Held>);
 
 impl RunPermit {
-    pub(crate) fn new(store: Arc<dyn Store>, key: KeyHash, id: PermitId) -> RunPermit {
-        RunPermit(Arc::new(Held { store, key, id }))
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        key: KeyHash,
+        id: PermitId,
+        lease: Duration,
+    ) -> RunPermit {
+        let renewal = store.keep_renewed(&key, id, lease);
+        RunPermit(Arc::new(Held {
+            store,
+            key,
+            id,
+            renewal,
+        }))
     }
 
     /// The permit's id.
@@ -70,7 +87,7 @@ mod tests {
         let ask = Admit::new(&key, 1, 60, 10).with_run(RunAsk::new(id, 1, Duration::from_secs(1)));
         let admitted = crate::block_on(store.admit(ask)).unwrap();
         assert_eq!(admitted.run, RunAdmission::Granted);
-        let permit = RunPermit::new(store.clone(), key, id);
+        let permit = RunPermit::new(store.clone(), key, id, Duration::from_secs(1));
         assert_eq!(permit.id(), id);
         assert!(format!("{permit:?}").contains(&format!("{id:?}")));
         assert!(crate::block_on(permit.renew(Duration::from_secs(1))).unwrap());

@@ -8,7 +8,9 @@ use redis::Script;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::accounts::KeyHash;
-use super::store::{Admission, Admit, BoxFuture, PermitId, RunAdmission, Store, StoreError};
+use super::store::{
+    Admission, Admit, BoxFuture, PermitId, Renewal, RunAdmission, Store, StoreError,
+};
 
 /// One round trip a request: count in the window, and (for a run that is within its rate
 /// limit) drop expired leases and take a permit if fewer than the limit are held. Leases
@@ -61,8 +63,10 @@ return 1
 ///   expired leases, count, `ZADD` the permit), so concurrent requests from any replica
 ///   never share a count or overrun the permits.
 /// - **Everything expires.** A window's counter lives two windows; a permit is a lease in
-///   a sorted set scored by its expiry on Redis's clock, so a replica that dies without
-///   releasing loses its permits after the lease ([`GatewayLayer::lease`](super::GatewayLayer::lease)).
+///   a sorted set scored by its expiry on Redis's clock, renewed by its holder while the
+///   run is alive ([`Store::keep_renewed`]), so a replica that dies without releasing loses
+///   its permits within one lease ([`GatewayLayer::lease`](super::GatewayLayer::lease),
+///   default 30 s).
 /// - **Bounded time.** Every call is cut off after [`RedisStoreBuilder::timeout`] (default
 ///   250 ms) and reported as [`StoreError::Timeout`]; the gateway's [`StoreFailure`](super::StoreFailure)
 ///   policy then answers. The connection is a `redis::aio::ConnectionManager`, which
@@ -237,6 +241,39 @@ impl Store for RedisStore {
                 tracing::debug!(%error, "run permit not released: it expires with its lease");
             }
         });
+    }
+
+    /// A task on the current tokio runtime renews the lease every third of it (at least
+    /// every 50 ms) until the [`Renewal`] is dropped. A renewal that fails is tried again at
+    /// the next tick (two more chances within the lease); a permit found gone (it expired:
+    /// the store was away longer than the lease, or restarted empty) is logged at warn and
+    /// no longer renewed. Outside a runtime, `None`: the lease runs out by itself.
+    fn keep_renewed(&self, key: &KeyHash, permit: PermitId, lease: Duration) -> Option<Renewal> {
+        let handle = tokio::runtime::Handle::try_current().ok()?;
+        let store = self.clone();
+        let key = *key;
+        let every = (lease / 3).max(Duration::from_millis(50));
+        let task = handle.spawn(async move {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                match store.renew(&key, permit, lease).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(
+                            key = %key,
+                            "run permit expired before it was renewed: the run goes on uncounted"
+                        );
+                        return;
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, "run permit not renewed: trying again");
+                    }
+                }
+            }
+        });
+        Some(Renewal::new(move || task.abort()))
     }
 
     fn renew<'a>(

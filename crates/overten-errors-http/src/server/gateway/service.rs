@@ -227,9 +227,12 @@ async fn gate(config: &Config, head: &http::request::Parts) -> Result<Admitted, 
                 config.concurrency_retry_after.as_secs().max(1),
             )));
         }
-        (RunAdmission::Granted, Some(run)) => {
-            Some(RunPermit::new(Arc::clone(&config.store), hash, run.permit))
-        }
+        (RunAdmission::Granted, Some(run)) => Some(RunPermit::new(
+            Arc::clone(&config.store),
+            hash,
+            run.permit,
+            config.lease,
+        )),
         _ => None,
     };
     Ok(Admitted {

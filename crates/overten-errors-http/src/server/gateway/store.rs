@@ -158,6 +158,35 @@ impl Admission {
     }
 }
 
+/// A permit's lease kept renewed in the background while the permit is held; dropping it
+/// stops the renewals (see [`Store::keep_renewed`]).
+pub struct Renewal {
+    stop: Option<Box<dyn FnOnce() + Send + Sync>>,
+}
+
+impl Renewal {
+    /// A renewal that runs `stop` when dropped (a store aborts its renewing task there).
+    pub fn new(stop: impl FnOnce() + Send + Sync + 'static) -> Renewal {
+        Renewal {
+            stop: Some(Box::new(stop)),
+        }
+    }
+}
+
+impl Drop for Renewal {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            stop();
+        }
+    }
+}
+
+impl fmt::Debug for Renewal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Renewal").finish_non_exhaustive()
+    }
+}
+
 /// Where the gateway counts requests and holds run permits: one call a request.
 ///
 /// [`MemoryStore`] counts in this process (every replica alone); `RedisStore` (feature
@@ -180,6 +209,16 @@ pub trait Store: Send + Sync + 'static {
         permit: PermitId,
         lease: Duration,
     ) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    /// Starts renewing a granted permit's lease (`lease` from each renewal) until the
+    /// returned [`Renewal`] is dropped; [`RunPermit`](super::RunPermit) holds it for as long
+    /// as the run holds the permit, so leases can be short and a replica that dies frees
+    /// its runs within about one lease. `None` (the default): this store's permits do not
+    /// expire, or it cannot renew in the background.
+    fn keep_renewed(&self, key: &KeyHash, permit: PermitId, lease: Duration) -> Option<Renewal> {
+        let _ = (key, permit, lease);
+        None
+    }
 }
 
 impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
@@ -196,6 +235,9 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
         lease: Duration,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
         (**self).renew(key, permit, lease)
+    }
+    fn keep_renewed(&self, key: &KeyHash, permit: PermitId, lease: Duration) -> Option<Renewal> {
+        (**self).keep_renewed(key, permit, lease)
     }
 }
 
