@@ -234,6 +234,39 @@ def read_body(body, limits):
     return doc
 
 
+class NotTask(Exception):
+    pass
+
+
+def read_task(body, limits):
+    """A failed task's body, read with the envelope's whole-body rules (retry.md, A failed
+    task): the bound counting a byte order mark, one skipped, the depth, lone surrogates;
+    then the shape, with credits_used and duration_ms integers of digits only."""
+    if len(body.encode("utf-8")) > limits["max_body_bytes"]:
+        raise NotTask("too large")
+    if body.startswith("\ufeff"):
+        body = body[1:]
+    if too_deep(body, limits["max_body_depth"]):
+        raise NotTask("too deep")
+    try:
+        # A number with a sign, a fraction or an exponent is not an integer here.
+        task = json.loads(body, parse_float=lambda t: None,
+                          parse_int=lambda t: None if t.startswith("-") else int(t))
+    except (ValueError, RecursionError):
+        raise NotTask("not JSON")
+    if has_lone_surrogate(task):
+        raise NotTask("lone surrogate")
+    ok = (isinstance(task, dict) and isinstance(task.get("task_id"), str)
+          and task.get("status") == "failed" and isinstance(task.get("error"), dict)
+          and isinstance(task["error"].get("code"), str)
+          and isinstance(task["error"].get("message"), str)
+          and all(type(task.get(k)) is int and 0 <= task[k] <= 2**64 - 1
+                  for k in ("credits_used", "duration_ms")))
+    if not ok:
+        raise NotTask("not the shape of a failed task")
+    return task
+
+
 def cut(message, max_bytes):
     """A message over the bound, cut at a character boundary and ended with '…'."""
     data = message.encode("utf-8")
@@ -262,7 +295,7 @@ def read(cat, fixture):
     r.request_id = None
     r.run_id = None
     if fixture["kind"] == "task_failure":
-        task = json.loads(resp["body"])
+        task = read_task(resp["body"], cat.body_limits)
         r.code = task["error"]["code"] or None  # retry.md: "" is no code
         known = cat.codes.get(r.code)
         r.status = known["status"] if known else 500  # retry.md: unknown task codes
@@ -441,9 +474,23 @@ def pacing_hold(cat, fixture, u):
     return left if 0 < left <= p["max_wait_ms"] else None
 
 
+def control_in_headers(fixture):
+    """docs/README.md: a header value holds no control character but the horizontal tab."""
+    for _, value in fixture.get("response", {}).get("headers", []):
+        if any(c != "\t" and (ord(c) < 0x20 or ord(c) == 0x7F) for c in value):
+            return True
+    return False
+
+
 def check(cat, fixture):
     errors = []
     e = fixture["expect"]
+    if control_in_headers(fixture):
+        return ["a header value holds a control character: not a fixture"]
+    if "budget" in fixture.get("request", {}):
+        # retry.md, step 10: tokens above capacity hold capacity.
+        b = fixture["request"]["budget"]
+        b["tokens"] = min(b["tokens"], b["capacity"])
     if fixture["kind"] == "pacing":
         want = e["hold_ms"]
         for bits in (0, 2**64 - 1, 2**63, 12345678901234567):

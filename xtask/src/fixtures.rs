@@ -173,7 +173,7 @@ impl Fixture {
 
     fn received(&self) -> Received {
         if self.kind == Kind::TaskFailure {
-            return match serde_json::from_str::<TaskFailure>(&self.body) {
+            return match TaskFailure::parse(self.body.as_bytes()) {
                 Ok(failure) => Received {
                     error: ApiError::from(failure),
                     diagnostics: overten_errors_http::Diagnostics::default(),
@@ -276,7 +276,8 @@ impl Fixture {
             "now_unix": self.now,
             "attempt": self.attempt,
             "budget": {
-                "tokens": budget.tokens(),
+                // As stated, above capacity too: what a reader is handed.
+                "tokens": self.tokens,
                 "capacity": budget.capacity(),
                 "retry_cost": budget.retry_cost(),
                 "window_cost": budget.window_cost(),
@@ -942,6 +943,37 @@ fn edge_cases() -> Vec<Fixture> {
             2,
             98,
         ),
+        Fixture::success(
+            "success-tokens-above-capacity",
+            "A budget handed over with 150 tokens holds its capacity (100): a success to a first attempt leaves 100, not 151.",
+            1,
+            150,
+        ),
+        Fixture::raw(
+            "attempt-zero-counts-as-one",
+            "A 500 ending attempt 0: read as attempt 1, the first backoff.",
+            500,
+            &[json_type],
+            &envelope(ErrorCode::InternalError),
+        )
+        .attempt(0),
+        Fixture::raw(
+            "retry-after-at-max-wait",
+            "Retry-After: 300, exactly max_wait: the spread is cut at max_wait at both ends, so one after_ms, not a range.",
+            429,
+            &[json_type, ("retry-after", "300")],
+            &envelope(ErrorCode::RateLimitExceeded),
+        ),
+        {
+            let mut f = Fixture::task(
+                "task-failed-byte-order-mark",
+                "A failed task whose body starts with a byte order mark: skipped, as for an envelope.",
+                "upstream_error",
+                "Provider outage",
+            );
+            f.body.insert(0, '\u{feff}');
+            f
+        },
     ]
 }
 

@@ -21,7 +21,7 @@ fn received(f: &Value) -> Received {
     let resp = &f["response"];
     let body = resp["body"].as_str().unwrap();
     if f["kind"] == "task_failure" {
-        let failure: TaskFailure = serde_json::from_str(body).unwrap();
+        let failure = TaskFailure::parse(body.as_bytes()).unwrap();
         return Received {
             error: ApiError::from(failure),
             diagnostics: Diagnostics::default(),

@@ -285,7 +285,8 @@ fn fixture_case(f: &Value, o: &Overrides) -> Result<Case, String> {
     }
     let attempt = match o.attempt {
         Some(a) => a,
-        None => u32_of(&request["attempt"], "request.attempt", 1)?,
+        // 0 is read as 1 (docs/retry.md, Inputs).
+        None => u32_of(&request["attempt"], "request.attempt", 0)?,
     };
     let now = match o.now {
         Some(n) => n,
@@ -328,7 +329,7 @@ fn fixture_case(f: &Value, o: &Overrides) -> Result<Case, String> {
     let resp = &f["response"];
     let body = string(&resp["body"], "response.body")?;
     let received = if kind == "task_failure" {
-        let failure: TaskFailure = serde_json::from_str(body)
+        let failure = TaskFailure::parse(body.as_bytes())
             .map_err(|e| format!("response.body: not a task failure: {e}"))?;
         Received {
             error: ApiError::from(failure),

@@ -102,8 +102,9 @@ enum Command {
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
-        /// The attempt that just failed (the first is 1); default: the fixture's, or 1.
-        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        /// The attempt that just failed (the first is 1; 0 is read as 1); default: the
+        /// fixture's, or 1.
+        #[arg(long)]
         attempt: Option<u32>,
         /// "Now", in Unix seconds; default: the fixture's `now_unix`, or the clock.
         #[arg(long, value_parser = clap::value_parser!(u64).range(0..=253_402_300_799))]

@@ -111,7 +111,6 @@ fn bad_fixture_fields_are_refused_with_exit_2_naming_the_field_never_coerced() {
         ("request", "attempt", serde_json::json!("5")),
         ("request", "attempt", serde_json::json!(5.0)),
         ("request", "attempt", serde_json::json!(-1)),
-        ("request", "attempt", serde_json::json!(0)),
         ("request", "attempt", serde_json::json!(4_294_967_297_u64)),
         ("request", "attempt", serde_json::Value::Null),
         ("request", "now_unix", serde_json::Value::Null),
@@ -269,5 +268,84 @@ fn pacing_fixtures_are_judged_on_the_hold_and_read_strictly() {
         assert_eq!(rc, Some(2), "{bad}: {err}");
         assert!(err.contains("request.held_until_unix_ms"), "{bad}: {err}");
         assert!(!fixture_schema().is_valid(&g), "{bad} passes the schema");
+    }
+}
+
+/// The places issue 25 found `docs/` silent on, decided (docs/retry.md, docs/README.md):
+/// attempt 0 is read as 1, on the command line as in a fixture; a failed task's body
+/// follows the envelope's whole-body rules and its integers are digits only; a header
+/// value with a control character other than HTAB is not a fixture (the schema and the
+/// reader agree).
+#[test]
+fn what_the_docs_now_decide_the_reader_and_the_schema_agree_on() {
+    let base = fixture("internal_error");
+    let run = |f: &serde_json::Value, args: &[&str]| {
+        let (rc, out, err) = classify(f, args);
+        assert_eq!(rc, Some(0), "{err}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()
+    };
+    let args = ["--json", "--random", "0"];
+    let first = run(&base, &args);
+    let mut zero = base.clone();
+    zero["request"]["attempt"] = serde_json::json!(0);
+    assert!(fixture_schema().is_valid(&zero));
+    assert_eq!(run(&zero, &args)["action"], first["action"]);
+    let with_flag = run(&base, &["--json", "--random", "0", "--attempt", "0"]);
+    assert_eq!(
+        with_flag["action"], first["action"],
+        "--attempt 0 is attempt 1"
+    );
+    // A failed task: the byte order mark is skipped; too deep, a lone surrogate, -0 and
+    // 2^64 are not a failed task (exit 2, as for any body that is not one).
+    let task = fixture("task-failed-known");
+    let body = task["response"]["body"].as_str().unwrap().to_owned();
+    let with_body = |b: String| {
+        let mut f = task.clone();
+        f["response"]["body"] = serde_json::json!(b);
+        f
+    };
+    let (rc, _, err) = classify(&with_body(format!("\u{feff}{body}")), &["--json"]);
+    assert_eq!(rc, Some(0), "{err}");
+    let tail = |extra: &str| format!("{},{extra}}}", &body[..body.len() - 1]);
+    for bad in [
+        tail(&format!("\"x\":{}{}", "[".repeat(128), "]".repeat(128))),
+        tail(r#""x":"\udc00""#),
+        body.replace("\"credits_used\":0", "\"credits_used\":-0"),
+        body.replace(
+            "\"credits_used\":0",
+            "\"credits_used\":18446744073709551616",
+        ),
+    ] {
+        let (rc, _, err) = classify(&with_body(bad.clone()), &["--json"]);
+        assert_eq!(rc, Some(2), "{bad}: {err}");
+        assert!(err.contains("not a task failure"), "{err}");
+    }
+    let (rc, _, err) = classify(
+        &with_body(tail(&format!(
+            "\"x\":{}{}",
+            "[".repeat(127),
+            "]".repeat(127)
+        ))),
+        &["--json"],
+    );
+    assert_eq!(rc, Some(0), "128 levels in all pass: {err}");
+    // Control characters in a header value: refused by the reader and the schema alike;
+    // a tab and obs-text are field values.
+    for (value, ok) in [
+        ("5\u{b}", false),
+        ("\u{0}", false),
+        ("a\nb", false),
+        ("x\u{7f}", false),
+        ("a\tb", true),
+        ("caf\u{e9}", true),
+    ] {
+        let mut f = base.clone();
+        f["response"]["headers"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!(["x-note", value]));
+        let (rc, _, err) = classify(&f, &["--json"]);
+        assert_eq!(rc, Some(if ok { 0 } else { 2 }), "{value:?}: {err}");
+        assert_eq!(fixture_schema().is_valid(&f), ok, "{value:?}");
     }
 }

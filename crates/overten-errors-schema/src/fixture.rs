@@ -165,7 +165,7 @@ fn request() -> Value {
         "description": "What the decision assumes besides the response.",
         "properties": {
             "now_unix": {"type": "integer", "minimum": 0, "maximum": 253_402_300_799_u64, "description": "The clock, in Unix seconds (at most 9999-12-31T23:59:59Z)."},
-            "attempt": {"type": "integer", "minimum": 1, "maximum": u32::MAX, "description": "The attempt that just failed (or succeeded, for kind success); the first request is 1."},
+            "attempt": {"type": "integer", "minimum": 0, "maximum": u32::MAX, "description": "The attempt that just failed (or succeeded, for kind success); the first request is 1, and 0 is read as 1."},
             "held_until_unix_ms": {"type": "integer", "minimum": 0, "maximum": 253_402_300_799_000_u64, "description": "For kind pacing: the moment, in Unix milliseconds, until which the key was held before this response; absent when it was never held."},
             "budget": {
                 "type": "object",
@@ -236,7 +236,14 @@ pub fn fixture_schema() -> Value {
                         "description": "[name, value] pairs in order; a name may repeat.",
                         "items": {
                             "type": "array",
-                            "prefixItems": [{"type": "string", "minLength": 1}, {"type": "string"}],
+                            "prefixItems": [
+                                {"type": "string", "minLength": 1},
+                                {
+                                    "type": "string",
+                                    "pattern": "^[^\\u0000-\\u0008\\u000A-\\u001F\\u007F]*$",
+                                    "description": "The value as an HTTP library hands it over: no control character but the horizontal tab.",
+                                },
+                            ],
                             "minItems": 2,
                             "maxItems": 2,
                         },

@@ -179,7 +179,7 @@ pub const MAX_BODY_DEPTH: usize = 128;
 /// escapes inside strings are told apart from structure. Two cheap counts first spare the
 /// exact scan for nearly every body: it needs more than `MAX_BODY_DEPTH` opening brackets
 /// to be too deep, and a `\\u` to hold a surrogate.
-fn screen(bytes: &[u8]) -> Result<(), BodyError> {
+pub(crate) fn screen(bytes: &[u8]) -> Result<(), BodyError> {
     // A body of at most MAX_BODY_DEPTH bytes cannot nest deeper; the first backslash is
     // found by memchr's SIMD search, so an envelope without escapes costs one short scan.
     let deep = bytes.len() > MAX_BODY_DEPTH

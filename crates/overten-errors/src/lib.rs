@@ -82,7 +82,7 @@ pub use retry::{
 };
 pub use rule::{FALLBACK, FallbackRule, HeaderUse, RetryRule};
 pub use status::{STATUSES, StatusInfo, StatusKind, fallback_message, status_info};
-pub use task::{Failed, TaskError, TaskFailure, UNKNOWN_TASK_CODE_STATUS};
+pub use task::{Failed, TaskBodyError, TaskError, TaskFailure, UNKNOWN_TASK_CODE_STATUS};
 pub use text::{IdError, MAX_ID_BYTES, MAX_MESSAGE_BYTES, check_id, trim_ows};
 
 /// This crate's README examples, compiled and run as doctests.
