@@ -657,18 +657,33 @@ mod tests {
         let s = MemoryIdempotencyStore::new();
         let fp = Fingerprint([1; 32]);
         let max = u32::try_from(MemoryIdempotencyStore::MAX_RECORDS).unwrap();
-        // Long enough that filling the store (slow on a loaded machine) ends inside it.
-        let short = Duration::from_secs(2);
-        for i in 0..max {
-            let got = crate::block_on(s.claim(&key(i), &fp, ClaimToken::new(), short)).unwrap();
+        // The fill's leases outlast any machine's fill; the last claim's is short and is
+        // taken just before the check, so how long the fill took does not matter.
+        let long = Duration::from_secs(3600);
+        let short = Duration::from_secs(1);
+        for i in 0..max - 1 {
+            let got = crate::block_on(s.claim(&key(i), &fp, ClaimToken::new(), long)).unwrap();
             assert!(matches!(got, Claim::Claimed));
         }
+        let last = crate::block_on(s.claim(&key(max - 1), &fp, ClaimToken::new(), short));
+        let claimed_at = Instant::now();
+        assert!(matches!(last.unwrap(), Claim::Claimed));
         let full = crate::block_on(s.claim(&key(max), &fp, ClaimToken::new(), short));
         assert!(matches!(full, Err(StoreError::Full)));
-        std::thread::sleep(Duration::from_millis(2100));
-        let got = crate::block_on(s.claim(&key(max), &fp, ClaimToken::new(), short)).unwrap();
-        assert!(matches!(got, Claim::Claimed), "the ended leases made room");
-        assert_eq!(s.len(), 1);
+        // Polled to a deadline: room is made when the short lease ends, not before.
+        let deadline = claimed_at + Duration::from_secs(60);
+        loop {
+            let got = crate::block_on(s.claim(&key(max), &fp, ClaimToken::new(), short));
+            if let Ok(got) = got {
+                assert!(matches!(got, Claim::Claimed));
+                break;
+            }
+            assert!(Instant::now() < deadline, "the ended lease never made room");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(claimed_at.elapsed() >= short, "evicted before its lease ended");
+        // Only the ended claim went: the others' leases run on.
+        assert_eq!(s.len(), MemoryIdempotencyStore::MAX_RECORDS);
     }
 
     #[test]
