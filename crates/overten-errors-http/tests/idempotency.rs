@@ -316,11 +316,20 @@ async fn failures_cancellations_and_the_ceiling_give_the_key_back() {
         s.write_all(b"POST /work?ms=250 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk_live_a\r\nIdempotency-Key: kc\r\nContent-Length: 0\r\n\r\n")
             .await
             .unwrap();
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(work.runs.load(Ordering::SeqCst), 6, "the first attempt started");
+        support::eventually("the first attempt started", 20, || {
+            let n = work.runs.load(Ordering::SeqCst);
+            async move { n == 6 }
+        })
+        .await;
         drop(s);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let retry = post_with(addr, "sk_live_a", Some("kc"), "/work?ms=250", "").await;
+        // The server sees the client go only when it next polls the connection: retried
+        // until the key is given back (each 409 runs nothing).
+        let mut retry = post_with(addr, "sk_live_a", Some("kc"), "/work?ms=250", "").await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while retry.status == 409 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            retry = post_with(addr, "sk_live_a", Some("kc"), "/work?ms=250", "").await;
+        }
         assert_eq!((retry.status, retry.headers.contains_key("idempotent-replayed")), (201, false));
         assert_eq!(work.runs.load(Ordering::SeqCst), 7);
         assert_eq!(work.finished.load(Ordering::SeqCst), 4, "the dropped handler never finished");
@@ -330,8 +339,11 @@ async fn failures_cancellations_and_the_ceiling_give_the_key_back() {
         let late = post_with(addr, "sk_live_a", Some("kt"), "/work?ms=5000", "").await;
         assert_eq!((late.status, late.code().as_str()), (408, "sync_timeout_upgrade_async"));
         assert!(late.body.contains("async: true"), "{}", late.body);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(permits.runs(&overten_errors_http::server::KeyHash::of("sk_live_a")), 0);
+        support::eventually("the permit came back", 20, || {
+            let held = permits.runs(&overten_errors_http::server::KeyHash::of("sk_live_a"));
+            async move { held == 0 }
+        })
+        .await;
         let runs = work.runs.load(Ordering::SeqCst);
         let again = post_with(addr, "sk_live_a", Some("kt"), "/work?ms=5000", "").await;
         assert_eq!(again.status, 408, "given back, not kept: the same request runs again");
@@ -557,8 +569,13 @@ async fn two_gateways_on_one_redis_run_the_handler_once() {
                 .status,
             500
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let retry = post_with(addrs[1], "sk_live_a", Some("f5"), "/work?status=500", "").await;
+        // The key is given back in the background: retried until it is (a 409 runs nothing).
+        let mut retry = post_with(addrs[1], "sk_live_a", Some("f5"), "/work?status=500", "").await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while retry.status == 409 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            retry = post_with(addrs[1], "sk_live_a", Some("f5"), "/work?status=500", "").await;
+        }
         assert_eq!(
             (
                 retry.status,

@@ -145,6 +145,23 @@ pub async fn within<F: std::future::Future>(secs: u64, f: F) -> F::Output {
         .expect("test took too long")
 }
 
+/// Polls `check` every 20 ms until it holds, failing with `what` after `secs`: a wait on
+/// an event (a permit's release, a reconnect) that assumes nothing of the machine's speed.
+pub async fn eventually<F, Fut>(what: &str, secs: u64, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {secs} s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// One answer, as a client sees it.
 #[derive(Debug)]
 pub struct Got {

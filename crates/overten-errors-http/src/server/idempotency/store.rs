@@ -681,7 +681,10 @@ mod tests {
             assert!(Instant::now() < deadline, "the ended lease never made room");
             std::thread::sleep(Duration::from_millis(20));
         }
-        assert!(claimed_at.elapsed() >= short, "evicted before its lease ended");
+        assert!(
+            claimed_at.elapsed() >= short,
+            "evicted before its lease ended"
+        );
         // Only the ended claim went: the others' leases run on.
         assert_eq!(s.len(), MemoryIdempotencyStore::MAX_RECORDS);
     }
