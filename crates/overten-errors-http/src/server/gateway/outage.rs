@@ -137,7 +137,10 @@ mod tests {
             assert_eq!(s.reported_at, Some(t0 + REPORT_EVERY));
         }
         // Just short of the next report: none.
-        o.failed(&err(), t0 + REPORT_EVERY * 2 - Duration::from_millis(1));
+        o.failed(
+            &err(),
+            t0 + REPORT_EVERY + REPORT_EVERY.saturating_sub(Duration::from_millis(1)),
+        );
         assert_eq!(o.state.lock().unwrap().reported, 101);
         o.succeeded(t0 + REPORT_EVERY * 3);
         assert!(!o.is_down());

@@ -245,11 +245,11 @@ where
             usize::try_from(l.upload_bytes).unwrap_or(usize::MAX)
         });
     let (head, body) = req.into_parts();
-    let mut held = Held {
+    let mut holding = Held {
         total: Arc::clone(&config.buffered),
         bytes: 0,
     };
-    let bytes = match read_keyed(body, limit, config.max_buffered_bytes, &mut held).await {
+    let bytes = match read_keyed(body, limit, config.max_buffered_bytes, &mut holding).await {
         Ok(bytes) => bytes,
         Err(Unread::TooLarge) => {
             let limit = u64::try_from(limit).unwrap_or(u64::MAX);
