@@ -25,6 +25,18 @@ use overten_errors_http::server::{
 };
 use support::{accounts, app, client, fixed_now, serve, within};
 
+/// Lines at INFO and above, written into the returned buffer while the guard lives (on
+/// this thread: the tests' runtimes are one thread).
+fn capture() -> (Logs, tracing::subscriber::DefaultGuard) {
+    let logs = Logs::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(logs.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    (logs, tracing::subscriber::set_default(subscriber))
+}
+
 /// A store that always fails, counting its calls.
 #[derive(Default)]
 struct Broken(std::sync::atomic::AtomicUsize);
@@ -47,14 +59,8 @@ impl Store for Broken {
 
 #[tokio::test]
 async fn one_error_line_per_5xx_with_its_request_id_and_org_and_never_the_panic_text_sent() {
-    let logs = Logs::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(logs.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::INFO)
-        .finish();
     // This test's runtime is one thread: the server's tasks log through this subscriber.
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _guard) = capture();
     within(30, async {
         let store_down =
             GatewayLayer::new(accounts(1), Arc::new(Broken::default())).with_clock(fixed_now);
@@ -137,13 +143,7 @@ impl Store for Flaky {
 /// main of issue 25, 200 requests in an outage wrote 200 ERROR lines).
 #[tokio::test]
 async fn a_store_outage_is_logged_once_not_once_a_request() {
-    let logs = Logs::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(logs.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::INFO)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _guard) = capture();
     within(60, async {
         let store = Arc::new(Flaky::default());
         let gateway = GatewayLayer::new(accounts(3), store.clone()).with_clock(fixed_now);

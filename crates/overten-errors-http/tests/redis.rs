@@ -230,19 +230,12 @@ async fn replica_that_holds_two_permits_until_killed() {
 
 const LEASE_MS: u64 = 400;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lease_left_by_a_killed_replica_expires() {
+/// This test binary again, running only the ignored test `name` (a replica in a process of
+/// its own, on `redis`), once it has said `HOLDING`: SIGKILL gives it no chance to release.
+fn replica(redis: &RedisServer, name: &str) -> std::process::Child {
     use std::io::BufRead;
-    let redis = RedisServer::start();
-    // A replica in a process of its own takes both permits; SIGKILL gives it no chance to
-    // release them.
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--ignored",
-            "--exact",
-            "replica_that_holds_two_permits_until_killed",
-            "--nocapture",
-        ])
+        .args(["--ignored", "--exact", name, "--nocapture"])
         .env("OVERTEN_TEST_REDIS", redis.url())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -253,7 +246,16 @@ async fn a_lease_left_by_a_killed_replica_expires() {
         .lines()
         .take(50)
         .any(|l| l.is_ok_and(|l| l.contains("HOLDING")));
-    assert!(holding, "the child replica took its permits");
+    assert!(holding, "the child replica {name} took its permits");
+    child
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_left_by_a_killed_replica_expires() {
+    let redis = RedisServer::start();
+    // A replica in a process of its own takes both permits; SIGKILL gives it no chance to
+    // release them.
+    let mut child = replica(&redis, "replica_that_holds_two_permits_until_killed");
     child.kill().unwrap();
     child.wait().unwrap();
     let killed_at = Instant::now();
@@ -360,26 +362,11 @@ async fn replica_whose_runs_renew_their_permits_until_killed() {
 /// and nothing renewed it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_replicas_renewed_runs_come_back_within_a_lease() {
-    use std::io::BufRead;
     let redis = RedisServer::start();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--ignored",
-            "--exact",
-            "replica_whose_runs_renew_their_permits_until_killed",
-            "--nocapture",
-        ])
-        .env("OVERTEN_TEST_REDIS", redis.url())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let holding = std::io::BufReader::new(stdout)
-        .lines()
-        .take(50)
-        .any(|l| l.is_ok_and(|l| l.contains("HOLDING")));
-    assert!(holding, "the child replica took its permits");
+    let mut child = replica(
+        &redis,
+        "replica_whose_runs_renew_their_permits_until_killed",
+    );
     let held_at = Instant::now();
     let key = KeyHash::of("sk_live_k0");
     let result = within(60, async {
