@@ -36,10 +36,19 @@ fn app(idempotency: Option<IdempotencyLayer>) -> Router {
     let gateway = GatewayLayer::new(accounts(2), Arc::new(MemoryStore::new()))
         .with_clock(fixed_now)
         .runs_when(|_, _| false);
-    let router = Router::new().route(
-        "/v1/files",
-        post(|body: Bytes| async move { format!("{{\"read\":{}}}", body.len()) }),
-    );
+    let router = Router::new()
+        .route(
+            "/v1/files",
+            post(|body: Bytes| async move { format!("{{\"read\":{}}}", body.len()) }),
+        )
+        .route(
+            "/v1/json",
+            post(
+                |overten_errors_http::Json(v): overten_errors_http::Json<serde_json::Value>| async move {
+                    format!("{{\"read\":{}}}", v.as_str().map_or(0, str::len))
+                },
+            ),
+        );
     let router = match idempotency {
         Some(layer) => router.layer(layer),
         None => router,
@@ -59,11 +68,26 @@ async fn upload(addr: SocketAddr, key: &str, body: Vec<u8>, idem: Option<&str>) 
 
 /// `len` bytes sent chunked (no `Content-Length`): the status and the body of the answer.
 async fn streamed(addr: SocketAddr, key: &str, len: usize, idem: Option<&str>) -> (u16, String) {
+    let idem = idem.map_or(String::new(), |k| format!("Idempotency-Key: {k}\r\n"));
+    send_chunked(addr, "/v1/files", key, &idem, len).await
+}
+
+/// `len` bytes of a JSON string sent chunked to `path`.
+async fn streamed_to(addr: SocketAddr, path: &str, key: &str, len: usize) -> (u16, String) {
+    send_chunked(addr, path, key, "Content-Type: application/json\r\n", len).await
+}
+
+async fn send_chunked(
+    addr: SocketAddr,
+    path: &str,
+    key: &str,
+    extra: &str,
+    len: usize,
+) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let idem = idem.map_or(String::new(), |k| format!("Idempotency-Key: {k}\r\n"));
     let head = format!(
-        "POST /v1/files HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n{idem}Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n{extra}Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
     );
     s.write_all(head.as_bytes()).await.unwrap();
     let chunk = vec![b'a'; 64 * 1024];
@@ -140,6 +164,44 @@ async fn one_413_message_for_one_condition() {
             assert_eq!(status, 413, "keyed {keyed}: {body}");
             assert_eq!(message(&body), want, "streamed, keyed {keyed}");
         }
+    })
+    .await;
+}
+
+/// This crate's `Json` extractor reads up to the tier's limit too, and past it answers the
+/// same 413 as the gateway.
+#[tokio::test]
+async fn the_json_extractor_reads_up_to_the_tier_limit_and_says_the_same_413() {
+    within(60, async {
+        let addr = serve(app(None)).await;
+        let json = |n: usize| format!("\"{}\"", "a".repeat(n)).into_bytes();
+        let headers = [
+            ("authorization", "Bearer sk_live_k0".to_owned()),
+            ("content-type", "application/json".to_owned()),
+        ];
+        let got = client()
+            .send_with(addr, Method::POST, "/v1/json", &headers, json(3 * MIB))
+            .await;
+        assert_eq!(
+            (got.status, got.body.as_str()),
+            (200, r#"{"read":3145728}"#)
+        );
+        let got = client()
+            .send_with(addr, Method::POST, "/v1/json", &headers, json(FREE_LIMIT))
+            .await;
+        assert_eq!(got.status, 413);
+        assert_eq!(
+            message(&got.body),
+            "The request body exceeds the free tier's upload limit of 10485760 bytes"
+        );
+        // Streamed past the limit (no Content-Length for the gateway to read first): the
+        // extractor's own 413, with the tier's message.
+        let (status, body) = streamed_to(addr, "/v1/json", "sk_live_k0", FREE_LIMIT + MIB).await;
+        assert_eq!(status, 413, "{body}");
+        assert_eq!(
+            message(&body),
+            "The request body exceeds the free tier's upload limit of 10485760 bytes"
+        );
     })
     .await;
 }

@@ -30,6 +30,21 @@ pub(crate) struct Outage {
     state: Mutex<State>,
 }
 
+/// A line of an outage's story, as logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Report {
+    /// The first failure after a success.
+    Started,
+    /// Failures since the last line, every [`REPORT_EVERY`].
+    GoesOn {
+        failures: u64,
+        total: u64,
+        down_for: Duration,
+    },
+    /// The first success after failures.
+    Ended { failures: u64, down_for: Duration },
+}
+
 #[derive(Debug, Default)]
 struct State {
     since: Option<Instant>,
@@ -47,56 +62,78 @@ impl Outage {
         }
     }
 
-    /// A call to the store failed at `now`.
-    pub(crate) fn failed(&self, err: &StoreError, now: Instant) {
+    /// A call to the store failed at `now`: logs what the outage's story needs, and
+    /// returns it.
+    pub(crate) fn failed(&self, err: &StoreError, now: Instant) -> Option<Report> {
         let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         s.failures = s.failures.saturating_add(1);
-        match (s.since, s.reported_at) {
+        let report = match (s.since, s.reported_at) {
             (None, _) => {
                 s.since = Some(now);
                 s.reported_at = Some(now);
                 s.reported = s.failures;
                 self.down.store(true, Ordering::Relaxed);
-                tracing::error!(
-                    store = self.store,
-                    error = %err,
-                    "store outage started: requests are answered by the store-failure policy until it is back"
-                );
+                Report::Started
             }
             (Some(since), Some(at)) if now.saturating_duration_since(at) >= REPORT_EVERY => {
-                let new = s.failures - s.reported;
+                let failures = s.failures - s.reported;
                 s.reported_at = Some(now);
                 s.reported = s.failures;
-                tracing::warn!(
-                    store = self.store,
-                    failures = new,
-                    total = s.failures,
-                    down_for_s = now.saturating_duration_since(since).as_secs(),
-                    error = %err,
-                    "store outage goes on"
-                );
+                Report::GoesOn {
+                    failures,
+                    total: s.failures,
+                    down_for: now.saturating_duration_since(since),
+                }
             }
-            _ => {}
+            _ => return None,
+        };
+        drop(s);
+        match report {
+            Report::Started => tracing::error!(
+                store = self.store,
+                error = %err,
+                "store outage started: requests are answered by the store-failure policy until it is back"
+            ),
+            Report::GoesOn {
+                failures,
+                total,
+                down_for,
+            } => tracing::warn!(
+                store = self.store,
+                failures,
+                total,
+                down_for_s = down_for.as_secs(),
+                error = %err,
+                "store outage goes on"
+            ),
+            Report::Ended { .. } => {}
         }
+        Some(report)
     }
 
-    /// A call to the store succeeded at `now`.
-    pub(crate) fn succeeded(&self, now: Instant) {
+    /// A call to the store succeeded at `now`: the outage's end, if there was one.
+    pub(crate) fn succeeded(&self, now: Instant) -> Option<Report> {
         if !self.down.load(Ordering::Relaxed) {
-            return;
+            return None;
         }
         let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(since) = s.since.take() {
-            self.down.store(false, Ordering::Relaxed);
+        let since = s.since.take()?;
+        self.down.store(false, Ordering::Relaxed);
+        let report = Report::Ended {
+            failures: s.failures,
+            down_for: now.saturating_duration_since(since),
+        };
+        *s = State::default();
+        drop(s);
+        if let Report::Ended { failures, down_for } = report {
             tracing::warn!(
                 store = self.store,
-                failures = s.failures,
-                down_for_ms = u64::try_from(now.saturating_duration_since(since).as_millis())
-                    .unwrap_or(u64::MAX),
+                failures,
+                down_for_ms = u64::try_from(down_for.as_millis()).unwrap_or(u64::MAX),
                 "store outage ended: counting in the store again"
             );
-            *s = State::default();
         }
+        Some(report)
     }
 
     /// Whether the store is down, as last seen.
@@ -118,37 +155,54 @@ mod tests {
     fn an_outage_starts_is_reported_and_ends() {
         let o = Outage::new("gateway");
         let t0 = Instant::now();
-        o.succeeded(t0);
+        let ms = Duration::from_millis;
+        assert_eq!(o.succeeded(t0), None, "no outage, nothing to say");
         assert!(!o.is_down());
-        o.failed(&err(), t0);
+        assert_eq!(o.failed(&err(), t0), Some(Report::Started));
         assert!(o.is_down());
         for i in 1..100 {
-            o.failed(&err(), t0 + Duration::from_millis(i));
+            assert_eq!(o.failed(&err(), t0 + ms(i)), None, "one line to start");
         }
-        {
-            let s = o.state.lock().unwrap();
-            assert_eq!((s.failures, s.reported, s.since), (100, 1, Some(t0)));
-        }
-        // Past REPORT_EVERY: one report, counting from the last one.
-        o.failed(&err(), t0 + REPORT_EVERY);
-        {
-            let s = o.state.lock().unwrap();
-            assert_eq!((s.failures, s.reported), (101, 101));
-            assert_eq!(s.reported_at, Some(t0 + REPORT_EVERY));
-        }
-        // Just short of the next report: none.
-        o.failed(
-            &err(),
-            t0 + REPORT_EVERY + REPORT_EVERY.saturating_sub(Duration::from_millis(1)),
-        );
-        assert_eq!(o.state.lock().unwrap().reported, 101);
-        o.succeeded(t0 + REPORT_EVERY * 3);
-        assert!(!o.is_down());
-        let s = o.state.lock().unwrap();
+        // Past REPORT_EVERY: one line, counting the failures since the last one.
         assert_eq!(
-            (s.failures, s.since),
-            (0, None),
-            "the next outage counts afresh"
+            o.failed(&err(), t0 + REPORT_EVERY),
+            Some(Report::GoesOn {
+                failures: 100,
+                total: 101,
+                down_for: REPORT_EVERY
+            })
+        );
+        // Just short of the next line: none; at it, the count since the last line.
+        let next = t0 + REPORT_EVERY + REPORT_EVERY;
+        assert_eq!(o.failed(&err(), next - ms(1)), None);
+        assert_eq!(
+            o.failed(&err(), next),
+            Some(Report::GoesOn {
+                failures: 2,
+                total: 103,
+                down_for: REPORT_EVERY * 2
+            })
+        );
+        assert_eq!(
+            o.succeeded(t0 + REPORT_EVERY * 3),
+            Some(Report::Ended {
+                failures: 103,
+                down_for: REPORT_EVERY * 3
+            })
+        );
+        assert!(!o.is_down());
+        assert_eq!(o.succeeded(t0 + REPORT_EVERY * 4), None, "said once");
+        // The next outage counts afresh.
+        assert_eq!(
+            o.failed(&err(), t0 + REPORT_EVERY * 5),
+            Some(Report::Started)
+        );
+        assert_eq!(
+            o.succeeded(t0 + REPORT_EVERY * 5 + ms(7)),
+            Some(Report::Ended {
+                failures: 1,
+                down_for: ms(7)
+            })
         );
     }
 }

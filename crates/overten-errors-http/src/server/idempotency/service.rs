@@ -284,10 +284,10 @@ where
         .claim(&record, &fingerprint, token, config.lease)
         .await;
     let request = Request::from_parts(head, Either::Right(Full::new(bytes)));
-    match &claim {
+    let _reported = match &claim {
         Ok(_) => config.outage.succeeded(std::time::Instant::now()),
         Err(err) => config.outage.failed(err, std::time::Instant::now()),
-    }
+    };
     match claim {
         Err(err) => match config.on_store_error {
             StoreFailure::Reject { retry_after } => {
