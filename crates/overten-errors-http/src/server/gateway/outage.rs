@@ -174,7 +174,8 @@ mod tests {
         );
         // Just short of the next line: none; at it, the count since the last line.
         let next = t0 + REPORT_EVERY + REPORT_EVERY;
-        assert_eq!(o.failed(&err(), next - ms(1)), None);
+        let just_short = t0 + REPORT_EVERY + REPORT_EVERY.saturating_sub(ms(1));
+        assert_eq!(o.failed(&err(), just_short), None);
         assert_eq!(
             o.failed(&err(), next),
             Some(Report::GoesOn {
