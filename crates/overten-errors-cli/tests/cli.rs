@@ -29,11 +29,34 @@ fn run(args: &[&str], stdin: Option<&[u8]>) -> (i32, String, String) {
         child.stdin.take().unwrap().write_all(input).unwrap();
     }
     drop(child.stdin.take());
-    let out = child.wait_with_output().unwrap();
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = Vec::new();
+            let _ = pipe.read_to_end(&mut text);
+            String::from_utf8_lossy(&text).into_owned()
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
+    // Every command here ends by itself: one still running after a minute (a mock that
+    // started when it should have refused its input) is stopped and fails the test, instead
+    // of holding it forever.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("overten-errors {args:?} was still running after 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
     (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+        status.code().unwrap_or(-1),
+        stdout.join().unwrap(),
+        stderr.join().unwrap(),
     )
 }
 
