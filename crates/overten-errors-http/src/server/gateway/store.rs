@@ -388,6 +388,24 @@ mod tests {
     }
 
     #[test]
+    fn a_renewal_stops_when_dropped_and_says_what_it_is() {
+        let stopped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = std::sync::Arc::clone(&stopped);
+        let renewal = Renewal::new(move || flag.store(true, Ordering::SeqCst));
+        assert!(format!("{renewal:?}").starts_with("Renewal"));
+        assert!(!stopped.load(Ordering::SeqCst));
+        drop(renewal);
+        assert!(
+            stopped.load(Ordering::SeqCst),
+            "dropping it stops the renewals"
+        );
+        // The memory store's permits do not expire: nothing to renew.
+        let store = MemoryStore::new();
+        let none = store.keep_renewed(&KeyHash::of("k"), PermitId::new(), Duration::from_secs(1));
+        assert!(none.is_none());
+    }
+
+    #[test]
     fn permit_ids_differ() {
         let ids: std::collections::HashSet<_> = (0..1000).map(|_| PermitId::new()).collect();
         assert_eq!(ids.len(), 1000);
