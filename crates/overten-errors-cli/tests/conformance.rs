@@ -20,6 +20,61 @@ use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_overten-errors");
 
+/// `Command::output` with a deadline: a grader that never ends (or leaves a child holding
+/// its pipes) fails the test after two minutes instead of holding it.
+trait Bounded {
+    fn bounded(&mut self) -> std::process::Output;
+}
+
+impl Bounded for Command {
+    fn bounded(&mut self) -> std::process::Output {
+        let mut child = self
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let drain = |mut pipe: Box<dyn std::io::Read + Send>| {
+            std::thread::spawn(move || {
+                let mut bytes = Vec::new();
+                let _ = pipe.read_to_end(&mut bytes);
+                bytes
+            })
+        };
+        let stdout = drain(Box::new(child.stdout.take().unwrap()));
+        let stderr = drain(Box::new(child.stderr.take().unwrap()));
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("overten-errors conformance still running after 120 s");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        // A child the grader left behind may hold the pipes: their ends are read within
+        // the same deadline.
+        let wait = |h: std::thread::JoinHandle<Vec<u8>>| {
+            while !h.is_finished() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "a process the grader started still holds its output after 120 s"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            h.join().unwrap()
+        };
+        std::process::Output {
+            status,
+            stdout: wait(stdout),
+            stderr: wait(stderr),
+        }
+    }
+}
+
 /// Starts `conformance` with no program: it prints its URL on stderr and grades on
 /// `POST /conformance/done`.
 fn start() -> (Child, String) {
@@ -264,8 +319,7 @@ fn reports_come_as_text_and_junit_and_the_exit_code_says_pass_or_fail() {
         .arg("--json")
         .arg(&json_path)
         .args(["--", "true"])
-        .output()
-        .unwrap();
+        .bounded();
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("FAIL retried-transient"), "{text}");
@@ -285,13 +339,11 @@ fn reports_come_as_text_and_junit_and_the_exit_code_says_pass_or_fail() {
     // A program that cannot start is bad usage, exit 2; one that fails is a failed run.
     let out = Command::new(BIN)
         .args(["conformance", "--", "/nonexistent/program"])
-        .output()
-        .unwrap();
+        .bounded();
     assert_eq!(out.status.code(), Some(2));
     let out = Command::new(BIN)
         .args(["conformance", "--format", "json", "--", "false"])
-        .output()
-        .unwrap();
+        .bounded();
     assert_eq!(out.status.code(), Some(1));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(
@@ -310,8 +362,7 @@ fn reports_come_as_text_and_junit_and_the_exit_code_says_pass_or_fail() {
             "sleep",
             "30",
         ])
-        .output()
-        .unwrap();
+        .bounded();
     assert_eq!(out.status.code(), Some(1));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(
@@ -340,8 +391,7 @@ fn reports_come_as_text_and_junit_and_the_exit_code_says_pass_or_fail() {
             "sleep",
             "30",
         ])
-        .output()
-        .unwrap();
+        .bounded();
     let junit = String::from_utf8_lossy(&out.stdout);
     assert!(
         junit.contains("<error message=\"the client program ran past 1 s"),
@@ -390,8 +440,7 @@ fn the_programs_children_do_not_outlive_the_grader() {
                 "--",
             ])
             .args(["sh", "-c", script, pid_file.to_str().unwrap()])
-            .output()
-            .unwrap();
+            .bounded();
         assert_eq!(out.status.code(), Some(1), "{name}");
         let pid = std::fs::read_to_string(&pid_file).unwrap();
         let pid = pid.trim();
