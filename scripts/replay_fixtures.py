@@ -210,20 +210,27 @@ def has_lone_surrogate(value):
     return False
 
 
-def read_body(body, limits):
-    # The bound counts every byte received, the byte order mark included.
+def whole_body(body, limits, refuse, **loads):
+    """The whole-body rules an envelope and a failed task share (retry.md, Reading a
+    response): the bound counting every byte received, a byte order mark included, one
+    byte order mark skipped, the depth, lone surrogates. Raises `refuse(reason)`."""
     if len(body.encode("utf-8")) > limits["max_body_bytes"]:
-        raise NotEnvelope("too large")
+        raise refuse("too large")
     if body.startswith("\ufeff"):
         body = body[1:]
     if too_deep(body, limits["max_body_depth"]):
-        raise NotEnvelope("too deep")
+        raise refuse("too deep")
     try:
-        doc = json.loads(body, object_pairs_hook=no_duplicates)
+        doc = json.loads(body, **loads)
     except (ValueError, RecursionError):
-        raise NotEnvelope("not JSON")
+        raise refuse("not JSON")
     if has_lone_surrogate(doc):
-        raise NotEnvelope("lone surrogate")
+        raise refuse("lone surrogate")
+    return doc
+
+
+def read_body(body, limits):
+    doc = whole_body(body, limits, NotEnvelope, object_pairs_hook=no_duplicates)
     if not isinstance(doc, dict):
         raise NotEnvelope("not an object")
     if doc.get("success") is not False:
@@ -242,20 +249,9 @@ def read_task(body, limits):
     """A failed task's body, read with the envelope's whole-body rules (retry.md, A failed
     task): the bound counting a byte order mark, one skipped, the depth, lone surrogates;
     then the shape, with credits_used and duration_ms integers of digits only."""
-    if len(body.encode("utf-8")) > limits["max_body_bytes"]:
-        raise NotTask("too large")
-    if body.startswith("\ufeff"):
-        body = body[1:]
-    if too_deep(body, limits["max_body_depth"]):
-        raise NotTask("too deep")
-    try:
-        # A number with a sign, a fraction or an exponent is not an integer here.
-        task = json.loads(body, parse_float=lambda t: None,
-                          parse_int=lambda t: None if t.startswith("-") else int(t))
-    except (ValueError, RecursionError):
-        raise NotTask("not JSON")
-    if has_lone_surrogate(task):
-        raise NotTask("lone surrogate")
+    # A number with a sign, a fraction or an exponent is not an integer here.
+    task = whole_body(body, limits, NotTask, parse_float=lambda t: None,
+                      parse_int=lambda t: None if t.startswith("-") else int(t))
     ok = (isinstance(task, dict) and isinstance(task.get("task_id"), str)
           and task.get("status") == "failed" and isinstance(task.get("error"), dict)
           and isinstance(task["error"].get("code"), str)
