@@ -146,7 +146,8 @@ where
     }
 }
 
-fn is_json(response: &Response<impl Sized>) -> bool {
+/// Whether `response` says its body is `application/json` (any case, parameters allowed).
+pub(crate) fn is_json(response: &Response<impl Sized>) -> bool {
     response
         .headers()
         .get(CONTENT_TYPE)

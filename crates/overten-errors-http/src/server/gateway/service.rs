@@ -306,9 +306,5 @@ where
 fn framework_too_large<B>(response: &Response<B>) -> bool {
     response.status() == http::StatusCode::PAYLOAD_TOO_LARGE
         && response.extensions().get::<ApiError>().is_none()
-        && !response
-            .headers()
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.trim_start().starts_with("application/json"))
+        && !crate::server::envelope::is_json(response)
 }
