@@ -40,7 +40,8 @@ rm -rf "$CARGO_TARGET_DIR"
 core="$work/overten-errors-$version"
 http="$work/overten-errors-http-$version"
 schema="$work/overten-errors-schema-$version"
-crates="overten-errors overten-errors-http overten-errors-schema overten-errors-cli"
+gateway="$work/overten-gateway-$version"
+crates="overten-errors overten-errors-http overten-errors-schema overten-gateway overten-errors-cli"
 for crate in $crates; do
   tar -xzf "$packages/$crate-$version.crate" -C "$work"
 done
@@ -50,5 +51,6 @@ for crate in $crates; do
   (cd "$dir" && cargo test --all-features \
       --config "patch.crates-io.overten-errors.path=\"$core\"" \
       --config "patch.crates-io.overten-errors-http.path=\"$http\"" \
-      --config "patch.crates-io.overten-errors-schema.path=\"$schema\"")
+      --config "patch.crates-io.overten-errors-schema.path=\"$schema\"" \
+      --config "patch.crates-io.overten-gateway.path=\"$gateway\"")
 done

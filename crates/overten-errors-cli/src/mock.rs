@@ -14,12 +14,12 @@ use axum::response::{IntoResponse, Response};
 use http::HeaderMap;
 use overten_errors::{ApiError, Code, ErrorCode, RATE_LIMIT_WINDOW_SECONDS, RetryAfter, Tier};
 use overten_errors_http::mock::Routes;
-use overten_errors_http::server::{
+use overten_errors_http::{bearer_key, into_response};
+use overten_gateway::{
     Account, Accounts, BoxFuture, GatewayLayer, IdempotencyLayer, IdempotencyStore, KeyHash,
     MemoryAccounts, MemoryIdempotencyStore, MemoryStore, RedisStore, Store, StoreError,
     SyncCeilingLayer, stack,
 };
-use overten_errors_http::{bearer_key, into_response};
 
 /// The request header that names an error to answer with.
 pub(crate) const MOCK_ERROR: &str = "x-mock-error";

@@ -24,12 +24,16 @@
 //! | `reqwest` | `received_from_reqwest`, `RetryMiddleware`, `RetryOutcome` | `reqwest` (no default features), `reqwest-middleware`, `async-trait` |
 //! | `tokio` | `TokioSleep` | `tokio` with `time` only |
 //! | `axum` | `HandlerError` (any error with `?`), `Json` / `Path` / `Query` whose rejections are envelopes | `axum` (no default features but `json`, `query`), `serde_path_to_error`, `tracing` |
-//! | `tower` | `server`: `request_id_layers`, `EnvelopeLayer`, `PanicEnvelope`, the gateway (`GatewayLayer`, accounts, `MemoryStore`), `IdempotencyLayer`, `SyncCeilingLayer`, `stack` | `tower-http` (`request-id`, `catch-panic`), `tower-layer`, `tower-service`, `tracing`, `sha2` |
-//! | `redis` | `server::RedisStore`: the gateway's counts, permits and idempotency records shared by a fleet | `tower`, `redis` (tokio), `tokio` (`rt`, `time`) |
+//! | `tower` | `server`: `request_id_layers`, `EnvelopeLayer`, `PanicEnvelope` | `tower-http` (`request-id`, `catch-panic`), `tower-layer`, `tower-service`, `tracing` |
+//!
+//! The gateway (accounts and tiers, rate limits, concurrent runs, idempotency, the sync
+//! ceiling, on a per-process store or on Redis) is the `overten-gateway` crate, built on
+//! this one's responses and layers.
 //!
 //! [`mock::Gateway`] is the API's gateway behaviour (key check, per-key per-minute limits,
 //! `/errors/{code}`) as pure logic; the `overten-errors mock` command serves its routes
-//! behind the `server` stack. The two sides live in [`client`] and [`server`].
+//! behind the gateway. The two sides live in [`client`] and [`server`]; what both use
+//! ([`Sleep`], [`process_seed`]) is at the root.
 //!
 //! The default build does no IO of its own and depends on no runtime: it converts between
 //! `overten-errors` values and `http` values, and runs the retry loop with a sleep you
@@ -63,34 +67,35 @@ use overten_errors::ApiError;
 
 pub mod client;
 mod names;
+mod runtime;
 pub mod server;
 
 pub use server::mock;
 
 pub use client::{
     Attempt, BodyIssue, Diagnostics, GaveUp, HeaderError, MAX_BODY_BYTES, MAX_REQUEST_ID_BYTES,
-    Received, Retrier, Sleep, classify, classify_parts, classify_response, observe_rate_limit,
-    process_seed, rate_limit_headers, read_body_limited, request_id_header, retry_after_header,
+    Received, Retrier, classify, classify_parts, classify_response, observe_rate_limit,
+    rate_limit_headers, read_body_limited, request_id_header, retry_after_header,
 };
 pub use names::{
     IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, RATE_LIMIT_LIMIT, RATE_LIMIT_REMAINING, RATE_LIMIT_RESET,
     REQUEST_ID, RETRY_AFTER, bearer_key, live_api_key,
 };
+pub use runtime::{Sleep, process_seed};
 pub use server::{into_response, set_rate_limit_headers, set_request_id};
 
-#[cfg(feature = "tokio")]
-pub use client::TokioSleep;
 #[cfg(feature = "reqwest")]
 pub use client::{
     DecisionEvent, Observer, Resubmission, RetryMiddleware, RetryOutcome, STREAMING_BODY,
     received_from_reqwest,
 };
+#[cfg(feature = "tokio")]
+pub use runtime::TokioSleep;
+pub use server::{Account, AccountStatus, TierLimits};
 #[cfg(feature = "tower")]
 pub use server::{
-    Account, AccountStatus, Accounts, Envelope, EnvelopeBody, EnvelopeFuture, EnvelopeLayer,
-    GatewayLayer, KeyHash, MakeReqId, MemoryAccounts, MemoryStore, PanicEnvelope, RequestIdLayers,
-    RunPermit, SanitizeRequestId, SanitizeRequestIdLayer, ServerStack, Store, StoreFailure,
-    TierLimits, envelope, request_id_layers, stack,
+    Envelope, EnvelopeBody, EnvelopeFuture, EnvelopeLayer, MakeReqId, PanicEnvelope,
+    RequestIdLayers, SanitizeRequestId, SanitizeRequestIdLayer, envelope, request_id_layers,
 };
 #[cfg(feature = "axum")]
 pub use server::{HandlerError, Json, Path, Query, from_json_bytes};

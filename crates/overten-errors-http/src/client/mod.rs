@@ -8,6 +8,9 @@ mod reqwest;
 mod retrier;
 
 pub use crate::names::IDEMPOTENCY_KEY;
+#[cfg(feature = "tokio")]
+pub use crate::runtime::TokioSleep;
+pub use crate::runtime::{Sleep, process_seed};
 pub use classify::{
     BodyIssue, Diagnostics, HeaderError, MAX_BODY_BYTES, MAX_REQUEST_ID_BYTES, Received, classify,
     classify_parts, classify_response, observe_rate_limit, rate_limit_headers, read_body_limited,
@@ -18,6 +21,4 @@ pub use reqwest::{
     DecisionEvent, Observer, Resubmission, RetryMiddleware, RetryOutcome, STREAMING_BODY,
     received_from_reqwest,
 };
-#[cfg(feature = "tokio")]
-pub use retrier::TokioSleep;
-pub use retrier::{Attempt, GaveUp, Retrier, Sleep, process_seed};
+pub use retrier::{Attempt, GaveUp, Retrier};

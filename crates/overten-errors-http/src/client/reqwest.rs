@@ -15,7 +15,8 @@ use reqwest::ResponseBuilderExt;
 use reqwest_middleware::{Middleware, Next};
 
 use super::classify::{BodyIssue, MAX_BODY_BYTES, Received, classify_read};
-use super::retrier::{Retrier, Sleep, process_seed};
+use super::retrier::Retrier;
+use crate::runtime::{Sleep, process_seed};
 
 /// The reason a request whose body is a stream is not sent again.
 pub const STREAMING_BODY: &str =

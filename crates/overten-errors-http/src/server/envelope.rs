@@ -146,8 +146,15 @@ where
     }
 }
 
+/// Marks a response answered by a store-failure policy whose outage is already logged by
+/// the layer that saw it (once when it starts, a count every few seconds, once when it
+/// ends): [`EnvelopeLayer`] logs such a response at debug, not once per request at error.
+/// Insert it in the response's extensions.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OutageAnswer;
+
 /// Whether `response` says its body is `application/json` (any case, parameters allowed).
-pub(crate) fn is_json(response: &Response<impl Sized>) -> bool {
+pub fn is_json(response: &Response<impl Sized>) -> bool {
     response
         .headers()
         .get(CONTENT_TYPE)
@@ -178,10 +185,7 @@ fn rewrite<B>(response: Response<B>, request_id: &str) -> Response<EnvelopeBody<
     }
     if is_json(&response) {
         // A store outage is logged by the layer that saw it, once: its requests at debug.
-        let quiet = response
-            .extensions()
-            .get::<crate::server::gateway::OutageAnswer>()
-            .is_some();
+        let quiet = response.extensions().get::<OutageAnswer>().is_some();
         log(
             request_id,
             status.as_u16(),

@@ -100,9 +100,16 @@ pub fn set_rate_limit_headers(headers: &mut HeaderMap, rate_limit: &RateLimit) {
 }
 
 /// [`into_response`] with the body made by `body`, and the error itself in the response's
-/// extensions, so that the envelope layer logs it (and its cause) once.
-#[cfg(any(feature = "axum", feature = "tower"))]
-pub(crate) fn answer<B>(err: ApiError, body: impl FnOnce(Vec<u8>) -> B) -> Response<B> {
+/// extensions, so that the envelope layer logs it (and its cause) once. Layers that answer
+/// for the handler (the gateway's 429s, 503s and 413s) use it.
+///
+/// ```
+/// use overten_errors::{ApiError, ErrorCode};
+/// let response = overten_errors_http::server::answer(ApiError::from(ErrorCode::Forbidden), |b| b);
+/// assert_eq!(response.status(), 403);
+/// assert!(response.extensions().get::<ApiError>().is_some());
+/// ```
+pub fn answer<B>(err: ApiError, body: impl FnOnce(Vec<u8>) -> B) -> Response<B> {
     let response: Response<Vec<u8>> = into_response(&err);
     let mut response = response.map(body);
     response.extensions_mut().insert(err);

@@ -1,0 +1,66 @@
+//! Runs a keyed `GET` through the bare router or the full server stack (memory store)
+//! 10,000 times in process, for instruction counts under callgrind (repeatable on a shared,
+//! noisy machine, unlike wall time):
+//!
+//! ```text
+//! cargo build --release -p overten-errors-http --features axum,tower --example profile_gateway
+//! for p in bare stack; do
+//!   valgrind --tool=callgrind --callgrind-out-file=cg.$p target/release/examples/profile_gateway $p
+//! done
+//! callgrind_annotate --inclusive=yes cg.stack | head -60
+//! ```
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a profiling binary"
+)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use axum::Router;
+use axum::body::Body;
+use axum::routing::get;
+use overten_errors::Tier;
+use overten_gateway::{Account, GatewayLayer, MemoryAccounts, MemoryStore, stack};
+use tower::ServiceExt;
+
+/// A second further on at every read: no window reaches the enterprise tier's 600.
+fn ticking() -> SystemTime {
+    static NOW: AtomicU64 = AtomicU64::new(1_700_000_000);
+    SystemTime::UNIX_EPOCH + Duration::from_secs(NOW.fetch_add(1, Ordering::Relaxed))
+}
+
+fn routes() -> Router {
+    Router::new().route("/ok", get(|| async { r#"{"success":true}"# }))
+}
+
+fn main() {
+    let which = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "stack".to_owned());
+    let app = if which == "bare" {
+        routes()
+    } else {
+        let accounts = MemoryAccounts::new()
+            .with_key("sk_live_bench", Account::new("org_bench", Tier::Enterprise));
+        let gateway =
+            GatewayLayer::new(Arc::new(accounts), Arc::new(MemoryStore::new())).with_clock(ticking);
+        routes().layer(stack(gateway))
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        for _ in 0..10_000 {
+            let req = http::Request::get("/ok")
+                .header("authorization", "Bearer sk_live_bench")
+                .body(Body::empty())
+                .unwrap();
+            let resp = app.clone().oneshot(req).await.unwrap();
+            assert_eq!(resp.status(), 200);
+        }
+    });
+}

@@ -1,0 +1,243 @@
+//! The API's gateway as one tower layer: see [`GatewayLayer`].
+
+mod body;
+mod permit;
+mod service;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::{Method, Uri};
+use overten_errors::Tier;
+use overten_errors_http::server::TierLimits;
+
+use crate::accounts::Accounts;
+use crate::outage::Outage;
+use crate::store::{Store, StoreFailure};
+
+pub use body::GatewayBody;
+pub use permit::RunPermit;
+pub use service::Gateway;
+
+type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
+type IsRun = Arc<dyn Fn(&Method, &Uri) -> bool + Send + Sync>;
+
+/// The API's gateway as one tower layer: accounts and tiers, per-key rate limits,
+/// concurrent runs and upload limits, counted in a [`Store`] that a fleet of replicas can
+/// share (`RedisStore`, feature `redis`). `docs/gateway.md` has the whole contract.
+///
+/// For each request, in this order (the page: "at the gateway layer, before any agent or
+/// pool work starts"):
+///
+/// 1. **Key.** `Authorization: Bearer sk_live_…` (one header, one well-formed key: `sk_live_`
+///    and 1 to 128 letters, digits or `_`), else 401 `invalid_api_key`. From here on the
+///    key is known only by its [`KeyHash`].
+/// 2. **Account.** [`Accounts::resolve`]: unknown or revoked, 401 `invalid_api_key`;
+///    suspended org, or a route that needs a higher tier ([`GatewayLayer::require_tier`]),
+///    403 `forbidden`. The org id goes into the request's span (`org_id`).
+/// 3. **Count, and a permit for a run**, in one [`Store::admit`] call. Over the tier's
+///    requests per minute: 429 `rate_limit_exceeded` with `Retry-After` to the window's end.
+///    A run (by default every `POST`, [`GatewayLayer::runs_when`]) over the tier's
+///    concurrent runs: 429 `rate_limit_exceeded` whose message names the concurrency limit,
+///    with `Retry-After` of [`GatewayLayer::concurrency_retry_after`] (the page names no code
+///    for this; this workspace reads it as a rate limit, see `docs/errors.md`). Every request
+///    is counted, including those answered 429 or 413.
+/// 4. **Upload limit.** A `Content-Length` over the tier's [`TierLimits::upload_bytes`] is
+///    answered 413 `payload_too_large` before anything is read; a body without one is
+///    passed on wrapped in [`http_body_util::Limited`], so reading past the limit fails
+///    (axum answers 413, and this crate's `Json` extractor too) and nothing is buffered past
+///    it.
+/// 5. **Pass.** The handler finds [`Account`], [`KeyHash`] and (for a run) [`RunPermit`] in
+///    the request's extensions; every response carries `X-RateLimit-Limit`, `-Remaining` and
+///    `-Reset`.
+///
+/// When the store fails (Redis down, slow, restarted) the [`StoreFailure`] policy decides:
+/// by default 503 `service_unavailable` with `Retry-After`; or the request passes uncounted,
+/// with a warning. An account lookup that fails is always a 503: a key that cannot be
+/// checked is never let through.
+///
+/// The recommended stack, outermost first, is [`crate::stack`]: request ids, the
+/// envelope layer (span, envelopes, one log line per 5xx), tower-http's catch-panic with
+/// [`PanicEnvelope`](overten_errors_http::server::PanicEnvelope), then this layer.
+///
+/// ```
+/// use std::sync::Arc;
+/// use overten_errors::Tier;
+/// use overten_gateway::{Account, GatewayLayer, MemoryAccounts, MemoryStore};
+///
+/// let accounts = MemoryAccounts::new()
+///     .with_key("sk_live_free1", Account::new("org_a", Tier::Free))
+///     .with_key("sk_live_ent1", Account::new("org_b", Tier::Enterprise));
+/// let gateway = GatewayLayer::new(Arc::new(accounts), Arc::new(MemoryStore::new()))
+///     .require_tier("/v1/batch", Tier::Pro);
+/// # let _ = gateway;
+/// ```
+#[derive(Clone)]
+pub struct GatewayLayer {
+    pub(crate) config: Arc<Config>,
+}
+
+pub(crate) struct Config {
+    pub(crate) accounts: Arc<dyn Accounts>,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) limits: Vec<(Tier, TierLimits)>,
+    pub(crate) routes: Vec<(String, Tier)>,
+    pub(crate) is_run: IsRun,
+    pub(crate) on_store_error: StoreFailure,
+    pub(crate) clock: Clock,
+    pub(crate) concurrency_retry_after: Duration,
+    pub(crate) lease: Duration,
+    /// The store's outage, as this layer's requests saw it (shared by every clone).
+    pub(crate) outage: Arc<Outage>,
+}
+
+impl Clone for Config {
+    fn clone(&self) -> Self {
+        Config {
+            accounts: Arc::clone(&self.accounts),
+            store: Arc::clone(&self.store),
+            limits: self.limits.clone(),
+            routes: self.routes.clone(),
+            is_run: Arc::clone(&self.is_run),
+            on_store_error: self.on_store_error,
+            clock: Arc::clone(&self.clock),
+            concurrency_retry_after: self.concurrency_retry_after,
+            lease: self.lease,
+            outage: Arc::clone(&self.outage),
+        }
+    }
+}
+
+impl std::fmt::Debug for GatewayLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayLayer")
+            .field("limits", &self.config.limits)
+            .field("routes", &self.config.routes)
+            .field("on_store_error", &self.config.on_store_error)
+            .field(
+                "concurrency_retry_after",
+                &self.config.concurrency_retry_after,
+            )
+            .field("lease", &self.config.lease)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GatewayLayer {
+    /// The default `Retry-After` of a 429 for the concurrent-runs limit.
+    pub const DEFAULT_CONCURRENCY_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+    /// The default lease of a run permit in a shared store: 30 s. A held permit renews
+    /// itself every third of its lease ([`RunPermit`]), so a run may last as long as it
+    /// needs, and a replica that dies frees its runs within about 30 s (it was 360 s,
+    /// the sync ceiling and a minute, before permits renewed themselves).
+    pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+
+    /// A gateway resolving keys with `accounts` and counting in `store`, with the page's
+    /// limits, every `POST` a run, and the default [`StoreFailure`].
+    pub fn new(accounts: Arc<dyn Accounts>, store: Arc<dyn Store>) -> GatewayLayer {
+        GatewayLayer {
+            config: Arc::new(Config {
+                accounts,
+                store,
+                limits: Tier::ALL.iter().map(|&t| (t, TierLimits::of(t))).collect(),
+                routes: Vec::new(),
+                is_run: Arc::new(|method, _| method == Method::POST),
+                on_store_error: StoreFailure::default(),
+                clock: Arc::new(SystemTime::now),
+                concurrency_retry_after: Self::DEFAULT_CONCURRENCY_RETRY_AFTER,
+                lease: Self::DEFAULT_LEASE,
+                outage: Arc::new(Outage::new("gateway")),
+            }),
+        }
+    }
+
+    fn edit(mut self, f: impl FnOnce(&mut Config)) -> GatewayLayer {
+        f(Arc::make_mut(&mut self.config));
+        self
+    }
+
+    /// Uses `limits` for `tier`.
+    #[must_use]
+    pub fn with_limits(self, tier: Tier, limits: TierLimits) -> GatewayLayer {
+        self.edit(|c| {
+            c.limits.retain(|(t, _)| *t != tier);
+            c.limits.push((tier, limits));
+        })
+    }
+
+    /// Paths that start with `prefix` need at least `tier`: a lower tier's key is answered
+    /// 403 `forbidden` ("wrong tier").
+    #[must_use]
+    pub fn require_tier(self, prefix: impl Into<String>, tier: Tier) -> GatewayLayer {
+        let prefix = prefix.into();
+        self.edit(|c| c.routes.push((prefix, tier)))
+    }
+
+    /// Which requests are runs (take a concurrent-runs permit). Default: every `POST`.
+    #[must_use]
+    pub fn runs_when(
+        self,
+        f: impl Fn(&Method, &Uri) -> bool + Send + Sync + 'static,
+    ) -> GatewayLayer {
+        self.edit(|c| c.is_run = Arc::new(f))
+    }
+
+    /// What to do when the store fails.
+    #[must_use]
+    pub fn on_store_error(self, policy: StoreFailure) -> GatewayLayer {
+        self.edit(|c| c.on_store_error = policy)
+    }
+
+    /// Reads "now" from `clock` (tests pass one they own).
+    #[must_use]
+    pub fn with_clock(
+        self,
+        clock: impl Fn() -> SystemTime + Send + Sync + 'static,
+    ) -> GatewayLayer {
+        self.edit(|c| c.clock = Arc::new(clock))
+    }
+
+    /// The `Retry-After` of a 429 for the concurrent-runs limit (default 5 s).
+    #[must_use]
+    pub fn concurrency_retry_after(self, wait: Duration) -> GatewayLayer {
+        self.edit(|c| c.concurrency_retry_after = wait)
+    }
+
+    /// A run permit's lease in a shared store (default [`GatewayLayer::DEFAULT_LEASE`]):
+    /// how long the permits of a replica that died outlive it. Held permits renew
+    /// themselves, so this bounds no run.
+    #[must_use]
+    pub fn lease(self, lease: Duration) -> GatewayLayer {
+        self.edit(|c| c.lease = lease)
+    }
+
+    /// The limits in force for `tier`.
+    pub fn limits(&self, tier: Tier) -> TierLimits {
+        self.config.limits_of(tier)
+    }
+}
+
+impl Config {
+    pub(crate) fn limits_of(&self, tier: Tier) -> TierLimits {
+        self.limits
+            .iter()
+            .find(|(t, _)| *t == tier)
+            .map_or_else(|| TierLimits::of(tier), |(_, l)| *l)
+    }
+}
+
+impl<S> tower_layer::Layer<S> for GatewayLayer {
+    type Service = Gateway<S>;
+    fn layer(&self, inner: S) -> Gateway<S> {
+        Gateway::new(inner, Arc::clone(&self.config))
+    }
+}
+
+/// A tier's place in [`Tier::ALL`] (free < pro < enterprise).
+pub(crate) fn rank(tier: Tier) -> usize {
+    Tier::ALL
+        .iter()
+        .position(|t| *t == tier)
+        .unwrap_or(usize::MAX)
+}

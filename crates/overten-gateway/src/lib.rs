@@ -1,0 +1,104 @@
+//! The Overten API's gateway for a fleet of replicas, as tower layers: accounts and tiers,
+//! per-key rate limits, concurrent runs and upload limits ([`GatewayLayer`]), idempotency
+//! keys ([`IdempotencyLayer`]) and the sync ceiling ([`SyncCeilingLayer`]), counted on a
+//! per-process store ([`MemoryStore`], [`MemoryIdempotencyStore`]) or on Redis
+//! (`RedisStore`, feature `redis`) that every replica shares.
+//!
+//! Responses, request ids, envelopes for framework-made errors and the extractors handlers
+//! use are `overten-errors-http`'s: this crate answers with them, and puts the caller's
+//! [`Account`] and [`TierLimits`] in each request's extensions for handlers to read.
+//! `docs/gateway.md` in the repository has the whole contract.
+//!
+//! # Features
+//!
+//! | feature | adds | pulls in |
+//! |---|---|---|
+//! | (default) | the layers above on the memory stores, [`stack`] | `overten-errors-http` (`tower`), `tower-layer`, `tower-service`, `tower-http`, `tracing`, `sha2` |
+//! | `axum` | the gateway sets axum's `DefaultBodyLimit` to the caller's tier's upload limit | `axum` |
+//! | `redis` | `RedisStore`: counts, permits and idempotency records shared by a fleet | `redis` (tokio), `tokio` (`rt`, `time`) |
+//!
+//! One room a concern: `key.rs` ([`KeyHash`]), `accounts.rs`, `store/` (every store and
+//! what they share), `outage.rs` (a store outage logged as one story), `gateway/`,
+//! `idempotency/`, `ceiling.rs`.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use overten_errors::Tier;
+//! use overten_gateway::{stack, Account, GatewayLayer, MemoryAccounts, MemoryStore};
+//!
+//! let accounts = MemoryAccounts::new().with_key("sk_live_1", Account::new("org_1", Tier::Pro));
+//! let gateway = GatewayLayer::new(Arc::new(accounts), Arc::new(MemoryStore::new()));
+//! let app: axum::Router = axum::Router::new()
+//!     .route("/v1/excel/generate", axum::routing::post(|| async { "ok" }))
+//!     .layer(stack(gateway));
+//! # let _ = app;
+//! ```
+#![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod accounts;
+mod ceiling;
+mod gateway;
+mod idempotency;
+mod key;
+mod outage;
+pub mod store;
+
+pub use accounts::{Accounts, MemoryAccounts};
+pub use ceiling::{SyncCeiling, SyncCeilingLayer};
+pub use gateway::{Gateway, GatewayBody, GatewayLayer, RunPermit};
+pub use idempotency::{Idempotency, IdempotencyBody, IdempotencyLayer};
+pub use key::KeyHash;
+pub use overten_errors_http::server::{Account, AccountStatus, TierLimits};
+pub use store::{
+    Admission, Admit, BoxFuture, Claim, ClaimToken, Fingerprint, IdempotencyStore,
+    MemoryIdempotencyStore, MemoryStore, PermitId, RecordKey, Renewal, RunAdmission, RunAsk, Store,
+    StoreError, StoreFailure, StoredResponse,
+};
+#[cfg(feature = "redis")]
+pub use store::{RedisStore, RedisStoreBuilder};
+
+use overten_errors_http::server::{
+    EnvelopeLayer, PanicEnvelope, RequestIdLayers, request_id_layers,
+};
+
+/// The recommended server stack, outermost first: `request_id_layers` (drop an invalid
+/// incoming id, make one, copy it onto the response), `EnvelopeLayer` (one span per
+/// request, envelopes for framework-made errors, one log line per 5xx with the request id
+/// and the cause chain), `gateway`, then tower-http's `CatchPanicLayer` with
+/// `PanicEnvelope` (a panic is a 500 envelope and one log line; inside the gateway, so
+/// that its response carries `X-RateLimit-*` like every other and its permit goes back when
+/// the response is sent). Put your routes (and a timeout, or the idempotency layer) inside.
+pub type ServerStack = tower_layer::Stack<
+    tower_http::catch_panic::CatchPanicLayer<PanicEnvelope>,
+    tower_layer::Stack<GatewayLayer, tower_layer::Stack<EnvelopeLayer, RequestIdLayers>>,
+>;
+
+/// [`ServerStack`] around `gateway`: `.layer(stack(gateway))` on an axum `Router`.
+pub fn stack(gateway: GatewayLayer) -> ServerStack {
+    tower_layer::Stack::new(
+        tower_http::catch_panic::CatchPanicLayer::custom(PanicEnvelope),
+        tower_layer::Stack::new(
+            gateway,
+            tower_layer::Stack::new(EnvelopeLayer, request_id_layers()),
+        ),
+    )
+}
+
+/// Polls a future that needs no runtime (every wait in it is ready) to completion.
+#[cfg(test)]
+pub(crate) fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+    }
+}
+
+/// This crate's README examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -1,0 +1,714 @@
+//! Where idempotency records live: the [`IdempotencyStore`] trait and the per-process
+//! [`MemoryIdempotencyStore`].
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, StatusCode};
+use sha2::{Digest, Sha256};
+
+use super::{BoxFuture, PermitId, StoreError};
+
+/// A record's key: the first 128 bits of SHA-256 over the caller's org id and the
+/// `Idempotency-Key` value, so two orgs never share a record and the key is never stored in
+/// clear.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct RecordKey(pub(crate) [u8; 16]);
+
+impl RecordKey {
+    /// The record of `idempotency_key` for `org`.
+    pub fn new(org: &str, idempotency_key: &str) -> RecordKey {
+        let mut h = Sha256::new();
+        h.update((org.len() as u64).to_be_bytes());
+        h.update(org.as_bytes());
+        h.update(idempotency_key.as_bytes());
+        let mut out = [0; 16];
+        out.copy_from_slice(&h.finalize()[..16]);
+        RecordKey(out)
+    }
+
+    /// 32 hex digits.
+    pub fn hex(&self) -> String {
+        crate::key::hex(&self.0)
+    }
+}
+
+/// What makes two requests "the same request": SHA-256 over the method, the path and query,
+/// and the body.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct Fingerprint(pub(crate) [u8; 32]);
+
+impl Fingerprint {
+    /// The fingerprint of a request.
+    pub fn new(method: &http::Method, path_and_query: &str, body: &[u8]) -> Fingerprint {
+        let mut h = Sha256::new();
+        h.update(method.as_str().as_bytes());
+        h.update([0]);
+        h.update((path_and_query.len() as u64).to_be_bytes());
+        h.update(path_and_query.as_bytes());
+        h.update(body);
+        Fingerprint(h.finalize().into())
+    }
+
+    /// 64 hex digits.
+    pub fn hex(&self) -> String {
+        crate::key::hex(&self.0)
+    }
+}
+
+/// A response kept for replay: status, the headers worth replaying, the whole body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredResponse {
+    /// The status.
+    pub status: StatusCode,
+    /// The headers (without the per-response ones: request id, rate limits, length).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The body.
+    pub body: Bytes,
+}
+
+impl StoredResponse {
+    /// Bytes held: the body and the headers.
+    pub fn size(&self) -> usize {
+        self.body.len()
+            + self
+                .headers
+                .iter()
+                .map(|(n, v)| n.as_str().len() + v.len())
+                .sum::<usize>()
+    }
+
+    /// A compact binary form (for a shared store): `v1`, status, header count, each header
+    /// as length-prefixed name and value, then the body.
+    pub fn encode(&self) -> Vec<u8> {
+        // Every header whose lengths fit the form (all that `http` lets through: names are
+        // under 64 KiB), at most 65,535 of them.
+        let headers: Vec<(u16, &[u8], u32, &[u8])> = self
+            .headers
+            .iter()
+            .filter_map(|(name, value)| {
+                let (name, value) = (name.as_str().as_bytes(), value.as_bytes());
+                Some((
+                    u16::try_from(name.len()).ok()?,
+                    name,
+                    u32::try_from(value.len()).ok()?,
+                    value,
+                ))
+            })
+            .take(usize::from(u16::MAX))
+            .collect();
+        let mut out = Vec::with_capacity(self.size() + 6 + 6 * headers.len());
+        out.extend_from_slice(b"v1");
+        out.extend_from_slice(&self.status.as_u16().to_be_bytes());
+        out.extend_from_slice(
+            &u16::try_from(headers.len())
+                .unwrap_or(u16::MAX)
+                .to_be_bytes(),
+        );
+        for (name_len, name, value_len, value) in headers {
+            out.extend_from_slice(&name_len.to_be_bytes());
+            out.extend_from_slice(name);
+            out.extend_from_slice(&value_len.to_be_bytes());
+            out.extend_from_slice(value);
+        }
+        out.extend_from_slice(&self.body);
+        out
+    }
+
+    /// Reads [`StoredResponse::encode`]'s form; `None` for anything else (a corrupt or
+    /// foreign record is never replayed).
+    pub fn decode(bytes: &[u8]) -> Option<StoredResponse> {
+        let mut r = Reader(bytes);
+        if r.take(2)? != b"v1" {
+            return None;
+        }
+        let status = StatusCode::from_u16(u16::from_be_bytes(r.take(2)?.try_into().ok()?)).ok()?;
+        let n = u16::from_be_bytes(r.take(2)?.try_into().ok()?);
+        let mut headers = Vec::with_capacity(usize::from(n.min(64)));
+        for _ in 0..n {
+            let len = u16::from_be_bytes(r.take(2)?.try_into().ok()?);
+            let name = HeaderName::from_bytes(r.take(usize::from(len))?).ok()?;
+            let len = u32::from_be_bytes(r.take(4)?.try_into().ok()?);
+            let value = HeaderValue::from_bytes(r.take(usize::try_from(len).ok()?)?).ok()?;
+            headers.push((name, value));
+        }
+        Some(StoredResponse {
+            status,
+            headers,
+            body: Bytes::copy_from_slice(r.0),
+        })
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = (self.0.get(..n)?, self.0.get(n..)?);
+        self.0 = rest;
+        Some(head)
+    }
+}
+
+/// A claim's token: only its holder completes or releases it.
+pub type ClaimToken = PermitId;
+
+/// What a claim found.
+#[non_exhaustive]
+#[derive(Debug, Clone)]
+pub enum Claim {
+    /// This request holds the key now: run it, then complete or release.
+    Claimed,
+    /// Another request with this key is in progress.
+    InProgress {
+        /// Whether it is the same request (method, path, body).
+        same_request: bool,
+    },
+    /// A request with this key completed.
+    Done {
+        /// Whether it is the same request.
+        same_request: bool,
+        /// Its response, or `None` when it was too large to keep.
+        response: Option<Arc<StoredResponse>>,
+    },
+}
+
+/// Where idempotency records live. Claims are atomic: of any number of concurrent claims of
+/// one key (from any replica), exactly one is [`Claim::Claimed`]. A claim in progress
+/// expires after its lease (so a replica that died cannot hold a key for ever); a completed
+/// record after the retention.
+pub trait IdempotencyStore: Send + Sync + 'static {
+    /// Claims `key` for a request with `fingerprint`, or reports what holds it.
+    fn claim<'a>(
+        &'a self,
+        key: &'a RecordKey,
+        fingerprint: &'a Fingerprint,
+        token: ClaimToken,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<Claim, StoreError>>;
+
+    /// Completes a claim with its response (`None`: too large to keep; replays of the key
+    /// are then refused), kept for `retention`. A claim no longer held is left alone.
+    fn complete<'a>(
+        &'a self,
+        key: &'a RecordKey,
+        fingerprint: &'a Fingerprint,
+        token: ClaimToken,
+        response: Option<&'a StoredResponse>,
+        retention: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Gives a claim back (the request failed with a 5xx, was cancelled, or panicked), so a
+    /// retry runs. Never blocks; if it fails, the claim expires with its lease.
+    fn release(&self, key: &RecordKey, token: ClaimToken);
+}
+
+#[derive(Debug)]
+enum State {
+    Pending {
+        token: ClaimToken,
+        until: Instant,
+    },
+    Done {
+        response: Option<Arc<StoredResponse>>,
+        until: Instant,
+    },
+}
+
+#[derive(Debug)]
+struct Record {
+    fingerprint: Fingerprint,
+    state: State,
+}
+
+impl Record {
+    fn until(&self) -> Instant {
+        match self.state {
+            State::Pending { until, .. } | State::Done { until, .. } => until,
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match &self.state {
+            State::Done {
+                response: Some(r), ..
+            } => r.size(),
+            _ => 0,
+        }
+    }
+}
+
+/// Records in this process's memory, bounded: at most [`MemoryIdempotencyStore::MAX_RECORDS`]
+/// records and [`MemoryIdempotencyStore::MAX_BYTES`] of stored responses. Past either bound
+/// the completed records go first, oldest first (they expire in that order); if only claims
+/// in progress remain, a new claim fails with [`StoreError::Full`].
+#[derive(Debug, Default)]
+pub struct MemoryIdempotencyStore {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    map: HashMap<RecordKey, Record>,
+    /// Keys in the order their records completed (some since replaced or gone).
+    done: VecDeque<RecordKey>,
+    bytes: usize,
+}
+
+impl Inner {
+    fn fits(&self, adding: usize) -> bool {
+        self.map.len() < MemoryIdempotencyStore::MAX_RECORDS
+            && self.bytes.saturating_add(adding) <= MemoryIdempotencyStore::MAX_BYTES
+    }
+
+    fn remove(&mut self, key: &RecordKey) {
+        if let Some(r) = self.map.remove(key) {
+            self.bytes = self.bytes.saturating_sub(r.bytes());
+        }
+    }
+
+    /// Makes room for one more record of `adding` bytes; false if it cannot.
+    fn make_room(&mut self, adding: usize, now: Instant) -> bool {
+        while !self.fits(adding) {
+            let Some(k) = self.done.pop_front() else {
+                // Only claims in progress left: drop those whose lease ended.
+                self.map.retain(|_, r| r.until() > now);
+                return self.fits(adding);
+            };
+            if self
+                .map
+                .get(&k)
+                .is_some_and(|r| matches!(r.state, State::Done { .. }))
+            {
+                self.remove(&k);
+            }
+        }
+        true
+    }
+}
+
+impl MemoryIdempotencyStore {
+    /// The most records held.
+    pub const MAX_RECORDS: usize = 100_000;
+    /// The most response bytes held (64 MiB).
+    pub const MAX_BYTES: usize = 64 * 1024 * 1024;
+
+    /// An empty store.
+    pub fn new() -> MemoryIdempotencyStore {
+        MemoryIdempotencyStore::default()
+    }
+
+    /// Records held.
+    pub fn len(&self) -> usize {
+        self.lock().map.len()
+    }
+
+    /// No records held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Response bytes held.
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl IdempotencyStore for MemoryIdempotencyStore {
+    fn claim<'a>(
+        &'a self,
+        key: &'a RecordKey,
+        fingerprint: &'a Fingerprint,
+        token: ClaimToken,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<Claim, StoreError>> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let live = inner.map.get(key).filter(|r| r.until() > now);
+        let answer = if let Some(r) = live {
+            Ok(match &r.state {
+                State::Pending { .. } => Claim::InProgress {
+                    same_request: r.fingerprint == *fingerprint,
+                },
+                State::Done { response, .. } => Claim::Done {
+                    same_request: r.fingerprint == *fingerprint,
+                    response: response.clone(),
+                },
+            })
+        } else {
+            inner.remove(key);
+            if inner.make_room(0, now) {
+                inner.map.insert(
+                    *key,
+                    Record {
+                        fingerprint: *fingerprint,
+                        state: State::Pending {
+                            token,
+                            until: now + lease,
+                        },
+                    },
+                );
+                Ok(Claim::Claimed)
+            } else {
+                Err(StoreError::Full)
+            }
+        };
+        Box::pin(std::future::ready(answer))
+    }
+
+    fn complete<'a>(
+        &'a self,
+        key: &'a RecordKey,
+        fingerprint: &'a Fingerprint,
+        token: ClaimToken,
+        response: Option<&'a StoredResponse>,
+        retention: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let held = inner.map.get(key).is_some_and(|r| {
+            r.fingerprint == *fingerprint
+                && matches!(r.state, State::Pending { token: t, .. } if t == token)
+        });
+        if held {
+            inner.remove(key);
+            let size = response.map_or(0, StoredResponse::size);
+            // A response that cannot be kept within the bounds is kept as "too large".
+            let response = response
+                .filter(|_| size <= Self::MAX_BYTES && inner.make_room(size, now))
+                .map(|r| Arc::new(r.clone()));
+            inner.bytes += response.as_ref().map_or(0, |r| r.size());
+            inner.map.insert(
+                *key,
+                Record {
+                    fingerprint: *fingerprint,
+                    state: State::Done {
+                        response,
+                        until: now + retention,
+                    },
+                },
+            );
+            inner.done.push_back(*key);
+            // Keys of records since replaced stay queued until popped: compact now and then.
+            if inner.done.len() > 2 * Self::MAX_RECORDS {
+                let Inner { map, done, .. } = &mut *inner;
+                done.retain(|k| {
+                    map.get(k)
+                        .is_some_and(|r| matches!(r.state, State::Done { .. }))
+                });
+            }
+        }
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn release(&self, key: &RecordKey, token: ClaimToken) {
+        let mut inner = self.lock();
+        if inner
+            .map
+            .get(key)
+            .is_some_and(|r| matches!(r.state, State::Pending { token: t, .. } if t == token))
+        {
+            inner.remove(key);
+        }
+    }
+}
+
+impl<S: IdempotencyStore + ?Sized> IdempotencyStore for Arc<S> {
+    fn claim<'a>(
+        &'a self,
+        key: &'a RecordKey,
+        fingerprint: &'a Fingerprint,
+        token: ClaimToken,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<Claim, StoreError>> {
+        (**self).claim(key, fingerprint, token, lease)
+    }
+    fn complete<'a>(
+        &'a self,
+        key: &'a RecordKey,
+        fingerprint: &'a Fingerprint,
+        token: ClaimToken,
+        response: Option<&'a StoredResponse>,
+        retention: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        (**self).complete(key, fingerprint, token, response, retention)
+    }
+    fn release(&self, key: &RecordKey, token: ClaimToken) {
+        (**self).release(key, token);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resp(body: &str) -> StoredResponse {
+        StoredResponse {
+            status: StatusCode::ACCEPTED,
+            headers: vec![(
+                HeaderName::from_static("content-type"),
+                HeaderValue::from_static("application/json"),
+            )],
+            body: Bytes::copy_from_slice(body.as_bytes()),
+        }
+    }
+
+    #[test]
+    fn records_encode_and_decode_and_refuse_garbage() {
+        let r = resp(r#"{"task_id":"task_1"}"#);
+        assert_eq!(StoredResponse::decode(&r.encode()), Some(r.clone()));
+        for bad in [
+            &b""[..],
+            b"v2",
+            b"v1\x00",
+            b"v1\x00\xc8\x00\x05",
+            b"v1\x00\x63\x00\x00",
+        ] {
+            assert_eq!(StoredResponse::decode(bad), None, "{bad:?}");
+        }
+        let mut cut = r.encode();
+        cut.truncate(12);
+        assert_eq!(StoredResponse::decode(&cut), None);
+    }
+
+    #[test]
+    fn keys_are_scoped_by_org_and_fingerprints_by_request() {
+        assert_ne!(RecordKey::new("org_a", "k"), RecordKey::new("org_b", "k"));
+        assert_ne!(RecordKey::new("org_a", "bk"), RecordKey::new("org_ab", "k"));
+        let m = http::Method::POST;
+        assert_ne!(
+            Fingerprint::new(&m, "/a", b"1"),
+            Fingerprint::new(&m, "/a", b"2")
+        );
+        assert_ne!(
+            Fingerprint::new(&m, "/a", b"1"),
+            Fingerprint::new(&m, "/b", b"1")
+        );
+        assert_ne!(
+            Fingerprint::new(&m, "/a", b"1"),
+            Fingerprint::new(&http::Method::PUT, "/a", b"1")
+        );
+        assert_eq!(
+            Fingerprint::new(&m, "/a", b"1"),
+            Fingerprint::new(&m, "/a", b"1")
+        );
+    }
+
+    #[test]
+    fn claim_complete_release() {
+        let s = MemoryIdempotencyStore::new();
+        let (k, fp, other) = (
+            RecordKey::new("o", "k"),
+            Fingerprint::new(&http::Method::POST, "/a", b"1"),
+            Fingerprint::new(&http::Method::POST, "/a", b"2"),
+        );
+        let lease = Duration::from_secs(60);
+        let t1 = ClaimToken::new();
+        let claim = |fp, t| crate::block_on(s.claim(&k, fp, t, lease)).unwrap();
+        assert!(matches!(claim(&fp, t1), Claim::Claimed));
+        assert!(matches!(
+            claim(&fp, ClaimToken::new()),
+            Claim::InProgress { same_request: true }
+        ));
+        assert!(matches!(
+            claim(&other, ClaimToken::new()),
+            Claim::InProgress {
+                same_request: false
+            }
+        ));
+        // Only the holder releases.
+        s.release(&k, ClaimToken::new());
+        assert!(matches!(
+            claim(&fp, ClaimToken::new()),
+            Claim::InProgress { .. }
+        ));
+        s.release(&k, t1);
+        let t2 = ClaimToken::new();
+        assert!(matches!(claim(&fp, t2), Claim::Claimed));
+        let r = resp("x");
+        crate::block_on(s.complete(&k, &fp, t2, Some(&r), lease)).unwrap();
+        match claim(&fp, ClaimToken::new()) {
+            Claim::Done {
+                same_request: true,
+                response: Some(got),
+            } => assert_eq!(*got, r),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            claim(&other, ClaimToken::new()),
+            Claim::Done {
+                same_request: false,
+                ..
+            }
+        ));
+        // Counted by hand: the body "x" (1), "content-type" (12), "application/json" (16).
+        assert_eq!(r.size(), 29);
+        assert_eq!(s.bytes(), 29);
+    }
+
+    #[test]
+    fn expired_claims_and_records_free_their_key() {
+        let s = MemoryIdempotencyStore::new();
+        let k = RecordKey::new("o", "k");
+        let fp = Fingerprint::new(&http::Method::POST, "/a", b"");
+        let t = ClaimToken::new();
+        let short = Duration::from_millis(1);
+        assert!(matches!(
+            crate::block_on(s.claim(&k, &fp, t, short)).unwrap(),
+            Claim::Claimed
+        ));
+        std::thread::sleep(Duration::from_millis(5));
+        let again = crate::block_on(s.claim(&k, &fp, ClaimToken::new(), short)).unwrap();
+        assert!(
+            matches!(again, Claim::Claimed),
+            "a dead claim's lease ended"
+        );
+    }
+
+    fn key(i: u32) -> RecordKey {
+        let mut k = [0; 16];
+        k[..4].copy_from_slice(&i.to_be_bytes());
+        RecordKey(k)
+    }
+
+    fn body_of(n: usize) -> StoredResponse {
+        StoredResponse {
+            status: StatusCode::OK,
+            headers: Vec::new(),
+            body: Bytes::from(vec![b'x'; n]),
+        }
+    }
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    fn keep(s: &MemoryIdempotencyStore, i: u32, r: Option<&StoredResponse>) -> Claim {
+        let fp = Fingerprint([1; 32]);
+        let t = ClaimToken::new();
+        let claimed = crate::block_on(s.claim(&key(i), &fp, t, DAY)).unwrap();
+        if matches!(claimed, Claim::Claimed) {
+            crate::block_on(s.complete(&key(i), &fp, t, r, DAY)).unwrap();
+        }
+        claimed
+    }
+
+    #[test]
+    fn the_record_bound_is_exact_and_the_oldest_go_first() {
+        let s = MemoryIdempotencyStore::new();
+        assert!(s.is_empty());
+        let max = u32::try_from(MemoryIdempotencyStore::MAX_RECORDS).unwrap();
+        for i in 0..max {
+            keep(&s, i, Some(&body_of(0)));
+        }
+        assert_eq!(s.len(), MemoryIdempotencyStore::MAX_RECORDS);
+        assert!(!s.is_empty());
+        keep(&s, max, Some(&body_of(0)));
+        assert_eq!(
+            s.len(),
+            MemoryIdempotencyStore::MAX_RECORDS,
+            "never over the bound"
+        );
+        // The oldest made room; the newest and the second oldest are kept.
+        assert!(matches!(keep(&s, 0, None), Claim::Claimed), "evicted");
+        assert!(matches!(keep(&s, max, None), Claim::Done { .. }));
+        assert!(matches!(keep(&s, 2, None), Claim::Done { .. }));
+    }
+
+    #[test]
+    fn the_byte_bound_is_exact() {
+        let s = MemoryIdempotencyStore::new();
+        let mib = 1024 * 1024;
+        for i in 0..64 {
+            keep(&s, i, Some(&body_of(mib)));
+        }
+        assert_eq!(s.bytes(), 64 * mib, "64 MiB fit exactly");
+        assert_eq!(s.len(), 64);
+        keep(&s, 64, Some(&body_of(mib)));
+        assert_eq!(s.bytes(), 64 * mib, "one went for the new one");
+        assert!(matches!(keep(&s, 0, None), Claim::Claimed), "the oldest");
+        // A response larger than the whole bound is recorded as too large, not kept.
+        let t = ClaimToken::new();
+        let fp = Fingerprint([1; 32]);
+        assert!(matches!(
+            crate::block_on(s.claim(&key(99), &fp, t, DAY)).unwrap(),
+            Claim::Claimed
+        ));
+        crate::block_on(s.complete(&key(99), &fp, t, Some(&body_of(64 * mib + 1)), DAY)).unwrap();
+        let got = crate::block_on(s.claim(&key(99), &fp, ClaimToken::new(), DAY)).unwrap();
+        assert!(
+            matches!(
+                got,
+                Claim::Done {
+                    same_request: true,
+                    response: None
+                }
+            ),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn claims_in_progress_are_never_evicted_until_their_lease_ends() {
+        let s = MemoryIdempotencyStore::new();
+        let fp = Fingerprint([1; 32]);
+        let max = u32::try_from(MemoryIdempotencyStore::MAX_RECORDS).unwrap();
+        // The fill's leases outlast any machine's fill; the last claim's is short and is
+        // taken just before the check, so how long the fill took does not matter.
+        let long = Duration::from_secs(3600);
+        let short = Duration::from_secs(1);
+        for i in 0..max - 1 {
+            let got = crate::block_on(s.claim(&key(i), &fp, ClaimToken::new(), long)).unwrap();
+            assert!(matches!(got, Claim::Claimed));
+        }
+        let last = crate::block_on(s.claim(&key(max - 1), &fp, ClaimToken::new(), short));
+        let claimed_at = Instant::now();
+        assert!(matches!(last.unwrap(), Claim::Claimed));
+        let full = crate::block_on(s.claim(&key(max), &fp, ClaimToken::new(), short));
+        assert!(matches!(full, Err(StoreError::Full)));
+        // Polled to a deadline: room is made when the short lease ends, not before.
+        let deadline = claimed_at + Duration::from_secs(60);
+        loop {
+            let got = crate::block_on(s.claim(&key(max), &fp, ClaimToken::new(), short));
+            if let Ok(got) = got {
+                assert!(matches!(got, Claim::Claimed));
+                break;
+            }
+            assert!(Instant::now() < deadline, "the ended lease never made room");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            claimed_at.elapsed() >= short,
+            "evicted before its lease ended"
+        );
+        // Only the ended claim went: the others' leases run on.
+        assert_eq!(s.len(), MemoryIdempotencyStore::MAX_RECORDS);
+    }
+
+    #[test]
+    fn only_the_holder_completes_and_only_the_same_request() {
+        let s = MemoryIdempotencyStore::new();
+        let (fp, other) = (Fingerprint([1; 32]), Fingerprint([2; 32]));
+        let t = ClaimToken::new();
+        assert!(matches!(
+            crate::block_on(s.claim(&key(1), &fp, t, DAY)).unwrap(),
+            Claim::Claimed
+        ));
+        let r = body_of(3);
+        crate::block_on(s.complete(&key(1), &fp, ClaimToken::new(), Some(&r), DAY)).unwrap();
+        crate::block_on(s.complete(&key(1), &other, t, Some(&r), DAY)).unwrap();
+        let got = crate::block_on(s.claim(&key(1), &fp, ClaimToken::new(), DAY)).unwrap();
+        assert!(
+            matches!(got, Claim::InProgress { same_request: true }),
+            "{got:?}"
+        );
+        assert_eq!(s.bytes(), 0);
+        crate::block_on(s.complete(&key(1), &fp, t, Some(&r), DAY)).unwrap();
+        assert_eq!(s.bytes(), 3);
+        assert_eq!(StoredResponse::size(&body_of(7)), 7);
+    }
+}

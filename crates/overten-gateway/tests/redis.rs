@@ -1,0 +1,557 @@
+//! The gateway on a real `redis-server` (Debian's package), started here on a free loopback
+//! port in a temp dir and stopped by PID: a fleet of gateways sharing one Redis, concurrent
+//! runs across replicas, leases that expire, and Redis killed and restarted mid-run.
+//!
+//! These tests fail (they never skip) when `redis-server` cannot start: install it with
+//! `apt-get install -y redis-server`.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::too_many_lines,
+    clippy::cast_possible_truncation,
+    reason = "tests fail loudly, and read as one story"
+)]
+
+#[path = "support/redis_server.rs"]
+mod redis_server;
+#[path = "support/gateway_app.rs"]
+mod support;
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use overten_errors::Tier;
+use overten_gateway::{
+    Admit, GatewayLayer, KeyHash, MemoryAccounts, PermitId, RedisStore, RunAdmission, RunAsk,
+    Store, StoreFailure, TierLimits,
+};
+use redis_server::RedisServer;
+use support::{Gauge, NOW, accounts, app, client, fixed_now, serve, within};
+
+/// `n` gateways, each on its own connection to `url`.
+async fn fleet(
+    url: &str,
+    n: usize,
+    accounts: &Arc<MemoryAccounts>,
+    gauge: &Arc<Gauge>,
+    edit: impl Fn(GatewayLayer) -> GatewayLayer,
+) -> Vec<SocketAddr> {
+    let mut addrs = Vec::new();
+    for _ in 0..n {
+        // A generous timeout: these tests count admissions exactly, and a thousand requests
+        // at once on a loaded two-core machine (a debug build, CI's other jobs) can keep a
+        // call past the default 250 ms; the timeout policy has tests of its own.
+        let store = RedisStore::builder(url)
+            .timeout(Duration::from_secs(10))
+            .connect()
+            .await
+            .unwrap();
+        let gateway =
+            edit(GatewayLayer::new(accounts.clone(), Arc::new(store)).with_clock(fixed_now));
+        addrs.push(serve(app(gateway, gauge.clone())).await);
+    }
+    addrs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_gateways_on_one_redis_admit_exactly_each_tiers_limit() {
+    let redis = RedisServer::start();
+    within(120, async {
+        let accounts = accounts(20);
+        let gauge = Arc::new(Gauge::default());
+        let addrs = fleet(&redis.url(), 4, &accounts, &gauge, |g| g).await;
+        // 20 keys: free, pro, enterprise in turn. 1,000 requests: free keys 30 each, pro
+        // keys 70 each, enterprise keys 34 or so each; round-robin over the 4 gateways.
+        let mut plan = Vec::new();
+        for k in 0..20 {
+            let n = match support::tier_of(k) {
+                Tier::Free => 30,
+                Tier::Pro => 70,
+                _ => 0,
+            };
+            plan.extend(std::iter::repeat_n(k, n));
+        }
+        let enterprise: Vec<usize> = (0..20)
+            .filter(|k| support::tier_of(*k) == Tier::Enterprise)
+            .collect();
+        let mut e = 0;
+        while plan.len() < 1000 {
+            plan.push(enterprise[e % enterprise.len()]);
+            e += 1;
+        }
+        let c = client();
+        let mut tasks = Vec::new();
+        for (i, k) in plan.iter().copied().enumerate() {
+            let c = c.clone();
+            let addr = addrs[i % addrs.len()];
+            tasks.push(tokio::spawn(async move {
+                (k, c.get(addr, "/ok", Some(&format!("sk_live_k{k}"))).await)
+            }));
+        }
+        let mut admitted: Vec<Vec<u64>> = vec![Vec::new(); 20];
+        let mut sent = [0usize; 20];
+        for t in tasks {
+            let (k, got) = t.await.unwrap();
+            sent[k] += 1;
+            let remaining = got.header("x-ratelimit-remaining").unwrap_or_else(|| {
+                panic!(
+                    "no X-RateLimit-Remaining on a {} {} (a store timeout on a loaded machine?)",
+                    got.status,
+                    got.code().as_str()
+                )
+            });
+            if got.status == 200 {
+                admitted[k].push(remaining);
+            } else {
+                assert_eq!(
+                    (got.status, got.code().as_str()),
+                    (429, "rate_limit_exceeded"),
+                    "{}",
+                    got.body
+                );
+                assert_eq!(remaining, 0);
+                assert_eq!(
+                    got.header("retry-after"),
+                    Some(60 - NOW % 60),
+                    "to the window's end"
+                );
+            }
+        }
+        for k in 0..20 {
+            let limit = u64::from(support::tier_of(k).requests_per_minute());
+            let want = limit.min(sent[k] as u64);
+            let mut got = std::mem::take(&mut admitted[k]);
+            got.sort_unstable();
+            let expect: Vec<u64> = (limit - want..limit).collect();
+            assert_eq!(
+                got, expect,
+                "key {k}: exactly the limit across 4 replicas, Remaining never repeated"
+            );
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_across_replicas_never_exceed_the_tier_and_permits_come_back() {
+    let redis = RedisServer::start();
+    within(120, async {
+        let accounts = accounts(1);
+        let gauge = Arc::new(Gauge::default());
+        let roomy = |g: GatewayLayer| {
+            g.with_limits(
+                Tier::Free,
+                TierLimits::of(Tier::Free).requests_per_minute(100_000),
+            )
+        };
+        let addrs = fleet(&redis.url(), 4, &accounts, &gauge, roomy).await;
+        let c = client();
+        let mut tasks = Vec::new();
+        for i in 0..50 {
+            let c = c.clone();
+            let addr = addrs[i % addrs.len()];
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..3_000 {
+                    let got = c.post(addr, "/runs?ms=30", Some("sk_live_k0")).await;
+                    if got.status == 200 {
+                        return;
+                    }
+                    assert_eq!(got.status, 429, "{}", got.body);
+                    assert!(got.body.contains("runs in progress"), "{}", got.body);
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                panic!("a run never got a permit");
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(gauge.done.load(Ordering::SeqCst), 50);
+        assert_eq!(
+            gauge.max.load(Ordering::SeqCst),
+            2,
+            "exactly 2 in progress at the peak, fleet-wide"
+        );
+        // Panic and async holds, on Redis: the permits come back.
+        let got = c.post(addrs[0], "/panic", Some("sk_live_k0")).await;
+        assert_eq!(got.status, 500);
+        assert_eq!(
+            c.post(addrs[1], "/async?ms=300", Some("sk_live_k0"))
+                .await
+                .status,
+            202
+        );
+        assert_eq!(
+            c.post(addrs[2], "/async?ms=300", Some("sk_live_k0"))
+                .await
+                .status,
+            202
+        );
+        assert_eq!(
+            c.post(addrs[3], "/runs", Some("sk_live_k0")).await.status,
+            429,
+            "held by tasks"
+        );
+        support::eventually("the tasks' permits came back", 20, || {
+            let c = c.clone();
+            let addr = addrs[3];
+            async move { c.post(addr, "/runs", Some("sk_live_k0")).await.status == 200 }
+        })
+        .await;
+    })
+    .await;
+}
+
+/// The child process of `a_lease_left_by_a_killed_replica_expires`: takes both of a free
+/// key's permits on the Redis named by `OVERTEN_TEST_REDIS`, says so, and hangs until it is
+/// killed. Run only as that child (`--ignored --exact`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the child process of a_lease_left_by_a_killed_replica_expires"]
+async fn replica_that_holds_two_permits_until_killed() {
+    let url = std::env::var("OVERTEN_TEST_REDIS").expect("run by its parent test only");
+    let store = RedisStore::connect(url).await.unwrap();
+    let key = KeyHash::of("sk_live_k0");
+    for _ in 0..2 {
+        let ask = Admit::new(&key, 1, 60, 100).with_run(RunAsk::new(
+            PermitId::new(),
+            2,
+            Duration::from_millis(LEASE_MS),
+        ));
+        assert_eq!(store.admit(ask).await.unwrap().run, RunAdmission::Granted);
+    }
+    println!("HOLDING");
+    // Killed long before this ends.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+}
+
+const LEASE_MS: u64 = 400;
+
+/// This test binary again, running only the ignored test `name` (a replica in a process of
+/// its own, on `redis`), once it has said `HOLDING`: SIGKILL gives it no chance to release.
+fn replica(redis: &RedisServer, name: &str) -> std::process::Child {
+    use std::io::BufRead;
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", name, "--nocapture"])
+        .env("OVERTEN_TEST_REDIS", redis.url())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let holding = std::io::BufReader::new(stdout)
+        .lines()
+        .take(50)
+        .any(|l| l.is_ok_and(|l| l.contains("HOLDING")));
+    assert!(holding, "the child replica {name} took its permits");
+    child
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_left_by_a_killed_replica_expires() {
+    let redis = RedisServer::start();
+    // A replica in a process of its own takes both permits; SIGKILL gives it no chance to
+    // release them.
+    let mut child = replica(&redis, "replica_that_holds_two_permits_until_killed");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let killed_at = Instant::now();
+    within(60, async {
+        let lease = Duration::from_millis(LEASE_MS);
+        let key = KeyHash::of("sk_live_k0");
+        let b = RedisStore::builder(redis.url())
+            .prefix("overten:")
+            .timeout(Duration::from_millis(250))
+            .connect()
+            .await
+            .unwrap();
+        let shown = format!("{b:?}");
+        assert!(
+            shown.contains(r#"prefix: "overten:""#) && shown.contains("250ms"),
+            "{shown}"
+        );
+        assert!(
+            !shown.contains("redis://"),
+            "the URL (it may hold a password) is not shown"
+        );
+        let ask = |p| Admit::new(&key, 1, 60, 100).with_run(RunAsk::new(p, 2, lease));
+        let first = b.admit(ask(PermitId::new())).await.unwrap().run;
+        assert_eq!(
+            first,
+            RunAdmission::Full { in_progress: 2 },
+            "held by the killed replica"
+        );
+        loop {
+            let run = b.admit(ask(PermitId::new())).await.unwrap().run;
+            if run == RunAdmission::Granted {
+                break;
+            }
+            assert!(
+                killed_at.elapsed() < Duration::from_secs(10),
+                "the leases did not expire"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Within the lease of the kill (the permits were taken just before it).
+        let waited = killed_at.elapsed();
+        assert!(
+            // The lease, and slack for a loaded machine's polling: far below any lease
+            // that would outlive the kill by design.
+            waited <= lease + Duration::from_secs(2),
+            "expired after {waited:?}"
+        );
+        // A renewed permit outlives its first lease; a released one is gone. A lease long
+        // enough that a loaded machine's late wake-up (up to a second) stays inside it.
+        let lease = Duration::from_secs(3);
+        let p = PermitId::new();
+        let key2 = KeyHash::of("sk_live_k1");
+        let ask2 = Admit::new(&key2, 1, 60, 100).with_run(RunAsk::new(p, 1, lease));
+        assert_eq!(b.admit(ask2).await.unwrap().run, RunAdmission::Granted);
+        tokio::time::sleep(lease / 2).await;
+        assert!(b.renew(&key2, p, lease).await.unwrap());
+        tokio::time::sleep(lease * 2 / 3).await;
+        assert!(
+            b.renew(&key2, p, lease).await.unwrap(),
+            "still held after its first lease"
+        );
+        b.release(&key2, p);
+        support::eventually("the released permit is gone", 20, || {
+            let b = b.clone();
+            async move { !b.renew(&key2, p, lease).await.unwrap() }
+        })
+        .await;
+    })
+    .await;
+}
+
+/// The lease of the self-renewing permit tests: short, so that an expiry would show.
+const RENEWED_LEASE: Duration = Duration::from_secs(2);
+
+/// The child process of `a_crashed_replicas_renewed_runs_come_back_within_a_lease`: a
+/// gateway on the Redis named by `OVERTEN_TEST_REDIS`, lease 1 s, whose two async runs of a
+/// free key hold both permits for a minute; it says so and hangs until it is killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the child process of a_crashed_replicas_renewed_runs_come_back_within_a_lease"]
+async fn replica_whose_runs_renew_their_permits_until_killed() {
+    let url = std::env::var("OVERTEN_TEST_REDIS").expect("run by its parent test only");
+    let store = RedisStore::builder(url)
+        .timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .unwrap();
+    let gateway = GatewayLayer::new(accounts(1), Arc::new(store))
+        .lease(RENEWED_LEASE)
+        .with_clock(fixed_now);
+    let addr = serve(app(gateway, Arc::default())).await;
+    for _ in 0..2 {
+        let got = client()
+            .post(addr, "/async?ms=60000", Some("sk_live_k0"))
+            .await;
+        assert_eq!(got.status, 202);
+    }
+    println!("HOLDING");
+    tokio::time::sleep(Duration::from_secs(60)).await;
+}
+
+/// Permits renew themselves while their runs are alive, so a short lease bounds how long a
+/// crashed replica keeps a key's runs: held three leases and more while the replica lives,
+/// back within about one lease of its SIGKILL (on the main of issue 25 the lease was 360 s
+/// and nothing renewed it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_replicas_renewed_runs_come_back_within_a_lease() {
+    let redis = RedisServer::start();
+    let mut child = replica(
+        &redis,
+        "replica_whose_runs_renew_their_permits_until_killed",
+    );
+    let held_at = Instant::now();
+    let key = KeyHash::of("sk_live_k0");
+    let result = within(60, async {
+        let b = RedisStore::builder(redis.url())
+            .timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .unwrap();
+        let ask = |p| Admit::new(&key, 1, 60, 1000).with_run(RunAsk::new(p, 2, RENEWED_LEASE));
+        // Three leases and more: still held (renewed), checked each 100 ms.
+        while held_at.elapsed() < RENEWED_LEASE * 7 / 2 {
+            let run = b.admit(ask(PermitId::new())).await.unwrap().run;
+            assert_eq!(
+                run,
+                RunAdmission::Full { in_progress: 2 },
+                "after {:?} the live replica's runs were renewed",
+                held_at.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let killed_at = Instant::now();
+        // Polled to a deadline: back within the lease (the last renewal was at most a
+        // lease before the kill), with slack for a loaded machine.
+        loop {
+            if b.admit(ask(PermitId::new())).await.unwrap().run == RunAdmission::Granted {
+                break;
+            }
+            assert!(
+                killed_at.elapsed() < Duration::from_secs(15),
+                "the killed replica's permits never came back"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        killed_at.elapsed()
+    })
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    println!(
+        "a crashed replica's runs came back {result:?} after its SIGKILL (lease {RENEWED_LEASE:?})"
+    );
+    assert!(
+        result <= RENEWED_LEASE + Duration::from_secs(3),
+        "came back after {result:?}, lease {RENEWED_LEASE:?}"
+    );
+}
+
+/// A live replica's permits outlive their lease while the runs go on, and go back when the
+/// runs end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_runs_permit_renews_itself_and_goes_back_when_it_ends() {
+    let redis = RedisServer::start();
+    within(60, async {
+        let accounts = accounts(1);
+        let gauge = Arc::new(Gauge::default());
+        let lease = Duration::from_secs(1);
+        // The free tier's two runs, and a rate limit the polling below cannot reach.
+        let roomy = TierLimits::of(Tier::Free).requests_per_minute(100_000);
+        let addrs = fleet(&redis.url(), 1, &accounts, &gauge, |g| {
+            g.lease(lease).with_limits(Tier::Free, roomy)
+        })
+        .await;
+        let c = client();
+        for _ in 0..2 {
+            assert_eq!(
+                c.post(addrs[0], "/async?ms=5000", Some("sk_live_k0"))
+                    .await
+                    .status,
+                202
+            );
+        }
+        // Three leases on: both permits still held by the runs.
+        tokio::time::sleep(lease * 3).await;
+        let full = c.post(addrs[0], "/runs", Some("sk_live_k0")).await;
+        assert_eq!(full.status, 429, "{}", full.body);
+        // The runs end at 5 s; their permits go back (polled to a deadline).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = c.post(addrs[0], "/runs", Some("sk_live_k0")).await;
+            if got.status == 200 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the permits never came back");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_mid_run_then_restarted() {
+    let mut redis = RedisServer::start();
+    within(120, async {
+        let accounts = accounts(3);
+        let gauge = Arc::new(Gauge::default());
+        let timeout = Duration::from_millis(250);
+        let mut addrs = Vec::new();
+        for policy in [StoreFailure::default(), StoreFailure::Allow] {
+            let store = RedisStore::builder(redis.url())
+                .timeout(timeout)
+                .connect()
+                .await
+                .unwrap();
+            let gateway = GatewayLayer::new(accounts.clone(), Arc::new(store))
+                .on_store_error(policy)
+                .with_clock(fixed_now);
+            addrs.push(serve(app(gateway, gauge.clone())).await);
+        }
+        let (reject, allow) = (addrs[0], addrs[1]);
+        let c = client();
+        let got = c.get(reject, "/ok", Some("sk_live_k1")).await;
+        assert_eq!(
+            (got.status, got.header("x-ratelimit-remaining")),
+            (200, Some(59))
+        );
+        // A run in progress when Redis dies.
+        let run = {
+            let c = c.clone();
+            tokio::spawn(async move { c.post(reject, "/runs?ms=300", Some("sk_live_k2")).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        redis.kill();
+        let mut slowest = Duration::ZERO;
+        for _ in 0..10 {
+            let t = Instant::now();
+            let got = c.get(reject, "/ok", Some("sk_live_k1")).await;
+            slowest = slowest.max(t.elapsed());
+            assert_eq!(
+                (got.status, got.code().as_str()),
+                (503, "service_unavailable")
+            );
+            assert_eq!(got.header("retry-after"), Some(30));
+            let t = Instant::now();
+            let got = c.get(allow, "/ok", Some("sk_live_k1")).await;
+            slowest = slowest.max(t.elapsed());
+            assert_eq!(got.status, 200, "passed uncounted");
+            assert!(!got.headers.contains_key("x-ratelimit-remaining"));
+        }
+        // No request waited past the store's timeout (and some slack for the machine).
+        assert!(
+            slowest < timeout + Duration::from_millis(400),
+            "slowest {slowest:?}"
+        );
+        assert_eq!(
+            run.await.unwrap().status,
+            200,
+            "the run in progress finished"
+        );
+        // Back: counting resumes by itself (this Redis kept nothing, so the window starts
+        // afresh).
+        redis.spawn();
+        let started = Instant::now();
+        let resumed = loop {
+            let got = c.get(reject, "/ok", Some("sk_live_k1")).await;
+            if got.status == 200 {
+                break got;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "counting did not resume"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(resumed.header("x-ratelimit-remaining"), Some(59));
+        // The other replica reconnects on its own schedule: polled to a deadline (it passes
+        // requests uncounted, without the headers, until then; those count nothing).
+        let next = loop {
+            let got = c.get(allow, "/ok", Some("sk_live_k1")).await;
+            assert_eq!(got.status, 200);
+            if got.headers.contains_key("x-ratelimit-remaining") {
+                break got;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "the second replica did not count again"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(
+            next.header("x-ratelimit-remaining"),
+            Some(58),
+            "both replicas count again, in one window"
+        );
+    })
+    .await;
+}
