@@ -52,7 +52,10 @@ enum Command {
         #[arg(long = "keys", value_name = "FILE")]
         keys_file: Option<PathBuf>,
         /// Share rate limits, concurrent runs and idempotency records with every mock on
-        /// this Redis (`redis://127.0.0.1:6379/0`); default: this process alone.
+        /// this Redis: one node (`redis://127.0.0.1:6379/0`), a Cluster
+        /// (`redis+cluster://HOST:PORT[,HOST:PORT…]`, any reachable seeds) or the primary
+        /// Sentinels name (`redis+sentinel://HOST:PORT[,HOST:PORT…]/SERVICE`); default: this
+        /// process alone.
         #[arg(long, value_name = "URL")]
         redis: Option<String>,
         /// Seconds a sync request may run before it is answered 408

@@ -549,6 +549,23 @@ fn the_mock_reads_keys_from_a_file_and_refuses_bad_ones() {
         assert_eq!(rc, 2, "{bad_url}: {err}");
         assert!(err.contains("--redis"), "{bad_url}: {err}");
     }
+    // Cluster and Sentinel URLs: what is wrong with them is named; nothing listening on a
+    // seed or a Sentinel is a failed start too.
+    for (bad_url, says) in [
+        ("redis+cluster://", "names no HOST:PORT"),
+        ("redis+cluster://127.0.0.1", "is not HOST:PORT"),
+        ("redis+sentinel://127.0.0.1:26379", "needs /SERVICE"),
+        ("redis+sentinel://127.0.0.1:26379/a b", "needs /SERVICE"),
+        ("redis+cluster://127.0.0.1:1", "--redis"),
+        ("redis+sentinel://127.0.0.1:1/mymaster", "--redis"),
+    ] {
+        let (rc, _, err) = run(&["mock", "--addr", "127.0.0.1:0", "--redis", bad_url], None);
+        assert_eq!(rc, 2, "{bad_url}: {err}");
+        assert!(
+            err.contains("--redis") && err.contains(says),
+            "{bad_url}: {err}"
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 

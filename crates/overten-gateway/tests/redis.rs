@@ -13,197 +13,36 @@
     reason = "tests fail loudly, and read as one story"
 )]
 
+#[path = "support/fleet_checks.rs"]
+mod fleet_checks;
 #[path = "support/redis_server.rs"]
 mod redis_server;
 #[path = "support/gateway_app.rs"]
 mod support;
 
-use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use fleet_checks::fleet;
 use overten_errors::Tier;
 use overten_gateway::{
-    Admit, GatewayLayer, KeyHash, MemoryAccounts, PermitId, RedisStore, RunAdmission, RunAsk,
-    Store, StoreFailure, TierLimits,
+    Admit, GatewayLayer, KeyHash, PermitId, RedisStore, RunAdmission, RunAsk, Store, StoreFailure,
+    TierLimits,
 };
 use redis_server::RedisServer;
-use support::{Gauge, NOW, accounts, app, client, fixed_now, serve, within};
-
-/// `n` gateways, each on its own connection to `url`.
-async fn fleet(
-    url: &str,
-    n: usize,
-    accounts: &Arc<MemoryAccounts>,
-    gauge: &Arc<Gauge>,
-    edit: impl Fn(GatewayLayer) -> GatewayLayer,
-) -> Vec<SocketAddr> {
-    let mut addrs = Vec::new();
-    for _ in 0..n {
-        // A generous timeout: these tests count admissions exactly, and a thousand requests
-        // at once on a loaded two-core machine (a debug build, CI's other jobs) can keep a
-        // call past the default 250 ms; the timeout policy has tests of its own.
-        let store = RedisStore::builder(url)
-            .timeout(Duration::from_secs(10))
-            .connect()
-            .await
-            .unwrap();
-        let gateway =
-            edit(GatewayLayer::new(accounts.clone(), Arc::new(store)).with_clock(fixed_now));
-        addrs.push(serve(app(gateway, gauge.clone())).await);
-    }
-    addrs
-}
+use support::{Gauge, accounts, app, client, fixed_now, serve, within};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_gateways_on_one_redis_admit_exactly_each_tiers_limit() {
     let redis = RedisServer::start();
-    within(120, async {
-        let accounts = accounts(20);
-        let gauge = Arc::new(Gauge::default());
-        let addrs = fleet(&redis.url(), 4, &accounts, &gauge, |g| g).await;
-        // 20 keys: free, pro, enterprise in turn. 1,000 requests: free keys 30 each, pro
-        // keys 70 each, enterprise keys 34 or so each; round-robin over the 4 gateways.
-        let mut plan = Vec::new();
-        for k in 0..20 {
-            let n = match support::tier_of(k) {
-                Tier::Free => 30,
-                Tier::Pro => 70,
-                _ => 0,
-            };
-            plan.extend(std::iter::repeat_n(k, n));
-        }
-        let enterprise: Vec<usize> = (0..20)
-            .filter(|k| support::tier_of(*k) == Tier::Enterprise)
-            .collect();
-        let mut e = 0;
-        while plan.len() < 1000 {
-            plan.push(enterprise[e % enterprise.len()]);
-            e += 1;
-        }
-        let c = client();
-        let mut tasks = Vec::new();
-        for (i, k) in plan.iter().copied().enumerate() {
-            let c = c.clone();
-            let addr = addrs[i % addrs.len()];
-            tasks.push(tokio::spawn(async move {
-                (k, c.get(addr, "/ok", Some(&format!("sk_live_k{k}"))).await)
-            }));
-        }
-        let mut admitted: Vec<Vec<u64>> = vec![Vec::new(); 20];
-        let mut sent = [0usize; 20];
-        for t in tasks {
-            let (k, got) = t.await.unwrap();
-            sent[k] += 1;
-            let remaining = got.header("x-ratelimit-remaining").unwrap_or_else(|| {
-                panic!(
-                    "no X-RateLimit-Remaining on a {} {} (a store timeout on a loaded machine?)",
-                    got.status,
-                    got.code().as_str()
-                )
-            });
-            if got.status == 200 {
-                admitted[k].push(remaining);
-            } else {
-                assert_eq!(
-                    (got.status, got.code().as_str()),
-                    (429, "rate_limit_exceeded"),
-                    "{}",
-                    got.body
-                );
-                assert_eq!(remaining, 0);
-                assert_eq!(
-                    got.header("retry-after"),
-                    Some(60 - NOW % 60),
-                    "to the window's end"
-                );
-            }
-        }
-        for k in 0..20 {
-            let limit = u64::from(support::tier_of(k).requests_per_minute());
-            let want = limit.min(sent[k] as u64);
-            let mut got = std::mem::take(&mut admitted[k]);
-            got.sort_unstable();
-            let expect: Vec<u64> = (limit - want..limit).collect();
-            assert_eq!(
-                got, expect,
-                "key {k}: exactly the limit across 4 replicas, Remaining never repeated"
-            );
-        }
-    })
-    .await;
+    fleet_checks::admits_exactly_each_tiers_limit(&redis.url()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_across_replicas_never_exceed_the_tier_and_permits_come_back() {
     let redis = RedisServer::start();
-    within(120, async {
-        let accounts = accounts(1);
-        let gauge = Arc::new(Gauge::default());
-        let roomy = |g: GatewayLayer| {
-            g.with_limits(
-                Tier::Free,
-                TierLimits::of(Tier::Free).requests_per_minute(100_000),
-            )
-        };
-        let addrs = fleet(&redis.url(), 4, &accounts, &gauge, roomy).await;
-        let c = client();
-        let mut tasks = Vec::new();
-        for i in 0..50 {
-            let c = c.clone();
-            let addr = addrs[i % addrs.len()];
-            tasks.push(tokio::spawn(async move {
-                for _ in 0..3_000 {
-                    let got = c.post(addr, "/runs?ms=30", Some("sk_live_k0")).await;
-                    if got.status == 200 {
-                        return;
-                    }
-                    assert_eq!(got.status, 429, "{}", got.body);
-                    assert!(got.body.contains("runs in progress"), "{}", got.body);
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                panic!("a run never got a permit");
-            }));
-        }
-        for t in tasks {
-            t.await.unwrap();
-        }
-        assert_eq!(gauge.done.load(Ordering::SeqCst), 50);
-        assert_eq!(
-            gauge.max.load(Ordering::SeqCst),
-            2,
-            "exactly 2 in progress at the peak, fleet-wide"
-        );
-        // Panic and async holds, on Redis: the permits come back.
-        let got = c.post(addrs[0], "/panic", Some("sk_live_k0")).await;
-        assert_eq!(got.status, 500);
-        assert_eq!(
-            c.post(addrs[1], "/async?ms=300", Some("sk_live_k0"))
-                .await
-                .status,
-            202
-        );
-        assert_eq!(
-            c.post(addrs[2], "/async?ms=300", Some("sk_live_k0"))
-                .await
-                .status,
-            202
-        );
-        assert_eq!(
-            c.post(addrs[3], "/runs", Some("sk_live_k0")).await.status,
-            429,
-            "held by tasks"
-        );
-        support::eventually("the tasks' permits came back", 20, || {
-            let c = c.clone();
-            let addr = addrs[3];
-            async move { c.post(addr, "/runs", Some("sk_live_k0")).await.status == 200 }
-        })
-        .await;
-    })
-    .await;
+    fleet_checks::runs_are_exact_across_replicas(&redis.url()).await;
 }
 
 /// The child process of `a_lease_left_by_a_killed_replica_expires`: takes both of a free

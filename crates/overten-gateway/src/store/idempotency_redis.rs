@@ -106,8 +106,9 @@ impl IdempotencyStore for RedisStore {
                 .arg(fingerprint.hex())
                 .arg(token.hex())
                 .arg(ms(lease));
-            let mut conn = self.conn.clone();
-            let answer: Vec<u8> = self.bounded(invocation.invoke_async(&mut conn)).await?;
+            let answer: Vec<u8> = self
+                .bounded(|mut conn| async move { invocation.invoke_async(&mut conn).await })
+                .await?;
             Ok(if answer == b"C" {
                 Claim::Claimed
             } else {
@@ -139,8 +140,9 @@ impl IdempotencyStore for RedisStore {
                 .arg(token.hex())
                 .arg(record)
                 .arg(ms(retention));
-            let mut conn = self.conn.clone();
-            let _: i64 = self.bounded(invocation.invoke_async(&mut conn)).await?;
+            let _: i64 = self
+                .bounded(|mut conn| async move { invocation.invoke_async(&mut conn).await })
+                .await?;
             Ok(())
         })
     }
@@ -154,8 +156,9 @@ impl IdempotencyStore for RedisStore {
         handle.spawn(async move {
             let mut invocation = RELEASE.prepare_invoke();
             invocation.key(record).arg(token.hex());
-            let mut conn = store.conn.clone();
-            let released: Result<i64, _> = store.bounded(invocation.invoke_async(&mut conn)).await;
+            let released: Result<i64, _> = store
+                .bounded(|mut conn| async move { invocation.invoke_async(&mut conn).await })
+                .await;
             if let Err(error) = released {
                 // At debug: an outage is logged once by the layers that saw it.
                 tracing::debug!(%error, "idempotency claim not released: it expires with its lease");

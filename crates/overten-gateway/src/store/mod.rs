@@ -11,6 +11,8 @@ mod idempotency_redis;
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;
+#[cfg(feature = "redis")]
+mod redis_link;
 
 pub use failure::StoreFailure;
 pub use idempotency::{
@@ -20,6 +22,8 @@ pub use idempotency::{
 pub use memory::MemoryStore;
 #[cfg(feature = "redis")]
 pub use redis::{RedisStore, RedisStoreBuilder};
+#[cfg(feature = "redis")]
+pub use redis_link::UrlError;
 
 use std::fmt;
 use std::future::Future;

@@ -5,8 +5,8 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use redis::Script;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+use super::redis_link::{Conn, Link, Target};
 use super::{Admission, Admit, BoxFuture, PermitId, Renewal, RunAdmission, Store, StoreError};
 use crate::key::KeyHash;
 
@@ -70,13 +70,21 @@ return 1
 ///   policy then answers. The connection is a `redis::aio::ConnectionManager`, which
 ///   reconnects by itself: counting resumes when Redis is back (a restarted Redis without
 ///   persistence starts every window afresh).
-/// - **Keys.** `{prefix}rl:{key hash}:{window}` and `{prefix}runs:{key hash}`; the bearer key
-///   itself never reaches Redis. The prefix defaults to `overten:`.
+/// - **Keys.** `{prefix}{{key hash}}:rl:{window}` and `{prefix}{{key hash}}:runs` (the key
+///   hash in braces is a hash tag: one API key's keys share one cluster slot, so each script
+///   touches one slot); idempotency records `{prefix}idem:{record hash}` (one key a
+///   script). The bearer key itself never reaches Redis. The prefix defaults to `overten:`;
+///   keep braces out of it, or every key lands in one slot.
+/// - **Deployments.** [`RedisStore::builder`] takes one node (`redis://HOST:PORT/DB`), a
+///   Redis Cluster (`redis+cluster://HOST:PORT[,HOST:PORT…]`, any reachable seeds) or the
+///   primary Sentinels name (`redis+sentinel://HOST:PORT[,HOST:PORT…]/SERVICE`);
+///   `docs/gateway.md` says how each behaves through a failover, with the windows measured.
 ///
 /// Needs a tokio runtime (timers, and releases run as spawned tasks).
 #[derive(Clone)]
 pub struct RedisStore {
-    pub(crate) conn: ConnectionManager,
+    pub(crate) link: Link,
+    kind: &'static str,
     pub(crate) prefix: Arc<str>,
     pub(crate) timeout: Duration,
 }
@@ -84,6 +92,7 @@ pub struct RedisStore {
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
+            .field("deployment", &self.kind)
             .field("prefix", &self.prefix)
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
@@ -121,24 +130,17 @@ impl RedisStoreBuilder {
         self
     }
 
-    /// Connects. Fails when the URL is malformed or Redis cannot be reached in time.
+    /// Connects. Fails when the URL is malformed ([`UrlError`](super::UrlError) inside
+    /// [`StoreError::Failed`]) or Redis cannot be reached in time.
     pub async fn connect(self) -> Result<RedisStore, StoreError> {
-        let client = redis::Client::open(self.url.as_str()).map_err(failed)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(20))
-            .set_max_delay(Duration::from_millis(200));
-        let conn = tokio::time::timeout(
-            self.connect_timeout,
-            ConnectionManager::new_with_config(client, config),
-        )
-        .await
-        .map_err(|_| StoreError::Timeout(self.connect_timeout))?
-        .map_err(failed)?;
+        let target = Target::parse(&self.url).map_err(|e| StoreError::Failed(Box::new(e)))?;
+        let link = tokio::time::timeout(self.connect_timeout, target.connect(self.timeout))
+            .await
+            .map_err(|_| StoreError::Timeout(self.connect_timeout))?
+            .map_err(failed)?;
         Ok(RedisStore {
-            conn,
+            link,
+            kind: target.kind(),
             prefix: self.prefix.into(),
             timeout: self.timeout,
         })
@@ -154,7 +156,9 @@ fn millis(d: Duration) -> u64 {
 }
 
 impl RedisStore {
-    /// Settings for a store on `url` (`redis://127.0.0.1:6379/0`).
+    /// Settings for a store on `url`: one node (`redis://127.0.0.1:6379/0`), a cluster
+    /// (`redis+cluster://10.0.0.1:7000,10.0.0.2:7000`) or a Sentinel-managed primary
+    /// (`redis+sentinel://10.0.0.1:26379,10.0.0.2:26379/mymaster`).
     pub fn builder(url: impl Into<String>) -> RedisStoreBuilder {
         RedisStoreBuilder {
             url: url.into(),
@@ -169,17 +173,42 @@ impl RedisStore {
         RedisStore::builder(url).connect().await
     }
 
-    fn runs_key(&self, key: &KeyHash) -> String {
-        format!("{}runs:{key}", self.prefix)
+    /// Which deployment: `"node"`, `"cluster"` or `"sentinel"`.
+    pub fn deployment(&self) -> &'static str {
+        self.kind
     }
 
-    pub(crate) async fn bounded<T>(
-        &self,
-        f: impl Future<Output = redis::RedisResult<T>>,
-    ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.timeout, f).await {
-            Ok(result) => result.map_err(failed),
-            Err(_) => Err(StoreError::Timeout(self.timeout)),
+    fn runs_key(&self, key: &KeyHash) -> String {
+        format!("{}{{{key}}}:runs", self.prefix)
+    }
+
+    fn counter_key(&self, key: &KeyHash, window: u64) -> String {
+        format!("{}{{{key}}}:rl:{window}", self.prefix)
+    }
+
+    /// Runs `call` on a connection, the whole of it (a Sentinel asked for the primary
+    /// included) bounded by the store's timeout.
+    pub(crate) async fn bounded<T, F, Fut>(&self, call: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(Conn) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        let mut generation = 0;
+        let work = async {
+            let (conn, g) = self.link.conn().await?;
+            generation = g;
+            call(conn).await
+        };
+        match tokio::time::timeout(self.timeout, work).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => {
+                self.link.failed(generation, Some(&e));
+                Err(failed(e))
+            }
+            Err(_) => {
+                self.link.failed(generation, None);
+                Err(StoreError::Timeout(self.timeout))
+            }
         }
     }
 }
@@ -187,7 +216,7 @@ impl RedisStore {
 impl Store for RedisStore {
     fn admit<'a>(&'a self, admit: Admit<'a>) -> BoxFuture<'a, Result<Admission, StoreError>> {
         Box::pin(async move {
-            let counter = format!("{}rl:{}:{}", self.prefix, admit.key, admit.window);
+            let counter = self.counter_key(admit.key, admit.window);
             let runs = self.runs_key(admit.key);
             let mut invocation = ADMIT.prepare_invoke();
             invocation
@@ -203,9 +232,9 @@ impl Store for RedisStore {
                     .arg(millis(run.lease)),
                 None => invocation.arg(0).arg(0).arg("").arg(1),
             };
-            let mut conn = self.conn.clone();
-            let (count, state): (i64, i64) =
-                self.bounded(invocation.invoke_async(&mut conn)).await?;
+            let (count, state): (i64, i64) = self
+                .bounded(|mut conn| async move { invocation.invoke_async(&mut conn).await })
+                .await?;
             let run = match state {
                 -2 => RunAdmission::Granted,
                 n if n >= 0 => RunAdmission::Full {
@@ -225,14 +254,14 @@ impl Store for RedisStore {
         let store = self.clone();
         let runs = self.runs_key(key);
         handle.spawn(async move {
-            let mut conn = store.conn.clone();
             let removed: Result<i64, _> = store
-                .bounded(
+                .bounded(|mut conn| async move {
                     redis::cmd("ZREM")
                         .arg(&runs)
                         .arg(permit.hex())
-                        .query_async(&mut conn),
-                )
+                        .query_async(&mut conn)
+                        .await
+                })
                 .await;
             if let Err(error) = removed {
                 // At debug: an outage is logged once by the layers that saw it.
@@ -286,8 +315,9 @@ impl Store for RedisStore {
                 .key(self.runs_key(key))
                 .arg(permit.hex())
                 .arg(millis(lease));
-            let mut conn = self.conn.clone();
-            let renewed: i64 = self.bounded(invocation.invoke_async(&mut conn)).await?;
+            let renewed: i64 = self
+                .bounded(|mut conn| async move { invocation.invoke_async(&mut conn).await })
+                .await?;
             Ok(renewed == 1)
         })
     }

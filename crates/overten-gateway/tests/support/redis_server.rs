@@ -16,28 +16,47 @@ pub struct RedisServer {
     child: Option<Child>,
     port: u16,
     dir: PathBuf,
+    extra: Vec<String>,
+}
+
+/// A free loopback port (bound, then let go).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
 }
 
 impl RedisServer {
     pub fn start() -> RedisServer {
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
+        RedisServer::start_with(&[])
+    }
+
+    /// A server with these arguments added (`--cluster-enabled yes`, `--replicaof …`).
+    pub fn start_with(extra: &[&str]) -> RedisServer {
+        let port = free_port();
         let dir = std::env::temp_dir().join(format!("overten-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut server = RedisServer {
             child: None,
             port,
             dir,
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
         };
         server.spawn();
         server
     }
 
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
     pub fn spawn(&mut self) {
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(&self.extra)
             .args([
                 "--save",
                 "",
@@ -55,6 +74,10 @@ impl RedisServer {
                 panic!("redis-server could not start ({e}): apt-get install -y redis-server")
             });
         self.child = Some(child);
+        self.wait_for_ping();
+    }
+
+    fn wait_for_ping(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if ping(self.port) {
@@ -66,6 +89,28 @@ impl RedisServer {
             "redis-server on port {} did not answer PING within 10 s",
             self.port
         );
+    }
+
+    /// `redis-server CONF --sentinel` on `port`, its files in `dir`.
+    pub fn start_sentinel(port: u16, dir: PathBuf, conf: &std::path::Path) -> RedisServer {
+        let mut server = RedisServer {
+            child: None,
+            port,
+            dir,
+            extra: Vec::new(),
+        };
+        let child = Command::new("redis-server")
+            .arg(conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("redis-server could not start ({e}): apt-get install -y redis-server")
+            });
+        server.child = Some(child);
+        server.wait_for_ping();
+        server
     }
 
     /// SIGKILL, as a crash would.
