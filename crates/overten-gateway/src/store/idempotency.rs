@@ -1,7 +1,8 @@
 //! Where idempotency records live: the [`IdempotencyStore`] trait and the per-process
 //! [`MemoryIdempotencyStore`].
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -14,7 +15,7 @@ use super::{BoxFuture, PermitId, StoreError};
 /// A record's key: the first 128 bits of SHA-256 over the caller's org id and the
 /// `Idempotency-Key` value, so two orgs never share a record and the key is never stored in
 /// clear.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
 pub struct RecordKey(pub(crate) [u8; 16]);
 
 impl RecordKey {
@@ -252,10 +253,21 @@ pub struct MemoryIdempotencyStore {
 #[derive(Debug, Default)]
 struct Inner {
     map: HashMap<RecordKey, Record>,
-    /// Keys in the order their records completed (some since replaced or gone).
-    done: VecDeque<RecordKey>,
+    /// Completed records by expiry, soonest first (some since replaced or gone: an item
+    /// counts only while its record is done with that expiry). O(log n) a push or a pop.
+    done: BinaryHeap<Reverse<(Instant, RecordKey)>>,
+    /// Claims by lease end, soonest first (likewise).
+    pending: BinaryHeap<Reverse<(Instant, RecordKey)>>,
     bytes: usize,
+    /// The most queue items one call has looked at (tests read it).
+    #[cfg(test)]
+    max_looked: usize,
 }
+
+/// Queue items every call looks at, expired or not.
+const SWEEP_EACH: usize = 2;
+/// Queue items a call that needs room looks at before it answers [`StoreError::Full`].
+const SWEEP_WHEN_FULL: usize = 64;
 
 impl Inner {
     fn fits(&self, adding: usize) -> bool {
@@ -269,23 +281,60 @@ impl Inner {
         }
     }
 
-    /// Makes room for one more record of `adding` bytes; false if it cannot.
-    fn make_room(&mut self, adding: usize, now: Instant) -> bool {
-        while !self.fits(adding) {
-            let Some(k) = self.done.pop_front() else {
-                // Only claims in progress left: drop those whose lease ended.
-                self.map.retain(|_, r| r.until() > now);
-                return self.fits(adding);
-            };
-            if self
-                .map
-                .get(&k)
-                .is_some_and(|r| matches!(r.state, State::Done { .. }))
-            {
-                self.remove(&k);
-            }
+    /// Pops the soonest item of `done` (`pending` with `claims`) if it is expired at `now`,
+    /// or if `evict` (done records only: the soonest to expire goes first); removes its
+    /// record if the item still names it. False when there was nothing to pop.
+    fn pop(&mut self, claims: bool, now: Instant, evict: bool) -> bool {
+        let queue = if claims {
+            &mut self.pending
+        } else {
+            &mut self.done
+        };
+        let Some(&Reverse((until, key))) = queue.peek() else {
+            return false;
+        };
+        if until > now && !evict {
+            return false;
+        }
+        queue.pop();
+        let current = self.map.get(&key).is_some_and(|r| {
+            r.until() == until && matches!(r.state, State::Pending { .. }) == claims
+        });
+        if current {
+            self.remove(&key);
         }
         true
+    }
+
+    /// Drops up to [`SWEEP_EACH`] expired records of each kind: the queues drain as fast as
+    /// they fill.
+    fn sweep(&mut self, now: Instant) {
+        for claims in [false, true] {
+            for _ in 0..SWEEP_EACH {
+                if !self.pop(claims, now, false) {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Makes room for one more record of `adding` bytes, looking at no more than
+    /// [`SWEEP_WHEN_FULL`] queue items: completed records go first, the soonest to expire
+    /// first (with one retention, the oldest), then claims whose lease ended. False if it
+    /// cannot.
+    fn make_room(&mut self, adding: usize, now: Instant) -> bool {
+        let mut looked = 0;
+        while !self.fits(adding) && looked < SWEEP_WHEN_FULL {
+            looked += 1;
+            if !self.pop(false, now, true) && !self.pop(true, now, false) {
+                break;
+            }
+        }
+        #[cfg(test)]
+        {
+            self.max_looked = self.max_looked.max(looked);
+        }
+        self.fits(adding)
     }
 }
 
@@ -330,6 +379,7 @@ impl IdempotencyStore for MemoryIdempotencyStore {
     ) -> BoxFuture<'a, Result<Claim, StoreError>> {
         let now = Instant::now();
         let mut inner = self.lock();
+        inner.sweep(now);
         let live = inner.map.get(key).filter(|r| r.until() > now);
         let answer = if let Some(r) = live {
             Ok(match &r.state {
@@ -344,16 +394,15 @@ impl IdempotencyStore for MemoryIdempotencyStore {
         } else {
             inner.remove(key);
             if inner.make_room(0, now) {
+                let until = now + lease;
                 inner.map.insert(
                     *key,
                     Record {
                         fingerprint: *fingerprint,
-                        state: State::Pending {
-                            token,
-                            until: now + lease,
-                        },
+                        state: State::Pending { token, until },
                     },
                 );
+                inner.pending.push(Reverse((until, *key)));
                 Ok(Claim::Claimed)
             } else {
                 Err(StoreError::Full)
@@ -372,6 +421,7 @@ impl IdempotencyStore for MemoryIdempotencyStore {
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         let now = Instant::now();
         let mut inner = self.lock();
+        inner.sweep(now);
         let held = inner.map.get(key).is_some_and(|r| {
             r.fingerprint == *fingerprint
                 && matches!(r.state, State::Pending { token: t, .. } if t == token)
@@ -384,24 +434,23 @@ impl IdempotencyStore for MemoryIdempotencyStore {
                 .filter(|_| size <= Self::MAX_BYTES && inner.make_room(size, now))
                 .map(|r| Arc::new(r.clone()));
             inner.bytes += response.as_ref().map_or(0, |r| r.size());
+            let until = now + retention;
             inner.map.insert(
                 *key,
                 Record {
                     fingerprint: *fingerprint,
-                    state: State::Done {
-                        response,
-                        until: now + retention,
-                    },
+                    state: State::Done { response, until },
                 },
             );
-            inner.done.push_back(*key);
-            // Keys of records since replaced stay queued until popped: compact now and then.
-            if inner.done.len() > 2 * Self::MAX_RECORDS {
-                let Inner { map, done, .. } = &mut *inner;
-                done.retain(|k| {
-                    map.get(k)
-                        .is_some_and(|r| matches!(r.state, State::Done { .. }))
-                });
+            inner.done.push(Reverse((until, *key)));
+            // Items of records since gone stay queued until popped; the sweeps pop them as
+            // they expire. Should the queue still outgrow twice the bound (retentions of
+            // varying lengths), its oldest items go, one or two a call.
+            for _ in 0..SWEEP_EACH {
+                if inner.done.len() <= 2 * Self::MAX_RECORDS {
+                    break;
+                }
+                inner.pop(false, now, true);
             }
         }
         Box::pin(std::future::ready(Ok(())))
@@ -687,6 +736,30 @@ mod tests {
         );
         // Only the ended claim went: the others' leases run on.
         assert_eq!(s.len(), MemoryIdempotencyStore::MAX_RECORDS);
+    }
+
+    /// The flood of issue 24: a store full of claims in progress (nothing completed to
+    /// evict), then 10,000 new claims. Each is refused after a fixed number of steps (the
+    /// old store scanned every record under its lock, for each); a claim that ended makes
+    /// room at once, whatever its place among the others.
+    #[test]
+    fn a_flood_of_claims_into_a_store_full_of_claims_costs_each_a_bounded_step() {
+        let s = MemoryIdempotencyStore::new();
+        let fp = Fingerprint([1; 32]);
+        let max = u32::try_from(MemoryIdempotencyStore::MAX_RECORDS).unwrap();
+        let long = Duration::from_secs(3600);
+        for i in 0..max {
+            crate::block_on(s.claim(&key(i), &fp, ClaimToken::new(), long)).unwrap();
+        }
+        for i in 0..10_000 {
+            let got = crate::block_on(s.claim(&key(max + i), &fp, ClaimToken::new(), long));
+            assert!(matches!(got, Err(StoreError::Full)));
+        }
+        let looked = s.lock().max_looked;
+        assert!(looked <= SWEEP_WHEN_FULL, "{looked}");
+        // A known key is answered as before.
+        let got = crate::block_on(s.claim(&key(7), &fp, ClaimToken::new(), long)).unwrap();
+        assert!(matches!(got, Claim::InProgress { same_request: true }));
     }
 
     #[test]

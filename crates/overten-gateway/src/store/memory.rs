@@ -1,6 +1,6 @@
 //! [`MemoryStore`]: counts and permits in this process's memory.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
@@ -13,16 +13,70 @@ struct Entry {
     count: u64,
     /// At most the tier's concurrent runs (50 for enterprise).
     runs: Vec<PermitId>,
+    /// An item of the expiry queue names this entry's window.
+    queued: bool,
+}
+
+/// The keys and their expiry queue: `(window, key)` in the order keys entered a window, so
+/// the ended ones are at the front. An item whose key has since moved to another window is
+/// stale and skipped when it comes up.
+#[derive(Debug, Default)]
+struct Keys {
+    map: HashMap<KeyHash, Entry>,
+    queue: VecDeque<(u64, KeyHash)>,
+    /// The most queue items one call has looked at (tests read it).
+    #[cfg(test)]
+    max_swept: usize,
+}
+
+/// Queue items every admission looks at, ended windows or not: the queue drains as fast as
+/// it fills (one item a new key or a new window).
+const SWEEP_EACH: usize = 2;
+/// Queue items an admission of a new key into a full store looks at before it answers
+/// [`StoreError::Full`].
+const SWEEP_WHEN_FULL: usize = 64;
+
+impl Keys {
+    /// Drops up to `budget` entries whose window ended before `window` and that hold no
+    /// permit. An entry that still holds permits leaves the queue; it comes back when its
+    /// last permit does.
+    fn sweep(&mut self, window: u64, budget: usize) {
+        let mut looked = 0;
+        while looked < budget {
+            let Some(&(w, key)) = self.queue.front() else {
+                break;
+            };
+            if w >= window {
+                break;
+            }
+            self.queue.pop_front();
+            looked += 1;
+            if let Some(entry) = self.map.get_mut(&key).filter(|e| e.window == w) {
+                if entry.runs.is_empty() {
+                    self.map.remove(&key);
+                } else {
+                    entry.queued = false;
+                }
+            }
+        }
+        #[cfg(test)]
+        {
+            self.max_swept = self.max_swept.max(looked);
+        }
+    }
 }
 
 /// Counts and permits in this process's memory: exact for one process, never shared (N
-/// replicas each admit the whole limit). At most [`MemoryStore::MAX_KEYS`] keys: past it,
-/// keys whose window has ended and that hold no permit are dropped, and if none can be,
-/// `admit` fails with [`StoreError::Full`]. Permits live until released (a process that
-/// dies takes them with it), so they have no lease here.
+/// replicas each admit the whole limit). At most [`MemoryStore::MAX_KEYS`] keys; keys whose
+/// window has ended and that hold no permit are dropped as new ones come, a few a call; a
+/// new key that finds the store full of keys of the current window gets
+/// [`StoreError::Full`]. Every call does a bounded amount of work under the store's lock
+/// (a few dozen steps at most, never a scan of the keys), so a flood of new keys cannot
+/// slow the keys already held. Permits live until released (a process that dies takes
+/// them with it), so they have no lease here.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    keys: Mutex<HashMap<KeyHash, Entry>>,
+    keys: Mutex<Keys>,
 }
 
 impl MemoryStore {
@@ -36,12 +90,12 @@ impl MemoryStore {
 
     /// Runs in progress for `key`.
     pub fn runs(&self, key: &KeyHash) -> usize {
-        self.lock().get(key).map_or(0, |e| e.runs.len())
+        self.lock().map.get(key).map_or(0, |e| e.runs.len())
     }
 
     /// Keys held.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().map.len()
     }
 
     /// No keys held.
@@ -49,22 +103,30 @@ impl MemoryStore {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<KeyHash, Entry>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Keys> {
         self.keys.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn admit_now(&self, admit: &Admit<'_>) -> Result<Admission, StoreError> {
         let mut keys = self.lock();
-        if !keys.contains_key(admit.key) && keys.len() >= Self::MAX_KEYS {
-            keys.retain(|_, e| e.window >= admit.window || !e.runs.is_empty());
-            if keys.len() >= Self::MAX_KEYS {
+        keys.sweep(admit.window, SWEEP_EACH);
+        if keys.map.len() >= Self::MAX_KEYS && !keys.map.contains_key(admit.key) {
+            keys.sweep(admit.window, SWEEP_WHEN_FULL);
+            if keys.map.len() >= Self::MAX_KEYS {
                 return Err(StoreError::Full);
             }
         }
-        let entry = keys.entry(*admit.key).or_default();
+        let Keys { map, queue, .. } = &mut *keys;
+        let entry = map.entry(*admit.key).or_insert_with(|| Entry {
+            // Not `admit.window`: the check below starts the window and queues it.
+            window: admit.window.wrapping_add(1),
+            ..Entry::default()
+        });
         if entry.window != admit.window {
             entry.window = admit.window;
             entry.count = 0;
+            entry.queued = true;
+            queue.push_back((admit.window, *admit.key));
         }
         entry.count = entry.count.saturating_add(1);
         let count = entry.count;
@@ -91,8 +153,16 @@ impl Store for MemoryStore {
     }
 
     fn release(&self, key: &KeyHash, permit: PermitId) {
-        if let Some(entry) = self.lock().get_mut(key) {
+        let mut keys = self.lock();
+        let Keys { map, queue, .. } = &mut *keys;
+        if let Some(entry) = map.get_mut(key) {
             entry.runs.retain(|p| *p != permit);
+            // Its window may have ended while the run went on: queued again, it is dropped
+            // when its turn comes.
+            if entry.runs.is_empty() && !entry.queued {
+                entry.queued = true;
+                queue.push_back((entry.window, *key));
+            }
         }
     }
 
@@ -104,6 +174,7 @@ impl Store for MemoryStore {
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
         let held = self
             .lock()
+            .map
             .get(key)
             .is_some_and(|e| e.runs.contains(&permit));
         Box::pin(std::future::ready(Ok(held)))
@@ -192,8 +263,71 @@ mod tests {
         assert_eq!(store.len(), MemoryStore::MAX_KEYS);
         // A key already held is still counted when the store is full.
         assert_eq!(admit(&store, &KeyHash::of("7"), 1, None).count, 2);
-        // In the next window the ended ones make room.
+        // In the next window the ended ones make room, a few a call.
         assert_eq!(admit(&store, &new, 2, None).count, 1);
-        assert_eq!(store.len(), 1);
+        assert!(store.len() <= MemoryStore::MAX_KEYS);
+        assert_eq!(admit(&store, &KeyHash::of("7"), 2, None).count, 1, "afresh");
+        // New keys keep coming: the ended ones drain, two or more a call, none refused.
+        for i in 0..MemoryStore::MAX_KEYS / 2 {
+            admit(&store, &KeyHash::of(&format!("w2-{i}")), 2, None);
+        }
+        assert!(
+            store.len() <= MemoryStore::MAX_KEYS / 2 + 3,
+            "{}",
+            store.len()
+        );
+        assert!(store.lock().max_swept <= SWEEP_EACH + SWEEP_WHEN_FULL);
+    }
+
+    /// The flood of the issue: a store full of keys of the current window, then 10,000
+    /// admissions of new keys. Each is refused after looking at no more than a fixed number
+    /// of queue items (the old store scanned all 100,000 keys, under its one lock, for each),
+    /// and a known key is counted between them as before.
+    #[test]
+    fn a_flood_of_new_keys_into_a_full_store_costs_each_a_bounded_step() {
+        let store = MemoryStore::new();
+        for i in 0..MemoryStore::MAX_KEYS {
+            admit(&store, &KeyHash::of(&i.to_string()), 5, None);
+        }
+        let known = KeyHash::of("0");
+        for i in 0..10_000 {
+            let new = KeyHash::of(&format!("flood-{i}"));
+            let got = crate::block_on(store.admit(Admit::new(&new, 5, 60, 3)));
+            assert!(matches!(got, Err(StoreError::Full)));
+            if i % 1000 == 0 {
+                assert!(admit(&store, &known, 5, None).count >= 2);
+            }
+        }
+        assert_eq!(store.len(), MemoryStore::MAX_KEYS);
+        assert!(
+            store.lock().max_swept <= SWEEP_EACH + SWEEP_WHEN_FULL,
+            "{}",
+            store.lock().max_swept
+        );
+    }
+
+    /// A key whose window ended while it held a permit stays (its run goes on) and is
+    /// dropped once the permit comes back and its turn comes.
+    #[test]
+    fn an_ended_key_with_a_permit_stays_until_the_permit_comes_back() {
+        let store = MemoryStore::new();
+        let a = KeyHash::of("a");
+        let p = PermitId::new();
+        assert_eq!(admit(&store, &a, 1, Some(p)).run, RunAdmission::Granted);
+        // Window 2: other keys sweep the queue; `a` holds its permit and stays.
+        for i in 0..10 {
+            admit(&store, &KeyHash::of(&format!("b{i}")), 2, None);
+        }
+        assert_eq!(store.runs(&a), 1);
+        store.release(&a, p);
+        assert_eq!(store.len(), 11);
+        for i in 0..10 {
+            admit(&store, &KeyHash::of(&format!("c{i}")), 3, None);
+        }
+        assert_eq!(store.runs(&a), 0);
+        assert!(
+            !store.lock().map.contains_key(&a),
+            "dropped after its permit came back"
+        );
     }
 }
