@@ -5,7 +5,12 @@
 //! `docs/performance.md` keeps the ratios.
 //!
 //! Run: `cargo bench -p overten-gateway --bench stores`.
-#![allow(missing_docs, clippy::unwrap_used, reason = "a benchmark")]
+#![allow(
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::wildcard_imports,
+    reason = "a benchmark"
+)]
 
 use std::hint::black_box;
 use std::sync::OnceLock;
