@@ -28,6 +28,11 @@ impl KeyHash {
         KeyHash(out)
     }
 
+    /// The hash's first byte (spreads keys over shards).
+    pub(crate) fn first_byte(&self) -> u8 {
+        self.0[0]
+    }
+
     /// The 32 lowercase hex digits, without allocating.
     pub fn hex(&self) -> [u8; 32] {
         let mut out = [0; 32];

@@ -394,3 +394,105 @@ async fn redis_killed_mid_run_then_restarted() {
     })
     .await;
 }
+
+/// Commands the gateway sends Redis itself (a script's own commands are counted by Redis
+/// under their names too, and are not round trips): `INFO commandstats`, summed.
+fn round_trips(redis: &RedisServer) -> u64 {
+    let out = Command::new("redis-cli")
+        .args(["-p", &redis.port().to_string(), "info", "commandstats"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut total = 0;
+    for line in text.lines() {
+        let Some((name, stats)) = line.trim().split_once(':') else {
+            continue;
+        };
+        let top_level = matches!(
+            name,
+            "cmdstat_evalsha"
+                | "cmdstat_eval"
+                | "cmdstat_zrem"
+                | "cmdstat_script|load"
+                | "cmdstat_ping"
+                | "cmdstat_get"
+                | "cmdstat_set"
+                | "cmdstat_del"
+        );
+        if top_level {
+            let calls = stats
+                .split(',')
+                .find_map(|f| f.strip_prefix("calls="))
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap();
+            total += calls;
+        }
+    }
+    total
+}
+
+fn reset_stats(redis: &RedisServer) {
+    let ok = Command::new("redis-cli")
+        .args(["-p", &redis.port().to_string(), "config", "resetstat"])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+/// Round trips a request costs Redis, counted by Redis itself: a GET one, a run two (its
+/// admission, and its release when the response is sent), and a key over its limit one for
+/// its first 429 in the window and none after (the near-cache answers). Without the
+/// near-cache, every refused request costs one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trips_per_request_get_run_and_over_limit() {
+    let redis = RedisServer::start();
+    within(60, async {
+        let accounts = accounts(3);
+        let gauge = Arc::new(Gauge::default());
+        let near = fleet(&redis.url(), 1, &accounts, &gauge, |g| g).await[0];
+        let far = fleet(&redis.url(), 1, &accounts, &gauge, |g| g.near_cache(false)).await[0];
+        let c = client();
+        // The scripts loaded first (a fresh Redis answers the first EVALSHA `NOSCRIPT`).
+        assert_eq!(c.get(near, "/ok", Some("sk_live_k1")).await.status, 200);
+        assert_eq!(c.post(near, "/runs", Some("sk_live_k1")).await.status, 200);
+        support::eventually("the warm-up run's permit went back", 10, || {
+            let c = c.clone();
+            async move { c.post(near, "/runs", Some("sk_live_k1")).await.status == 200 }
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+
+        reset_stats(&redis);
+        for _ in 0..10 {
+            assert_eq!(c.get(near, "/ok", Some("sk_live_k0")).await.status, 200);
+        }
+        assert_eq!(round_trips(&redis), 10, "a GET: one script call");
+
+        reset_stats(&redis);
+        for _ in 0..20 {
+            let got = c.get(near, "/ok", Some("sk_live_k0")).await;
+            assert_eq!(got.status, 429);
+            assert_eq!(got.header("x-ratelimit-remaining"), Some(0));
+            assert_eq!(got.header("x-ratelimit-limit"), Some(10));
+            assert_eq!(got.header("retry-after"), Some(60 - support::NOW % 60));
+        }
+        assert_eq!(round_trips(&redis), 1, "over the limit: the first 429 only");
+
+        reset_stats(&redis);
+        for _ in 0..20 {
+            assert_eq!(c.get(far, "/ok", Some("sk_live_k0")).await.status, 429);
+        }
+        assert_eq!(round_trips(&redis), 20, "without the near-cache: one each");
+
+        reset_stats(&redis);
+        assert_eq!(c.post(near, "/runs", Some("sk_live_k2")).await.status, 200);
+        support::eventually("the release was sent", 10, || async {
+            round_trips(&redis) >= 2
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(round_trips(&redis), 2, "a run: admission and release");
+    })
+    .await;
+}

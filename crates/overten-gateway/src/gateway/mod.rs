@@ -1,6 +1,7 @@
 //! The API's gateway as one tower layer: see [`GatewayLayer`].
 
 mod body;
+mod near;
 mod permit;
 mod service;
 
@@ -41,7 +42,9 @@ type IsRun = Arc<dyn Fn(&Method, &Uri) -> bool + Send + Sync>;
 ///    concurrent runs: 429 `rate_limit_exceeded` whose message names the concurrency limit,
 ///    with `Retry-After` of [`GatewayLayer::concurrency_retry_after`] (the page names no code
 ///    for this; this workspace reads it as a rate limit, see `docs/errors.md`). Every request
-///    is counted, including those answered 429 or 413.
+///    is counted, including those answered 429 or 413, but for a key this replica already
+///    saw over its limit in this window: the near-cache answers its 429 without a store
+///    call ([`GatewayLayer::near_cache`]).
 /// 4. **Upload limit.** A `Content-Length` over the tier's [`TierLimits::upload_bytes`] is
 ///    answered 413 `payload_too_large` before anything is read; a body without one is
 ///    passed on wrapped in [`http_body_util::Limited`], so reading past the limit fails
@@ -89,6 +92,8 @@ pub(crate) struct Config {
     pub(crate) lease: Duration,
     /// The store's outage, as this layer's requests saw it (shared by every clone).
     pub(crate) outage: Arc<Outage>,
+    /// Keys over their limit in this window (shared by every clone); `None`: off.
+    pub(crate) near: Option<Arc<near::NearCache>>,
 }
 
 impl Clone for Config {
@@ -104,6 +109,7 @@ impl Clone for Config {
             concurrency_retry_after: self.concurrency_retry_after,
             lease: self.lease,
             outage: Arc::clone(&self.outage),
+            near: self.near.clone(),
         }
     }
 }
@@ -119,6 +125,7 @@ impl std::fmt::Debug for GatewayLayer {
                 &self.config.concurrency_retry_after,
             )
             .field("lease", &self.config.lease)
+            .field("near_cache", &self.config.near.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -148,6 +155,7 @@ impl GatewayLayer {
                 concurrency_retry_after: Self::DEFAULT_CONCURRENCY_RETRY_AFTER,
                 lease: Self::DEFAULT_LEASE,
                 outage: Arc::new(Outage::new("gateway")),
+                near: Some(Arc::new(near::NearCache::default())),
             }),
         }
     }
@@ -210,6 +218,17 @@ impl GatewayLayer {
     #[must_use]
     pub fn lease(self, lease: Duration) -> GatewayLayer {
         self.edit(|c| c.lease = lease)
+    }
+
+    /// Whether this replica answers a key already over its rate limit in the current
+    /// window by itself, without a store call, until the window's reset (default: on).
+    /// The answer is the same 429, with the same headers; what changes is that those
+    /// requests are not counted in the store, so they cost it nothing (an over-limit
+    /// client hammering the API costs one store call a window a replica). The cache holds
+    /// at most 65,536 keys; past that, keys go to the store as before.
+    #[must_use]
+    pub fn near_cache(self, on: bool) -> GatewayLayer {
+        self.edit(|c| c.near = on.then(|| Arc::new(near::NearCache::default())))
     }
 
     /// The limits in force for `tier`.

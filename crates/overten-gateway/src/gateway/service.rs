@@ -170,6 +170,25 @@ async fn gate(config: &Config, head: &http::request::Parts) -> Result<Admitted, 
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
         .is_some_and(|n| n > limits.upload_bytes);
+    let limit = limits.requests_per_minute;
+    let over_limit = |count: u64| {
+        ApiError::from(ErrorCode::RateLimitExceeded)
+            .with_rate_limit(RateLimit {
+                limit,
+                remaining: limit.saturating_sub(u32::try_from(count).unwrap_or(u32::MAX)),
+                reset,
+            })
+            .with_retry_after(RetryAfter::Seconds(reset.saturating_sub(now).max(1)))
+    };
+    // Already over its limit in this window, as this replica saw: the same 429, no store
+    // call.
+    if config
+        .near
+        .as_ref()
+        .is_some_and(|near| near.is_over(&hash, window, limit))
+    {
+        return Err(over_limit(u64::from(limit).saturating_add(1)));
+    }
     let run = (!announced_too_large && (config.is_run)(&head.method, &head.uri))
         .then(|| RunAsk::new(PermitId::new(), limits.concurrent_runs, config.lease));
     let mut ask = Admit::new(
@@ -202,16 +221,16 @@ async fn gate(config: &Config, head: &http::request::Parts) -> Result<Admitted, 
             });
         }
     };
-    let limit = limits.requests_per_minute;
     let rate_limit = RateLimit {
         limit,
         remaining: limit.saturating_sub(u32::try_from(admission.count).unwrap_or(u32::MAX)),
         reset,
     };
     if admission.count > u64::from(limit) {
-        return Err(ApiError::from(ErrorCode::RateLimitExceeded)
-            .with_rate_limit(rate_limit)
-            .with_retry_after(RetryAfter::Seconds(reset.saturating_sub(now).max(1))));
+        if let Some(near) = &config.near {
+            near.went_over(&hash, window, limit);
+        }
+        return Err(over_limit(admission.count));
     }
     if announced_too_large {
         return Err(too_large(&account, limits.upload_bytes).with_rate_limit(rate_limit));
