@@ -146,6 +146,36 @@ async fn account(config: &Config, hash: &KeyHash, path: &str) -> Result<Account,
     Ok(account)
 }
 
+/// The 429 of a key over its rate limit (`count` requests in the window ending at `reset`).
+fn over_limit(limit: u32, count: u64, reset: u64, now: u64) -> ApiError {
+    ApiError::from(ErrorCode::RateLimitExceeded)
+        .with_rate_limit(RateLimit {
+            limit,
+            remaining: limit.saturating_sub(u32::try_from(count).unwrap_or(u32::MAX)),
+            reset,
+        })
+        .with_retry_after(RetryAfter::Seconds(reset.saturating_sub(now).max(1)))
+}
+
+/// The 429 of a run over the tier's concurrent runs.
+fn runs_full(
+    config: &Config,
+    account: &Account,
+    limits: &TierLimits,
+    in_progress: u32,
+) -> ApiError {
+    ApiError::new(
+        ErrorCode::RateLimitExceeded,
+        format!(
+            "Concurrent runs limit reached: the {} tier allows {} runs in progress at once ({in_progress} now)",
+            account.tier, limits.concurrent_runs
+        ),
+    )
+    .with_retry_after(RetryAfter::Seconds(
+        config.concurrency_retry_after.as_secs().max(1),
+    ))
+}
+
 /// Steps 1 to 4 of the module docs: the admitted request, or the error to answer.
 async fn gate(config: &Config, head: &http::request::Parts) -> Result<Admitted, ApiError> {
     let now = unix_seconds((config.clock)());
@@ -171,15 +201,7 @@ async fn gate(config: &Config, head: &http::request::Parts) -> Result<Admitted, 
         .and_then(|v| v.trim().parse::<u64>().ok())
         .is_some_and(|n| n > limits.upload_bytes);
     let limit = limits.requests_per_minute;
-    let over_limit = |count: u64| {
-        ApiError::from(ErrorCode::RateLimitExceeded)
-            .with_rate_limit(RateLimit {
-                limit,
-                remaining: limit.saturating_sub(u32::try_from(count).unwrap_or(u32::MAX)),
-                reset,
-            })
-            .with_retry_after(RetryAfter::Seconds(reset.saturating_sub(now).max(1)))
-    };
+    let over_limit = |count: u64| over_limit(limit, count, reset, now);
     // Already over its limit in this window, as this replica saw: the same 429, no store
     // call.
     if config
@@ -237,17 +259,9 @@ async fn gate(config: &Config, head: &http::request::Parts) -> Result<Admitted, 
     }
     let permit = match (admission.run, run) {
         (RunAdmission::Full { in_progress }, _) => {
-            return Err(ApiError::new(
-                ErrorCode::RateLimitExceeded,
-                format!(
-                    "Concurrent runs limit reached: the {} tier allows {} runs in progress at once ({in_progress} now)",
-                    account.tier, limits.concurrent_runs
-                ),
-            )
-            .with_rate_limit(rate_limit)
-            .with_retry_after(RetryAfter::Seconds(
-                config.concurrency_retry_after.as_secs().max(1),
-            )));
+            return Err(
+                runs_full(config, &account, &limits, in_progress).with_rate_limit(rate_limit)
+            );
         }
         (RunAdmission::Granted, Some(run)) => Some(RunPermit::new(
             Arc::clone(&config.store),
