@@ -12,6 +12,7 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use http::HeaderMap;
+use metrics_exporter_prometheus::PrometheusHandle;
 use overten_errors::{ApiError, Code, ErrorCode, RATE_LIMIT_WINDOW_SECONDS, RetryAfter, Tier};
 use overten_errors_http::mock::Routes;
 use overten_errors_http::{bearer_key, into_response};
@@ -199,6 +200,7 @@ pub(crate) fn app(
     stores: Stores,
     sync_ceiling: Duration,
     clock: fn() -> SystemTime,
+    metrics: Option<PrometheusHandle>,
 ) -> Router {
     let state: Shared = Arc::new(Mutex::new(Mock {
         routes: Routes::new(overten_errors_http::process_seed()),
@@ -216,14 +218,54 @@ pub(crate) fn app(
         }
     };
     let gateway = GatewayLayer::new(accounts, stores.gateway).with_clock(clock);
-    Router::new()
+    let api = Router::new()
         .fallback(answer)
         .with_state(state)
         .layer(SyncCeilingLayer::new(sync_ceiling, |d| {
             tokio::time::sleep(d)
         }))
         .layer(IdempotencyLayer::new(stores.idempotency))
-        .layer(stack(gateway))
+        .layer(stack(gateway));
+    match metrics {
+        // Outside the gateway: a scraper sends no API key.
+        Some(handle) => Router::new()
+            .route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let text = handle.render();
+                    async move {
+                        (
+                            [(
+                                http::header::CONTENT_TYPE,
+                                "text/plain; version=0.0.4; charset=utf-8",
+                            )],
+                            text,
+                        )
+                    }
+                }),
+            )
+            .merge(api),
+        None => api,
+    }
+}
+
+/// Installs this process's Prometheus recorder (once) for the gateway's metrics.
+pub(crate) fn prometheus() -> Option<PrometheusHandle> {
+    static HANDLE: std::sync::OnceLock<Option<PrometheusHandle>> = std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0,
+                ])
+                .ok()?
+                .install_recorder()
+                .ok()?;
+            overten_gateway::metrics::describe();
+            Some(handle)
+        })
+        .clone()
 }
 
 /// Keys and codes whose injected errors are counted at once; past it the counts start
@@ -419,6 +461,7 @@ pub(crate) fn main(options: &Options) -> ExitCode {
             stores,
             options.sync_ceiling,
             SystemTime::now,
+            prometheus(),
         );
         serve(listener, app, options.header_timeout, shutdown_signal()).await;
         Ok(())

@@ -723,3 +723,86 @@ fn two_mocks_on_one_redis_share_limits_and_idempotency() {
     assert_eq!(header(&headers, "idempotent-replayed"), Some("true"));
     drop((one, two));
 }
+
+/// The mock's `/metrics`: Prometheus text that `promtool check metrics` (Debian's
+/// `prometheus` package, installed by `scripts/ensure-promtool.sh`) accepts, counting what
+/// was sent (requests by status and tier, 429s by source, idempotency outcomes), with no
+/// key material in it: no key, no key hash, no org.
+#[test]
+fn the_mock_serves_metrics_promtool_accepts_without_key_material() {
+    let mock = start_mock("free");
+    let addr = mock.addr;
+    for _ in 0..12 {
+        http(addr, "GET", "/ok", &[KEY], "");
+    }
+    let (status, _, _) = http(addr, "GET", "/ok", &[], "");
+    assert_eq!(status, 401);
+    let other = ("Authorization", "Bearer sk_live_metrics2");
+    let json = ("Content-Type", "application/json");
+    let keyed = [other, json, ("Idempotency-Key", "m-1")];
+    let (s1, _, _) = http(addr, "POST", "/errors/gone", &keyed, r#"{"async":true}"#);
+    let (s2, h2, _) = http(addr, "POST", "/errors/gone", &keyed, r#"{"async":true}"#);
+    assert_eq!(
+        (s1, s2, header(&h2, "idempotent-replayed")),
+        (202, 202, Some("true"))
+    );
+
+    let (status, headers, text) = http(addr, "GET", "/metrics", &[], "");
+    assert_eq!(status, 200, "{text}");
+    assert!(header(&headers, "content-type").is_some_and(|t| t.starts_with("text/plain")));
+    for line in [
+        r#"http_server_request_duration_count{http_request_method="GET",http_response_status_code="200",overten_tier="free"} 10"#,
+        r#"http_server_request_duration_count{http_request_method="GET",http_response_status_code="429",overten_tier="free",error_type="rate_limit_exceeded"} 2"#,
+        r#"http_server_request_duration_count{http_request_method="GET",http_response_status_code="401",overten_tier="none",error_type="invalid_api_key"} 1"#,
+        r#"overten_gateway_rate_limited_total{reason="rate",tier="free",source="store"} 1"#,
+        r#"overten_gateway_rate_limited_total{reason="rate",tier="free",source="near_cache"} 1"#,
+        r#"overten_idempotency_requests_total{outcome="first"} 1"#,
+        r#"overten_idempotency_requests_total{outcome="replayed"} 1"#,
+        "# TYPE overten_store_operation_duration_seconds histogram",
+        "# TYPE overten_gateway_runs_in_progress gauge",
+    ] {
+        assert!(text.contains(line), "missing {line}\n{text}");
+    }
+    // No key material in any label.
+    for key in ["sk_live_cli", "sk_live_metrics2"] {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(key.as_bytes());
+        let hash = digest[..16].iter().fold(String::new(), |mut out, b| {
+            use std::fmt::Write as _;
+            let _ = write!(out, "{b:02x}");
+            out
+        });
+        assert!(
+            !text.contains(key) && !text.contains(&hash),
+            "{key}\n{text}"
+        );
+    }
+    assert!(
+        !text.contains("sk_live") && !text.contains("org_"),
+        "{text}"
+    );
+
+    // A real parser's verdict.
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("promtool could not start ({e}): bash scripts/ensure-promtool.sh (apt-get install -y --no-install-recommends prometheus)")
+        });
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -15,7 +15,8 @@
 //! |---|---|---|
 //! | (default) | the layers above on the memory stores, [`stack`] | `overten-errors-http` (`tower`), `tower-layer`, `tower-service`, `tower-http`, `tracing`, `sha2` |
 //! | `axum` | the gateway sets axum's `DefaultBodyLimit` to the caller's tier's upload limit | `axum` |
-//! | `redis` | `RedisStore`: counts, permits and idempotency records shared by a fleet | `redis` (tokio), `tokio` (`rt`, `time`) |
+//! | `redis` | `RedisStore`: counts, permits and idempotency records shared by a fleet, on one node, a Cluster or Sentinel | `redis` (tokio, cluster, sentinel), `tokio` (`rt`, `time`, `sync`) |
+//! | `metrics` | the [`metrics`](mod@metrics) this crate records, through the `metrics` facade | `metrics` |
 //!
 //! One room a concern: `key.rs` ([`KeyHash`]), `accounts.rs`, `store/` (every store and
 //! what they share), `outage.rs` (a store outage logged as one story), `gateway/`,
@@ -41,6 +42,7 @@ mod ceiling;
 mod gateway;
 mod idempotency;
 mod key;
+pub mod metrics;
 mod outage;
 pub mod store;
 

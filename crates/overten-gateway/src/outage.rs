@@ -67,6 +67,7 @@ impl Outage {
                 s.reported_at = Some(now);
                 s.reported = s.failures;
                 self.down.store(true, Ordering::Relaxed);
+                crate::metrics::outage(self.store, true);
                 Report::Started
             }
             (Some(since), Some(at)) if now.saturating_duration_since(at) >= REPORT_EVERY => {
@@ -113,6 +114,7 @@ impl Outage {
         let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let since = s.since.take()?;
         self.down.store(false, Ordering::Relaxed);
+        crate::metrics::outage(self.store, false);
         let report = Report::Ended {
             failures: s.failures,
             down_for: now.saturating_duration_since(since),

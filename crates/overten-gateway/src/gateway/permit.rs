@@ -12,6 +12,8 @@ struct Held {
     key: KeyHash,
     id: PermitId,
     renewal: Option<Renewal>,
+    /// The tier's metric label.
+    tier: &'static str,
 }
 
 impl Drop for Held {
@@ -19,6 +21,7 @@ impl Drop for Held {
         // Renewals stop first, so that none lands after the release.
         drop(self.renewal.take());
         self.store.release(&self.key, self.id);
+        crate::metrics::runs(self.tier, -1.0);
         tracing::trace!(key = %self.key, "run permit released");
     }
 }
@@ -43,13 +46,17 @@ impl RunPermit {
         key: KeyHash,
         id: PermitId,
         lease: Duration,
+        tier: Option<overten_errors::Tier>,
     ) -> RunPermit {
         let renewal = store.keep_renewed(&key, id, lease);
+        let tier = crate::metrics::tier_label(tier);
+        crate::metrics::runs(tier, 1.0);
         RunPermit(Arc::new(Held {
             store,
             key,
             id,
             renewal,
+            tier,
         }))
     }
 
@@ -87,7 +94,7 @@ mod tests {
         let ask = Admit::new(&key, 1, 60, 10).with_run(RunAsk::new(id, 1, Duration::from_secs(1)));
         let admitted = crate::block_on(store.admit(ask)).unwrap();
         assert_eq!(admitted.run, RunAdmission::Granted);
-        let permit = RunPermit::new(store.clone(), key, id, Duration::from_secs(1));
+        let permit = RunPermit::new(store.clone(), key, id, Duration::from_secs(1), None);
         assert_eq!(permit.id(), id);
         assert!(format!("{permit:?}").contains(&format!("{id:?}")));
         assert!(crate::block_on(permit.renew(Duration::from_secs(1))).unwrap());

@@ -8,7 +8,7 @@ use std::time::{Instant, SystemTime};
 use http::header::CONTENT_LENGTH;
 use http::{Request, Response};
 use http_body_util::Limited;
-use overten_errors::{ApiError, ErrorCode, RATE_LIMIT_WINDOW_SECONDS, RateLimit, RetryAfter};
+use overten_errors::{ApiError, ErrorCode, RATE_LIMIT_WINDOW_SECONDS, RateLimit, RetryAfter, Tier};
 use tower_service::Service;
 
 use overten_errors_http::server::{Account, AccountStatus, OutageAnswer, TierLimits};
@@ -18,7 +18,9 @@ use super::permit::RunPermit;
 use super::{Config, rank};
 use crate::accounts::Accounts;
 use crate::key::KeyHash;
-use crate::store::{Admit, BoxFuture, PermitId, RunAdmission, RunAsk, StoreError, StoreFailure};
+use crate::store::{
+    Admission, Admit, BoxFuture, PermitId, RunAdmission, RunAsk, StoreError, StoreFailure,
+};
 use overten_errors_http::set_rate_limit_headers;
 
 /// The service of [`GatewayLayer`](super::GatewayLayer).
@@ -146,6 +148,31 @@ async fn account(config: &Config, hash: &KeyHash, path: &str) -> Result<Account,
     Ok(account)
 }
 
+/// Whether the request announces a body over `limit` bytes.
+fn announced_over(head: &http::request::Parts, limit: u64) -> bool {
+    head.headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .is_some_and(|n| n > limit)
+}
+
+/// The store's admission, timed (feature `metrics`); a success ends an outage.
+async fn admit(config: &Config, ask: Admit<'_>) -> Result<Admission, StoreError> {
+    let started = Instant::now();
+    let admission = config.store.admit(ask).await;
+    crate::metrics::store_call(
+        "gateway",
+        "admit",
+        admission.as_ref().err(),
+        started.elapsed().as_secs_f64(),
+    );
+    if admission.is_ok() {
+        config.outage.succeeded(Instant::now());
+    }
+    admission
+}
+
 /// The 429 of a key over its rate limit (`count` requests in the window ending at `reset`).
 fn over_limit(limit: u32, count: u64, reset: u64, now: u64) -> ApiError {
     ApiError::from(ErrorCode::RateLimitExceeded)
@@ -176,8 +203,20 @@ fn runs_full(
     ))
 }
 
+/// A request the gate answers: the error, and the caller's tier once it is known.
+struct Refused {
+    err: ApiError,
+    tier: Option<Tier>,
+}
+
+impl From<ApiError> for Refused {
+    fn from(err: ApiError) -> Refused {
+        Refused { err, tier: None }
+    }
+}
+
 /// Steps 1 to 4 of the module docs: the admitted request, or the error to answer.
-async fn gate(config: &Config, head: &http::request::Parts) -> Result<Admitted, ApiError> {
+async fn gate(config: &Config, head: &http::request::Parts) -> Result<Admitted, Refused> {
     let now = unix_seconds((config.clock)());
     let window = now / RATE_LIMIT_WINDOW_SECONDS;
     let reset = window
@@ -191,15 +230,15 @@ async fn gate(config: &Config, head: &http::request::Parts) -> Result<Admitted, 
 
     let account = account(config, &hash, head.uri.path()).await?;
     let limits = config.limits_of(account.tier);
+    let tier = account.tier;
+    let refused = |err: ApiError| Refused {
+        err,
+        tier: Some(tier),
+    };
 
     // 3. Count, and a permit for a run, in one store call. A body announced too large
     // asks no permit: it is answered 413 once counted.
-    let announced_too_large = head
-        .headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .is_some_and(|n| n > limits.upload_bytes);
+    let announced_too_large = announced_over(head, limits.upload_bytes);
     let limit = limits.requests_per_minute;
     let over_limit = |count: u64| over_limit(limit, count, reset, now);
     // Already over its limit in this window, as this replica saw: the same 429, no store
@@ -209,7 +248,8 @@ async fn gate(config: &Config, head: &http::request::Parts) -> Result<Admitted, 
         .as_ref()
         .is_some_and(|near| near.is_over(&hash, window, limit))
     {
-        return Err(over_limit(u64::from(limit).saturating_add(1)));
+        crate::metrics::rate_limited("rate", tier, true);
+        return Err(refused(over_limit(u64::from(limit).saturating_add(1))));
     }
     let run = (!announced_too_large && (config.is_run)(&head.method, &head.uri))
         .then(|| RunAsk::new(PermitId::new(), limits.concurrent_runs, config.lease));
@@ -222,17 +262,14 @@ async fn gate(config: &Config, head: &http::request::Parts) -> Result<Admitted, 
     if let Some(run) = run {
         ask = ask.with_run(run);
     }
-    let admission = match config.store.admit(ask).await {
-        Ok(admission) => {
-            config.outage.succeeded(Instant::now());
-            admission
-        }
+    let admission = match admit(config, ask).await {
+        Ok(admission) => admission,
         Err(err) => {
             if let Some(answer) = store_failed(config, err) {
-                return Err(answer);
+                return Err(refused(answer));
             }
             if announced_too_large {
-                return Err(too_large(&account, limits.upload_bytes));
+                return Err(refused(too_large(&account, limits.upload_bytes)));
             }
             return Ok(Admitted {
                 account,
@@ -252,22 +289,27 @@ async fn gate(config: &Config, head: &http::request::Parts) -> Result<Admitted, 
         if let Some(near) = &config.near {
             near.went_over(&hash, window, limit);
         }
-        return Err(over_limit(admission.count));
+        crate::metrics::rate_limited("rate", tier, false);
+        return Err(refused(over_limit(admission.count)));
     }
     if announced_too_large {
-        return Err(too_large(&account, limits.upload_bytes).with_rate_limit(rate_limit));
+        return Err(refused(
+            too_large(&account, limits.upload_bytes).with_rate_limit(rate_limit),
+        ));
     }
     let permit = match (admission.run, run) {
         (RunAdmission::Full { in_progress }, _) => {
-            return Err(
-                runs_full(config, &account, &limits, in_progress).with_rate_limit(rate_limit)
-            );
+            crate::metrics::rate_limited("runs", tier, false);
+            return Err(refused(
+                runs_full(config, &account, &limits, in_progress).with_rate_limit(rate_limit),
+            ));
         }
         (RunAdmission::Granted, Some(run)) => Some(RunPermit::new(
             Arc::clone(&config.store),
             hash,
             run.permit,
             config.lease,
+            Some(tier),
         )),
         _ => None,
     };
@@ -288,15 +330,18 @@ async fn handle<S, ReqB, ResB>(
 where
     S: Service<Request<Limited<ReqB>>, Response = Response<ResB>>,
 {
+    let started = Instant::now();
     let (mut head, body) = req.into_parts();
+    let method = head.method.clone();
     let admitted = match gate(&config, &head).await {
         Ok(admitted) => admitted,
-        Err(err) => {
+        Err(Refused { err, tier }) => {
             let outage = err.code() == &overten_errors::Code::Known(ErrorCode::ServiceUnavailable);
             let mut response = answer(err);
             if outage {
                 response.extensions_mut().insert(OutageAnswer);
             }
+            record(&method, &response, tier, started);
             return Ok(response);
         }
     };
@@ -335,7 +380,19 @@ where
     if let Some(rate_limit) = &admitted.stamp {
         set_rate_limit_headers(response.headers_mut(), rate_limit);
     }
+    record(&method, &response, Some(tier), started);
     Ok(response)
+}
+
+/// `http.server.request.duration` for a response head (feature `metrics`).
+fn record<B>(method: &http::Method, response: &Response<B>, tier: Option<Tier>, started: Instant) {
+    crate::metrics::request(
+        method,
+        response.status(),
+        tier,
+        response.extensions().get::<ApiError>(),
+        started.elapsed().as_secs_f64(),
+    );
 }
 
 /// A 413 the inner service did not write as an envelope (no `ApiError` in its extensions,

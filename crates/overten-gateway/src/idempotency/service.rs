@@ -282,10 +282,27 @@ where
         .map_or(head.uri.path(), |p| p.as_str());
     let fingerprint = Fingerprint::new(&head.method, path, &bytes);
     let token = ClaimToken::new();
+    let started = std::time::Instant::now();
     let claim = config
         .store
         .claim(&record, &fingerprint, token, config.lease)
         .await;
+    crate::metrics::store_call(
+        "idempotency",
+        "claim",
+        claim.as_ref().err(),
+        started.elapsed().as_secs_f64(),
+    );
+    crate::metrics::idempotency(match &claim {
+        Err(_) => "refused",
+        Ok(Claim::Claimed) => "first",
+        Ok(Claim::InProgress { same_request: true }) => "in_progress",
+        Ok(Claim::Done {
+            same_request: true,
+            response: Some(_),
+        }) => "replayed",
+        Ok(_) => "conflict",
+    });
     let request = Request::from_parts(head, Either::Right(Full::new(bytes)));
     let _reported = match &claim {
         Ok(_) => config.outage.succeeded(std::time::Instant::now()),
@@ -400,6 +417,7 @@ where
             .collect(),
         body: buf.clone(),
     };
+    let started = std::time::Instant::now();
     let saved = config
         .store
         .complete(
@@ -410,6 +428,12 @@ where
             config.retention,
         )
         .await;
+    crate::metrics::store_call(
+        "idempotency",
+        "complete",
+        saved.as_ref().err(),
+        started.elapsed().as_secs_f64(),
+    );
     match saved {
         Ok(()) => guard.armed = false,
         Err(error) => {
