@@ -133,7 +133,6 @@ impl Outage {
     }
 
     /// Whether the store is down, as last seen.
-    #[cfg(test)]
     pub(crate) fn is_down(&self) -> bool {
         self.down.load(Ordering::Relaxed)
     }

@@ -496,3 +496,125 @@ async fn round_trips_per_request_get_run_and_over_limit() {
     })
     .await;
 }
+
+/// Degraded mode (`StoreFailure::local(3)`) on 3 replicas: Redis SIGKILLed under load.
+/// While it is away each replica counts a key on its own against a third of the limit,
+/// marking its answers `X-RateLimit-Scope: replica`, so the key's admitted count in the
+/// window stays within the documented bound (what the shared store admitted, plus at most
+/// the limit across the replicas); no request waits past the store timeout; once Redis is
+/// back, counting is shared again within seconds, by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn degraded_mode_counts_locally_within_the_bound_and_shares_again_after_a_restart() {
+    let mut redis = RedisServer::start();
+    within(120, async {
+        let accounts = accounts(4);
+        let gauge = Arc::new(Gauge::default());
+        let timeout = Duration::from_millis(250);
+        let limit = 30;
+        let mut addrs = Vec::new();
+        for _ in 0..3 {
+            let store = RedisStore::builder(redis.url())
+                .timeout(timeout)
+                .connect()
+                .await
+                .unwrap();
+            let gateway = GatewayLayer::new(accounts.clone(), Arc::new(store))
+                .with_limits(
+                    Tier::Free,
+                    TierLimits::of(Tier::Free).requests_per_minute(limit),
+                )
+                .on_store_error(StoreFailure::local(3))
+                .with_clock(fixed_now);
+            addrs.push(serve(app(gateway, gauge.clone())).await);
+        }
+        let c = client();
+        let key = Some("sk_live_k0");
+        // Shared: 12 admitted across the fleet, counted in Redis.
+        for i in 0..12 {
+            let got = c.get(addrs[i % 3], "/ok", key).await;
+            assert_eq!(got.status, 200);
+            assert!(!got.headers.contains_key("x-ratelimit-scope"));
+            assert_eq!(got.header("x-ratelimit-remaining"), Some(u64::from(limit) - 1 - i as u64));
+        }
+        redis.kill();
+        // Degraded: 90 requests round-robin; each replica admits a third of the limit.
+        let (mut admitted, mut slowest) = (0, Duration::ZERO);
+        for i in 0..90 {
+            let t = Instant::now();
+            let got = c.get(addrs[i % 3], "/ok", key).await;
+            slowest = slowest.max(t.elapsed());
+            assert_eq!(
+                got.headers.get("x-ratelimit-scope").map(|v| v.to_str().unwrap()),
+                Some("replica"),
+                "{} {}",
+                got.status,
+                got.body
+            );
+            match got.status {
+                200 => admitted += 1,
+                429 => {
+                    assert_eq!(got.code(), "rate_limit_exceeded");
+                    assert_eq!(got.header("x-ratelimit-limit"), Some(u64::from(limit / 3)));
+                }
+                other => panic!("{other}: {}", got.body),
+            }
+        }
+        assert_eq!(admitted, limit / 3 * 3, "a third of the limit on each of 3 replicas");
+        assert!(
+            12 + admitted <= 2 * limit,
+            "within the bound: shared 12 + local {admitted} <= twice the limit"
+        );
+        assert!(
+            slowest < timeout + Duration::from_millis(400),
+            "no request waited past the store timeout: slowest {slowest:?}"
+        );
+        // Back (empty: this Redis keeps nothing): shared again within seconds, by itself.
+        redis.spawn();
+        let back = Instant::now();
+        loop {
+            let got = c.get(addrs[0], "/ok", key).await;
+            if !got.headers.contains_key("x-ratelimit-scope") {
+                assert_eq!(got.status, 200);
+                break;
+            }
+            assert!(
+                back.elapsed() < Duration::from_secs(10),
+                "still counting locally 10 s after the restart"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let shared_after = back.elapsed();
+        // Every replica shares the count again: one Remaining sequence across them.
+        support::eventually("every replica counts in Redis again", 10, || {
+            let c = c.clone();
+            let addrs = addrs.clone();
+            async move {
+                let mut scoped = false;
+                for addr in &addrs {
+                    scoped |= c.get(*addr, "/ok", key).await.headers.contains_key("x-ratelimit-scope");
+                }
+                !scoped
+            }
+        })
+        .await;
+        // A key not used yet (free too): one count across the replicas.
+        let remaining: Vec<u64> = {
+            let mut r = Vec::new();
+            for addr in &addrs {
+                let got = c.get(*addr, "/ok", Some("sk_live_k3")).await;
+                r.push(got.header("x-ratelimit-remaining").unwrap());
+            }
+            r
+        };
+        assert_eq!(remaining[0], u64::from(limit) - 1);
+        assert!(
+            remaining.windows(2).all(|w| w[1] + 1 == w[0]),
+            "one shared count: {remaining:?}"
+        );
+        eprintln!(
+            "degraded mode: admitted {admitted} locally while Redis was away (limit {limit}, 3 replicas), \
+             slowest request {slowest:?}, shared again {shared_after:?} after the restart"
+        );
+    })
+    .await;
+}

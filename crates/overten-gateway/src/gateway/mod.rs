@@ -6,7 +6,8 @@ mod permit;
 mod service;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
 
 use http::{Method, Uri};
 use overten_errors::Tier;
@@ -14,7 +15,7 @@ use overten_errors_http::server::TierLimits;
 
 use crate::accounts::Accounts;
 use crate::outage::Outage;
-use crate::store::{Store, StoreFailure};
+use crate::store::{MemoryStore, Store, StoreFailure};
 
 pub use body::GatewayBody;
 pub use permit::RunPermit;
@@ -94,6 +95,25 @@ pub(crate) struct Config {
     pub(crate) outage: Arc<Outage>,
     /// Keys over their limit in this window (shared by every clone); `None`: off.
     pub(crate) near: Option<Arc<near::NearCache>>,
+    /// Degraded mode's own store (with [`StoreFailure::Local`]).
+    pub(crate) local: Option<Arc<MemoryStore>>,
+    /// When the shared store was last probed in degraded mode, in ms since `epoch`.
+    pub(crate) probed: Arc<AtomicU64>,
+    pub(crate) epoch: Instant,
+}
+
+impl Config {
+    /// Degraded mode: whether this request should probe the store that is down (at most
+    /// one a second, on this replica).
+    pub(crate) fn probe_due(&self) -> bool {
+        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let last = self.probed.load(Ordering::Relaxed);
+        now.saturating_sub(last) >= 1_000
+            && self
+                .probed
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
 }
 
 impl Clone for Config {
@@ -110,6 +130,9 @@ impl Clone for Config {
             lease: self.lease,
             outage: Arc::clone(&self.outage),
             near: self.near.clone(),
+            local: self.local.clone(),
+            probed: Arc::clone(&self.probed),
+            epoch: self.epoch,
         }
     }
 }
@@ -156,6 +179,9 @@ impl GatewayLayer {
                 lease: Self::DEFAULT_LEASE,
                 outage: Arc::new(Outage::new("gateway")),
                 near: Some(Arc::new(near::NearCache::default())),
+                local: None,
+                probed: Arc::new(AtomicU64::new(0)),
+                epoch: Instant::now(),
             }),
         }
     }
@@ -194,7 +220,11 @@ impl GatewayLayer {
     /// What to do when the store fails.
     #[must_use]
     pub fn on_store_error(self, policy: StoreFailure) -> GatewayLayer {
-        self.edit(|c| c.on_store_error = policy)
+        self.edit(|c| {
+            c.on_store_error = policy;
+            c.local =
+                matches!(policy, StoreFailure::Local { .. }).then(|| Arc::new(MemoryStore::new()));
+        })
     }
 
     /// Reads "now" from `clock` (tests pass one they own).

@@ -19,7 +19,7 @@ use super::{Config, rank};
 use crate::accounts::Accounts;
 use crate::key::KeyHash;
 use crate::store::{
-    Admission, Admit, BoxFuture, PermitId, RunAdmission, RunAsk, StoreError, StoreFailure,
+    Admission, Admit, BoxFuture, PermitId, RunAdmission, RunAsk, Store, StoreError, StoreFailure,
 };
 use overten_errors_http::set_rate_limit_headers;
 
@@ -85,7 +85,9 @@ fn store_failed(config: &Config, err: StoreError) -> Option<ApiError> {
             tracing::debug!(error = %err, "gateway store failed: request passed uncounted");
             None
         }
-        StoreFailure::Reject { retry_after } => Some(unavailable(retry_after, err)),
+        StoreFailure::Reject { .. } | StoreFailure::Local { .. } => {
+            Some(unavailable(config.on_store_error.retry_after(), err))
+        }
     }
 }
 
@@ -106,6 +108,8 @@ struct Admitted {
     stamp: Option<RateLimit>,
     permit: Option<RunPermit>,
     limits: TierLimits,
+    /// Counted on this replica alone (degraded mode).
+    local: bool,
 }
 
 fn too_large(account: &Account, limit: u64) -> ApiError {
@@ -120,10 +124,7 @@ async fn account(config: &Config, hash: &KeyHash, path: &str) -> Result<Account,
         Ok(None) => return Err(ApiError::from(ErrorCode::InvalidApiKey)),
         Err(err) => {
             config.outage.failed(&err, Instant::now());
-            let wait = match config.on_store_error {
-                StoreFailure::Reject { retry_after } => retry_after,
-                StoreFailure::Allow => StoreFailure::DEFAULT_RETRY_AFTER,
-            };
+            let wait = config.on_store_error.retry_after();
             return Err(unavailable(wait, err));
         }
     };
@@ -203,16 +204,41 @@ fn runs_full(
     ))
 }
 
-/// A request the gate answers: the error, and the caller's tier once it is known.
+/// A request the gate answers: the error, the caller's tier once it is known, and whether
+/// it was counted on this replica alone (degraded mode).
 struct Refused {
     err: ApiError,
     tier: Option<Tier>,
+    local: bool,
+}
+
+impl Refused {
+    fn of(err: ApiError, tier: Tier, local: bool) -> Refused {
+        Refused {
+            err,
+            tier: Some(tier),
+            local,
+        }
+    }
 }
 
 impl From<ApiError> for Refused {
     fn from(err: ApiError) -> Refused {
-        Refused { err, tier: None }
+        Refused {
+            err,
+            tier: None,
+            local: false,
+        }
     }
+}
+
+/// Where a request was counted.
+struct Counted {
+    store: Arc<dyn Store>,
+    limits: TierLimits,
+    admission: Admission,
+    run: Option<RunAsk>,
+    local: bool,
 }
 
 /// Steps 1 to 4 of the module docs: the admitted request, or the error to answer.
@@ -229,68 +255,67 @@ async fn gate(config: &Config, head: &http::request::Parts) -> Result<Admitted, 
     let hash = KeyHash::of(key);
 
     let account = account(config, &hash, head.uri.path()).await?;
-    let limits = config.limits_of(account.tier);
     let tier = account.tier;
-    let refused = |err: ApiError| Refused {
-        err,
-        tier: Some(tier),
-    };
+    let shared_limits = config.limits_of(tier);
 
     // 3. Count, and a permit for a run, in one store call. A body announced too large
     // asks no permit: it is answered 413 once counted.
-    let announced_too_large = announced_over(head, limits.upload_bytes);
-    let limit = limits.requests_per_minute;
-    let over_limit = |count: u64| over_limit(limit, count, reset, now);
+    let announced_too_large = announced_over(head, shared_limits.upload_bytes);
     // Already over its limit in this window, as this replica saw: the same 429, no store
     // call.
+    let shared_limit = shared_limits.requests_per_minute;
     if config
         .near
         .as_ref()
-        .is_some_and(|near| near.is_over(&hash, window, limit))
+        .is_some_and(|near| near.is_over(&hash, window, shared_limit))
     {
         crate::metrics::rate_limited("rate", tier, true);
-        return Err(refused(over_limit(u64::from(limit).saturating_add(1))));
+        let count = u64::from(shared_limit) + 1;
+        return Err(Refused::of(
+            over_limit(shared_limit, count, reset, now),
+            tier,
+            false,
+        ));
     }
-    let run = (!announced_too_large && (config.is_run)(&head.method, &head.uri))
-        .then(|| RunAsk::new(PermitId::new(), limits.concurrent_runs, config.lease));
-    let mut ask = Admit::new(
-        &hash,
-        window,
-        RATE_LIMIT_WINDOW_SECONDS,
-        limits.requests_per_minute,
-    );
-    if let Some(run) = run {
-        ask = ask.with_run(run);
-    }
-    let admission = match admit(config, ask).await {
-        Ok(admission) => admission,
-        Err(err) => {
-            if let Some(answer) = store_failed(config, err) {
-                return Err(refused(answer));
-            }
-            if announced_too_large {
-                return Err(refused(too_large(&account, limits.upload_bytes)));
-            }
-            return Ok(Admitted {
-                account,
-                hash,
-                stamp: None,
-                permit: None,
-                limits,
-            });
+    let is_run = !announced_too_large && (config.is_run)(&head.method, &head.uri);
+    let Some(counted) = count(config, &hash, window, shared_limits, is_run)
+        .await
+        .map_err(|err| Refused::of(err, tier, false))?
+    else {
+        // The store failed and the policy lets the request pass uncounted.
+        if announced_too_large {
+            let err = too_large(&account, shared_limits.upload_bytes);
+            return Err(Refused::of(err, tier, false));
         }
+        return Ok(Admitted {
+            account,
+            hash,
+            stamp: None,
+            permit: None,
+            limits: shared_limits,
+            local: false,
+        });
     };
+    let Counted {
+        store,
+        limits,
+        admission,
+        run,
+        local,
+    } = counted;
+    let refused = |err: ApiError| Refused::of(err, tier, local);
+    let limit = limits.requests_per_minute;
     let rate_limit = RateLimit {
         limit,
         remaining: limit.saturating_sub(u32::try_from(admission.count).unwrap_or(u32::MAX)),
         reset,
     };
     if admission.count > u64::from(limit) {
-        if let Some(near) = &config.near {
+        if let Some(near) = config.near.as_ref().filter(|_| !local) {
             near.went_over(&hash, window, limit);
         }
         crate::metrics::rate_limited("rate", tier, false);
-        return Err(refused(over_limit(admission.count)));
+        return Err(refused(over_limit(limit, admission.count, reset, now)));
     }
     if announced_too_large {
         return Err(refused(
@@ -305,7 +330,7 @@ async fn gate(config: &Config, head: &http::request::Parts) -> Result<Admitted, 
             ));
         }
         (RunAdmission::Granted, Some(run)) => Some(RunPermit::new(
-            Arc::clone(&config.store),
+            store,
             hash,
             run.permit,
             config.lease,
@@ -319,7 +344,86 @@ async fn gate(config: &Config, head: &http::request::Parts) -> Result<Admitted, 
         stamp: Some(rate_limit),
         permit,
         limits,
+        local,
     })
+}
+
+/// Counts the request (and asks a permit for a run) in the shared store; when it fails,
+/// what the policy says: an error to answer, `None` to pass uncounted, or (degraded mode)
+/// the count of this replica's own store against its share of the limits.
+async fn count(
+    config: &Config,
+    hash: &KeyHash,
+    window: u64,
+    limits: TierLimits,
+    is_run: bool,
+) -> Result<Option<Counted>, ApiError> {
+    let ask = |limits: &TierLimits| {
+        let run =
+            is_run.then(|| RunAsk::new(PermitId::new(), limits.concurrent_runs, config.lease));
+        let mut admit = Admit::new(
+            hash,
+            window,
+            RATE_LIMIT_WINDOW_SECONDS,
+            limits.requests_per_minute,
+        );
+        if let Some(run) = run {
+            admit = admit.with_run(run);
+        }
+        (admit, run)
+    };
+    let local = match (config.on_store_error, &config.local) {
+        (StoreFailure::Local { replicas }, Some(local)) => Some((replicas.max(1), local)),
+        _ => None,
+    };
+    // In degraded mode, while the store is down, one request a second probes it; the
+    // others are counted locally at once.
+    let skip = local.is_some() && config.outage.is_down() && !config.probe_due();
+    let failure = if skip {
+        None
+    } else {
+        let (admit_shared, run) = ask(&limits);
+        match admit(config, admit_shared).await {
+            Ok(admission) => {
+                return Ok(Some(Counted {
+                    store: Arc::clone(&config.store),
+                    limits,
+                    admission,
+                    run,
+                    local: false,
+                }));
+            }
+            Err(err) => Some(err),
+        }
+    };
+    let Some((replicas, store)) = local else {
+        let Some(err) = failure else {
+            return Ok(None);
+        };
+        return match store_failed(config, err) {
+            Some(answer) => Err(answer),
+            None => Ok(None),
+        };
+    };
+    if let Some(err) = failure {
+        config.outage.failed(&err, Instant::now());
+    }
+    let share = |n: u32| (n / replicas).max(1);
+    let limits = limits
+        .requests_per_minute(share(limits.requests_per_minute))
+        .concurrent_runs(share(limits.concurrent_runs));
+    let (admit_local, run) = ask(&limits);
+    let store: Arc<dyn Store> = store.clone();
+    match store.admit(admit_local).await {
+        Ok(admission) => Ok(Some(Counted {
+            store,
+            limits,
+            admission,
+            run,
+            local: true,
+        })),
+        Err(err) => Err(unavailable(config.on_store_error.retry_after(), err)),
+    }
 }
 
 async fn handle<S, ReqB, ResB>(
@@ -335,11 +439,14 @@ where
     let method = head.method.clone();
     let admitted = match gate(&config, &head).await {
         Ok(admitted) => admitted,
-        Err(Refused { err, tier }) => {
+        Err(Refused { err, tier, local }) => {
             let outage = err.code() == &overten_errors::Code::Known(ErrorCode::ServiceUnavailable);
             let mut response = answer(err);
             if outage {
                 response.extensions_mut().insert(OutageAnswer);
+            }
+            if local {
+                mark_local(&mut response);
             }
             record(&method, &response, tier, started);
             return Ok(response);
@@ -349,6 +456,7 @@ where
     // limited to the tier's upload limit.
     let upload = admitted.limits.upload_bytes;
     let tier = admitted.account.tier;
+    let local = admitted.local;
     head.extensions.insert(admitted.account);
     head.extensions.insert(admitted.hash);
     head.extensions.insert(admitted.limits);
@@ -380,8 +488,20 @@ where
     if let Some(rate_limit) = &admitted.stamp {
         set_rate_limit_headers(response.headers_mut(), rate_limit);
     }
+    if local {
+        mark_local(&mut response);
+    }
     record(&method, &response, Some(tier), started);
     Ok(response)
+}
+
+/// `X-RateLimit-Scope: replica`: this response's limits were counted on this replica
+/// alone, the store being away (degraded mode).
+fn mark_local<B>(response: &mut Response<B>) {
+    response.headers_mut().insert(
+        http::HeaderName::from_static("x-ratelimit-scope"),
+        http::HeaderValue::from_static("replica"),
+    );
 }
 
 /// `http.server.request.duration` for a response head (feature `metrics`).

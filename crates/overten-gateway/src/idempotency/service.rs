@@ -310,7 +310,9 @@ where
     };
     match claim {
         Err(err) => match config.on_store_error {
-            StoreFailure::Reject { retry_after } => {
+            // Degraded mode counts requests locally, but a record cannot be: refused.
+            StoreFailure::Reject { .. } | StoreFailure::Local { .. } => {
+                let retry_after = config.on_store_error.retry_after();
                 let mut response = answer(
                     ApiError::new(
                         ErrorCode::ServiceUnavailable,

@@ -15,11 +15,39 @@ pub enum StoreFailure {
     /// Let the request through uncounted and without a permit, logging a warning: the API
     /// stays up while limits are off.
     Allow,
+    /// Degraded mode: while the store fails, each replica counts on its own, each key's
+    /// requests per minute and concurrent runs divided by `replicas` (the fleet's size;
+    /// at least 1 of each), and marks its responses `X-RateLimit-Scope: replica`. The store
+    /// is tried again at most once a second (one request probes; the others are counted
+    /// locally without waiting for it), and counting is shared again from the first call
+    /// that succeeds. `docs/gateway.md` states what this guarantees. The idempotency layer
+    /// reads it as [`StoreFailure::Reject`]: a keyed request is never run twice because its
+    /// record could not be read.
+    Local {
+        /// Replicas in the fleet: each enforces `limit / replicas` of every key's limits.
+        replicas: u32,
+    },
 }
 
 impl StoreFailure {
     /// The default `Retry-After` of a 503 for a store that failed: 30 s.
     pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(30);
+
+    /// [`StoreFailure::Local`] for a fleet of `replicas` (0 is read as 1).
+    pub fn local(replicas: u32) -> StoreFailure {
+        StoreFailure::Local {
+            replicas: replicas.max(1),
+        }
+    }
+
+    /// The `Retry-After` of a 503 under this policy (the default for those that pass or
+    /// count locally, when they must refuse).
+    pub fn retry_after(&self) -> Duration {
+        match self {
+            StoreFailure::Reject { retry_after } => *retry_after,
+            _ => Self::DEFAULT_RETRY_AFTER,
+        }
+    }
 }
 
 impl Default for StoreFailure {
