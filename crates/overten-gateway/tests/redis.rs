@@ -497,7 +497,7 @@ async fn round_trips_per_request_get_run_and_over_limit() {
     .await;
 }
 
-/// Degraded mode (`StoreFailure::local(3)`) on 3 replicas: Redis SIGKILLed under load.
+/// Degraded mode (`StoreFailure::local(3)`) on 3 replicas: Redis killed (`SIGKILL`) under load.
 /// While it is away each replica counts a key on its own against a third of the limit,
 /// marking its answers `X-RateLimit-Scope: replica`, so the key's admitted count in the
 /// window stays within the documented bound (what the shared store admitted, plus at most
