@@ -189,6 +189,7 @@ Routes:
   GET  /tasks/{task_id}         the task: succeeded for a resubmitted
                                 sync_timeout_upgrade_async, else the task failure with the
                                 code; a task of another org is 404 not_found
+  GET  /metrics                 the gateway's metrics, Prometheus text format (no key needed)
   anything else                 404 not_found; a malformed path or status 400
 
 Error injection, on any route:
