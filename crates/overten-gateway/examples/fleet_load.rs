@@ -1,15 +1,16 @@
 //! Throughput of a fleet: 4 gateway replicas (axum on 127.0.0.1, one process) sharing one
-//! `redis-server`, against the same 4 replicas on per-process memory stores and 4 bare
-//! routers, under the same closed-loop load: `CLIENTS` concurrent keep-alive clients sending
+//! `redis-server`, and sharing a Redis Cluster (3 primaries, 3 replicas), against the same 4
+//! replicas on per-process memory stores and 4 bare routers, under the same closed-loop load: `CLIENTS` concurrent keep-alive clients sending
 //! keyed `GET`s (and, in a second round, runs: `POST`s that take and give back a permit)
 //! round-robin over the replicas for `SECONDS` each. Every contender serves the same number
 //! of clients for the same time; the count is of successful (200) answers only.
 //!
 //! ```text
-//! cargo run --release -p overten-errors-http --features axum,redis --example fleet_load -- [SECONDS] [CLIENTS]
+//! cargo run --release -p overten-gateway --features axum,redis --example fleet_load -- [SECONDS] [CLIENTS]
 //! ```
 //!
-//! It starts its own `redis-server` on a free loopback port and kills it by PID at the end.
+//! It starts its own `redis-server` and cluster on free loopback ports and kills them by PID
+//! at the end.
 //! Client and servers share the machine's cores: the figures are ratios within one run.
 
 #![allow(
@@ -30,6 +31,8 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use overten_errors::Tier;
+#[path = "../tests/support/redis_deploy.rs"]
+mod redis_deploy;
 #[path = "../tests/support/redis_server.rs"]
 mod redis_server;
 use redis_server::RedisServer;
@@ -149,6 +152,7 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(64);
     let redis = RedisServer::start();
+    let cluster = redis_deploy::RedisCluster::start();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -158,15 +162,19 @@ fn main() {
         let mut bare = Vec::new();
         let mut memory = Vec::new();
         let mut shared = Vec::new();
+        let mut clustered = Vec::new();
         for _ in 0..REPLICAS {
             bare.push(serve(routes()).await);
             memory.push(serve(routes().layer(stack(gateway(Arc::new(MemoryStore::new()))))).await);
             let store = RedisStore::connect(redis.url()).await.unwrap();
             shared.push(serve(routes().layer(stack(gateway(Arc::new(store))))).await);
+            let store = RedisStore::connect(cluster.url()).await.unwrap();
+            clustered.push(serve(routes().layer(stack(gateway(Arc::new(store))))).await);
         }
         fleets.push(("bare routers", bare));
         fleets.push(("stack, memory stores (each replica alone)", memory));
         fleets.push(("stack, one Redis (shared)", shared));
+        fleets.push(("stack, Redis Cluster 3+3 (shared)", clustered));
         println!("{REPLICAS} replicas, {clients} clients, {seconds} s each: successful answers per second, latency p50 and p99:");
         for run in [false, true] {
             for (name, addrs) in &fleets {
@@ -183,4 +191,5 @@ fn main() {
         }
     });
     drop(redis);
+    drop(cluster);
 }

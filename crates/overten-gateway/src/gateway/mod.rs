@@ -290,3 +290,49 @@ pub(crate) fn rank(tier: Tier) -> usize {
         .position(|t| *t == tier)
         .unwrap_or(usize::MAX)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::accounts::MemoryAccounts;
+
+    fn layer() -> GatewayLayer {
+        GatewayLayer::new(
+            Arc::new(MemoryAccounts::new()),
+            Arc::new(MemoryStore::new()),
+        )
+    }
+
+    /// Degraded mode probes the store that is down at most once a second.
+    #[test]
+    fn the_store_is_probed_at_most_once_a_second() {
+        let mut config = (*layer().config).clone();
+        config.epoch = Instant::now() - Duration::from_secs(5);
+        assert!(config.probe_due(), "the first probe");
+        assert!(!config.probe_due(), "not again within the second");
+        assert!(!config.probe_due());
+        // A second later (as the clock sees it): due again, once.
+        config.epoch -= Duration::from_millis(1_000);
+        assert!(config.probe_due());
+        assert!(!config.probe_due());
+        // Just under a second: not yet.
+        config.epoch -= Duration::from_millis(990);
+        assert!(!config.probe_due());
+    }
+
+    #[test]
+    fn the_local_store_exists_with_the_local_policy_only_and_debug_says_what_is_on() {
+        let plain = layer();
+        assert!(plain.config.local.is_none());
+        let local = layer().on_store_error(StoreFailure::local(3));
+        assert!(local.config.local.is_some());
+        let back = local.on_store_error(StoreFailure::Allow);
+        assert!(back.config.local.is_none());
+        let shown = format!("{:?}", layer().near_cache(false));
+        assert!(
+            shown.contains("near_cache: false") && shown.contains("lease: 30s"),
+            "{shown}"
+        );
+        assert!(format!("{:?}", layer()).contains("near_cache: true"));
+    }
+}

@@ -57,3 +57,24 @@ impl Default for StoreFailure {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_reads_zero_as_one_and_retry_after_is_the_policys_or_the_default() {
+        assert_eq!(StoreFailure::local(0), StoreFailure::Local { replicas: 1 });
+        assert_eq!(StoreFailure::local(3), StoreFailure::Local { replicas: 3 });
+        let five = Duration::from_secs(5);
+        assert_eq!(
+            StoreFailure::Reject { retry_after: five }.retry_after(),
+            five
+        );
+        assert_eq!(
+            StoreFailure::local(3).retry_after(),
+            StoreFailure::DEFAULT_RETRY_AFTER
+        );
+        assert_eq!(StoreFailure::Allow.retry_after(), Duration::from_secs(30));
+    }
+}

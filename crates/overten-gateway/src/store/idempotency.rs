@@ -762,6 +762,74 @@ mod tests {
         assert!(matches!(got, Claim::InProgress { same_request: true }));
     }
 
+    /// Each call drops a couple of expired records, so a store that never fills still
+    /// lets its expired records go.
+    #[test]
+    fn each_call_sweeps_expired_records() {
+        let s = MemoryIdempotencyStore::new();
+        let fp = Fingerprint([1; 32]);
+        let r = body_of(2);
+        let tiny = Duration::from_millis(1);
+        for i in 0..10 {
+            let t = ClaimToken::new();
+            crate::block_on(s.claim(&key(i), &fp, t, DAY)).unwrap();
+            crate::block_on(s.complete(&key(i), &fp, t, Some(&r), tiny)).unwrap();
+        }
+        for i in 100..103 {
+            crate::block_on(s.claim(&key(i), &fp, ClaimToken::new(), tiny)).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(s.len(), 13);
+        // Two done records and two claims a call.
+        crate::block_on(s.claim(&key(200), &fp, ClaimToken::new(), DAY)).unwrap();
+        assert_eq!(s.len(), 13 - 4 + 1);
+        crate::block_on(s.claim(&key(201), &fp, ClaimToken::new(), DAY)).unwrap();
+        assert_eq!(s.len(), 10 - 3 + 1);
+    }
+
+    /// A queue item left by a record since replaced removes nothing when it comes up: the
+    /// newer record stays.
+    #[test]
+    fn a_stale_item_never_removes_a_newer_record() {
+        let s = MemoryIdempotencyStore::new();
+        let fp = Fingerprint([1; 32]);
+        let r = body_of(2);
+        let t = ClaimToken::new();
+        crate::block_on(s.claim(&key(1), &fp, t, DAY)).unwrap();
+        crate::block_on(s.complete(&key(1), &fp, t, Some(&r), Duration::from_millis(1))).unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+        // Expired: claimed and completed again, to keep.
+        let t = ClaimToken::new();
+        assert!(matches!(
+            crate::block_on(s.claim(&key(1), &fp, t, DAY)).unwrap(),
+            Claim::Claimed
+        ));
+        crate::block_on(s.complete(&key(1), &fp, t, Some(&r), DAY)).unwrap();
+        // The old item comes up with the next calls.
+        for i in 10..13 {
+            crate::block_on(s.claim(&key(i), &fp, ClaimToken::new(), DAY)).unwrap();
+        }
+        let got = crate::block_on(s.claim(&key(1), &fp, ClaimToken::new(), DAY)).unwrap();
+        assert!(
+            matches!(
+                got,
+                Claim::Done {
+                    same_request: true,
+                    response: Some(_)
+                }
+            ),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn record_keys_show_as_hex() {
+        let k = RecordKey::new("org", "key-1");
+        assert_eq!(k.hex().len(), 32);
+        assert!(k.hex().bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(k.hex(), RecordKey::new("org", "key-2").hex());
+    }
+
     #[test]
     fn only_the_holder_completes_and_only_the_same_request() {
         let s = MemoryIdempotencyStore::new();

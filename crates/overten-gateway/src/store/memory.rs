@@ -306,6 +306,52 @@ mod tests {
         );
     }
 
+    /// The full sweep looks at exactly its budget: a store full of keys of an ended window
+    /// that all still hold permits can free none, and a new key is refused after 2 + 64
+    /// steps.
+    #[test]
+    fn a_sweep_looks_at_its_budget_exactly() {
+        let store = MemoryStore::new();
+        for i in 0..MemoryStore::MAX_KEYS {
+            let key = KeyHash::of(&i.to_string());
+            let ask = Admit::new(&key, 1, 60, 3).with_run(RunAsk::new(
+                PermitId::new(),
+                2,
+                Duration::from_secs(1),
+            ));
+            crate::block_on(store.admit(ask)).unwrap();
+        }
+        let new = KeyHash::of("new");
+        let full = crate::block_on(store.admit(Admit::new(&new, 2, 60, 3)));
+        assert!(matches!(full, Err(StoreError::Full)));
+        assert_eq!(store.lock().max_swept, SWEEP_WHEN_FULL);
+        assert!(!store.is_empty());
+        assert!(MemoryStore::new().is_empty());
+    }
+
+    /// A key first seen in window 0 is queued like any other, and dropped when it ends.
+    #[test]
+    fn a_key_of_window_zero_is_dropped_when_it_ends() {
+        let store = MemoryStore::new();
+        let zero = KeyHash::of("zero");
+        assert_eq!(admit(&store, &zero, 0, None).count, 1);
+        for i in 0..4 {
+            admit(&store, &KeyHash::of(&format!("n{i}")), 1, None);
+        }
+        assert!(!store.lock().map.contains_key(&zero));
+    }
+
+    /// A permit given back while its key is still queued queues it no second time.
+    #[test]
+    fn a_release_queues_a_key_only_when_it_left_the_queue() {
+        let store = MemoryStore::new();
+        let a = KeyHash::of("a");
+        let p = PermitId::new();
+        assert_eq!(admit(&store, &a, 1, Some(p)).run, RunAdmission::Granted);
+        store.release(&a, p);
+        assert_eq!(store.lock().queue.len(), 1);
+    }
+
     /// A key whose window ended while it held a permit stays (its run goes on) and is
     /// dropped once the permit comes back and its turn comes.
     #[test]

@@ -284,18 +284,25 @@ impl Link {
     /// the Sentinels again.
     pub(crate) fn failed(&self, generation: u64, error: Option<&RedisError>) {
         if let Link::Sentinel(p) = self {
-            let gone = error.is_none_or(|e| {
-                e.is_io_error()
-                    || e.is_connection_dropped()
-                    || e.is_connection_refusal()
-                    || e.is_timeout()
-                    || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
-            });
-            if gone {
+            if primary_gone(error) {
                 p.forget(generation);
             }
         }
     }
+}
+
+/// Whether a call's failure (`None`: it timed out) says the primary it went to is gone or
+/// no longer primary: the connection refused, dropped or broken, no answer in time, or
+/// `READONLY` (a demoted primary that came back as a replica). Any other error (a script's,
+/// the server's) is the call's own.
+fn primary_gone(error: Option<&RedisError>) -> bool {
+    error.is_none_or(|e| {
+        e.is_io_error()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+            || e.is_timeout()
+            || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
+    })
 }
 
 /// The primary a Sentinel set names, connected once and asked for again when it fails.
@@ -420,6 +427,40 @@ mod tests {
                 db: 2,
             })
         );
+    }
+
+    #[test]
+    fn a_primary_is_asked_for_again_only_when_it_is_gone() {
+        let io = |kind| RedisError::from(std::io::Error::from(kind));
+        assert!(primary_gone(None), "a timeout");
+        assert!(primary_gone(Some(&io(std::io::ErrorKind::ConnectionRefused))));
+        assert!(primary_gone(Some(&io(std::io::ErrorKind::BrokenPipe))));
+        assert!(primary_gone(Some(&io(std::io::ErrorKind::ConnectionReset))));
+        let readonly = RedisError::from((
+            redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly),
+            "You can't write against a read only replica.",
+        ));
+        assert!(primary_gone(Some(&readonly)));
+        for kind in [
+            redis::ErrorKind::UnexpectedReturnType,
+            redis::ErrorKind::Parse,
+            redis::ErrorKind::Server(redis::ServerErrorKind::NoScript),
+        ] {
+            assert!(!primary_gone(Some(&RedisError::from((kind, "x")))), "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn each_target_names_its_kind() {
+        let kinds: Vec<&str> = [
+            "redis://h:1",
+            "redis+cluster://h:1",
+            "redis+sentinel://h:1/m",
+        ]
+        .iter()
+        .map(|u| Target::parse(u).unwrap().kind())
+        .collect();
+        assert_eq!(kinds, ["node", "cluster", "sentinel"]);
     }
 
     #[test]
