@@ -762,6 +762,36 @@ mod tests {
         assert!(matches!(got, Claim::InProgress { same_request: true }));
     }
 
+    /// A response that needs several older ones to go makes them all go (oldest first),
+    /// within the step budget, and is kept.
+    #[test]
+    fn a_large_response_evicts_as_many_old_ones_as_it_needs() {
+        let s = MemoryIdempotencyStore::new();
+        let mib = 1024 * 1024;
+        for i in 0..4 {
+            keep(&s, i, Some(&body_of(16 * mib)));
+        }
+        assert_eq!(s.bytes(), 64 * mib);
+        keep(&s, 10, Some(&body_of(40 * mib)));
+        assert_eq!(s.bytes(), 56 * mib, "three went: 16 + 40");
+        let fp = Fingerprint([1; 32]);
+        let got = crate::block_on(s.claim(&key(10), &fp, ClaimToken::new(), DAY)).unwrap();
+        assert!(
+            matches!(
+                got,
+                Claim::Done {
+                    same_request: true,
+                    response: Some(_)
+                }
+            ),
+            "kept: {got:?}"
+        );
+        assert!(
+            matches!(keep(&s, 3, None), Claim::Done { .. }),
+            "the newest old one stays"
+        );
+    }
+
     /// Each call drops a couple of expired records, so a store that never fills still
     /// lets its expired records go.
     #[test]
@@ -794,22 +824,25 @@ mod tests {
         let s = MemoryIdempotencyStore::new();
         let fp = Fingerprint([1; 32]);
         let r = body_of(2);
-        let t = ClaimToken::new();
-        crate::block_on(s.claim(&key(1), &fp, t, DAY)).unwrap();
-        crate::block_on(s.complete(&key(1), &fp, t, Some(&r), Duration::from_millis(1))).unwrap();
-        std::thread::sleep(Duration::from_millis(10));
-        // Expired: claimed and completed again, to keep.
+        let short = Duration::from_millis(50);
+        // Four records, then K's, all expiring soon; K's item is the latest of them.
+        for i in [1, 2, 3, 4, 9] {
+            let t = ClaimToken::new();
+            crate::block_on(s.claim(&key(i), &fp, t, DAY)).unwrap();
+            crate::block_on(s.complete(&key(i), &fp, t, Some(&r), short)).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        // K claimed again: this call's sweep takes the two soonest (1 and 2); K's record is
+        // replaced while its old item is still queued.
         let t = ClaimToken::new();
         assert!(matches!(
-            crate::block_on(s.claim(&key(1), &fp, t, DAY)).unwrap(),
+            crate::block_on(s.claim(&key(9), &fp, t, DAY)).unwrap(),
             Claim::Claimed
         ));
-        crate::block_on(s.complete(&key(1), &fp, t, Some(&r), DAY)).unwrap();
-        // The old item comes up with the next calls.
-        for i in 10..13 {
-            crate::block_on(s.claim(&key(i), &fp, ClaimToken::new(), DAY)).unwrap();
-        }
-        let got = crate::block_on(s.claim(&key(1), &fp, ClaimToken::new(), DAY)).unwrap();
+        // Completed, to keep (this call's sweep takes 3 and 4); the next call's sweep takes
+        // K's old item, while K's record is the new one.
+        crate::block_on(s.complete(&key(9), &fp, t, Some(&r), DAY)).unwrap();
+        let got = crate::block_on(s.claim(&key(9), &fp, ClaimToken::new(), DAY)).unwrap();
         assert!(
             matches!(
                 got,
@@ -818,8 +851,46 @@ mod tests {
                     response: Some(_)
                 }
             ),
-            "{got:?}"
+            "the newer record stays: {got:?}"
         );
+        assert_eq!(s.len(), 1);
+    }
+
+    /// The store behind an `Arc` is the same store: what it answers, and what it gives back.
+    #[test]
+    fn an_arc_of_a_store_forwards_every_call() {
+        let s = Arc::new(MemoryIdempotencyStore::new());
+        let fp = Fingerprint([1; 32]);
+        let t = ClaimToken::new();
+        let claimed = crate::block_on(IdempotencyStore::claim(&s, &key(1), &fp, t, DAY));
+        assert!(matches!(claimed.unwrap(), Claim::Claimed));
+        IdempotencyStore::release(&s, &key(1), t);
+        assert!(s.is_empty(), "released through the Arc");
+        let t = ClaimToken::new();
+        crate::block_on(IdempotencyStore::claim(&s, &key(1), &fp, t, DAY)).unwrap();
+        crate::block_on(IdempotencyStore::complete(
+            &s,
+            &key(1),
+            &fp,
+            t,
+            Some(&body_of(2)),
+            DAY,
+        ))
+        .unwrap();
+        let got = crate::block_on(IdempotencyStore::claim(
+            &s,
+            &key(1),
+            &fp,
+            ClaimToken::new(),
+            DAY,
+        ));
+        assert!(matches!(
+            got.unwrap(),
+            Claim::Done {
+                response: Some(_),
+                ..
+            }
+        ));
     }
 
     #[test]

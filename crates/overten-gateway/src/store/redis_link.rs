@@ -433,7 +433,9 @@ mod tests {
     fn a_primary_is_asked_for_again_only_when_it_is_gone() {
         let io = |kind| RedisError::from(std::io::Error::from(kind));
         assert!(primary_gone(None), "a timeout");
-        assert!(primary_gone(Some(&io(std::io::ErrorKind::ConnectionRefused))));
+        assert!(primary_gone(Some(&io(
+            std::io::ErrorKind::ConnectionRefused
+        ))));
         assert!(primary_gone(Some(&io(std::io::ErrorKind::BrokenPipe))));
         assert!(primary_gone(Some(&io(std::io::ErrorKind::ConnectionReset))));
         let readonly = RedisError::from((
@@ -446,7 +448,10 @@ mod tests {
             redis::ErrorKind::Parse,
             redis::ErrorKind::Server(redis::ServerErrorKind::NoScript),
         ] {
-            assert!(!primary_gone(Some(&RedisError::from((kind, "x")))), "{kind:?}");
+            assert!(
+                !primary_gone(Some(&RedisError::from((kind, "x")))),
+                "{kind:?}"
+            );
         }
     }
 
