@@ -303,20 +303,24 @@ mod tests {
         )
     }
 
+    fn earlier(t: Instant, by: Duration) -> Instant {
+        t.checked_sub(by).unwrap()
+    }
+
     /// Degraded mode probes the store that is down at most once a second.
     #[test]
     fn the_store_is_probed_at_most_once_a_second() {
         let mut config = (*layer().config).clone();
-        config.epoch = Instant::now() - Duration::from_secs(5);
+        config.epoch = earlier(config.epoch, Duration::from_secs(5));
         assert!(config.probe_due(), "the first probe");
         assert!(!config.probe_due(), "not again within the second");
         assert!(!config.probe_due());
         // A second later (as the clock sees it): due again, once.
-        config.epoch -= Duration::from_millis(1_000);
+        config.epoch = earlier(config.epoch, Duration::from_secs(1));
         assert!(config.probe_due());
         assert!(!config.probe_due());
         // Just under a second: not yet.
-        config.epoch -= Duration::from_millis(990);
+        config.epoch = earlier(config.epoch, Duration::from_millis(990));
         assert!(!config.probe_due());
     }
 
