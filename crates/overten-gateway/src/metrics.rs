@@ -9,9 +9,9 @@
 //! Labels hold only values from fixed sets (tiers, methods, statuses, the catalog's error
 //! codes, store and outcome names): never a key, a key's hash, an org or a path.
 
+use overten_errors::Tier;
 #[cfg(feature = "metrics")]
-use overten_errors::Code;
-use overten_errors::{ApiError, Tier};
+use overten_errors::{ApiError, Code};
 
 /// `http.server.request.duration`: seconds from the request reaching the gateway to its
 /// response head, by method, status, tier and error code.
@@ -53,6 +53,31 @@ pub fn describe() {
     }
 }
 
+/// A stopwatch for a recorded duration: without the feature, nothing (no clock read).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timer {
+    #[cfg(feature = "metrics")]
+    started: std::time::Instant,
+}
+
+impl Timer {
+    pub(crate) fn start() -> Timer {
+        Timer {
+            #[cfg(feature = "metrics")]
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// Seconds since [`Timer::start`] (0 without the feature).
+    #[cfg_attr(not(feature = "metrics"), allow(clippy::unused_self))]
+    pub(crate) fn seconds(self) -> f64 {
+        #[cfg(feature = "metrics")]
+        return self.started.elapsed().as_secs_f64();
+        #[cfg(not(feature = "metrics"))]
+        0.0
+    }
+}
+
 pub(crate) fn tier_label(tier: Option<Tier>) -> &'static str {
     match tier {
         Some(Tier::Free) => "free",
@@ -64,7 +89,7 @@ pub(crate) fn tier_label(tier: Option<Tier>) -> &'static str {
 }
 
 /// A request's response head: its duration and labels.
-#[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+#[cfg(feature = "metrics")]
 pub(crate) fn request(
     method: &http::Method,
     status: http::StatusCode,
@@ -72,7 +97,6 @@ pub(crate) fn request(
     error: Option<&ApiError>,
     seconds: f64,
 ) {
-    #[cfg(feature = "metrics")]
     {
         let method = match *method {
             http::Method::GET => "GET",

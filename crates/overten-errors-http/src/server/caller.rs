@@ -53,7 +53,7 @@ impl Account {
 /// Requests per minute and concurrent runs are the page's ([`Tier::requests_per_minute`],
 /// [`Tier::concurrent_runs`]). The page names no upload sizes ("exceeds the tier limit"):
 /// the defaults of [`TierLimits::of`] are this workspace's choice (free 10 MiB, pro 50 MiB,
-/// enterprise 250 MiB), and [`GatewayLayer::with_limits`] sets others.
+/// enterprise 250 MiB), and `overten_gateway::GatewayLayer::with_limits` sets others.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct TierLimits {

@@ -33,7 +33,7 @@ pub type EnvelopeBody<B> = Either<B, Full<Bytes>>;
 /// 5xx is logged once, at error, with the request id, code, status and the cause chain
 /// when the response carries its `ApiError` (as `HandlerError`, the gateway's answers and
 /// [`PanicEnvelope`] do); 4xx at debug. The request id is read from the request, so place
-/// this layer inside the request-id layers (as [`crate::server::stack`] does).
+/// this layer inside the request-id layers (as `overten_gateway::stack` does).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct EnvelopeLayer;
 

@@ -14,8 +14,12 @@ use overten_errors::Tier;
 use overten_errors_http::server::TierLimits;
 
 use crate::accounts::Accounts;
+#[cfg(doc)]
+use crate::key::KeyHash;
 use crate::outage::Outage;
 use crate::store::{MemoryStore, Store, StoreFailure};
+#[cfg(doc)]
+use overten_errors_http::server::Account;
 
 pub use body::GatewayBody;
 pub use permit::RunPermit;

@@ -160,13 +160,13 @@ fn announced_over(head: &http::request::Parts, limit: u64) -> bool {
 
 /// The store's admission, timed (feature `metrics`); a success ends an outage.
 async fn admit(config: &Config, ask: Admit<'_>) -> Result<Admission, StoreError> {
-    let started = Instant::now();
+    let timer = crate::metrics::Timer::start();
     let admission = config.store.admit(ask).await;
     crate::metrics::store_call(
         "gateway",
         "admit",
         admission.as_ref().err(),
-        started.elapsed().as_secs_f64(),
+        timer.seconds(),
     );
     if admission.is_ok() {
         config.outage.succeeded(Instant::now());
@@ -434,7 +434,7 @@ async fn handle<S, ReqB, ResB>(
 where
     S: Service<Request<Limited<ReqB>>, Response = Response<ResB>>,
 {
-    let started = Instant::now();
+    let started = crate::metrics::Timer::start();
     let (mut head, body) = req.into_parts();
     let method = head.method.clone();
     let admitted = match gate(&config, &head).await {
@@ -504,14 +504,22 @@ fn mark_local<B>(response: &mut Response<B>) {
     );
 }
 
-/// `http.server.request.duration` for a response head (feature `metrics`).
-fn record<B>(method: &http::Method, response: &Response<B>, tier: Option<Tier>, started: Instant) {
+/// `http.server.request.duration` for a response head (feature `metrics`; without it,
+/// nothing).
+#[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+fn record<B>(
+    method: &http::Method,
+    response: &Response<B>,
+    tier: Option<Tier>,
+    started: crate::metrics::Timer,
+) {
+    #[cfg(feature = "metrics")]
     crate::metrics::request(
         method,
         response.status(),
         tier,
         response.extensions().get::<ApiError>(),
-        started.elapsed().as_secs_f64(),
+        started.seconds(),
     );
 }
 

@@ -282,7 +282,7 @@ where
         .map_or(head.uri.path(), |p| p.as_str());
     let fingerprint = Fingerprint::new(&head.method, path, &bytes);
     let token = ClaimToken::new();
-    let started = std::time::Instant::now();
+    let stopwatch = crate::metrics::Timer::start();
     let claim = config
         .store
         .claim(&record, &fingerprint, token, config.lease)
@@ -291,7 +291,7 @@ where
         "idempotency",
         "claim",
         claim.as_ref().err(),
-        started.elapsed().as_secs_f64(),
+        stopwatch.seconds(),
     );
     crate::metrics::idempotency(match &claim {
         Err(_) => "refused",
@@ -419,7 +419,7 @@ where
             .collect(),
         body: buf.clone(),
     };
-    let started = std::time::Instant::now();
+    let stopwatch = crate::metrics::Timer::start();
     let saved = config
         .store
         .complete(
@@ -434,7 +434,7 @@ where
         "idempotency",
         "complete",
         saved.as_ref().err(),
-        started.elapsed().as_secs_f64(),
+        stopwatch.seconds(),
     );
     match saved {
         Ok(()) => guard.armed = false,

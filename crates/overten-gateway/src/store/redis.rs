@@ -63,7 +63,7 @@ return 1
 /// - **Everything expires.** A window's counter lives two windows; a permit is a lease in
 ///   a sorted set scored by its expiry on Redis's clock, renewed by its holder while the
 ///   run is alive ([`Store::keep_renewed`]), so a replica that dies without releasing loses
-///   its permits within one lease ([`GatewayLayer::lease`](super::GatewayLayer::lease),
+///   its permits within one lease ([`GatewayLayer::lease`](crate::GatewayLayer::lease),
 ///   default 30 s).
 /// - **Bounded time.** Every call is cut off after [`RedisStoreBuilder::timeout`] (default
 ///   250 ms) and reported as [`StoreError::Timeout`]; the gateway's [`StoreFailure`](super::StoreFailure)
