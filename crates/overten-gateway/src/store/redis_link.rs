@@ -234,7 +234,8 @@ fn addresses(list: &str, scheme: &'static str) -> Result<Vec<(String, u16)>, Url
             .and_then(|h| h.strip_suffix(']'))
             .unwrap_or(host);
         let port: u16 = port.parse().map_err(|_| bad())?;
-        let host_ok = !host.is_empty()
+        // A DNS name is at most 253 characters; an IPv6 address far less.
+        let host_ok = (1..=253).contains(&host.len())
             && host
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b".-_:".contains(&b));
@@ -513,6 +514,12 @@ mod tests {
             Target::parse(&format!("redis+cluster://{many}")),
             Err(UrlError::TooManyAddresses)
         );
+        let long_host = format!("redis+cluster://{}:7000", "h".repeat(254));
+        assert!(matches!(
+            Target::parse(&long_host),
+            Err(UrlError::BadAddress { .. })
+        ));
+        assert!(Target::parse(&format!("redis+cluster://{}:7000", "h".repeat(253))).is_ok());
         let long = format!("redis+cluster://{}", "x".repeat(10_000));
         match Target::parse(&long) {
             Err(UrlError::BadAddress { address }) => assert_eq!(address.len(), 64),
