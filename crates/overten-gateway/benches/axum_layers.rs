@@ -1,5 +1,5 @@
 //! The server stack's cost: a successful request through an axum router behind
-//! `server::stack` (request ids, the envelope layer's span, the gateway: key hash, account,
+//! `overten_gateway::stack` (request ids, the envelope layer's span, the gateway: key hash, account,
 //! count, permit for a run, catch-panic) vs the bare router, in one run: over real HTTP on
 //! loopback (a keep-alive reqwest client, `loopback`), and in process
 //! (`tower::ServiceExt::oneshot`, no sockets, so only the layers differ). With the `redis`

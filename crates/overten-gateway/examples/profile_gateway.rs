@@ -3,7 +3,7 @@
 //! noisy machine, unlike wall time):
 //!
 //! ```text
-//! cargo build --release -p overten-errors-http --features axum,tower --example profile_gateway
+//! cargo build --release -p overten-gateway --features axum --example profile_gateway
 //! for p in bare stack; do
 //!   valgrind --tool=callgrind --callgrind-out-file=cg.$p target/release/examples/profile_gateway $p
 //! done

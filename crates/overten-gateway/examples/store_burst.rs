@@ -5,7 +5,7 @@
 //! given timeout would have cut off; it measures with a 30 s timeout so nothing is cut.
 //!
 //! ```text
-//! cargo run --release -p overten-errors-http --features axum,redis --example store_burst -- [BURST] [ROUNDS]
+//! cargo run --release -p overten-gateway --features axum,redis --example store_burst -- [BURST] [ROUNDS]
 //! ```
 //!
 //! It starts its own `redis-server` on a free loopback port (the tests' `RedisServer`)
