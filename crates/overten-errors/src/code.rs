@@ -269,6 +269,33 @@ impl serde::Serialize for ErrorCode {
     }
 }
 
+/// Exactly a wire string this version knows: `Option<ErrorCode>` in a request type reads
+/// `"not_found"` and refuses `"Not_Found"` or a code newer than this version, with an error
+/// that does not repeat the input (use [`Code`] to keep codes you do not know).
+///
+/// ```
+/// use overten_errors::ErrorCode;
+/// let code: ErrorCode = serde_json::from_str(r#""rate_limit_exceeded""#).unwrap();
+/// assert_eq!(code, ErrorCode::RateLimitExceeded);
+/// assert!(serde_json::from_str::<ErrorCode>(r#""quota_frozen""#).is_err());
+/// ```
+impl<'de> serde::Deserialize<'de> for ErrorCode {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ErrorCodeVisitor;
+        impl serde::de::Visitor<'_> for ErrorCodeVisitor {
+            type Value = ErrorCode;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an error code string this version knows")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ErrorCode, E> {
+                // The input is not echoed: it may be long, or not meant for a log.
+                ErrorCode::from_wire(v).ok_or_else(|| E::custom(ParseCodeError))
+            }
+        }
+        deserializer.deserialize_str(ErrorCodeVisitor)
+    }
+}
+
 /// A code as received: one this version knows, or the raw string of a newer one.
 ///
 /// Clients parse with [`Code::parse`], which never fails: a server deployed ahead of its
@@ -371,6 +398,30 @@ mod tests {
             assert_eq!(code.to_string(), code.as_str());
             assert_eq!(Code::parse(code.as_str()), Code::Known(code));
         }
+    }
+
+    #[test]
+    fn error_codes_deserialize_from_their_wire_strings_only() {
+        for &code in ErrorCode::ALL {
+            let json = format!("\"{}\"", code.as_str());
+            assert_eq!(serde_json::from_str::<ErrorCode>(&json).unwrap(), code);
+        }
+        let long = format!("\"{}\"", "x".repeat(10_000));
+        for bad in [
+            r#""Not_Found""#,
+            r#""quota_frozen""#,
+            r#""""#,
+            "42",
+            "null",
+            &long,
+        ] {
+            let err = serde_json::from_str::<ErrorCode>(bad)
+                .unwrap_err()
+                .to_string();
+            assert!(err.len() < 200, "the input is not echoed: {err}");
+        }
+        let optional: Option<ErrorCode> = serde_json::from_str("null").unwrap();
+        assert_eq!(optional, None);
     }
 
     #[test]
