@@ -420,6 +420,13 @@ mod tests {
                 .to_string();
             assert!(err.len() < 200, "the input is not echoed: {err}");
         }
+        let not_a_string = serde_json::from_str::<ErrorCode>("42")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            not_a_string.contains("an error code string this version knows"),
+            "{not_a_string}"
+        );
         let optional: Option<ErrorCode> = serde_json::from_str("null").unwrap();
         assert_eq!(optional, None);
     }
