@@ -431,6 +431,22 @@ fn round_trips(redis: &RedisServer) -> u64 {
     total
 }
 
+/// Waits (up to 10 s) until no command reaches Redis for 300 ms (background releases of
+/// earlier requests landed), then zeroes its counters.
+async fn quiet_then_reset(redis: &RedisServer) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = round_trips(redis);
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = round_trips(redis);
+        if now == last || Instant::now() > deadline {
+            break;
+        }
+        last = now;
+    }
+    reset_stats(redis);
+}
+
 fn reset_stats(redis: &RedisServer) {
     let ok = Command::new("redis-cli")
         .args(["-p", &redis.port().to_string(), "config", "resetstat"])
@@ -461,15 +477,14 @@ async fn round_trips_per_request_get_run_and_over_limit() {
             async move { c.post(near, "/runs", Some("sk_live_k1")).await.status == 200 }
         })
         .await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
 
-        reset_stats(&redis);
+        quiet_then_reset(&redis).await;
         for _ in 0..10 {
             assert_eq!(c.get(near, "/ok", Some("sk_live_k0")).await.status, 200);
         }
         assert_eq!(round_trips(&redis), 10, "a GET: one script call");
 
-        reset_stats(&redis);
+        quiet_then_reset(&redis).await;
         for _ in 0..20 {
             let got = c.get(near, "/ok", Some("sk_live_k0")).await;
             assert_eq!(got.status, 429);
@@ -479,13 +494,13 @@ async fn round_trips_per_request_get_run_and_over_limit() {
         }
         assert_eq!(round_trips(&redis), 1, "over the limit: the first 429 only");
 
-        reset_stats(&redis);
+        quiet_then_reset(&redis).await;
         for _ in 0..20 {
             assert_eq!(c.get(far, "/ok", Some("sk_live_k0")).await.status, 429);
         }
         assert_eq!(round_trips(&redis), 20, "without the near-cache: one each");
 
-        reset_stats(&redis);
+        quiet_then_reset(&redis).await;
         assert_eq!(c.post(near, "/runs", Some("sk_live_k2")).await.status, 200);
         support::eventually("the release was sent", 10, || async {
             round_trips(&redis) >= 2
