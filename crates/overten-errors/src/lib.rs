@@ -82,7 +82,10 @@ pub use retry::{
 };
 pub use rule::{FALLBACK, FallbackRule, HeaderUse, RetryRule};
 pub use status::{STATUSES, StatusInfo, StatusKind, fallback_message, status_info};
-pub use task::{Failed, TaskBodyError, TaskError, TaskFailure, UNKNOWN_TASK_CODE_STATUS};
+pub use task::{
+    Failed, MAX_TASK_BODY_BYTES, PollSchedule, TaskBodyError, TaskError, TaskFailure, TaskState, TaskStatus,
+    UNKNOWN_TASK_CODE_STATUS, UnknownTaskStatus,
+};
 pub use text::{IdError, MAX_ID_BYTES, MAX_MESSAGE_BYTES, check_id, trim_ows};
 
 /// This crate's README examples, compiled and run as doctests.

@@ -71,7 +71,7 @@ fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     clippy::cast_precision_loss,
     reason = "53-bit integers convert to f64 exactly"
 )]
-fn unit<R: RandomSource + ?Sized>(rng: &mut R) -> f64 {
+pub(crate) fn unit<R: RandomSource + ?Sized>(rng: &mut R) -> f64 {
     (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
 }
 
