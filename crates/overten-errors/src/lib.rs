@@ -83,8 +83,8 @@ pub use retry::{
 pub use rule::{FALLBACK, FallbackRule, HeaderUse, RetryRule};
 pub use status::{STATUSES, StatusInfo, StatusKind, fallback_message, status_info};
 pub use task::{
-    Failed, MAX_TASK_BODY_BYTES, PollSchedule, TaskBodyError, TaskError, TaskFailure, TaskState, TaskStatus,
-    UNKNOWN_TASK_CODE_STATUS, UnknownTaskStatus,
+    Failed, MAX_TASK_BODY_BYTES, PollSchedule, TaskBodyError, TaskError, TaskFailure, TaskState,
+    TaskStatus, UNKNOWN_TASK_CODE_STATUS, UnknownTaskStatus,
 };
 pub use text::{IdError, MAX_ID_BYTES, MAX_MESSAGE_BYTES, check_id, trim_ows};
 

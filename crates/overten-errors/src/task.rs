@@ -187,7 +187,10 @@ impl TaskStatus {
             (
                 TaskStatus::Queued,
                 TaskStatus::Running | TaskStatus::Succeeded | TaskStatus::Failed
-            ) | (TaskStatus::Running, TaskStatus::Succeeded | TaskStatus::Failed)
+            ) | (
+                TaskStatus::Running,
+                TaskStatus::Succeeded | TaskStatus::Failed
+            )
         )
     }
 }
@@ -437,7 +440,11 @@ impl PollSchedule {
         } else {
             grown as u64
         };
-        let jitter = if self.jitter > 0.0 { self.jitter.min(1.0) } else { 0.0 };
+        let jitter = if self.jitter > 0.0 {
+            self.jitter.min(1.0)
+        } else {
+            0.0
+        };
         let after = (base as f64 * (1.0 - jitter * crate::retry::unit(rng))).floor() as u64;
         Duration::from_millis(after)
     }
@@ -553,9 +560,10 @@ mod state_tests {
 
     #[test]
     fn statuses_are_their_exact_wire_strings() {
-        for (s, wire) in TaskStatus::ALL
-            .into_iter()
-            .zip(["queued", "running", "succeeded", "failed"])
+        for (s, wire) in
+            TaskStatus::ALL
+                .into_iter()
+                .zip(["queued", "running", "succeeded", "failed"])
         {
             assert_eq!(s.as_str(), wire);
             assert_eq!(s.to_string(), wire);
@@ -664,7 +672,10 @@ mod state_tests {
         );
         let mut bom = b"\xEF\xBB\xBF".to_vec();
         bom.extend_from_slice(br#"{"task_id":"t","status":"running"}"#);
-        assert_eq!(TaskState::parse(&bom).unwrap().status(), TaskStatus::Running);
+        assert_eq!(
+            TaskState::parse(&bom).unwrap().status(),
+            TaskStatus::Running
+        );
     }
 }
 
@@ -684,7 +695,10 @@ mod poll_tests {
         for (n, base) in (1..=7).zip(bases) {
             assert_eq!(ms(n, 0), base, "poll {n}");
             let low = ms(n, u64::MAX);
-            assert!(low >= base * 3 / 4 && low < base * 3 / 4 + 2, "poll {n}: {low}");
+            assert!(
+                low >= base * 3 / 4 && low < base * 3 / 4 + 2,
+                "poll {n}: {low}"
+            );
         }
         assert_eq!(ms(0, 0), 1_000, "poll 0 reads as the first");
         assert_eq!(ms(u32::MAX, 0), 30_000, "no overflow far out");

@@ -45,6 +45,7 @@ mod key;
 pub mod metrics;
 mod outage;
 pub mod store;
+mod tasks;
 
 pub use accounts::{Accounts, MemoryAccounts};
 pub use ceiling::{SyncCeiling, SyncCeilingLayer};
@@ -54,11 +55,16 @@ pub use key::KeyHash;
 pub use overten_errors_http::server::{Account, AccountStatus, TierLimits};
 pub use store::{
     Admission, Admit, BoxFuture, Claim, ClaimToken, Fingerprint, IdempotencyStore,
-    MemoryIdempotencyStore, MemoryStore, PermitId, RecordKey, Renewal, RunAdmission, RunAsk, Store,
-    StoreError, StoreFailure, StoredResponse,
+    MemoryIdempotencyStore, MemoryStore, MemoryTaskStore, PermitId, RecordKey, Renewal,
+    RunAdmission, RunAsk, Store, StoreError, StoreFailure, StoredResponse, TaskKey, TaskRecord,
+    TaskStore,
 };
 #[cfg(feature = "redis")]
 pub use store::{RedisStore, RedisStoreBuilder};
+pub use tasks::{
+    ABANDONED_MESSAGE, FinishError, MAX_TASK_ID_BYTES, Outcome, REAPED_MESSAGE, TaskResponse,
+    TaskRun, Tasks,
+};
 
 use overten_errors_http::server::{
     EnvelopeLayer, PanicEnvelope, RequestIdLayers, request_id_layers,

@@ -32,6 +32,10 @@ pub const RUNS_IN_PROGRESS: &str = "overten_gateway_runs_in_progress";
 /// `overten_idempotency_requests_total`: keyed requests by outcome (`first`, `replayed`,
 /// `conflict`, `in_progress`, `refused`).
 pub const IDEMPOTENCY: &str = "overten_idempotency_requests_total";
+/// `overten_tasks_total`: async tasks by what became of them (`created`, `succeeded`,
+/// `failed`, `abandoned`: dropped by its handler unfinished, `reaped`: its replica stopped
+/// renewing it, marked failed by a reader).
+pub const TASKS: &str = "overten_tasks_total";
 
 /// Gives every metric above its description and unit: call once after installing a
 /// recorder (the names appear in an exporter's output only once recorded).
@@ -50,6 +54,7 @@ pub fn describe() {
         describe_gauge!(STORE_OUTAGE, "1 while the store is failing");
         describe_gauge!(RUNS_IN_PROGRESS, "Run permits held by this replica");
         describe_counter!(IDEMPOTENCY, "Requests with an Idempotency-Key, by outcome");
+        describe_counter!(TASKS, "Async tasks, by what became of them");
     }
 }
 
@@ -233,6 +238,13 @@ pub(crate) fn runs(tier: &'static str, delta: f64) {
 pub(crate) fn idempotency(outcome: &'static str) {
     #[cfg(feature = "metrics")]
     metrics::counter!(IDEMPOTENCY, "outcome" => outcome).increment(1);
+}
+
+/// An async task's step.
+#[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+pub(crate) fn task(outcome: &'static str) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!(TASKS, "outcome" => outcome).increment(1);
 }
 
 #[cfg(all(test, feature = "metrics"))]

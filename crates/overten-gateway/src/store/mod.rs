@@ -1,7 +1,8 @@
 //! The store room: where the gateway counts requests and holds run permits ([`Store`]),
 //! where the idempotency layer keeps its records ([`IdempotencyStore`]), on this process's
 //! memory ([`MemoryStore`], [`MemoryIdempotencyStore`]) or on Redis (`RedisStore`, feature
-//! `redis`, one connection for both); what they share ([`BoxFuture`], [`StoreError`],
+//! `redis`, one connection for all three), where async tasks are kept ([`TaskStore`],
+//! [`MemoryTaskStore`]); what they share ([`BoxFuture`], [`StoreError`],
 //! [`StoreFailure`], [`PermitId`], [`Renewal`]).
 
 mod failure;
@@ -13,6 +14,9 @@ mod memory;
 mod redis;
 #[cfg(feature = "redis")]
 mod redis_link;
+mod tasks;
+#[cfg(feature = "redis")]
+mod tasks_redis;
 
 pub use failure::StoreFailure;
 pub use idempotency::{
@@ -24,6 +28,7 @@ pub use memory::MemoryStore;
 pub use redis::{RedisStore, RedisStoreBuilder};
 #[cfg(feature = "redis")]
 pub use redis_link::UrlError;
+pub use tasks::{MemoryTaskStore, TaskKey, TaskRecord, TaskStore};
 
 use std::fmt;
 use std::future::Future;
