@@ -48,7 +48,8 @@ enum Command {
         /// only the keys named are accepted.
         #[arg(long = "key", value_name = "KEY:TIER[:ORG]")]
         keys: Vec<String>,
-        /// A file of accounts, one a line: `KEY TIER [ORG]` (`#` starts a comment).
+        /// A file of accounts, one a line: `KEY TIER [ORG] [active|suspended|revoked]` (`#`
+        /// starts a comment; a key listed twice, or none, is an error).
         #[arg(long = "keys", value_name = "FILE")]
         keys_file: Option<PathBuf>,
         /// Share rate limits, concurrent runs and idempotency records with every mock on

@@ -17,9 +17,9 @@ use overten_errors::{ApiError, Code, ErrorCode, RATE_LIMIT_WINDOW_SECONDS, Retry
 use overten_errors_http::mock::Routes;
 use overten_errors_http::{bearer_key, into_response};
 use overten_gateway::{
-    Account, Accounts, BoxFuture, GatewayLayer, IdempotencyLayer, IdempotencyStore, KeyHash,
-    MemoryAccounts, MemoryIdempotencyStore, MemoryStore, RedisStore, Store, StoreError,
-    SyncCeilingLayer, stack,
+    Account, Accounts, AccountsFile, BoxFuture, GatewayLayer, IdempotencyLayer, IdempotencyStore,
+    KeyHash, MemoryAccounts, MemoryIdempotencyStore, MemoryStore, RedisStore, Store, StoreError,
+    SyncCeilingLayer, default_org, stack,
 };
 
 /// The request header that names an error to answer with.
@@ -53,8 +53,8 @@ fn unix(clock: fn() -> SystemTime) -> u64 {
 pub(crate) enum MockAccounts {
     /// Any well-formed live key, on this tier.
     Any,
-    /// Only these keys: (key, tier, org).
-    Listed(Vec<(String, Tier, String)>),
+    /// Only these keys (a revoked one has no account).
+    Listed(Vec<(KeyHash, Option<Account>)>),
 }
 
 /// What `overten-errors mock` was asked for.
@@ -67,25 +67,39 @@ pub(crate) struct Options {
     pub(crate) header_timeout: Duration,
 }
 
-/// Reads `--key KEY:TIER[:ORG]` values and a `--keys` file (`KEY TIER [ORG]` a line).
+/// Reads `--key KEY:TIER[:ORG]` values and a `--keys` file (`overten_gateway::AccountsFile`:
+/// `KEY TIER [ORG] [active|suspended|revoked]` a line).
 pub(crate) fn accounts(
     keys: &[String],
     file: Option<&std::path::Path>,
 ) -> Result<MockAccounts, String> {
-    let mut out: Vec<(String, Tier, String)> = Vec::new();
+    let mut out: Vec<(KeyHash, Option<Account>)> = Vec::new();
     // Where each key was named, to name both places of a duplicate.
-    let mut named: HashMap<String, String> = HashMap::new();
-    let mut add = |key: &str, tier: &str, org: Option<&str>, at: &str| -> Result<(), String> {
-        let mut headers = HeaderMap::new();
-        let bearer = http::HeaderValue::from_str(&format!("Bearer {key}"))
-            .map_err(|_| format!("{at}: not a key: {key:.40}"))?;
-        headers.insert(http::header::AUTHORIZATION, bearer);
-        if overten_errors_http::live_api_key(&headers).is_none() {
+    let mut named: HashMap<KeyHash, String> = HashMap::new();
+    let mut add = |hash: KeyHash, account: Option<Account>, at: String| -> Result<(), String> {
+        if let Some(first) = named.get(&hash) {
+            return Err(format!(
+                "{at}: the key is named twice (first by {first}); name each key once"
+            ));
+        }
+        named.insert(hash, at);
+        out.push((hash, account));
+        Ok(())
+    };
+    for (n, k) in keys.iter().enumerate() {
+        let at = format!("--key #{}", n + 1);
+        let mut parts = k.splitn(3, ':');
+        let (key, tier, org) = (parts.next().unwrap_or(""), parts.next(), parts.next());
+        let Some(tier) = tier else {
+            return Err(format!("{at}: expected KEY:TIER or KEY:TIER:ORG"));
+        };
+        if !overten_errors_http::is_live_key(key) {
             return Err(format!(
                 "{at}: a key is sk_live_ and 1 to 128 letters, digits or _"
             ));
         }
         let tier: Tier = tier.parse().map_err(|e| format!("{at}: {e}"))?;
+        let hash = KeyHash::of(key);
         let org = match org {
             Some(org)
                 if !org.is_empty()
@@ -95,49 +109,19 @@ pub(crate) fn accounts(
                 org.to_owned()
             }
             Some(_) => return Err(format!("{at}: an org is 1 to 128 visible ASCII characters")),
-            None => default_org(&KeyHash::of(key)),
+            None => default_org(&hash),
         };
-        if let Some(first) = named.insert(key.to_owned(), at.to_owned()) {
-            return Err(format!(
-                "{at}: the key is named twice (first by {first}); name each key once"
-            ));
-        }
-        out.push((key.to_owned(), tier, org));
-        Ok(())
-    };
-    for (n, k) in keys.iter().enumerate() {
-        let mut parts = k.splitn(3, ':');
-        let (key, tier, org) = (parts.next().unwrap_or(""), parts.next(), parts.next());
-        let Some(tier) = tier else {
-            return Err(format!("--key {k:.40}: expected KEY:TIER or KEY:TIER:ORG"));
-        };
-        add(key, tier, org, &format!("--key #{}", n + 1))?;
+        add(hash, Some(Account::new(org.as_str(), tier)), at)?;
     }
     if let Some(path) = file {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| format!("--keys {}: {e}", path.display()))?;
-        let mut listed = 0_usize;
-        for (n, line) in text.lines().enumerate() {
-            let line = line.split('#').next().unwrap_or("").trim();
-            if line.is_empty() {
-                continue;
-            }
-            let words: Vec<&str> = line.split_whitespace().collect();
-            let at = format!("--keys {} line {}", path.display(), n + 1);
-            match words.as_slice() {
-                [key, tier] => add(key, tier, None, &at)?,
-                [key, tier, org] => add(key, tier, Some(org), &at)?,
-                _ => return Err(format!("{at}: expected KEY TIER [ORG]")),
-            }
-            listed += 1;
-        }
-        // Fail closed: a file meant to list the keys that names none must not open the
-        // mock to every key.
-        if listed == 0 {
-            return Err(format!(
-                "--keys {}: the file names no key (only the keys named are accepted; leave out --keys to accept any key)",
-                path.display()
-            ));
+        let shown = path.display();
+        let lines = AccountsFile::read(path).map_err(|e| format!("--keys {shown}: {e}"))?;
+        for line in lines {
+            add(
+                line.key,
+                line.account,
+                format!("--keys {shown} line {}", line.line),
+            )?;
         }
     }
     Ok(if out.is_empty() {
@@ -145,11 +129,6 @@ pub(crate) fn accounts(
     } else {
         MockAccounts::Listed(out)
     })
-}
-
-fn default_org(key: &KeyHash) -> String {
-    let hex = key.to_string();
-    format!("org_{}", hex.get(..16).unwrap_or(&hex))
 }
 
 /// Any well-formed live key is an account of the mock's tier; its org is named after the
@@ -211,8 +190,10 @@ pub(crate) fn app(
         MockAccounts::Any => Arc::new(AnyLiveKey(tier)),
         MockAccounts::Listed(keys) => {
             let memory = MemoryAccounts::new();
-            for (key, tier, org) in keys {
-                memory.insert(key, Account::new(org.as_str(), *tier));
+            for (key, account) in keys {
+                if let Some(account) = account {
+                    memory.insert_hash(*key, account.clone());
+                }
             }
             Arc::new(memory)
         }

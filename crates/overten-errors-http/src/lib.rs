@@ -79,7 +79,7 @@ pub use client::{
 };
 pub use names::{
     IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, RATE_LIMIT_LIMIT, RATE_LIMIT_REMAINING, RATE_LIMIT_RESET,
-    REQUEST_ID, RETRY_AFTER, bearer_key, live_api_key,
+    REQUEST_ID, RETRY_AFTER, bearer_key, is_live_key, live_api_key,
 };
 pub use runtime::{Sleep, process_seed};
 pub use server::{into_response, set_rate_limit_headers, set_request_id};

@@ -62,12 +62,17 @@ pub fn bearer_key(headers: &http::HeaderMap) -> Option<&str> {
 /// to 128 letters, digits or `_`, after [`bearer_key`]'s RFC 9110 reading of the header
 /// (scheme in any case, then one or more spaces; one header only).
 pub fn live_api_key(headers: &http::HeaderMap) -> Option<&str> {
-    let key = bearer_key(headers)?;
-    let rest = key.strip_prefix("sk_live_")?;
-    let ok = !rest.is_empty()
-        && rest.len() <= 128
-        && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-    ok.then_some(key)
+    bearer_key(headers).filter(|key| is_live_key(key))
+}
+
+/// Whether `key` is a well-formed live key: `sk_live_` and 1 to 128 ASCII letters, digits
+/// or `_`.
+pub fn is_live_key(key: &str) -> bool {
+    key.strip_prefix("sk_live_").is_some_and(|rest| {
+        !rest.is_empty()
+            && rest.len() <= 128
+            && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    })
 }
 
 #[cfg(test)]

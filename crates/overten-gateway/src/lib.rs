@@ -47,7 +47,10 @@ mod outage;
 pub mod store;
 mod tasks;
 
-pub use accounts::{Accounts, MemoryAccounts};
+pub use accounts::{
+    AccountLine, Accounts, AccountsFile, AccountsFileError, MAX_ACCOUNTS_FILE_BYTES,
+    MemoryAccounts, default_org,
+};
 pub use ceiling::{SyncCeiling, SyncCeilingLayer};
 pub use gateway::{Gateway, GatewayBody, GatewayLayer, RunPermit};
 pub use idempotency::{Idempotency, IdempotencyBody, IdempotencyLayer};
