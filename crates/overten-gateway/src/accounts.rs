@@ -339,11 +339,12 @@ mod file_tests {
         AccountsFile::parse(text).unwrap_err().to_string()
     }
 
+    type Seen = (usize, Option<(String, Tier, AccountStatus)>);
+
     #[test]
     fn lines_read_key_tier_org_and_status() {
         let text = "\n  # comment only\nsk_live_a pro org_1 # trailing comment\nsk_live_b\tfree\tsuspended\nsk_live_c enterprise org_3 suspended\nsk_live_d free revoked\nsk_live_e free org_5 active\n";
         let lines = AccountsFile::parse(text).unwrap();
-        type Seen = (usize, Option<(String, Tier, AccountStatus)>);
         let got: Vec<Seen> = lines
             .iter()
             .map(|l| {
