@@ -52,7 +52,9 @@ pub use accounts::{
     MemoryAccounts, default_org,
 };
 pub use ceiling::{SyncCeiling, SyncCeilingLayer};
-pub use gateway::{Gateway, GatewayBody, GatewayLayer, RunPermit};
+pub use gateway::{
+    Gateway, GatewayBody, GatewayLayer, NOT_RUN_SEGMENTS, RunPermit, is_run_by_default,
+};
 pub use idempotency::{Idempotency, IdempotencyBody, IdempotencyLayer};
 pub use key::KeyHash;
 pub use overten_errors_http::server::{Account, AccountStatus, TierLimits};

@@ -43,7 +43,8 @@ type IsRun = Arc<dyn Fn(&Method, &Uri) -> bool + Send + Sync>;
 ///    403 `forbidden`. The org id goes into the request's span (`org_id`).
 /// 3. **Count, and a permit for a run**, in one [`Store::admit`] call. Over the tier's
 ///    requests per minute: 429 `rate_limit_exceeded` with `Retry-After` to the window's end.
-///    A run (by default every `POST`, [`GatewayLayer::runs_when`]) over the tier's
+///    A run (by default a `POST` that creates no upload, key, webhook or image:
+///    [`is_run_by_default`]; [`GatewayLayer::runs_when`]) over the tier's
 ///    concurrent runs: 429 `rate_limit_exceeded` whose message names the concurrency limit,
 ///    with `Retry-After` of [`GatewayLayer::concurrency_retry_after`] (the page names no code
 ///    for this; this workspace reads it as a rate limit, see `docs/errors.md`). Every request
@@ -168,7 +169,7 @@ impl GatewayLayer {
     pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 
     /// A gateway resolving keys with `accounts` and counting in `store`, with the page's
-    /// limits, every `POST` a run, and the default [`StoreFailure`].
+    /// limits, runs as [`is_run_by_default`] reads them, and the default [`StoreFailure`].
     pub fn new(accounts: Arc<dyn Accounts>, store: Arc<dyn Store>) -> GatewayLayer {
         GatewayLayer {
             config: Arc::new(Config {
@@ -176,7 +177,7 @@ impl GatewayLayer {
                 store,
                 limits: Tier::ALL.iter().map(|&t| (t, TierLimits::of(t))).collect(),
                 routes: Vec::new(),
-                is_run: Arc::new(|method, _| method == Method::POST),
+                is_run: Arc::new(is_run_by_default),
                 on_store_error: StoreFailure::default(),
                 clock: Arc::new(SystemTime::now),
                 concurrency_retry_after: Self::DEFAULT_CONCURRENCY_RETRY_AFTER,
@@ -212,7 +213,9 @@ impl GatewayLayer {
         self.edit(|c| c.routes.push((prefix, tier)))
     }
 
-    /// Which requests are runs (take a concurrent-runs permit). Default: every `POST`.
+    /// Which requests are runs (take a concurrent-runs permit). Default:
+    /// [`is_run_by_default`]: a `POST`, except to the page's resources that are created,
+    /// not run (uploads, keys, webhooks, images) and to tasks.
     #[must_use]
     pub fn runs_when(
         self,
@@ -287,6 +290,37 @@ impl<S> tower_layer::Layer<S> for GatewayLayer {
     }
 }
 
+/// Path segments of resources the page creates rather than runs: its 201 row ("File
+/// uploaded, key minted, webhook subscribed") and 204 row ("Image, key, or webhook
+/// deleted"), and `tasks` (a task is polled, its run was counted when it was submitted).
+pub const NOT_RUN_SEGMENTS: [&str; 8] = [
+    "files", "uploads", "keys", "api-keys", "api_keys", "webhooks", "images", "tasks",
+];
+
+/// The gateway's default [`GatewayLayer::runs_when`]: a `POST` whose path has none of
+/// [`NOT_RUN_SEGMENTS`] as a segment (compared without regard to case). The page names no
+/// run endpoint; it says what its `POST`s that are not runs create (uploads, keys,
+/// webhooks: 201), and that the rest are run sync (200) or as tasks (202). So
+/// `POST /v1/excel/generate` is a run and `POST /v1/files` or `POST /v1/webhooks/{id}/test`
+/// is not. An API whose routes differ names its own with `runs_when`.
+///
+/// ```
+/// use http::{Method, Uri};
+/// use overten_gateway::is_run_by_default;
+/// let run = |m: Method, p: &'static str| is_run_by_default(&m, &Uri::from_static(p));
+/// assert!(run(Method::POST, "/v1/excel/generate"));
+/// assert!(!run(Method::POST, "/v1/files"));
+/// assert!(!run(Method::POST, "/v1/Webhooks/wh_1/test"));
+/// assert!(!run(Method::GET, "/v1/excel/generate"));
+/// ```
+pub fn is_run_by_default(method: &Method, uri: &Uri) -> bool {
+    method == Method::POST
+        && !uri
+            .path()
+            .split('/')
+            .any(|seg| NOT_RUN_SEGMENTS.iter().any(|n| seg.eq_ignore_ascii_case(n)))
+}
+
 /// A tier's place in [`Tier::ALL`] (free < pro < enterprise).
 pub(crate) fn rank(tier: Tier) -> usize {
     Tier::ALL
@@ -342,5 +376,42 @@ mod tests {
             "{shown}"
         );
         assert!(format!("{:?}", layer()).contains("near_cache: true"));
+    }
+}
+
+#[cfg(test)]
+mod run_tests {
+    use super::*;
+
+    #[test]
+    fn posts_are_runs_but_for_the_pages_created_resources_and_tasks() {
+        let run = |m: &Method, p: &str| is_run_by_default(m, &p.parse::<Uri>().unwrap());
+        for path in [
+            "/v1/excel/generate",
+            "/v1/runs",
+            "/generate?async=true",
+            "/",
+            "/v1/filesystem",
+        ] {
+            assert!(run(&Method::POST, path), "{path}");
+            for other in [Method::GET, Method::PUT, Method::DELETE, Method::PATCH] {
+                assert!(!run(&other, path), "{other} {path}");
+            }
+        }
+        for path in [
+            "/v1/files",
+            "/files/",
+            "/v1/uploads/big",
+            "/v1/keys",
+            "/v1/API-KEYS",
+            "/v1/api_keys",
+            "/v1/webhooks",
+            "/v1/webhooks/wh_1/test",
+            "/v1/images",
+            "/tasks/task_1",
+            "/v1/Files?x=1",
+        ] {
+            assert!(!run(&Method::POST, path), "{path}");
+        }
     }
 }
