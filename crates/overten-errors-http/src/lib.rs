@@ -21,7 +21,7 @@
 //! | feature | adds | pulls in |
 //! |---|---|---|
 //! | (default) | everything above but the two below | `http`, `http-body`, the core |
-//! | `reqwest` | `received_from_reqwest`, `RetryMiddleware`, `RetryOutcome` | `reqwest` (no default features), `reqwest-middleware`, `async-trait` |
+//! | `reqwest` | `received_from_reqwest`, `RetryMiddleware`, `RetryOutcome`, `TaskClient` (the async flow in one call), `json_or_error` | `reqwest` (no default features), `reqwest-middleware`, `async-trait` |
 //! | `tokio` | `TokioSleep` | `tokio` with `time` only |
 //! | `axum` | `HandlerError` (any error with `?`), `Json` / `Path` / `Query` whose rejections are envelopes | `axum` (no default features but `json`, `query`), `serde_path_to_error`, `tracing` |
 //! | `tower` | `server`: `request_id_layers`, `EnvelopeLayer`, `PanicEnvelope` | `tower-http` (`request-id`, `catch-panic`), `tower-layer`, `tower-service`, `tracing` |
@@ -86,8 +86,8 @@ pub use server::{into_response, set_rate_limit_headers, set_request_id};
 
 #[cfg(feature = "reqwest")]
 pub use client::{
-    DecisionEvent, Observer, Resubmission, RetryMiddleware, RetryOutcome, STREAMING_BODY,
-    received_from_reqwest,
+    CallError, DecisionEvent, MAX_RESULT_BYTES, Observer, Resubmission, RetryMiddleware,
+    RetryOutcome, STREAMING_BODY, TaskClient, json_or_error, received_from_reqwest,
 };
 #[cfg(feature = "tokio")]
 pub use runtime::TokioSleep;

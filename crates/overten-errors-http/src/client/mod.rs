@@ -6,6 +6,8 @@ mod classify;
 #[cfg(feature = "reqwest")]
 mod reqwest;
 mod retrier;
+#[cfg(feature = "reqwest")]
+mod tasks;
 
 pub use crate::names::IDEMPOTENCY_KEY;
 #[cfg(feature = "tokio")]
@@ -22,3 +24,5 @@ pub use reqwest::{
     received_from_reqwest,
 };
 pub use retrier::{Attempt, GaveUp, Retrier};
+#[cfg(feature = "reqwest")]
+pub use tasks::{CallError, MAX_RESULT_BYTES, TaskClient, json_or_error};
