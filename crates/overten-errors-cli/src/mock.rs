@@ -14,12 +14,12 @@ use axum::response::{IntoResponse, Response};
 use http::HeaderMap;
 use metrics_exporter_prometheus::PrometheusHandle;
 use overten_errors::{ApiError, Code, ErrorCode, RATE_LIMIT_WINDOW_SECONDS, RetryAfter, Tier};
-use overten_errors_http::mock::Routes;
+use overten_errors_http::mock::{Routed, Routes, task_outcome};
 use overten_errors_http::{bearer_key, into_response};
 use overten_gateway::{
     Account, Accounts, AccountsFile, BoxFuture, GatewayLayer, IdempotencyLayer, IdempotencyStore,
-    KeyHash, MemoryAccounts, MemoryIdempotencyStore, MemoryStore, RedisStore, Store, StoreError,
-    SyncCeilingLayer, default_org, stack,
+    KeyHash, MemoryAccounts, MemoryIdempotencyStore, MemoryStore, MemoryTaskStore, RedisStore,
+    RunPermit, Store, StoreError, SyncCeilingLayer, TaskStore, Tasks, default_org, stack,
 };
 
 /// The request header that names an error to answer with.
@@ -35,7 +35,8 @@ pub(crate) const MOCK_ERROR_STATUS: &str = "x-mock-error-status";
 const MAX_BODY: usize = 64 * 1024;
 
 struct Mock {
-    routes: Routes,
+    /// Tasks live in the gateway's task store (shared by every mock on one Redis).
+    tasks: Tasks,
     /// Injected errors answered so far, per (key, code).
     injected: HashMap<(String, String), u32>,
     clock: fn() -> SystemTime,
@@ -151,6 +152,7 @@ impl Accounts for AnyLiveKey {
 pub(crate) struct Stores {
     gateway: Arc<dyn Store>,
     idempotency: Arc<dyn IdempotencyStore>,
+    tasks: Arc<dyn TaskStore>,
 }
 
 impl Stores {
@@ -158,6 +160,7 @@ impl Stores {
         Stores {
             gateway: Arc::new(MemoryStore::new()),
             idempotency: Arc::new(MemoryIdempotencyStore::new()),
+            tasks: Arc::new(MemoryTaskStore::new()),
         }
     }
 
@@ -165,7 +168,8 @@ impl Stores {
         let store = Arc::new(RedisStore::connect(url).await?);
         Ok(Stores {
             gateway: store.clone(),
-            idempotency: store,
+            idempotency: store.clone(),
+            tasks: store,
         })
     }
 }
@@ -182,7 +186,7 @@ pub(crate) fn app(
     metrics: Option<PrometheusHandle>,
 ) -> Router {
     let state: Shared = Arc::new(Mutex::new(Mock {
-        routes: Routes::new(overten_errors_http::process_seed()),
+        tasks: Tasks::new(stores.tasks),
         injected: HashMap::new(),
         clock,
     }));
@@ -310,26 +314,73 @@ async fn answer(State(state): State<Shared>, request: Request) -> Response {
         return overten_errors_http::HandlerError::new(err).into_response();
     };
     let request = http::Request::from_parts(parts, bytes);
-    let mut mock = state.lock().unwrap_or_else(PoisonError::into_inner);
-    let now = unix(mock.clock);
-    let reset = (now / RATE_LIMIT_WINDOW_SECONDS + 1) * RATE_LIMIT_WINDOW_SECONDS;
-    let wait = RetryAfter::Seconds(reset.saturating_sub(now).max(1));
-    if let Some(mut err) = injected(&mut mock, request.headers()) {
-        let named = request
-            .headers()
-            .get(MOCK_RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        if let Some(seconds) = named {
-            err = err.with_retry_after(RetryAfter::Seconds(seconds.min(86_400)));
-        } else if err.status() == ErrorCode::RateLimitExceeded.status() {
-            err = err.with_retry_after(wait);
+    let (routed, tasks) = {
+        let mut mock = state.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = unix(mock.clock);
+        let reset = (now / RATE_LIMIT_WINDOW_SECONDS + 1) * RATE_LIMIT_WINDOW_SECONDS;
+        let wait = RetryAfter::Seconds(reset.saturating_sub(now).max(1));
+        if let Some(mut err) = injected(&mut mock, request.headers()) {
+            let named = request
+                .headers()
+                .get(MOCK_RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            if let Some(seconds) = named {
+                err = err.with_retry_after(RetryAfter::Seconds(seconds.min(86_400)));
+            } else if err.status() == ErrorCode::RateLimitExceeded.status() {
+                err = err.with_retry_after(wait);
+            }
+            let response: http::Response<Vec<u8>> = into_response(&err);
+            return response.map(Body::from);
         }
-        let response: http::Response<Vec<u8>> = into_response(&err);
-        return response.map(Body::from);
+        (Routes::route(&request, wait), mock.tasks.clone())
+    };
+    // The gateway put the caller's account (and a run's permit) in the extensions.
+    let org = request
+        .extensions()
+        .get::<Account>()
+        .map_or_else(String::new, |a| a.org_id.to_string());
+    match routed {
+        Routed::Answer(response) => response.map(Body::from),
+        Routed::Poll(task_id) => tasks.answer(&org, &task_id).await.into_response(),
+        Routed::Submit(code) => {
+            let permit = request.extensions().get::<RunPermit>().cloned();
+            let run = match tasks.create(&org, permit).await {
+                Ok(run) => run,
+                // The task store logs its outage (the gateway's outage story).
+                Err(_) => {
+                    let err = ApiError::new(
+                        ErrorCode::ServiceUnavailable,
+                        "Tasks cannot be reached right now; retry after the Retry-After delay",
+                    )
+                    .with_retry_after(RetryAfter::Seconds(30));
+                    let response: http::Response<Vec<u8>> = into_response(&err);
+                    return response.map(Body::from);
+                }
+            };
+            let accepted = run.accepted();
+            // The mock's tasks end at once: as `task_outcome` says.
+            // A store that fails here leaves the task to its lease: a reader reaps it.
+            match task_outcome(&code) {
+                Ok(result) => {
+                    let result: serde_json::Value =
+                        serde_json::from_str(result).unwrap_or(serde_json::Value::Null);
+                    let _ended = run.succeed(&result, 1).await;
+                }
+                Err(error) => {
+                    let status = code.known().map_or(500, ErrorCode::status);
+                    let err = ApiError::received(error.code, status, error.message);
+                    let _ended = run.fail(&err, 0).await;
+                }
+            }
+            accepted.into_response()
+        }
+        _ => {
+            let response: http::Response<Vec<u8>> =
+                into_response(&ApiError::from(ErrorCode::NotFound));
+            response.map(Body::from)
+        }
     }
-    let response = mock.routes.answer(&request, wait);
-    response.map(Body::from)
 }
 
 async fn shutdown_signal() {

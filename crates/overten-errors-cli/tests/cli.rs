@@ -656,7 +656,7 @@ impl Drop for Redis {
 }
 
 #[test]
-fn two_mocks_on_one_redis_share_limits_and_idempotency() {
+fn two_mocks_on_one_redis_share_limits_idempotency_and_tasks() {
     let redis = Redis::start();
     let url = format!("redis://127.0.0.1:{}/", redis.1);
     let args = [
@@ -721,7 +721,62 @@ fn two_mocks_on_one_redis_share_limits_and_idempotency() {
         json_field(&second, "task_id")
     );
     assert_eq!(header(&headers, "idempotent-replayed"), Some("true"));
+    // Tasks live in the shared store: made by one mock, read by the other; another org's
+    // key reads a 404.
+    let task = format!("/tasks/{}", json_field(&first, "task_id"));
+    let ent = ("Authorization", "Bearer sk_live_r2");
+    let (status, _, body) = http(two.addr, "GET", &task, &[ent], "");
+    assert_eq!(status, 200, "{body}");
+    let failure: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(failure["status"], "failed", "{body}");
+    assert_eq!(failure["error"]["code"], "gone", "{body}");
+    let (status, _, body) = http(one.addr, "GET", &task, &[free], "");
+    assert!(
+        status == 200 || status == 429,
+        "the same org, another key: {status} {body}"
+    );
+    let resubmit = [
+        ("Authorization", "Bearer sk_live_r2"),
+        ("Content-Type", "application/json"),
+    ];
+    let (status, _, accepted) = http(
+        one.addr,
+        "POST",
+        "/errors/sync_timeout_upgrade_async",
+        &resubmit,
+        r#"{"async":true}"#,
+    );
+    assert_eq!(status, 202, "{accepted}");
+    let task = format!("/tasks/{}", json_field(&accepted, "task_id"));
+    let (status, _, body) = http(two.addr, "GET", &task, &[ent], "");
+    let done: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (status, &done["status"], &done["result"]),
+        (
+            200,
+            &serde_json::json!("succeeded"),
+            &serde_json::json!({"success": true})
+        ),
+        "{body}"
+    );
     drop((one, two));
+    let other = start_mock_with(&[
+        "--key",
+        "sk_live_r3:enterprise:org_other",
+        "--redis",
+        url.as_str(),
+    ]);
+    let (status, _, body) = http(
+        other.addr,
+        "GET",
+        &task,
+        &[("Authorization", "Bearer sk_live_r3")],
+        "",
+    );
+    assert_eq!(
+        status, 404,
+        "another org's task does not exist for it: {body}"
+    );
 }
 
 /// The mock's `/metrics`: Prometheus text that `promtool check metrics` (Debian's

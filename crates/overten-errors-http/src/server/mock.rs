@@ -12,7 +12,7 @@
 //! | `GET /errors/{code}?status=NNN` | that error with another status (400 to 599), to test a status/code mismatch |
 //! | `GET /errors/{new_code}` | a `snake_case` code the table does not have, with status 500 or `?status=NNN`: for forward-compatibility tests |
 //! | `GET /errors/{code}?async=true`, or `POST` with the JSON body `{"async": true}` | 202 with a `task_id` (the work resubmitted async) |
-//! | `GET /tasks/{task_id}` | the task: `succeeded` for a resubmitted `sync_timeout_upgrade_async`, else the task-failure object with the code |
+//! | `GET /tasks/{task_id}` | the task: `succeeded` with the result `{"success":true}` for a resubmitted `sync_timeout_upgrade_async`, else the task-failure object with the code ([`task_outcome`]) |
 //! | `GET /ok` | 200 `{"success":true}` |
 //! | a path with broken percent-encoding, a bad `status`, a `POST` body that is not JSON | 400 `invalid_request` |
 //! | anything else | 404 `not_found` |
@@ -190,9 +190,54 @@ impl Routes {
         request: &Request<B>,
         wait: RetryAfter,
     ) -> Response<Vec<u8>> {
+        match Routes::route(request, wait) {
+            Routed::Answer(response) => response,
+            Routed::Submit(code) => {
+                let task_id = self.id("task_");
+                if self.tasks.len() >= MAX_TASKS {
+                    self.tasks.clear();
+                }
+                self.tasks.insert(task_id.clone(), (org.to_owned(), code));
+                let body = format!(r#"{{"success":true,"task_id":"{task_id}","status":"queued"}}"#);
+                json(StatusCode::ACCEPTED, body.into_bytes())
+            }
+            Routed::Poll(task_id) => {
+                let Some(code) = self
+                    .tasks
+                    .get(&task_id)
+                    .filter(|(owner, _)| owner == org)
+                    .map(|(_, code)| code)
+                else {
+                    return respond(ApiError::from(ErrorCode::NotFound), None);
+                };
+                let body = match task_outcome(code) {
+                    Ok(result) => format!(
+                        r#"{{"task_id":"{task_id}","status":"succeeded","result":{result},"credits_used":1}}"#
+                    )
+                    .into_bytes(),
+                    Err(error) => {
+                        let failure = TaskFailure {
+                            task_id: task_id.clone(),
+                            status: Failed,
+                            error,
+                            credits_used: 0,
+                            duration_ms: 1200,
+                        };
+                        serde_json::to_vec(&failure).unwrap_or_default()
+                    }
+                };
+                json(StatusCode::OK, body)
+            }
+        }
+    }
+
+    /// Routes one request without its tasks: a response, or the task to submit or poll,
+    /// for a server that keeps tasks elsewhere (`overten-errors mock` keeps them in the
+    /// gateway's task store).
+    pub fn route<B: AsRef<[u8]>>(request: &Request<B>, wait: RetryAfter) -> Routed {
         let bad_request = |why: &'static str| {
             let err = ApiError::new(ErrorCode::InvalidRequest, why);
-            respond(err, None)
+            Routed::Answer(respond(err, None))
         };
         let Some(path) = percent_decode(request.uri().path()) else {
             return bad_request("The path's percent-encoding is malformed");
@@ -200,7 +245,7 @@ impl Routes {
         let query = Query(request.uri().query().unwrap_or(""));
         let method = request.method();
         if method != Method::GET && method != Method::POST {
-            return respond(ApiError::from(ErrorCode::NotFound), None);
+            return Routed::Answer(respond(ApiError::from(ErrorCode::NotFound), None));
         }
         let mut wants_async = query.get("async").as_deref() == Some("true");
         if method == Method::POST {
@@ -210,13 +255,13 @@ impl Routes {
             }
         }
         if path == "/ok" {
-            return json(StatusCode::OK, br#"{"success":true}"#.to_vec());
+            return Routed::Answer(json(StatusCode::OK, br#"{"success":true}"#.to_vec()));
         }
         if let Some(wire) = path.strip_prefix("/errors/") {
             let code = match ErrorCode::from_wire(wire) {
                 Some(code) => Code::Known(code),
                 None if is_code(wire) => Code::parse(wire),
-                None => return respond(ApiError::from(ErrorCode::NotFound), None),
+                None => return Routed::Answer(respond(ApiError::from(ErrorCode::NotFound), None)),
             };
             let status = match query.get("status") {
                 None => code.known().map_or(UNKNOWN_CODE_STATUS, ErrorCode::status),
@@ -226,13 +271,7 @@ impl Routes {
                 },
             };
             if wants_async {
-                let task_id = self.id("task_");
-                if self.tasks.len() >= MAX_TASKS {
-                    self.tasks.clear();
-                }
-                self.tasks.insert(task_id.clone(), (org.to_owned(), code));
-                let body = format!(r#"{{"success":true,"task_id":"{task_id}","status":"queued"}}"#);
-                return json(StatusCode::ACCEPTED, body.into_bytes());
+                return Routed::Submit(code);
             }
             let message = match code.known() {
                 Some(known) => known.when(),
@@ -240,41 +279,43 @@ impl Routes {
             };
             let err = ApiError::received(code, status, message);
             let hint = (status == ErrorCode::RateLimitExceeded.status()).then_some(wait);
-            return respond(err, hint);
+            return Routed::Answer(respond(err, hint));
         }
         if let Some(task_id) = path.strip_prefix("/tasks/") {
-            let Some(code) = self
-                .tasks
-                .get(task_id)
-                .filter(|(owner, _)| owner == org)
-                .map(|(_, code)| code)
-            else {
-                return respond(ApiError::from(ErrorCode::NotFound), None);
-            };
-            let body = if *code == ErrorCode::SyncTimeoutUpgradeAsync {
-                format!(r#"{{"task_id":"{task_id}","status":"succeeded","credits_used":1}}"#)
-                    .into_bytes()
-            } else {
-                let message = code.known().map_or(
-                    "A task failure with a code newer than this mock's table",
-                    ErrorCode::when,
-                );
-                let failure = TaskFailure {
-                    task_id: task_id.to_owned(),
-                    status: Failed,
-                    error: TaskError {
-                        code: code.clone(),
-                        message: message.to_owned(),
-                    },
-                    credits_used: 0,
-                    duration_ms: 1200,
-                };
-                serde_json::to_vec(&failure).unwrap_or_default()
-            };
-            return json(StatusCode::OK, body);
+            return Routed::Poll(task_id.to_owned());
         }
-        respond(ApiError::from(ErrorCode::NotFound), None)
+        Routed::Answer(respond(ApiError::from(ErrorCode::NotFound), None))
     }
+}
+
+/// Where [`Routes::route`] sends a request.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Routed {
+    /// Answer with this.
+    Answer(Response<Vec<u8>>),
+    /// Submit a task (`/errors/{code}` asked async) that ends as [`task_outcome`] says.
+    Submit(Code),
+    /// `GET /tasks/{task_id}`: answer with the caller's org's task of this id.
+    Poll(String),
+}
+
+/// How a mock task submitted for `/errors/{code}` ends: a resubmitted
+/// `sync_timeout_upgrade_async` succeeds with the result `{"success":true}` (what `/ok`
+/// answers sync); any other code fails with it and the code's "when" (or a fixed message
+/// for a code newer than the table).
+pub fn task_outcome(code: &Code) -> Result<&'static str, TaskError> {
+    if *code == ErrorCode::SyncTimeoutUpgradeAsync {
+        return Ok(r#"{"success":true}"#);
+    }
+    let message = code.known().map_or(
+        "A task failure with a code newer than this mock's table",
+        ErrorCode::when,
+    );
+    Err(TaskError {
+        code: code.clone(),
+        message: message.to_owned(),
+    })
 }
 /// The status `/errors/{code}` answers a code the table does not have with, unless the
 /// query names one.
