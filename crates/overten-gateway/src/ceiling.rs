@@ -112,7 +112,7 @@ where
                 ErrorCode::SyncTimeoutUpgradeAsync,
                 format!(
                     "Sync request hit the {}-second ceiling; resubmit with async: true and poll /tasks/{{id}}",
-                    ceiling.as_secs()
+                    seconds(ceiling)
                 ),
             );
             Ok(overten_errors_http::server::answer(
@@ -120,6 +120,17 @@ where
                 GatewayBody::answer,
             ))
         })
+    }
+}
+
+/// A ceiling in seconds as the message writes it: `300`, or `0.4` for one shorter than a
+/// second's multiple (tests).
+fn seconds(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        d.as_secs().to_string()
+    } else {
+        let s = format!("{:.3}", d.as_secs_f64());
+        s.trim_end_matches('0').to_owned()
     }
 }
 
@@ -144,6 +155,14 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ceilings_read_in_seconds() {
+        assert_eq!(seconds(Duration::from_secs(300)), "300");
+        assert_eq!(seconds(Duration::from_millis(400)), "0.4");
+        assert_eq!(seconds(Duration::from_millis(1_250)), "1.25");
+        assert_eq!(seconds(Duration::from_millis(1_001)), "1.001");
+    }
 
     #[derive(Clone)]
     struct NotReady;
