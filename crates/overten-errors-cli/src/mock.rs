@@ -345,18 +345,15 @@ async fn answer(State(state): State<Shared>, request: Request) -> Response {
         Routed::Poll(task_id) => tasks.answer(&org, &task_id).await.into_response(),
         Routed::Submit(code) => {
             let permit = request.extensions().get::<RunPermit>().cloned();
-            let run = match tasks.create(&org, permit).await {
-                Ok(run) => run,
-                // The task store logs its outage (the gateway's outage story).
-                Err(_) => {
-                    let err = ApiError::new(
-                        ErrorCode::ServiceUnavailable,
-                        "Tasks cannot be reached right now; retry after the Retry-After delay",
-                    )
-                    .with_retry_after(RetryAfter::Seconds(30));
-                    let response: http::Response<Vec<u8>> = into_response(&err);
-                    return response.map(Body::from);
-                }
+            // The task store logs its outage (the gateway's outage story).
+            let Ok(run) = tasks.create(&org, permit).await else {
+                let err = ApiError::new(
+                    ErrorCode::ServiceUnavailable,
+                    "Tasks cannot be reached right now; retry after the Retry-After delay",
+                )
+                .with_retry_after(RetryAfter::Seconds(30));
+                let response: http::Response<Vec<u8>> = into_response(&err);
+                return response.map(Body::from);
             };
             let accepted = run.accepted();
             // The mock's tasks end at once: as `task_outcome` says.

@@ -200,7 +200,7 @@ async fn a_sync_run_past_the_ceiling_becomes_a_task_polled_through_other_replica
                 assert_eq!(failure.error.code, Code::Known(ErrorCode::UpstreamError));
                 assert_eq!(failure.error.message, "The model provider is down");
                 assert!(failure.task_id.starts_with("task_"));
-                let as_api = ApiError::from(failure.clone());
+                let as_api = ApiError::from((*failure).clone());
                 assert_eq!(
                     (as_api.status(), as_api.task_id()),
                     (502, Some(failure.task_id.as_str()))

@@ -31,10 +31,10 @@ pub enum CallError {
     /// The API answered an error (after the retry middleware's retries, if any): the
     /// error as read, with its code, status, message and request id.
     #[error(transparent)]
-    Api(ApiError),
+    Api(Box<ApiError>),
     /// The task ended `failed`: the page's failure object.
     #[error("task {} failed: {} ({})", .0.task_id, .0.error.code, .0.error.message)]
-    TaskFailed(TaskFailure),
+    TaskFailed(Box<TaskFailure>),
     /// The task was still `queued` or `running` when the poll schedule gave up
     /// ([`PollSchedule::give_up_after_ms`]): poll it later with [`TaskClient::poll`].
     #[error("task {task_id} still running after {polls} polls")]
@@ -65,8 +65,8 @@ impl CallError {
     /// `ApiError::from(TaskFailure)`, with its task id).
     pub fn api_error(&self) -> Option<ApiError> {
         match self {
-            CallError::Api(e) => Some(e.clone()),
-            CallError::TaskFailed(f) => Some(ApiError::from(f.clone())),
+            CallError::Api(e) => Some((**e).clone()),
+            CallError::TaskFailed(f) => Some(ApiError::from((**f).clone())),
             _ => None,
         }
     }
@@ -153,7 +153,7 @@ async fn json_or_error_limited<T: DeserializeOwned>(
 
 async fn api_error(response: reqwest::Response) -> CallError {
     match received_from_reqwest(response).await {
-        Ok(received) => CallError::Api(received.error),
+        Ok(received) => CallError::Api(Box::new(received.error)),
         Err(e) => CallError::Transport(e.into()),
     }
 }
@@ -270,13 +270,12 @@ impl<S: Sleep> TaskClient<S> {
 
     fn task_url(&self, made_by: &reqwest::Url, task_id: &str) -> Result<reqwest::Url, CallError> {
         // A task id goes in one path segment, percent-encoded.
-        let mut url = match &self.tasks_base {
-            Some(base) => base.clone(),
-            None => {
-                let mut origin = made_by.clone();
-                origin.set_path("/");
-                origin
-            }
+        let mut url = if let Some(base) = &self.tasks_base {
+            base.clone()
+        } else {
+            let mut origin = made_by.clone();
+            origin.set_path("/");
+            origin
         };
         url.set_query(None);
         url.set_fragment(None);
@@ -310,9 +309,8 @@ impl<S: Sleep> TaskClient<S> {
         T: DeserializeOwned,
         B: Serialize + ?Sized,
     {
-        let mut work = match serde_json::to_value(body) {
-            Ok(serde_json::Value::Object(map)) => map,
-            _ => return Err(CallError::Request("the body is not a JSON object")),
+        let Ok(serde_json::Value::Object(mut work)) = serde_json::to_value(body) else {
+            return Err(CallError::Request("the body is not a JSON object"));
         };
         let Some(template) = request.try_clone() else {
             return Err(CallError::Request("the request's body is a stream"));
@@ -414,7 +412,9 @@ impl<S: Sleep> TaskClient<S> {
                     return serde_json::from_value(result)
                         .map_err(|e| shape("the task's result", &e));
                 }
-                Ok(TaskState::Failed(failure)) => return Err(CallError::TaskFailed(failure)),
+                Ok(TaskState::Failed(failure)) => {
+                    return Err(CallError::TaskFailed(Box::new(failure)));
+                }
                 Ok(_) => {
                     return Err(CallError::Unexpected(
                         "a task state this version does not know".into(),
