@@ -69,6 +69,14 @@ pub fn generate() -> BTreeMap<PathBuf, String> {
             overten_errors_schema::task_failure_strict_schema(),
         ),
         (
+            "docs/schema/task.schema.json",
+            overten_errors_schema::task_schema(),
+        ),
+        (
+            "docs/schema/task-accepted.schema.json",
+            overten_errors_schema::task_accepted_schema(),
+        ),
+        (
             "docs/schema/catalog.schema.json",
             overten_errors_schema::catalog_schema(),
         ),

@@ -50,8 +50,8 @@ pub use catalog::{
 pub use fixture::{classify_output_schema, fixture_schema};
 pub use openapi::{OPENAPI_VERSION, openapi};
 pub use schemas::{
-    CODE_PATTERN, DIALECT, error_body_schema, error_body_strict_schema, task_failure_schema,
-    task_failure_strict_schema,
+    CODE_PATTERN, DIALECT, error_body_schema, error_body_strict_schema, task_accepted_schema,
+    task_failure_schema, task_failure_strict_schema, task_schema,
 };
 
 /// This crate's README examples, compiled and run as doctests.

@@ -3,7 +3,9 @@
 use overten_errors::{ErrorCode, HeaderUse, headers};
 use serde_json::{Map, Value, json};
 
-use crate::schemas::{DIALECT, any_error_code, error_body, error_code, task_failure};
+use crate::schemas::{
+    DIALECT, any_error_code, error_body, error_code, task, task_accepted, task_failure,
+};
 
 /// The OpenAPI version the document declares.
 pub const OPENAPI_VERSION: &str = "3.1.0";
@@ -107,6 +109,8 @@ pub fn openapi() -> Value {
                 "ErrorBody": error_body(any_ref),
                 "ErrorBodyStrict": error_body(known_ref),
                 "TaskFailure": task_failure(any_ref),
+                "Task": task(any_ref),
+                "TaskAccepted": task_accepted(),
             },
             "responses": responses,
             "headers": header_objects,

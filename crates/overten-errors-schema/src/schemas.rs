@@ -93,6 +93,79 @@ pub(crate) fn task_failure(code_ref: &str) -> Value {
     })
 }
 
+/// `GET /tasks/{task_id}`'s body in every state: `queued` or `running` (poll again),
+/// `succeeded` (with the result), `failed` (the task failure). The states are the core's
+/// [`TaskStatus::ALL`](overten_errors::TaskStatus::ALL).
+pub(crate) fn task(code_ref: &str) -> Value {
+    use overten_errors::TaskStatus;
+    let pending: Vec<&str> = TaskStatus::ALL
+        .iter()
+        .filter(|s| !s.is_final())
+        .map(|s| s.as_str())
+        .collect();
+    let count = json!({ "type": "integer", "minimum": 0 });
+    json!({
+        "title": "Task",
+        "description": "An async task as GET /tasks/{task_id} returns it (status 200): not done yet, succeeded with its result, or failed.",
+        "oneOf": [
+            {
+                "title": "PendingTask",
+                "description": "Not done yet: poll again (docs/retry.md, Polling a task).",
+                "type": "object",
+                "properties": {
+                    "task_id": { "type": "string" },
+                    "status": { "enum": pending },
+                },
+                "required": ["task_id", "status"],
+            },
+            {
+                "title": "SucceededTask",
+                "description": "Done: `result` is what the sync request would have answered (absent reads as null); the counts are optional and read as 0.",
+                "type": "object",
+                "properties": {
+                    "task_id": { "type": "string" },
+                    "status": { "const": TaskStatus::Succeeded.as_str() },
+                    "result": {},
+                    "credits_used": count,
+                    "duration_ms": count,
+                },
+                "required": ["task_id", "status"],
+            },
+            task_failure(code_ref),
+        ],
+    })
+}
+
+/// The `202 Accepted` body of a request run as an async task.
+pub(crate) fn task_accepted() -> Value {
+    json!({
+        "title": "TaskAccepted",
+        "description": "202: the work was queued as an async task; poll GET /tasks/{task_id}.",
+        "type": "object",
+        "properties": {
+            "success": { "const": true },
+            "task_id": { "type": "string" },
+            "status": { "const": overten_errors::TaskStatus::Queued.as_str() },
+        },
+        "required": ["task_id"],
+    })
+}
+
+/// The JSON Schema (2020-12) of `GET /tasks/{task_id}`'s body in every state, for
+/// clients: a failure's `error.code` is a known code or any newer `snake_case` one.
+pub fn task_schema() -> Value {
+    standalone(task(ANY))
+}
+
+/// The JSON Schema (2020-12) of the `202 Accepted` body of a task.
+pub fn task_accepted_schema() -> Value {
+    let mut schema = task_accepted();
+    if let Value::Object(map) = &mut schema {
+        map.insert("$schema".into(), DIALECT.into());
+    }
+    schema
+}
+
 const KNOWN: &str = "#/$defs/ErrorCode";
 const ANY: &str = "#/$defs/AnyErrorCode";
 

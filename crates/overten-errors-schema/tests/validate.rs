@@ -37,6 +37,11 @@ fn schemas_are_valid_2020_12() {
         ("error body, strict", error_body_strict_schema()),
         ("task failure", task_failure_schema()),
         ("task failure, strict", task_failure_strict_schema()),
+        ("task", overten_errors_schema::task_schema()),
+        (
+            "task accepted",
+            overten_errors_schema::task_accepted_schema(),
+        ),
         ("catalog", catalog_schema()),
         ("fixture", overten_errors_schema::fixture_schema()),
         (
@@ -138,6 +143,37 @@ fn task_failures_validate() {
     let mut bad = example;
     bad.as_object_mut().unwrap().remove("task_id");
     assert!(!v.is_valid(&bad));
+}
+
+/// The task schema takes each state's body, written here by hand from the page (its failure
+/// example) and the states' meaning, and only one state's shape at a time.
+#[test]
+fn task_bodies_validate_in_every_state() {
+    let v = validator(&overten_errors_schema::task_schema());
+    for good in [
+        json!({"task_id": "task_1", "status": "queued"}),
+        json!({"task_id": "task_1", "status": "running"}),
+        json!({"task_id": "task_1", "status": "succeeded", "result": {"file": "q3.xlsx"}, "credits_used": 3, "duration_ms": 61000}),
+        json!({"task_id": "task_1", "status": "succeeded"}),
+        page_task_failure(),
+    ] {
+        assert!(v.is_valid(&good), "{good}");
+    }
+    for bad in [
+        json!({"task_id": "task_1", "status": "done"}),
+        json!({"task_id": "task_1"}),
+        json!({"status": "queued"}),
+        json!({"task_id": 1, "status": "queued"}),
+        json!({"task_id": "task_1", "status": "succeeded", "credits_used": -1}),
+        json!({"task_id": "task_1", "status": "failed"}),
+        json!({"task_id": "task_1", "status": "failed", "error": {"code": "Bad Code", "message": "m"}, "credits_used": 0, "duration_ms": 1}),
+    ] {
+        assert!(!v.is_valid(&bad), "{bad}");
+    }
+    let accepted = validator(&overten_errors_schema::task_accepted_schema());
+    assert!(accepted.is_valid(&json!({"success": true, "task_id": "task_1", "status": "queued"})));
+    assert!(!accepted.is_valid(&json!({"success": true, "status": "queued"})));
+    assert!(!accepted.is_valid(&json!({"success": false, "task_id": "t"})));
 }
 
 #[test]
