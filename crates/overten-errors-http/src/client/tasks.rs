@@ -87,6 +87,27 @@ fn shape(what: &str, e: &serde_json::Error) -> CallError {
     ))
 }
 
+/// A path segment with its `%XX` escapes decoded (an escape that is not one, or bytes that
+/// are not UTF-8, are kept as they are).
+fn percent_decoded(segment: &str) -> String {
+    let hex = |b: Option<&u8>| b.and_then(|b| char::from(*b).to_digit(16));
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%' {
+            if let (Some(h), Some(l)) = (hex(bytes.get(i + 1)), hex(bytes.get(i + 2))) {
+                out.push(u8::try_from(h * 16 + l).unwrap_or(b'?'));
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b);
+        i += 1;
+    }
+    String::from_utf8(out).unwrap_or_else(|_| segment.to_owned())
+}
+
 /// Reads a body up to `max` bytes (a `Content-Length` over it is not read at all).
 async fn body_limited(mut response: reqwest::Response, max: usize) -> Result<Vec<u8>, CallError> {
     if response.content_length().is_some_and(|n| n > max as u64) {
@@ -359,7 +380,7 @@ impl<S: Sleep> TaskClient<S> {
             let accepted: Accepted =
                 serde_json::from_slice(&body).map_err(|e| shape("the 202's body", &e))?;
             let task_url = self.task_url(&made_by, &accepted.task_id)?;
-            return self.poll(task_url).await;
+            return self.poll_task(task_url, accepted.task_id).await;
         }
         json_or_error_limited(response, self.max_result_bytes).await
     }
@@ -367,8 +388,24 @@ impl<S: Sleep> TaskClient<S> {
     /// Polls the task at `task_url` (`…/tasks/{task_id}`) until it is final (see
     /// [`TaskClient`], step 3).
     pub async fn poll<T: DeserializeOwned>(&self, task_url: reqwest::Url) -> Result<T, CallError> {
+        let task_id = task_url
+            .path_segments()
+            .and_then(Iterator::last)
+            .map(percent_decoded)
+            .unwrap_or_default();
+        self.poll_task(task_url, task_id).await
+    }
+
+    async fn poll_task<T: DeserializeOwned>(
+        &self,
+        task_url: reqwest::Url,
+        task_id: String,
+    ) -> Result<T, CallError> {
         let started = Instant::now();
         let give_up = Duration::from_millis(self.schedule.give_up_after_ms);
+        // Time spent polling: the waits taken or the clock, whichever is further (a sleep
+        // that returns early cannot make the loop poll for ever).
+        let mut waited = Duration::ZERO;
         let mut polls: u32 = 0;
         let mut at_least = Duration::ZERO;
         loop {
@@ -380,18 +417,15 @@ impl<S: Sleep> TaskClient<S> {
                 self.schedule.delay(polls.saturating_add(1), &mut *rng)
             };
             wait = wait.max(at_least);
-            let left = give_up.saturating_sub(started.elapsed());
+            let left = give_up.saturating_sub(started.elapsed().max(waited));
             if polls > 0 && left.is_zero() {
                 return Err(CallError::StillRunning {
-                    task_id: task_url
-                        .path_segments()
-                        .and_then(Iterator::last)
-                        .unwrap_or("")
-                        .to_owned(),
+                    task_id,
                     polls,
                     url: task_url,
                 });
             }
+            waited = waited.saturating_add(wait.min(left));
             self.sleep.sleep(wait.min(left)).await;
             polls = polls.saturating_add(1);
             let response = self.client.get(task_url.clone()).send().await?;
