@@ -80,9 +80,26 @@ fn backoff_bases(policy: &RetryPolicy) -> String {
 }
 
 /// The page.
+/// The default schedule's waits before jitter, poll by poll, until they stop growing.
+fn poll_schedule(poll: &overten_errors::PollSchedule) -> String {
+    let mut top = || 0u64;
+    let mut waits = Vec::new();
+    for n in 1..=16 {
+        let ms = poll.delay(n, &mut top).as_millis();
+        let repeated = waits.last() == Some(&ms);
+        waits.push(ms);
+        if repeated {
+            break;
+        }
+    }
+    let shown: Vec<String> = waits.iter().map(u128::to_string).collect();
+    format!("{}, …", shown.join(", "))
+}
+
 pub(crate) fn retry_md() -> String {
     let policy = RetryPolicy::default();
     let budget = RetryBudget::default();
+    let poll = overten_errors::PollSchedule::default();
     let (window_min, window_max) = match ErrorCode::ServiceUnavailable.retry() {
         RetryRule::Wait { min_ms, max_ms } => (min_ms, max_ms),
         _ => (0, 0),
@@ -122,6 +139,16 @@ pub(crate) fn retry_md() -> String {
             UNKNOWN_TASK_CODE_STATUS.to_string(),
         ),
         ("sync_timeout_s", SYNC_TIMEOUT_SECONDS.to_string()),
+        ("poll_first_ms", poll.first_ms.to_string()),
+        ("poll_multiplier", poll.multiplier.to_string()),
+        ("poll_max_ms", poll.max_ms.to_string()),
+        ("poll_jitter", poll.jitter.to_string()),
+        ("poll_give_up_ms", poll.give_up_after_ms.to_string()),
+        ("poll_schedule", poll_schedule(&poll)),
+        (
+            "max_task_body_mib",
+            (overten_errors::MAX_TASK_BODY_BYTES / (1024 * 1024)).to_string(),
+        ),
         ("window_min_ms", window_min.to_string()),
         ("window_max_ms", window_max.to_string()),
         ("backoff_bases", backoff_bases(&policy)),

@@ -359,9 +359,9 @@ impl TaskState {
 /// and reports the task as still pending (its id, to poll later).
 ///
 /// The defaults (1 s, doubling, at most 30 s, 25 % jitter, an hour) keep a task's polls
-/// within the free tier's 10 requests a minute: six in the first minute (0 to 31 s of
-/// waits, then 30 s), two a minute after that; a task that ends in seconds is seen within
-/// about a second of it.
+/// within the free tier's 10 requests a minute: five or six in the first minute, two or
+/// three a minute after that; a task that ends in seconds is seen within about a second of
+/// it.
 ///
 /// ```
 /// use std::time::Duration;
@@ -702,7 +702,7 @@ mod poll_tests {
         }
         assert_eq!(ms(0, 0), 1_000, "poll 0 reads as the first");
         assert_eq!(ms(u32::MAX, 0), 30_000, "no overflow far out");
-        // Six polls in the first minute at the longest waits, under free's 10.
+        // Five polls in the first minute at the longest waits, under free's 10.
         let first_minute = (1..=10)
             .scan(0, |t, n| {
                 *t += ms(n, 0);
