@@ -583,4 +583,51 @@ mod tests {
         );
         assert_eq!(store.lock().bytes, MemoryTaskStore::MAX_TASKS);
     }
+
+    proptest::proptest! {
+        /// Any sequence of writes, in any order, with any statuses: a task that reached a
+        /// final state keeps it and its body, whatever comes after (updates, renewals,
+        /// abandonments, reaps), and a write answers `true` exactly when the task was open.
+        #[test]
+        fn no_write_moves_a_task_out_of_a_final_state(
+            ops in proptest::collection::vec((0u8..4, 0usize..4, 0u64..4), 1..40)
+        ) {
+            let store = MemoryTaskStore::new();
+            let key = TaskKey::new("org", "task_p");
+            let start = TaskRecord::new(TaskStatus::Queued, 2, 1, Bytes::from_static(b"q"));
+            block_on(store.create_task(&key, &start, HOUR)).unwrap();
+            let mut model = start;
+            for (op, status, at) in ops {
+                let status = TaskStatus::ALL[status];
+                let next = TaskRecord::new(status, at, 1, Bytes::from(format!("{status}{at}")));
+                let open = !model.status.is_final();
+                let wrote = match op {
+                    0 => block_on(store.update_task(&key, &next, HOUR)).unwrap(),
+                    1 => {
+                        let renewed = block_on(store.renew_task(&key, at, HOUR)).unwrap();
+                        if renewed {
+                            model.lease_until_ms = at;
+                        }
+                        proptest::prop_assert_eq!(renewed, open);
+                        continue;
+                    }
+                    2 => {
+                        store.abandon_task(&key, next.clone(), HOUR);
+                        open
+                    }
+                    _ => {
+                        let reaped = block_on(store.reap_task(&key, &next, at, HOUR)).unwrap();
+                        proptest::prop_assert_eq!(reaped, open && model.lease_until_ms < at);
+                        reaped
+                    }
+                };
+                proptest::prop_assert!(!wrote || open, "a write after the end");
+                if wrote {
+                    model = next;
+                }
+                let read = block_on(store.read_task(&key)).unwrap().unwrap();
+                proptest::prop_assert_eq!(&read, &model);
+            }
+        }
+    }
 }
