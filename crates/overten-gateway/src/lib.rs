@@ -1,8 +1,9 @@
 //! The Overten API's gateway for a fleet of replicas, as tower layers: accounts and tiers,
 //! per-key rate limits, concurrent runs and upload limits ([`GatewayLayer`]), idempotency
-//! keys ([`IdempotencyLayer`]) and the sync ceiling ([`SyncCeilingLayer`]), counted on a
-//! per-process store ([`MemoryStore`], [`MemoryIdempotencyStore`]) or on Redis
-//! (`RedisStore`, feature `redis`) that every replica shares.
+//! keys ([`IdempotencyLayer`]), the sync ceiling ([`SyncCeilingLayer`]) and async tasks
+//! ([`Tasks`]), counted on a per-process store ([`MemoryStore`],
+//! [`MemoryIdempotencyStore`], [`MemoryTaskStore`]) or on Redis (`RedisStore`, feature
+//! `redis`) that every replica shares.
 //!
 //! Responses, request ids, envelopes for framework-made errors and the extractors handlers
 //! use are `overten-errors-http`'s: this crate answers with them, and puts the caller's
@@ -15,12 +16,13 @@
 //! |---|---|---|
 //! | (default) | the layers above on the memory stores, [`stack`] | `overten-errors-http` (`tower`), `tower-layer`, `tower-service`, `tower-http`, `tracing`, `sha2` |
 //! | `axum` | the gateway sets axum's `DefaultBodyLimit` to the caller's tier's upload limit | `axum` |
-//! | `redis` | `RedisStore`: counts, permits and idempotency records shared by a fleet, on one node, a Cluster or Sentinel | `redis` (tokio, cluster, sentinel), `tokio` (`rt`, `time`, `sync`) |
+//! | `redis` | `RedisStore`: counts, permits, idempotency records and tasks shared by a fleet, on one node, a Cluster or Sentinel (turns on `tokio`) | `redis` (tokio, cluster, sentinel) |
+//! | `tokio` | `Tasks::spawn`: a task's work on the tokio runtime | `tokio` (`rt`, `time`, `sync`) |
 //! | `metrics` | the [`metrics`](mod@metrics) this crate records, through the `metrics` facade | `metrics` |
 //!
-//! One room a concern: `key.rs` ([`KeyHash`]), `accounts.rs`, `store/` (every store and
-//! what they share), `outage.rs` (a store outage logged as one story), `gateway/`,
-//! `idempotency/`, `ceiling.rs`.
+//! One room a concern: `key.rs` ([`KeyHash`]), `accounts.rs` (and the accounts file),
+//! `store/` (every store and what they share), `outage.rs` (a store outage logged as one
+//! story), `gateway/`, `idempotency/`, `ceiling.rs`, `tasks.rs` (async tasks).
 //!
 //! ```
 //! use std::sync::Arc;

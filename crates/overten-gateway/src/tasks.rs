@@ -111,7 +111,7 @@ pub enum FinishError {
     NotJson(#[source] serde_json::Error),
 }
 
-/// What a task's work ends with, for [`Tasks::spawn`]: its result (the body the sync
+/// What a task's work ends with, for `Tasks::spawn` (feature `tokio`): its result (the body the sync
 /// request would have answered) and the credits it used.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome<T> {
