@@ -666,6 +666,20 @@ mod state_tests {
             Err(TaskBodyError::TooLarge)
         );
         assert!(TaskState::parse_limited(big.as_bytes(), big.len()).is_ok());
+        // The default limit is 16 MiB (docs/retry.md, Polling a task), a byte order mark
+        // counted.
+        let pad = |n: usize| {
+            format!(
+                r#"{{"task_id":"t","status":"running","p":"{}"}}"#,
+                "a".repeat(n)
+            )
+        };
+        let at_limit = pad(16 * 1024 * 1024 - pad(0).len());
+        assert_eq!(at_limit.len(), 16 * 1024 * 1024);
+        assert!(TaskState::parse(at_limit.as_bytes()).is_ok());
+        let mut over = b"\xEF\xBB\xBF".to_vec();
+        over.extend_from_slice(at_limit.as_bytes());
+        assert_eq!(TaskState::parse(&over), Err(TaskBodyError::TooLarge));
         assert_eq!(
             TaskState::parse(b"{\"task_id\":\"t\",\"status\":\"queued\",\"x\":\"\\ud800\"}"),
             Err(TaskBodyError::Body(BodyError::LoneSurrogate))
