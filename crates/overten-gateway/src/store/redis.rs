@@ -151,6 +151,32 @@ fn failed(e: redis::RedisError) -> StoreError {
     StoreError::Failed(Box::new(e))
 }
 
+/// Calls `renew` every third of `lease` (at least every 50 ms) on the current tokio runtime
+/// until the returned [`Renewal`] is dropped or `renew` answers `Ok(false)` (the lease is
+/// gone: no longer renewed); an error is tried again at the next tick (two more chances
+/// within the lease). Outside a runtime, `None`: the lease runs out by itself.
+pub(crate) fn renew_every<F, Fut>(lease: Duration, mut renew: F) -> Option<Renewal>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<bool, StoreError>> + Send,
+{
+    let handle = tokio::runtime::Handle::try_current().ok()?;
+    let every = (lease / 3).max(Duration::from_millis(50));
+    let task = handle.spawn(async move {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match renew().await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(error) => tracing::debug!(%error, "lease not renewed: trying again"),
+            }
+        }
+    });
+    Some(Renewal::new(move || task.abort()))
+}
+
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
@@ -276,31 +302,21 @@ impl Store for RedisStore {
     /// the store was away longer than the lease, or restarted empty) is logged at warn and
     /// no longer renewed. Outside a runtime, `None`: the lease runs out by itself.
     fn keep_renewed(&self, key: &KeyHash, permit: PermitId, lease: Duration) -> Option<Renewal> {
-        let handle = tokio::runtime::Handle::try_current().ok()?;
         let store = self.clone();
         let key = *key;
-        let every = (lease / 3).max(Duration::from_millis(50));
-        let task = handle.spawn(async move {
-            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                match store.renew(&key, permit, lease).await {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        tracing::warn!(
-                            key = %key,
-                            "run permit expired before it was renewed: the run goes on uncounted"
-                        );
-                        return;
-                    }
-                    Err(error) => {
-                        tracing::debug!(%error, "run permit not renewed: trying again");
-                    }
+        renew_every(lease, move || {
+            let store = store.clone();
+            async move {
+                let renewed = store.renew(&key, permit, lease).await;
+                if let Ok(false) = renewed {
+                    tracing::warn!(
+                        key = %key,
+                        "run permit expired before it was renewed: the run goes on uncounted"
+                    );
                 }
+                renewed
             }
-        });
-        Some(Renewal::new(move || task.abort()))
+        })
     }
 
     fn renew<'a>(

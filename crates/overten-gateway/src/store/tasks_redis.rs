@@ -218,28 +218,22 @@ impl TaskStore for RedisStore {
     /// next tick; a task found final (reaped by a reader: the store was away longer than
     /// the lease) is no longer renewed. Outside a runtime, `None`.
     fn keep_task_renewed(&self, key: &TaskKey, lease: Duration, ttl: Duration) -> Option<Renewal> {
-        let handle = tokio::runtime::Handle::try_current().ok()?;
         let store = self.clone();
         let key = *key;
-        let every = (lease / 3).max(Duration::from_millis(50));
-        let task = handle.spawn(async move {
-            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let until = crate::tasks::unix_ms(std::time::SystemTime::now())
-                    .saturating_add(ms(lease));
-                match store.renew_task(&key, until, ttl).await {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        tracing::warn!("task found finished or gone while renewing its lease: no longer renewed");
-                        return;
-                    }
-                    Err(error) => tracing::debug!(%error, "task lease not renewed: trying again"),
+        super::redis::renew_every(lease, move || {
+            let store = store.clone();
+            async move {
+                let until =
+                    crate::tasks::unix_ms(std::time::SystemTime::now()).saturating_add(ms(lease));
+                let renewed = store.renew_task(&key, until, ttl).await;
+                if let Ok(false) = renewed {
+                    tracing::warn!(
+                        "task found finished or gone while renewing its lease: no longer renewed"
+                    );
                 }
+                renewed
             }
-        });
-        Some(Renewal::new(move || task.abort()))
+        })
     }
 }
 
