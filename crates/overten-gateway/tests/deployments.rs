@@ -123,21 +123,23 @@ async fn replays_across_gateways(url: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cluster_counts_runs_and_replays_exactly_as_one_node_does() {
+async fn a_cluster_counts_runs_replays_and_tasks_exactly_as_one_node_does() {
     let cluster = RedisCluster::start();
     let url = cluster.url();
     fleet_checks::admits_exactly_each_tiers_limit(&url).await;
     fleet_checks::runs_are_exact_across_replicas(&url).await;
     within(60, replays_across_gateways(&url)).await;
+    fleet_checks::tasks_are_shared_and_reaped(&url).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sentinel_primary_counts_runs_and_replays_exactly_as_one_node_does() {
+async fn a_sentinel_primary_counts_runs_replays_and_tasks_exactly_as_one_node_does() {
     let set = RedisSentinels::start();
     let url = set.url();
     fleet_checks::admits_exactly_each_tiers_limit(&url).await;
     fleet_checks::runs_are_exact_across_replicas(&url).await;
     within(60, replays_across_gateways(&url)).await;
+    fleet_checks::tasks_are_shared_and_reaped(&url).await;
 }
 
 /// What one key's requests got during a failover.

@@ -40,6 +40,12 @@ async fn four_gateways_on_one_redis_admit_exactly_each_tiers_limit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_are_shared_between_replicas_and_reaped_after_a_lease() {
+    let redis = RedisServer::start();
+    fleet_checks::tasks_are_shared_and_reaped(&redis.url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_across_replicas_never_exceed_the_tier_and_permits_come_back() {
     let redis = RedisServer::start();
     fleet_checks::runs_are_exact_across_replicas(&redis.url()).await;

@@ -187,3 +187,105 @@ pub async fn runs_are_exact_across_replicas(url: &str) {
     })
     .await;
 }
+
+/// Two replicas' `Tasks` on `url` (each its own connection): 40 tasks (spread over every
+/// slot of a Cluster) made on one are read on the other, another org's read finds nothing,
+/// finished tasks stay finished, and a task whose lease nobody renews (its replica died)
+/// reads `failed` on the other replica once the lease has run out.
+pub async fn tasks_are_shared_and_reaped(url: &str) {
+    use overten_gateway::{RedisStore, TaskKey, TaskRecord, TaskStore, Tasks};
+    within(60, async {
+        let connect = || async {
+            Arc::new(
+                RedisStore::builder(url)
+                    .timeout(Duration::from_secs(10))
+                    .connect()
+                    .await
+                    .unwrap(),
+            )
+        };
+        let (one, two) = (connect().await, connect().await);
+        let lease = Duration::from_millis(300);
+        let (a, b) = (
+            Tasks::new(one.clone()).lease(lease),
+            Tasks::new(two).lease(lease),
+        );
+        let read = |tasks: &Tasks, org: &'static str, id: String| {
+            let tasks = tasks.clone();
+            async move {
+                tasks
+                    .read(org, &id)
+                    .await
+                    .unwrap()
+                    .map(|b| serde_json::from_slice::<serde_json::Value>(&b).unwrap())
+            }
+        };
+        let mut ids = Vec::new();
+        for i in 0..40 {
+            let mut run = a.create("org_t", None).await.unwrap();
+            let id = run.id().to_owned();
+            assert_eq!(
+                read(&b, "org_t", id.clone()).await.unwrap()["status"],
+                "queued"
+            );
+            assert_eq!(read(&b, "org_other", id.clone()).await, None);
+            assert!(run.start().await.unwrap());
+            if i % 2 == 0 {
+                assert!(run.succeed(&serde_json::json!({"i": i}), 1).await.unwrap());
+            } else {
+                let err = overten_errors::ApiError::new(overten_errors::ErrorCode::Gone, "gone");
+                assert!(run.fail(&err, 0).await.unwrap());
+            }
+            ids.push(id);
+        }
+        for (i, id) in ids.iter().enumerate() {
+            let got = read(&b, "org_t", id.clone()).await.unwrap();
+            if i % 2 == 0 {
+                assert_eq!(
+                    (&got["status"], &got["result"]["i"]),
+                    (&"succeeded".into(), &i.into())
+                );
+            } else {
+                assert_eq!(
+                    (&got["status"], &got["error"]["code"]),
+                    (&"failed".into(), &"gone".into())
+                );
+            }
+        }
+        // A live task renews its lease: still running after several leases.
+        let live = a.create("org_t", None).await.unwrap();
+        tokio::time::sleep(lease * 3).await;
+        assert_eq!(
+            read(&b, "org_t", live.id().to_owned()).await.unwrap()["status"],
+            "queued"
+        );
+        drop(live);
+        // A dead replica's task: written with a lease, never renewed.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let key = TaskKey::new("org_t", "task_dead");
+        let view = bytes::Bytes::from_static(br#"{"task_id":"task_dead","status":"running"}"#);
+        let record = TaskRecord::new(overten_errors::TaskStatus::Running, now + 300, now, view);
+        one.create_task(&key, &record, Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(
+            read(&b, "org_t", "task_dead".into()).await.unwrap()["status"],
+            "running"
+        );
+        tokio::time::sleep(Duration::from_millis(450)).await;
+        let got = read(&b, "org_t", "task_dead".into()).await.unwrap();
+        assert_eq!(
+            (&got["status"], &got["error"]["code"]),
+            (&"failed".into(), &"internal_error".into())
+        );
+        assert_eq!(
+            read(&a, "org_t", "task_dead".into()).await.unwrap(),
+            got,
+            "one story"
+        );
+    })
+    .await;
+}
