@@ -434,8 +434,14 @@ mod file_tests {
             AccountsFile::read(&path),
             Err(AccountsFileError::NotText)
         ));
-        let file = std::fs::File::create(&path).unwrap();
-        file.set_len(MAX_ACCOUNTS_FILE_BYTES + 1).unwrap();
+        // 16 MiB (the documented bound) is read; a byte more is not.
+        let line = "sk_live_a pro\n# ";
+        let mut text = line.to_owned();
+        text.push_str(&"x".repeat(16 * 1024 * 1024 - line.len()));
+        std::fs::write(&path, &text).unwrap();
+        assert_eq!(AccountsFile::read(&path).unwrap().len(), 1);
+        text.push('x');
+        std::fs::write(&path, &text).unwrap();
         assert!(matches!(
             AccountsFile::read(&path),
             Err(AccountsFileError::TooLarge)
