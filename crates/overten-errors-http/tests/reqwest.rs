@@ -686,3 +686,47 @@ async fn what_is_not_retried_is_not_charged_and_gets_are_sent_without_a_key() {
     })
     .await;
 }
+
+/// Issue 27's defect: a spent window held every key of the client. Two keys through one
+/// client: the key whose window is spent waits for its reset; the other key's requests,
+/// and requests with no key, go at once.
+#[tokio::test]
+async fn a_spent_window_holds_only_its_own_key() {
+    let spent = || {
+        let mut r = Response::new(br#"{"success":true}"#.to_vec());
+        for (k, v) in [
+            ("x-ratelimit-limit", "10".to_owned()),
+            ("x-ratelimit-remaining", "0".to_owned()),
+            ("x-ratelimit-reset", (NOW + 15).to_string()),
+        ] {
+            r.headers_mut().insert(k, v.parse().unwrap());
+        }
+        r
+    };
+    let (addr, _) = server(vec![("/a", vec![spent()])]).await;
+    let sleeps = Sleeps::default();
+    let http = client(RetryMiddleware::new(retrier(&sleeps)));
+    within(async {
+        let send = |path: &'static str, key: Option<&'static str>| {
+            let mut request = http.get(format!("http://{addr}{path}"));
+            if let Some(key) = key {
+                request = request.bearer_auth(key);
+            }
+            request.send()
+        };
+        assert_eq!(send("/a", Some("sk_live_a")).await.unwrap().status(), 200);
+        assert!(sleeps.lock().unwrap().is_empty());
+        // Another key, and no key: not held.
+        assert_eq!(send("/b", Some("sk_live_b")).await.unwrap().status(), 200);
+        assert_eq!(send("/b", None).await.unwrap().status(), 200);
+        assert!(
+            sleeps.lock().unwrap().is_empty(),
+            "{:?}",
+            sleeps.lock().unwrap()
+        );
+        // The spent key: held until its reset, 15 s.
+        assert_eq!(send("/b", Some("sk_live_a")).await.unwrap().status(), 200);
+        assert_eq!(*sleeps.lock().unwrap(), [Duration::from_secs(15)]);
+    })
+    .await;
+}

@@ -77,8 +77,8 @@ pub use limits::{
 };
 pub use pointer::{JsonPointer, PointerError};
 pub use retry::{
-    Advice, Basis, Decision, MAX_SAFE_INTEGER, NOT_REPLAY_SAFE, Pacer, PolicyError, RandomSource,
-    RetryBudget, RetryPolicy, RetryPolicyBuilder, SplitMix64, Step, StopReason,
+    Advice, Basis, Decision, MAX_SAFE_INTEGER, NOT_REPLAY_SAFE, Pacer, Pacers, PolicyError,
+    RandomSource, RetryBudget, RetryPolicy, RetryPolicyBuilder, SplitMix64, Step, StopReason,
 };
 pub use rule::{FALLBACK, FallbackRule, HeaderUse, RetryRule};
 pub use status::{STATUSES, StatusInfo, StatusKind, fallback_message, status_info};

@@ -951,6 +951,108 @@ impl Pacer {
     }
 }
 
+/// One [`Pacer`] per API key (`docs/retry.md`, *Pacing*: a spent window holds *that key's*
+/// requests), for a client that sends with several keys: a key whose window is spent never
+/// holds another key's requests.
+///
+/// Keys are kept only as a 128-bit keyed hash (`SipHash` with this process's random keys):
+/// never in clear, so nothing here can leak one to a log or a dump. At most
+/// [`Pacers::MAX_KEYS`] keys are tracked; a new key past that drops the keys that hold
+/// nothing (one pass over at most that many), and if every tracked key is holding, the new
+/// key gets a pacer of its own that is not kept (it is not paced until there is room: the
+/// steps still decide its 429s).
+///
+/// ```
+/// use std::time::{Duration, SystemTime};
+/// use overten_errors::{Pacers, RateLimit, RetryPolicy};
+/// let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+/// let pacers = Pacers::new();
+/// let spent = RateLimit { limit: 10, remaining: 0, reset: 1_015 };
+/// pacers.for_key(Some("sk_live_a"), now).observe(&spent, now, &RetryPolicy::default(), &mut || 0);
+/// assert!(pacers.for_key(Some("sk_live_a"), now).hold(now, &RetryPolicy::default()).is_some());
+/// assert_eq!(pacers.for_key(Some("sk_live_b"), now).hold(now, &RetryPolicy::default()), None);
+/// ```
+#[derive(Debug)]
+pub struct Pacers {
+    keyless: std::sync::Arc<Pacer>,
+    keys: std::sync::Mutex<std::collections::HashMap<u128, std::sync::Arc<Pacer>>>,
+    hashers: (
+        std::collections::hash_map::RandomState,
+        std::collections::hash_map::RandomState,
+    ),
+}
+
+impl Default for Pacers {
+    fn default() -> Self {
+        Pacers::new()
+    }
+}
+
+impl Pacers {
+    /// The most keys tracked at once.
+    pub const MAX_KEYS: usize = 1024;
+
+    /// No key tracked.
+    pub fn new() -> Pacers {
+        Pacers::with_keyless(std::sync::Arc::new(Pacer::new()))
+    }
+
+    /// Pacers whose requests without a key share `keyless`.
+    pub fn with_keyless(keyless: std::sync::Arc<Pacer>) -> Pacers {
+        Pacers {
+            keyless,
+            keys: std::sync::Mutex::new(std::collections::HashMap::new()),
+            hashers: Default::default(),
+        }
+    }
+
+    fn id(&self, key: &str) -> u128 {
+        use std::hash::{BuildHasher, Hasher};
+        let mut a = self.hashers.0.build_hasher();
+        let mut b = self.hashers.1.build_hasher();
+        a.write(key.as_bytes());
+        b.write(key.as_bytes());
+        u128::from(a.finish()) << 64 | u128::from(b.finish())
+    }
+
+    /// The pacer of requests sent with `key` (`None`: requests without a key, which share
+    /// one). `now` decides which tracked keys still hold, when room must be made.
+    pub fn for_key(&self, key: Option<&str>, now: SystemTime) -> std::sync::Arc<Pacer> {
+        let Some(key) = key else {
+            return std::sync::Arc::clone(&self.keyless);
+        };
+        let id = self.id(key);
+        let mut keys = self
+            .keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(pacer) = keys.get(&id) {
+            return std::sync::Arc::clone(pacer);
+        }
+        if keys.len() >= Self::MAX_KEYS {
+            let now = unix_ms(now);
+            keys.retain(|_, p| p.until_ms.load(Ordering::Acquire) > now);
+            if keys.len() >= Self::MAX_KEYS {
+                return std::sync::Arc::new(Pacer::new());
+            }
+        }
+        std::sync::Arc::clone(keys.entry(id).or_default())
+    }
+
+    /// Keys tracked.
+    pub fn len(&self) -> usize {
+        self.keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+
+    /// No key tracked.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// The reason a request that was sent but got no answer is not sent again.
 pub const NOT_REPLAY_SAFE: &str = "the request was sent and may have been processed: it is not replayed without an idempotent method or an idempotency key";
 
@@ -1103,5 +1205,97 @@ impl RetryBudget {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
                 Some(t.saturating_add(tokens).min(self.capacity))
             });
+    }
+}
+
+#[cfg(test)]
+mod pacers_tests {
+    use super::*;
+    use crate::RateLimit;
+
+    fn at(s: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(s)
+    }
+
+    fn spend(pacer: &Pacer, now: u64, reset: u64) {
+        let spent = RateLimit {
+            limit: 10,
+            remaining: 0,
+            reset,
+        };
+        pacer.observe(&spent, at(now), &RetryPolicy::default(), &mut || 0);
+    }
+
+    #[test]
+    fn a_spent_key_holds_only_its_own_requests() {
+        let pacers = Pacers::new();
+        let policy = RetryPolicy::default();
+        spend(&pacers.for_key(Some("sk_live_a"), at(1_000)), 1_000, 1_015);
+        let a = pacers.for_key(Some("sk_live_a"), at(1_000));
+        assert_eq!(a.hold(at(1_000), &policy), Some(Duration::from_secs(15)));
+        assert_eq!(
+            pacers
+                .for_key(Some("sk_live_b"), at(1_000))
+                .hold(at(1_000), &policy),
+            None
+        );
+        assert_eq!(
+            pacers.for_key(None, at(1_000)).hold(at(1_000), &policy),
+            None
+        );
+        // The keyless pacer is one, shared by every request without a key.
+        spend(&pacers.for_key(None, at(1_000)), 1_000, 1_010);
+        assert!(
+            pacers
+                .for_key(None, at(1_000))
+                .hold(at(1_000), &policy)
+                .is_some()
+        );
+        assert_eq!(
+            pacers
+                .for_key(Some("sk_live_b"), at(1_000))
+                .hold(at(1_000), &policy),
+            None
+        );
+        assert_eq!(pacers.len(), 2, "a and b; the keyless one is not counted");
+        // Two Pacers never share keys' hashes: each has its own hasher keys.
+        let other = Pacers::new();
+        assert_ne!(pacers.id("sk_live_a"), other.id("sk_live_a"));
+        assert_eq!(pacers.id("sk_live_a"), pacers.id("sk_live_a"));
+    }
+
+    #[test]
+    fn tracked_keys_are_bounded_and_only_holding_ones_are_kept_when_full() {
+        let pacers = Pacers::new();
+        let policy = RetryPolicy::default();
+        for i in 0..Pacers::MAX_KEYS {
+            spend(
+                &pacers.for_key(Some(&format!("k{i}")), at(1_000)),
+                1_000,
+                1_000 + 10 + (i as u64 % 2) * 100,
+            );
+        }
+        assert_eq!(pacers.len(), Pacers::MAX_KEYS);
+        // Every key holds: a new one is paced by a pacer that is not kept.
+        let extra = pacers.for_key(Some("new"), at(1_001));
+        spend(&extra, 1_001, 1_050);
+        assert_eq!(pacers.len(), Pacers::MAX_KEYS);
+        assert_eq!(
+            pacers
+                .for_key(Some("new"), at(1_001))
+                .hold(at(1_001), &policy),
+            None
+        );
+        // 20 s later half the keys no longer hold: they make room, the rest are kept.
+        let later = at(1_020);
+        let _ = pacers.for_key(Some("new"), later);
+        assert_eq!(pacers.len(), Pacers::MAX_KEYS / 2 + 1);
+        assert!(
+            pacers
+                .for_key(Some("k1"), later)
+                .hold(later, &policy)
+                .is_some(),
+            "a holding key is kept"
+        );
     }
 }

@@ -427,13 +427,17 @@ impl<S: Sleep + 'static> RetryMiddleware<S> {
             }
         }
         let method = req.method().clone();
+        // One pacer per API key (as the gateway keys it: the bearer key), so a key whose
+        // window is spent holds its own requests only. Looked up once: the pacers keep only
+        // a keyed hash of the key, and no copy of it is made here.
+        let pacer = self.retrier.pacer_for(crate::bearer_key(req.headers()));
         // A resubmission after a 408 is the next attempt of the same logical request.
         let mut attempt: u32 = extensions
             .get::<Resubmission>()
             .map_or(1, |r| r.attempts.saturating_add(1));
         loop {
             // A spent rate-limit window holds the key's requests until its reset.
-            if let Some(hold) = self.retrier.pace().await {
+            if let Some(hold) = self.retrier.pace_on(&pacer).await {
                 tracing::info!(
                     http.request.resend_count = attempt - 1,
                     hold_ms = u64::try_from(hold.as_millis()).unwrap_or(u64::MAX),
@@ -443,7 +447,7 @@ impl<S: Sleep + 'static> RetryMiddleware<S> {
             let replay = req.try_clone();
             let answered = next.clone().run(req, extensions).await;
             if let Ok(response) = &answered {
-                self.retrier.observe(response.headers());
+                self.retrier.observe_on(&pacer, response.headers());
             }
             match answered {
                 Ok(response)

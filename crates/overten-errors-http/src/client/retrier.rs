@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use crate::runtime::{Sleep, process_seed};
 
 use overten_errors::{
-    Advice, ApiError, Decision, Pacer, RandomSource, RetryBudget, RetryPolicy, SplitMix64,
+    Advice, ApiError, Decision, Pacer, Pacers, RandomSource, RetryBudget, RetryPolicy, SplitMix64,
 };
 
 /// One attempt of [`Retrier::run`]: its number (the first is 1) and whether the work is
@@ -44,6 +44,7 @@ pub struct Retrier<S> {
     policy: RetryPolicy,
     budget: Arc<RetryBudget>,
     pacer: Arc<Pacer>,
+    pacers: Arc<Pacers>,
     rng: Mutex<SplitMix64>,
     sleep: S,
     clock: Clock,
@@ -58,6 +59,7 @@ impl<S> std::fmt::Debug for Retrier<S> {
             .field("policy", &self.policy)
             .field("budget", &self.budget)
             .field("pacer", &self.pacer)
+            .field("keys_paced", &self.pacers.len())
             .finish_non_exhaustive()
     }
 }
@@ -69,6 +71,7 @@ impl<S: Sleep> Retrier<S> {
             policy,
             budget: Arc::new(RetryBudget::default()),
             pacer: Arc::new(Pacer::new()),
+            pacers: Arc::new(Pacers::new()),
             rng: Mutex::new(SplitMix64::new(process_seed())),
             sleep,
             clock: Box::new(SystemTime::now),
@@ -82,11 +85,20 @@ impl<S: Sleep> Retrier<S> {
         self
     }
 
-    /// Shares `pacer` (the same `Arc` in every loop of one API key: a spent window holds
-    /// them all).
+    /// Shares `pacer` for the loops that name no key ([`Retrier::observe`],
+    /// [`Retrier::pace`]): the same `Arc` in every loop of one API key, a spent window holds
+    /// them all.
     #[must_use]
     pub fn with_pacer(mut self, pacer: Arc<Pacer>) -> Retrier<S> {
         self.pacer = pacer;
+        self
+    }
+
+    /// Shares `pacers`, one pacer per API key ([`Retrier::observe_key`],
+    /// [`Retrier::pace_key`], and `RetryMiddleware`), between retriers.
+    #[must_use]
+    pub fn with_pacers(mut self, pacers: Arc<Pacers>) -> Retrier<S> {
+        self.pacers = pacers;
         self
     }
 
@@ -120,31 +132,63 @@ impl<S: Sleep> Retrier<S> {
         &self.budget
     }
 
-    /// The shared pacer (its `held_until()` is a gauge for metrics).
+    /// The pacer of loops that name no key (its `held_until()` is a gauge for metrics).
     pub fn pacer(&self) -> &Arc<Pacer> {
         &self.pacer
     }
 
-    /// Reads a response's `X-RateLimit-*` (of any response): a spent window holds the key's
-    /// next requests ([`Pacer::observe`]).
-    pub fn observe(&self, headers: &http::HeaderMap) {
-        super::classify::observe_rate_limit(
-            &self.pacer,
-            headers,
-            &self.clock,
-            &self.policy,
-            &mut || self.draw(),
-        );
+    /// The pacers of keyed requests, one per API key.
+    pub fn pacers(&self) -> &Arc<Pacers> {
+        &self.pacers
     }
 
-    /// Waits while the key is held (`docs/retry.md`, *Pacing*); returns the wait, if any.
-    /// A hold past `max_wait` is not waited.
-    pub async fn pace(&self) -> Option<Duration> {
+    /// The pacer of requests sent with the API key `key` (`None`: [`Retrier::pacer`]).
+    /// Take it once per logical request: the key itself is then no longer needed.
+    pub fn pacer_for(&self, key: Option<&str>) -> Arc<Pacer> {
+        match key {
+            None => Arc::clone(&self.pacer),
+            Some(_) => self.pacers.for_key(key, (self.clock)()),
+        }
+    }
+
+    /// [`Retrier::observe`] into `pacer` (from [`Retrier::pacer_for`]).
+    pub fn observe_on(&self, pacer: &Pacer, headers: &http::HeaderMap) {
+        super::classify::observe_rate_limit(pacer, headers, &self.clock, &self.policy, &mut || {
+            self.draw()
+        });
+    }
+
+    /// [`Retrier::pace`] on `pacer` (from [`Retrier::pacer_for`]).
+    pub async fn pace_on(&self, pacer: &Pacer) -> Option<Duration> {
         // A key never held needs no clock read (the common case, on every request).
-        self.pacer.held_until()?;
-        let hold = self.pacer.hold((self.clock)(), &self.policy)?;
+        pacer.held_until()?;
+        let hold = pacer.hold((self.clock)(), &self.policy)?;
         self.sleep.sleep(hold).await;
         Some(hold)
+    }
+
+    /// Reads a response's `X-RateLimit-*` (of any response) for a loop that names no key:
+    /// a spent window holds the next requests of [`Retrier::pacer`] ([`Pacer::observe`]).
+    pub fn observe(&self, headers: &http::HeaderMap) {
+        self.observe_on(&self.pacer, headers);
+    }
+
+    /// Waits while [`Retrier::pacer`] holds (`docs/retry.md`, *Pacing*); returns the wait,
+    /// if any. A hold past `max_wait` is not waited.
+    pub async fn pace(&self) -> Option<Duration> {
+        self.pace_on(&self.pacer).await
+    }
+
+    /// [`Retrier::observe`] for a response to a request sent with the API key `key`: a
+    /// spent window holds that key's requests only.
+    pub fn observe_key(&self, key: Option<&str>, headers: &http::HeaderMap) {
+        self.observe_on(&self.pacer_for(key), headers);
+    }
+
+    /// [`Retrier::pace`] for a request about to be sent with the API key `key`: waits only
+    /// while that key is held.
+    pub async fn pace_key(&self, key: Option<&str>) -> Option<Duration> {
+        self.pace_on(&self.pacer_for(key)).await
     }
 
     fn draw(&self) -> u64 {
@@ -274,6 +318,52 @@ mod tests {
             l.lock().unwrap().push(d);
             std::future::ready(())
         })
+    }
+
+    #[test]
+    fn each_key_has_its_own_pacer_and_clones_share_them() {
+        fn now() -> SystemTime {
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_713_312_300)
+        }
+        let mut spent = http::HeaderMap::new();
+        for (k, v) in [
+            ("x-ratelimit-limit", "10"),
+            ("x-ratelimit-remaining", "0"),
+            ("x-ratelimit-reset", "1713312330"),
+        ] {
+            spent.insert(k, v.parse().unwrap());
+        }
+        let (log, sleep) = recorder();
+        let exact = RetryPolicy::builder().wait_spread(0.0).build().unwrap();
+        let r = Retrier::new(exact, sleep).with_clock(now);
+        r.observe_key(Some("sk_live_a"), &spent);
+        assert_eq!(block_on(r.pace_key(Some("sk_live_b"))), None);
+        assert_eq!(
+            block_on(r.pace_key(None)),
+            None,
+            "no key: the keyless pacer"
+        );
+        assert_eq!(block_on(r.pace()), None);
+        assert_eq!(
+            block_on(r.pace_key(Some("sk_live_a"))),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(*log.lock().unwrap(), [Duration::from_secs(30)]);
+        // Another retrier sharing the pacers sees the same hold; one that does not, none.
+        let (_, sleep) = recorder();
+        let shared = Retrier::new(RetryPolicy::default(), sleep)
+            .with_clock(now)
+            .with_pacers(Arc::clone(r.pacers()));
+        assert!(block_on(shared.pace_key(Some("sk_live_a"))).is_some());
+        let (_, sleep) = recorder();
+        let alone = Retrier::new(RetryPolicy::default(), sleep).with_clock(now);
+        assert_eq!(block_on(alone.pace_key(Some("sk_live_a"))), None);
+        // The keyless loop's hold holds no key.
+        r.observe(&spent);
+        assert!(block_on(r.pace()).is_some());
+        assert_eq!(block_on(r.pace_key(Some("sk_live_b"))), None);
+        assert!(Arc::ptr_eq(&r.pacer_for(None), r.pacer()));
+        assert!(format!("{r:?}").contains("keys_paced: 2"), "a and b");
     }
 
     #[test]
