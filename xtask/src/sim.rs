@@ -465,6 +465,10 @@ pub struct Outcome {
     pub succeeded: u64,
     /// Requests that succeeded before the horizon (while requests still arrived).
     pub succeeded_in_run: u64,
+    /// Requests that succeeded within 10 s of their arrival.
+    pub succeeded_within_10s: u64,
+    /// Requests that succeeded within 60 s of their arrival.
+    pub succeeded_within_60s: u64,
     /// 429 answers the clients received.
     pub rejected_429: u64,
     /// The most attempts in one second, as a multiple of the normal capacity.
@@ -507,6 +511,18 @@ impl Outcome {
     #[allow(clippy::cast_precision_loss, reason = "counts far below 2^53")]
     pub fn drain_share(&self) -> f64 {
         (self.succeeded - self.succeeded_in_run) as f64 / self.offered.max(1) as f64
+    }
+
+    /// Share of requests that succeeded within 10 s of arriving.
+    #[allow(clippy::cast_precision_loss, reason = "counts far below 2^53")]
+    pub fn success_within_10s(&self) -> f64 {
+        self.succeeded_within_10s as f64 / self.offered.max(1) as f64
+    }
+
+    /// Share of requests that succeeded within 60 s of arriving.
+    #[allow(clippy::cast_precision_loss, reason = "counts far below 2^53")]
+    pub fn success_within_60s(&self) -> f64 {
+        self.succeeded_within_60s as f64 / self.offered.max(1) as f64
     }
 
     /// Share of requests that succeeded (the drain included).
@@ -581,6 +597,7 @@ pub fn run(fleet: Fleet, scenario: &Scenario, model: ServerModel, policy_name: &
     let mut goodput = vec![0u64; seconds];
     let mut windows: Vec<(u64, u32)> = vec![(u64::MAX, 0); fleet.clients as usize];
     let mut latencies = Vec::new();
+    let (mut within_10s, mut within_60s) = (0u64, 0u64);
     let (mut attempts_total, mut succeeded, mut in_run, mut rejected) = (0u64, 0u64, 0u64, 0u64);
     let mut server = Queue { free_at: 0.0 };
     while let Some(Reverse(mut e)) = queue.pop() {
@@ -713,6 +730,8 @@ pub fn run(fleet: Fleet, scenario: &Scenario, model: ServerModel, policy_name: &
             }
             let took = done - e.started;
             latencies.push(took);
+            within_10s += u64::from(took <= 10_000);
+            within_60s += u64::from(took <= 60_000);
             if took <= USER_OK_MS {
                 arrived_ok[(e.started / 1000) as usize] += 1;
             }
@@ -761,6 +780,8 @@ pub fn run(fleet: Fleet, scenario: &Scenario, model: ServerModel, policy_name: &
         attempts: attempts_total,
         succeeded,
         succeeded_in_run: in_run,
+        succeeded_within_10s: within_10s,
+        succeeded_within_60s: within_60s,
         rejected_429: rejected,
         peak_load: peak / capacity,
         peak_over_limits,
