@@ -815,6 +815,13 @@ fn the_mock_serves_metrics_promtool_accepts_without_key_material() {
         r#"overten_idempotency_requests_total{outcome="replayed"} 1"#,
         "# TYPE overten_store_operation_duration_seconds histogram",
         "# TYPE overten_gateway_runs_in_progress gauge",
+        // The async POST made one task, and it failed (`/errors/gone`): the replay made none.
+        r#"overten_tasks_total{outcome="created"} 1"#,
+        r#"overten_tasks_total{outcome="failed"} 1"#,
+        r#"overten_store_operation_duration_seconds_count{store="tasks",operation="create",outcome="ok"} 1"#,
+        // Every metric is described (`metrics::describe`).
+        "# HELP overten_tasks_total Async tasks, by what became of them",
+        "# HELP overten_idempotency_requests_total Requests with an Idempotency-Key, by outcome",
     ] {
         assert!(text.contains(line), "missing {line}\n{text}");
     }
