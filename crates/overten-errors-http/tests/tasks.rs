@@ -35,6 +35,7 @@ struct Seen {
     method: String,
     path: String,
     key: Option<String>,
+    auth: Option<String>,
     body: Vec<u8>,
 }
 
@@ -89,6 +90,10 @@ async fn server(script: Vec<(&str, Vec<Reply>)>) -> (SocketAddr, Shared) {
                 key: req
                     .headers()
                     .get("idempotency-key")
+                    .map(|v| v.to_str().unwrap().to_owned()),
+                auth: req
+                    .headers()
+                    .get("authorization")
                     .map(|v| v.to_str().unwrap().to_owned()),
                 body: req.body().to_vec(),
             });
@@ -194,11 +199,12 @@ async fn a_408_is_resubmitted_async_with_the_same_key_then_polled_to_its_result(
     ])
     .await;
     let (tasks, sleeps) = tasks();
+    let submit = tasks
+        .client()
+        .post(format!("http://{addr}/gen"))
+        .bearer_auth("sk_live_k1");
     let got: Value = tasks
-        .post(
-            format!("http://{addr}/gen"),
-            &json!({"prompt": "p", "n": 1}),
-        )
+        .post_with(submit, &json!({"prompt": "p", "n": 1}))
         .await
         .unwrap();
     assert_eq!(got, json!({"file": "q3.xlsx"}));
@@ -224,6 +230,17 @@ async fn a_408_is_resubmitted_async_with_the_same_key_then_polled_to_its_result(
     );
     assert!(seen[0].key.is_some());
     assert_eq!(seen[0].key, seen[1].key, "one key for the logical request");
+    // Every request, the polls included, carries the caller's credentials: a task is
+    // answered only to its org's keys.
+    for s in &seen {
+        assert_eq!(
+            s.auth.as_deref(),
+            Some("Bearer sk_live_k1"),
+            "{} {}",
+            s.method,
+            s.path
+        );
+    }
     // No wait before the resubmission; the polls wait 1 s, 2 s, 4 s (no jitter).
     assert_eq!(*sleeps.lock().unwrap(), [1, 2, 4].map(Duration::from_secs));
 }

@@ -336,6 +336,12 @@ impl<S: Sleep> TaskClient<S> {
         let Some(template) = request.try_clone() else {
             return Err(CallError::Request("the request's body is a stream"));
         };
+        // The polls carry the submit's credentials (`Authorization`): a task belongs to an
+        // org, and the gateway answers its GET for that org's keys only.
+        let auth = template
+            .try_clone()
+            .and_then(|b| b.build().ok())
+            .and_then(|r| r.headers().get(http::header::AUTHORIZATION).cloned());
         let key = self.new_key();
         let keyed = |builder: reqwest_middleware::RequestBuilder| {
             builder
@@ -380,27 +386,51 @@ impl<S: Sleep> TaskClient<S> {
             let accepted: Accepted =
                 serde_json::from_slice(&body).map_err(|e| shape("the 202's body", &e))?;
             let task_url = self.task_url(&made_by, &accepted.task_id)?;
-            return self.poll_task(task_url, accepted.task_id).await;
+            let mut poll = self.client.get(task_url);
+            if let Some(auth) = auth {
+                poll = poll.header(http::header::AUTHORIZATION, auth);
+            }
+            return self.poll_task(poll, accepted.task_id).await;
         }
         json_or_error_limited(response, self.max_result_bytes).await
     }
 
     /// Polls the task at `task_url` (`…/tasks/{task_id}`) until it is final (see
-    /// [`TaskClient`], step 3).
+    /// [`TaskClient`], step 3), with no headers of its own (a key set as a default header of
+    /// the `reqwest::Client` is sent); [`TaskClient::poll_with`] takes a request of yours.
     pub async fn poll<T: DeserializeOwned>(&self, task_url: reqwest::Url) -> Result<T, CallError> {
-        let task_id = task_url
-            .path_segments()
-            .and_then(Iterator::last)
-            .map(percent_decoded)
+        self.poll_with(self.client.get(task_url)).await
+    }
+
+    /// Polls with `request` (a `GET` of `…/tasks/{task_id}` with your headers, e.g.
+    /// `client.get(url).bearer_auth(key)`), sent again for every poll.
+    pub async fn poll_with<T: DeserializeOwned>(
+        &self,
+        request: reqwest_middleware::RequestBuilder,
+    ) -> Result<T, CallError> {
+        let task_id = request
+            .try_clone()
+            .and_then(|b| b.build().ok())
+            .and_then(|r| {
+                r.url()
+                    .path_segments()
+                    .and_then(Iterator::last)
+                    .map(percent_decoded)
+            })
             .unwrap_or_default();
-        self.poll_task(task_url, task_id).await
+        self.poll_task(request, task_id).await
     }
 
     async fn poll_task<T: DeserializeOwned>(
         &self,
-        task_url: reqwest::Url,
+        request: reqwest_middleware::RequestBuilder,
         task_id: String,
     ) -> Result<T, CallError> {
+        let task_url = request
+            .try_clone()
+            .and_then(|b| b.build().ok())
+            .map(|r| r.url().clone())
+            .ok_or(CallError::Request("the poll request cannot be built"))?;
         let started = Instant::now();
         let give_up = Duration::from_millis(self.schedule.give_up_after_ms);
         // Time spent polling: the waits taken or the clock, whichever is further (a sleep
@@ -428,7 +458,10 @@ impl<S: Sleep> TaskClient<S> {
             waited = waited.saturating_add(wait.min(left));
             self.sleep.sleep(wait.min(left)).await;
             polls = polls.saturating_add(1);
-            let response = self.client.get(task_url.clone()).send().await?;
+            let Some(poll) = request.try_clone() else {
+                return Err(CallError::Request("the poll request cannot be sent again"));
+            };
+            let response = poll.send().await?;
             if !response.status().is_success() {
                 return Err(api_error(response).await);
             }
