@@ -893,4 +893,108 @@ mod tests {
         assert_eq!(down.headers()[header::RETRY_AFTER], "7");
         drop(run);
     }
+
+    /// A store that fails every call, counting them.
+    #[derive(Default)]
+    struct Broken(std::sync::atomic::AtomicU64);
+
+    impl Broken {
+        fn fail<'a, T: Send + 'a>(&'a self) -> crate::BoxFuture<'a, Result<T, StoreError>> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Box::pin(std::future::ready(Err(StoreError::Timeout(
+                Duration::from_millis(250),
+            ))))
+        }
+    }
+
+    impl TaskStore for Broken {
+        fn create_task<'a>(
+            &'a self,
+            _: &'a TaskKey,
+            _: &'a TaskRecord,
+            _: Duration,
+        ) -> crate::BoxFuture<'a, Result<(), StoreError>> {
+            self.fail()
+        }
+        fn update_task<'a>(
+            &'a self,
+            _: &'a TaskKey,
+            _: &'a TaskRecord,
+            _: Duration,
+        ) -> crate::BoxFuture<'a, Result<bool, StoreError>> {
+            self.fail()
+        }
+        fn renew_task<'a>(
+            &'a self,
+            _: &'a TaskKey,
+            _: u64,
+            _: Duration,
+        ) -> crate::BoxFuture<'a, Result<bool, StoreError>> {
+            self.fail()
+        }
+        fn reap_task<'a>(
+            &'a self,
+            _: &'a TaskKey,
+            _: &'a TaskRecord,
+            _: u64,
+            _: Duration,
+        ) -> crate::BoxFuture<'a, Result<bool, StoreError>> {
+            self.fail()
+        }
+        fn read_task<'a>(
+            &'a self,
+            _: &'a TaskKey,
+        ) -> crate::BoxFuture<'a, Result<Option<TaskRecord>, StoreError>> {
+            self.fail()
+        }
+        fn abandon_task(&self, _: &TaskKey, _: TaskRecord, _: Duration) {}
+    }
+
+    #[test]
+    fn a_failing_store_is_a_503_an_outage_and_ids_that_cannot_be_are_not_looked_up() {
+        let broken = Arc::new(Broken::default());
+        let tasks = Tasks::new(broken.clone());
+        assert!(!tasks.config.outage.is_down());
+        let answer = block_on(tasks.answer("org_a", "task_1"));
+        assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(answer.headers()[header::RETRY_AFTER], "30");
+        assert!(
+            tasks.config.outage.is_down(),
+            "the failure is part of the outage's story"
+        );
+        assert!(block_on(tasks.create("org_a", None)).is_err());
+        let calls = broken.0.load(Ordering::SeqCst);
+        assert_eq!(calls, 2);
+        // Not an id (empty, too long, not visible ASCII): a 404 without a store call.
+        let too_long = "t".repeat(MAX_TASK_ID_BYTES + 1);
+        for id in ["", "task 1", "task_\u{7f}", "tâsk", too_long.as_str()] {
+            assert_eq!(block_on(tasks.read("org_a", id)).unwrap(), None, "{id:?}");
+        }
+        assert_eq!(broken.0.load(Ordering::SeqCst), calls);
+        // The longest id is looked up.
+        let longest = "t".repeat(MAX_TASK_ID_BYTES);
+        assert!(block_on(tasks.read("org_a", &longest)).is_err());
+        assert_eq!(broken.0.load(Ordering::SeqCst), calls + 1);
+    }
+
+    #[test]
+    fn the_defaults_are_the_documented_ones() {
+        // docs/gateway.md, Async tasks: a 30 s lease, kept 24 h, results up to 1 MiB.
+        let tasks = Tasks::new(Arc::new(MemoryTaskStore::new()));
+        assert_eq!(tasks.config.lease, Duration::from_secs(30));
+        assert_eq!(tasks.config.retention, Duration::from_secs(24 * 60 * 60));
+        assert_eq!(tasks.config.max_result_bytes, 1_048_576);
+        assert_eq!(tasks.config.retry_after, Duration::from_secs(30));
+        let shown = format!("{tasks:?}");
+        assert!(
+            shown.starts_with("Tasks {") && shown.contains("lease: 30s"),
+            "{shown}"
+        );
+        let run = block_on(tasks.create("org_a", None)).unwrap();
+        let shown = format!("{run:?}");
+        assert!(
+            shown.contains(run.id()) && shown.contains("Queued"),
+            "{shown}"
+        );
+    }
 }
