@@ -365,11 +365,59 @@ async fn without_the_retry_middleware_the_408_is_read_here() {
         .await
         .unwrap();
     assert_eq!(got["file"], "q3.xlsx");
-    let seen = seen(&state);
-    assert_eq!(seen.len(), 3);
+    let first = seen(&state);
+    assert_eq!(first.len(), 3);
     assert_eq!(
-        serde_json::from_slice::<Value>(&seen[1].body).unwrap(),
+        serde_json::from_slice::<Value>(&first[1].body).unwrap(),
         json!({"a": 1, "async": true})
+    );
+    // Any other error is the typed error, never a resubmission.
+    let (addr, state) = server(vec![(
+        "/gen",
+        vec![
+            error(ApiError::from(ErrorCode::InternalError)),
+            reply(202, ACCEPTED),
+        ],
+    )])
+    .await;
+    match tasks
+        .post::<Value, _>(format!("http://{addr}/gen"), &json!({"a": 1}))
+        .await
+    {
+        Err(CallError::Api(e)) => assert_eq!(e.code(), &ErrorCode::InternalError),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(seen(&state).len(), 1);
+}
+
+#[tokio::test]
+async fn the_client_it_hands_out_is_the_one_with_the_middleware() {
+    let (addr, _) = server(vec![(
+        "/gone",
+        vec![error(ApiError::from(ErrorCode::Gone))],
+    )])
+    .await;
+    let decided = Arc::new(Mutex::new(0));
+    let (_, sleep) = sleeper();
+    let d = Arc::clone(&decided);
+    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(
+            RetryMiddleware::new(Retrier::new(RetryPolicy::default(), sleep.clone()))
+                .on_decision(move |_| *d.lock().unwrap() += 1),
+        )
+        .build();
+    let tasks = TaskClient::new(client, sleep);
+    let r = tasks
+        .client()
+        .get(format!("http://{addr}/gone"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 410);
+    assert_eq!(
+        *decided.lock().unwrap(),
+        1,
+        "the middleware decided on the 410"
     );
 }
 

@@ -860,6 +860,10 @@ mod tests {
         let failure =
             TaskFailure::parse(&block_on(tasks.read("org_a", &id)).unwrap().unwrap()).unwrap();
         assert_eq!(failure.error.code, Code::Known(ErrorCode::InternalError));
+        assert_eq!(
+            failure.error.message,
+            "The task's result is larger than the API keeps"
+        );
         assert_eq!(failure.credits_used, 1);
         // Just within: kept.
         let run = block_on(tasks.create("org_a", None)).unwrap();
@@ -995,6 +999,154 @@ mod tests {
         assert!(
             shown.contains(run.id()) && shown.contains("Queued"),
             "{shown}"
+        );
+    }
+
+    #[test]
+    fn spawn_answers_202_and_records_what_the_work_ends_with() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let tasks = Tasks::new(Arc::new(MemoryTaskStore::new()));
+            let id_of = |r: TaskResponse| async move {
+                use http_body_util::BodyExt;
+                assert_eq!(r.status(), StatusCode::ACCEPTED);
+                let body = r.into_body().collect().await.unwrap().to_bytes();
+                let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                assert_eq!(
+                    (&v["success"], &v["status"]),
+                    (&true.into(), &"queued".into())
+                );
+                v["task_id"].as_str().unwrap().to_owned()
+            };
+            let ok = id_of(
+                tasks
+                    .spawn("org_a", None, async {
+                        Ok(Outcome::new(serde_json::json!({"file": "a"})).credits_used(2))
+                    })
+                    .await,
+            )
+            .await;
+            let failed = id_of(
+                tasks
+                    .spawn("org_a", None, async {
+                        Err::<Outcome<()>, _>(ApiError::new(ErrorCode::UpstreamError, "down"))
+                    })
+                    .await,
+            )
+            .await;
+            // The work runs on the runtime: give it its turn.
+            for _ in 0..100 {
+                tokio::task::yield_now().await;
+            }
+            let read = |id: String| {
+                let tasks = tasks.clone();
+                async move {
+                    let body = tasks.read("org_a", &id).await.unwrap().unwrap();
+                    serde_json::from_slice::<serde_json::Value>(&body).unwrap()
+                }
+            };
+            let done = read(ok).await;
+            assert_eq!(
+                (
+                    &done["status"],
+                    &done["result"]["file"],
+                    &done["credits_used"]
+                ),
+                (&"succeeded".into(), &"a".into(), &2.into())
+            );
+            let gone = read(failed).await;
+            assert_eq!(
+                (
+                    &gone["status"],
+                    &gone["error"]["code"],
+                    &gone["error"]["message"]
+                ),
+                (&"failed".into(), &"upstream_error".into(), &"down".into())
+            );
+        });
+    }
+
+    /// A store whose `keep_task_renewed` hands out a renewal that says when it stops.
+    struct Renewing(Arc<std::sync::atomic::AtomicBool>);
+
+    impl TaskStore for Renewing {
+        fn create_task<'a>(
+            &'a self,
+            _: &'a TaskKey,
+            _: &'a TaskRecord,
+            _: Duration,
+        ) -> crate::BoxFuture<'a, Result<(), StoreError>> {
+            Box::pin(std::future::ready(Ok(())))
+        }
+        fn update_task<'a>(
+            &'a self,
+            _: &'a TaskKey,
+            _: &'a TaskRecord,
+            _: Duration,
+        ) -> crate::BoxFuture<'a, Result<bool, StoreError>> {
+            Box::pin(std::future::ready(Ok(true)))
+        }
+        fn renew_task<'a>(
+            &'a self,
+            _: &'a TaskKey,
+            _: u64,
+            _: Duration,
+        ) -> crate::BoxFuture<'a, Result<bool, StoreError>> {
+            Box::pin(std::future::ready(Ok(true)))
+        }
+        fn reap_task<'a>(
+            &'a self,
+            _: &'a TaskKey,
+            _: &'a TaskRecord,
+            _: u64,
+            _: Duration,
+        ) -> crate::BoxFuture<'a, Result<bool, StoreError>> {
+            Box::pin(std::future::ready(Ok(false)))
+        }
+        fn read_task<'a>(
+            &'a self,
+            _: &'a TaskKey,
+        ) -> crate::BoxFuture<'a, Result<Option<TaskRecord>, StoreError>> {
+            Box::pin(std::future::ready(Ok(None)))
+        }
+        fn abandon_task(&self, _: &TaskKey, _: TaskRecord, _: Duration) {}
+        fn leases(&self) -> bool {
+            true
+        }
+        fn keep_task_renewed(
+            &self,
+            _: &TaskKey,
+            _: Duration,
+            _: Duration,
+        ) -> Option<crate::Renewal> {
+            let stopped = Arc::clone(&self.0);
+            Some(crate::Renewal::new(move || {
+                stopped.store(true, Ordering::SeqCst);
+            }))
+        }
+    }
+
+    #[test]
+    fn a_run_renews_its_task_until_it_ends_through_any_arc() {
+        fn through<S: TaskStore>(store: S) -> Tasks {
+            Tasks::new(Arc::new(store))
+        }
+        let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // The store behind one more `Arc` (its blanket impl forwards every method).
+        let tasks = through(Arc::new(Renewing(Arc::clone(&stopped))));
+        assert!(tasks.config.store.leases());
+        let run = block_on(tasks.create("org_a", None)).unwrap();
+        assert!(
+            !stopped.load(Ordering::SeqCst),
+            "renewed while the run lives"
+        );
+        assert!(block_on(run.succeed(&1, 0)).unwrap());
+        assert!(
+            stopped.load(Ordering::SeqCst),
+            "and no longer once it ended"
         );
     }
 }

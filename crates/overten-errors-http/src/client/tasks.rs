@@ -497,3 +497,90 @@ impl<S: Sleep> TaskClient<S> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_are_percent_decoded_and_broken_escapes_kept() {
+        for (raw, decoded) in [
+            ("task_1", "task_1"),
+            ("a%2Fb", "a/b"),
+            ("%41%42c", "ABc"),
+            ("%c3%A9", "é"),
+            ("%zz%4", "%zz%4"),
+            ("%", "%"),
+            ("x%2", "x%2"),
+            ("%2F%", "/%"),
+            ("%FF", "%FF"),
+        ] {
+            assert_eq!(percent_decoded(raw), decoded, "{raw}");
+        }
+    }
+
+    /// A body of `chunks`, without a length (chunked), as a reqwest response.
+    fn streamed(chunks: &[&'static [u8]]) -> reqwest::Response {
+        struct Chunks(std::collections::VecDeque<&'static [u8]>);
+        impl http_body::Body for Chunks {
+            type Data = bytes::Bytes;
+            type Error = std::convert::Infallible;
+            fn poll_frame(
+                mut self: std::pin::Pin<&mut Self>,
+                _: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>>
+            {
+                std::task::Poll::Ready(
+                    self.0
+                        .pop_front()
+                        .map(|c| Ok(http_body::Frame::data(bytes::Bytes::from_static(c)))),
+                )
+            }
+        }
+        let body = reqwest::Body::wrap(Chunks(chunks.iter().copied().collect()));
+        reqwest::Response::from(http::Response::new(body))
+    }
+
+    fn sized(body: &'static [u8]) -> reqwest::Response {
+        let mut r = http::Response::new(reqwest::Body::from(body));
+        r.headers_mut()
+            .insert(http::header::CONTENT_LENGTH, body.len().into());
+        reqwest::Response::from(r)
+    }
+
+    #[test]
+    fn bodies_are_read_up_to_the_limit_and_not_a_byte_more() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let read =
+                |r, max| async move { body_limited(r, max).await.map_err(|e| e.to_string()) };
+            assert_eq!(read(streamed(&[b"abc", b"de"]), 5).await.unwrap(), b"abcde");
+            assert_eq!(
+                read(streamed(&[b"abc", b"def"]), 5).await.unwrap_err(),
+                "unexpected response: the body is larger than 5 bytes"
+            );
+            assert_eq!(read(streamed(&[b"ab", b"c"]), 3).await.unwrap(), b"abc");
+            assert_eq!(read(sized(b"abcde"), 5).await.unwrap(), b"abcde");
+            assert!(
+                read(sized(b"abcdef"), 5).await.is_err(),
+                "a Content-Length over the limit"
+            );
+        });
+    }
+
+    #[test]
+    fn a_task_client_shows_its_settings_not_its_client() {
+        let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new()).build();
+        let tasks = TaskClient::new(client, |_: Duration| std::future::ready(()))
+            .tasks_at("http://127.0.0.1:1/v1/".parse().unwrap())
+            .max_result_bytes(7);
+        let shown = format!("{tasks:?}");
+        assert!(shown.starts_with("TaskClient {"), "{shown}");
+        assert!(
+            shown.contains("http://127.0.0.1:1/v1/") && shown.contains("max_result_bytes: 7"),
+            "{shown}"
+        );
+    }
+}
