@@ -335,6 +335,48 @@ async fn polling_waits_a_polls_retry_after_and_gives_up_after_the_schedules_time
 }
 
 #[tokio::test]
+async fn a_polls_http_date_is_waited_and_a_schedule_of_no_time_still_polls_once() {
+    let mut far = reply(200, RUNNING);
+    far.headers_mut().insert(
+        "retry-after",
+        "Thu, 31 Dec 2099 23:59:59 GMT".parse().unwrap(),
+    );
+    let (addr, _) = server(vec![
+        ("/gen", vec![reply(202, ACCEPTED), reply(202, ACCEPTED)]),
+        (
+            "/tasks/task_1",
+            vec![far, reply(200, RUNNING), reply(200, RUNNING)],
+        ),
+    ])
+    .await;
+    let (tasks, sleeps) = tasks();
+    let minute = tasks.poll_schedule(
+        PollSchedule::default()
+            .with_jitter(0.0)
+            .give_up_after(Duration::from_secs(60)),
+    );
+    match minute
+        .post::<Value, _>(format!("http://{addr}/gen"), &json!({}))
+        .await
+    {
+        Err(CallError::StillRunning { polls, .. }) => assert_eq!(polls, 2),
+        other => panic!("{other:?} {:?}", sleeps.lock().unwrap()),
+    }
+    // The date is decades away: the wait is what is left of the minute.
+    assert_eq!(*sleeps.lock().unwrap(), [1, 59].map(Duration::from_secs));
+    let (tasks, sleeps) = self::tasks();
+    let none = tasks.poll_schedule(PollSchedule::default().give_up_after(Duration::ZERO));
+    match none
+        .post::<Value, _>(format!("http://{addr}/gen"), &json!({}))
+        .await
+    {
+        Err(CallError::StillRunning { polls, .. }) => assert_eq!(polls, 1, "one look first"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(*sleeps.lock().unwrap(), [Duration::ZERO]);
+}
+
+#[tokio::test]
 async fn a_408_the_middleware_stops_on_is_not_resubmitted() {
     let (addr, state) = server(vec![("/gen", vec![ceiling()])]).await;
     // One attempt allowed: step 3 stops before step 4 would resubmit.

@@ -547,6 +547,30 @@ mod tests {
     }
 
     #[test]
+    fn expired_records_are_dropped_by_later_writes_and_rewritten_ones_kept() {
+        let store = MemoryTaskStore::new();
+        let short = Duration::from_millis(20);
+        let (gone, kept) = (TaskKey::new("org", "gone"), TaskKey::new("org", "kept"));
+        block_on(store.create_task(&gone, &record(TaskStatus::Succeeded, "s"), short)).unwrap();
+        // Written with a short expiry, then again with a long one: the first heap item is
+        // stale, and must not take the record with it.
+        block_on(store.create_task(&kept, &record(TaskStatus::Queued, "q"), short)).unwrap();
+        assert!(
+            block_on(store.update_task(&kept, &record(TaskStatus::Running, "r"), HOUR)).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(30));
+        let other = TaskKey::new("org", "other");
+        block_on(store.create_task(&other, &record(TaskStatus::Queued, "o"), HOUR)).unwrap();
+        assert_eq!(
+            store.len(),
+            2,
+            "the expired record was dropped, not just hidden"
+        );
+        assert_eq!(block_on(store.read_task(&kept)).unwrap().unwrap().view, "r");
+        assert_eq!(store.lock().bytes, 2);
+    }
+
+    #[test]
     fn a_full_store_makes_room_from_finished_tasks_and_refuses_when_none_is() {
         let store = MemoryTaskStore::new();
         {
