@@ -203,6 +203,10 @@ struct Map {
     bytes: usize,
 }
 
+/// The longest a memory record is kept, whatever the ttl asked (an `Instant` far ahead
+/// would overflow): 400 days.
+const MAX_TTL: Duration = Duration::from_secs(400 * 24 * 60 * 60);
+
 /// Items of the expiry heap a write looks at.
 const SWEEP_EACH: usize = 2;
 /// Items a write into a full store looks at before it answers [`StoreError::Full`].
@@ -258,7 +262,7 @@ impl Map {
     }
 
     fn put(&mut self, key: TaskKey, record: TaskRecord, ttl: Duration, now: Instant) {
-        let expires = now + ttl.min(Duration::from_secs(400 * 86_400));
+        let expires = now + ttl.min(MAX_TTL);
         self.remove(&key);
         self.bytes += record.view.len();
         if record.status.is_final() {
@@ -653,5 +657,41 @@ mod tests {
                 proptest::prop_assert_eq!(&read, &model);
             }
         }
+    }
+
+    #[test]
+    fn the_byte_bound_is_exact_and_a_ttl_is_capped() {
+        let store = MemoryTaskStore::new();
+        // One MiB shared by every record (`Bytes` clones share memory): the count is what
+        // the records declare.
+        let mib = Bytes::from(vec![b'x'; 1024 * 1024]);
+        let running = |view: Bytes| TaskRecord::new(TaskStatus::Running, u64::MAX, 1, view);
+        for i in 0..255 {
+            let key = TaskKey::new("org", &i.to_string());
+            block_on(store.create_task(&key, &running(mib.clone()), HOUR)).unwrap();
+        }
+        // 255 MiB held: one more MiB less a byte fits, then one byte more, and no more.
+        let almost = mib.slice(1..);
+        block_on(store.create_task(&TaskKey::new("org", "a"), &running(almost), HOUR)).unwrap();
+        block_on(store.create_task(&TaskKey::new("org", "b"), &running(mib.slice(..1)), HOUR))
+            .unwrap();
+        assert_eq!(store.lock().bytes, MemoryTaskStore::MAX_BYTES);
+        assert!(matches!(
+            block_on(store.create_task(&TaskKey::new("org", "c"), &running(mib.slice(..1)), HOUR)),
+            Err(StoreError::Full)
+        ));
+        // An empty body still fits: the bound is on bytes (and records), not on calls.
+        block_on(store.create_task(&TaskKey::new("org", "d"), &running(Bytes::new()), HOUR))
+            .unwrap();
+        // A ttl past 400 days is kept 400 days, and never overflows.
+        let now = Instant::now();
+        let key = TaskKey::new("org", "forever");
+        store
+            .lock()
+            .put(key, running(Bytes::new()), Duration::MAX, now);
+        assert_eq!(
+            store.lock().tasks[&key].expires - now,
+            Duration::from_secs(400 * 86_400)
+        );
     }
 }
