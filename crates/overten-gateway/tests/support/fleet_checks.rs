@@ -252,6 +252,44 @@ pub async fn tasks_are_shared_and_reaped(url: &str) {
                 );
             }
         }
+        // A task's lease starts when it is made (a replica that dies at once still frees it).
+        let now_ms = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as u64
+        };
+        // (A long lease here: the abandonment below must be told from a reaping.)
+        let patient = Tasks::new(one.clone()).lease(Duration::from_secs(10));
+        let fresh = patient.create("org_t", None).await.unwrap();
+        let raw = one
+            .read_task(&TaskKey::new("org_t", fresh.id()))
+            .await
+            .unwrap()
+            .unwrap();
+        let ahead = raw.lease_until_ms.saturating_sub(now_ms());
+        assert!(
+            (9_000..=10_000).contains(&ahead),
+            "lease ends {ahead} ms ahead"
+        );
+        // A run dropped unfinished (its work panicked, was cancelled): failed at once, by
+        // its own replica, not at its lease's end.
+        let id = fresh.id().to_owned();
+        drop(fresh);
+        let mut abandoned = None;
+        for _ in 0..1_000 {
+            let got = read(&b, "org_t", id.clone()).await.unwrap();
+            if got["status"] == "failed" {
+                abandoned = Some(got);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let abandoned = abandoned.expect("the dropped run's task failed");
+        assert_eq!(
+            abandoned["error"]["message"],
+            overten_gateway::ABANDONED_MESSAGE
+        );
         // A live task renews its lease: still running after several leases.
         let live = a.create("org_t", None).await.unwrap();
         tokio::time::sleep(lease * 3).await;
