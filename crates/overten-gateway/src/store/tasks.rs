@@ -694,4 +694,22 @@ mod tests {
             Duration::from_secs(400 * 86_400)
         );
     }
+
+    #[test]
+    fn heaps_stay_bounded_however_often_a_task_is_written() {
+        let store = MemoryTaskStore::new();
+        assert!(store.is_empty());
+        let key = TaskKey::new("org", "busy");
+        block_on(store.create_task(&key, &record(TaskStatus::Running, "r"), HOUR)).unwrap();
+        assert!(!store.is_empty());
+        // Each renewal leaves a stale heap item behind; past four per record allowed, the
+        // heaps are rebuilt from the records.
+        let bound = 4 * MemoryTaskStore::MAX_TASKS;
+        for i in 0..=bound as u64 {
+            assert!(block_on(store.renew_task(&key, i, HOUR)).unwrap());
+        }
+        let map = store.lock();
+        assert!(map.expiry.len() <= bound, "{}", map.expiry.len());
+        assert_eq!(map.tasks.len(), 1);
+    }
 }
