@@ -19,8 +19,9 @@ cd "$root"
 export CARGO_TARGET_DIR="$root/target/publish-check"
 rm -rf "$CARGO_TARGET_DIR"
 cargo_home=${CARGO_HOME:-$HOME/.cargo}
-rm -rf "$cargo_home"/registry/src/*/overten-errors-[0-9]* "$cargo_home"/registry/src/*/overten-errors-*-[0-9]* \
-       "$cargo_home"/registry/cache/*/overten-errors-[0-9]*.crate "$cargo_home"/registry/cache/*/overten-errors-*-[0-9]*.crate
+# Every crate of the workspace (overten-errors, overten-errors-http, overten-gateway, …):
+# a pattern per prefix missed overten-gateway once, and its stale copy failed the CLI's check.
+rm -rf "$cargo_home"/registry/src/*/overten-*-[0-9]* "$cargo_home"/registry/cache/*/overten-*-[0-9]*.crate
 
 echo "== cargo publish --workspace --exclude xtask --dry-run (nothing is uploaded)"
 cargo publish --workspace --exclude xtask --dry-run
