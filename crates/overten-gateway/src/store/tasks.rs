@@ -298,7 +298,9 @@ impl Map {
 }
 
 /// Tasks in this process's memory, for one replica (or tests). Leases are not kept: a task's
-/// owner is this process, and when it stops the store goes with it. At most
+/// owner is this process, and when it stops the store goes with it. (So a `TaskRun` leaked
+/// with `mem::forget`, which neither ends nor drops, leaves its task `running` until the
+/// retention ends; dropping one marks it failed.) At most
 /// [`MemoryTaskStore::MAX_TASKS`] records and [`MemoryTaskStore::MAX_BYTES`] of bodies;
 /// when full, finished tasks closest to their expiry make room, a few a call; a store full
 /// of unfinished tasks answers [`StoreError::Full`]. Every call does a bounded amount of
