@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use redis::Script;
 
+use super::redis::millis;
 use super::{
     BoxFuture, Claim, ClaimToken, Fingerprint, IdempotencyStore, RecordKey, RedisStore, StoreError,
     StoredResponse,
@@ -51,10 +52,6 @@ return 0
 ",
     )
 });
-
-fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
-}
 
 impl RedisStore {
     fn record_key(&self, key: &RecordKey) -> String {
@@ -105,7 +102,7 @@ impl IdempotencyStore for RedisStore {
                 .key(self.record_key(key))
                 .arg(fingerprint.hex())
                 .arg(token.hex())
-                .arg(ms(lease));
+                .arg(millis(lease));
             let answer: Vec<u8> = self
                 .bounded(|mut conn| async move { invocation.invoke_async(&mut conn).await })
                 .await?;
@@ -139,7 +136,7 @@ impl IdempotencyStore for RedisStore {
                 .arg(fp)
                 .arg(token.hex())
                 .arg(record)
-                .arg(ms(retention));
+                .arg(millis(retention));
             let _: i64 = self
                 .bounded(|mut conn| async move { invocation.invoke_async(&mut conn).await })
                 .await?;

@@ -177,7 +177,9 @@ where
     Some(Renewal::new(move || task.abort()))
 }
 
-fn millis(d: Duration) -> u64 {
+/// Whole milliseconds for Redis (`PX`, `PEXPIRE`), at least 1 (0 would mean "no expiry"
+/// or an error), at most `u64::MAX`.
+pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 

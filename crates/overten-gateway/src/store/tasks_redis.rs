@@ -12,6 +12,7 @@ use bytes::Bytes;
 use overten_errors::TaskStatus;
 use redis::Script;
 
+use super::redis::millis;
 use super::{BoxFuture, RedisStore, Renewal, StoreError, TaskKey, TaskRecord, TaskStore};
 
 /// KEYS: the task. ARGV: status, lease, created, view, ttl ms. Creates it if absent.
@@ -68,10 +69,6 @@ return 1
     )
 });
 
-fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
-}
-
 impl RedisStore {
     fn task_key(&self, key: &TaskKey) -> String {
         format!("{}task:{}", self.prefix, key.hex())
@@ -92,7 +89,7 @@ impl RedisStore {
             .arg(record.lease_until_ms)
             .arg(record.created_ms)
             .arg(record.view.as_ref())
-            .arg(ms(ttl));
+            .arg(millis(ttl));
         if let Some(now) = now_ms {
             invocation.arg(now);
         }
@@ -165,7 +162,7 @@ impl TaskStore for RedisStore {
             invocation
                 .key(self.task_key(key))
                 .arg(lease_until_ms)
-                .arg(ms(ttl));
+                .arg(millis(ttl));
             let done: i64 = self
                 .bounded(|mut conn| async move { invocation.invoke_async(&mut conn).await })
                 .await?;
@@ -223,8 +220,8 @@ impl TaskStore for RedisStore {
         super::redis::renew_every(lease, move || {
             let store = store.clone();
             async move {
-                let until =
-                    crate::tasks::unix_ms(std::time::SystemTime::now()).saturating_add(ms(lease));
+                let until = crate::tasks::unix_ms(std::time::SystemTime::now())
+                    .saturating_add(millis(lease));
                 let renewed = store.renew_task(&key, until, ttl).await;
                 if let Ok(false) = renewed {
                     tracing::warn!(
