@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 pub mod compat;
 mod fixtures;
 mod markdown;
+mod python;
 mod retry_md;
 pub mod sim;
 pub mod storms;
@@ -50,6 +51,14 @@ pub fn generate() -> BTreeMap<PathBuf, String> {
     files.insert("docs/errors.md".into(), markdown::errors_md());
     files.insert("docs/retry.md".into(), retry_md::retry_md());
     let catalog = serde_json::to_value(overten_errors_schema::catalog()).unwrap_or_default();
+    files.insert(
+        python::PATH.into(),
+        python::module(
+            &catalog,
+            overten_errors::NOT_REPLAY_SAFE,
+            &retry_md::not_an_error(),
+        ),
+    );
     files.insert("docs/catalog.json".into(), json_file(catalog));
     for (path, value) in [
         (

@@ -186,7 +186,7 @@ pub(crate) fn retry_md() -> String {
 }
 
 /// The reason a 2xx (a status in no row) stops with, read from the decision itself.
-fn not_an_error() -> String {
+pub(crate) fn not_an_error() -> String {
     let err = ApiError::received(overten_errors::Code::Missing, 200, "m");
     match RetryPolicy::default().decide(&err, 1, std::time::SystemTime::UNIX_EPOCH, &mut || 0) {
         Advice::Stop(overten_errors::StopReason::Permanent { fix }) => fix.to_owned(),

@@ -1,0 +1,253 @@
+"""The retry decision: the steps of `docs/retry.md`, in order, and the retry budget."""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ._catalog import BUDGET, NOT_AN_ERROR, NOT_REPLAY_SAFE, OTHER_STATUSES, STATUS_RULES
+from ._types import Rule
+from .policy import MAX_SAFE_INTEGER, Policy, unit
+from .reading import CODES_BY_NAME, Received
+
+#: A source of uniform 64-bit draws (`random.getrandbits(64)`, or a fixed value in tests).
+Draw = Callable[[], int]
+
+Step = Literal[
+    "permanent",
+    "attempts",
+    "resubmit_async",
+    "retry_after",
+    "rate_limit_reset",
+    "rate_limit_default",
+    "wait_window",
+    "backoff",
+    "budget",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Advice:
+    """What to do after a failure: `action` is `retry` (after `after_ms`, on `basis`),
+    `resubmit_async`, or `stop` (for `reason`: `permanent` with a `fix`,
+    `attempts_exhausted` after `attempts`, `wait_too_long` with `requested_ms` over `max_ms`,
+    or `budget_exhausted`)."""
+
+    action: Literal["retry", "resubmit_async", "stop"]
+    after_ms: int | None = None
+    basis: str | None = None
+    reason: str | None = None
+    fix: str | None = None
+    attempts: int | None = None
+    requested_ms: int | None = None
+    max_ms: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The advice as `overten-errors classify --json` and the fixtures write it."""
+        out: dict[str, Any] = {"action": self.action}
+        for name in ("after_ms", "basis", "reason", "fix", "attempts", "requested_ms", "max_ms"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The advice and the step of `docs/retry.md` that gave it."""
+
+    advice: Advice
+    step: Step
+
+
+class RetryBudget:
+    """The retry budget (`docs/retry.md`, step 10): a token bucket shared by every request
+    of a client, across threads and asyncio tasks alike (one lock, held for a few
+    instructions, never across a wait)."""
+
+    __slots__ = ("_lock", "_tokens", "capacity", "retry_cost", "success_refill", "window_cost")
+
+    def __init__(
+        self,
+        capacity: int = BUDGET.capacity,
+        retry_cost: int = BUDGET.retry_cost,
+        window_cost: int = BUDGET.window_cost,
+        success_refill: int = BUDGET.success_refill,
+        tokens: int | None = None,
+    ) -> None:
+        for name, value in (
+            ("capacity", capacity),
+            ("retry_cost", retry_cost),
+            ("window_cost", window_cost),
+            ("success_refill", success_refill),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be a non-negative integer")
+        self.capacity = capacity
+        self.retry_cost = retry_cost
+        self.window_cost = window_cost
+        self.success_refill = success_refill
+        start = capacity if tokens is None else tokens
+        if isinstance(start, bool) or not isinstance(start, int) or start < 0:
+            raise ValueError("tokens must be a non-negative integer")
+        # Tokens above capacity hold capacity: the excess is dropped.
+        self._tokens = min(start, capacity)
+        self._lock = threading.Lock()
+
+    @property
+    def tokens(self) -> int:
+        """Tokens left now."""
+        with self._lock:
+            return self._tokens
+
+    def cost(self, advice: Advice) -> int:
+        """What a retry on this advice's basis costs."""
+        return self.window_cost if advice.basis == "wait_window" else self.retry_cost
+
+    def try_spend(self, cost: int) -> bool:
+        """Spends `cost` when that many tokens are left."""
+        with self._lock:
+            if self._tokens >= cost:
+                self._tokens -= cost
+                return True
+            return False
+
+    def on_success(self, attempt: int) -> None:
+        """A success to `attempt` (the first is 1): `success_refill` back after a first
+        attempt, `retry_cost` after retries, never past `capacity`."""
+        back = self.success_refill if attempt <= 1 else self.retry_cost
+        with self._lock:
+            self._tokens = min(self.capacity, self._tokens + back)
+
+    def __repr__(self) -> str:
+        return f"RetryBudget(tokens={self.tokens}, capacity={self.capacity})"
+
+
+def status_rule(status: int) -> tuple[Rule, str]:
+    """The status rule's row for `status`: its rule and why."""
+    for row in STATUS_RULES:
+        if row.first <= status <= row.last:
+            return row.retry, row.why
+    return OTHER_STATUSES, NOT_AN_ERROR
+
+
+def rule_of(received: Received) -> tuple[Rule, str]:
+    """Step 1: the known code's rule when it came with its own status, else the status
+    rule; with the fix (or why) a permanent stop reports."""
+    known = CODES_BY_NAME.get(received.code) if received.code is not None else None
+    if known is not None and known.status == received.status:
+        return known.retry, known.fix
+    return status_rule(received.status)
+
+
+def _stop_too_long(requested: int, policy: Policy) -> Advice:
+    return Advice(
+        "stop",
+        reason="wait_too_long",
+        requested_ms=min(requested, MAX_SAFE_INTEGER),
+        max_ms=policy.max_wait_ms,
+    )
+
+
+def _bound(wait_ms: int, basis: str, policy: Policy, draw: Draw) -> Advice:
+    if wait_ms > policy.max_wait_ms:
+        return _stop_too_long(wait_ms, policy)
+    base = max(wait_ms, policy.min_wait_ms)
+    spread = min(math.floor(float(base) * float(policy.wait_spread)), policy.wait_spread_max_ms)
+    extra = min(math.floor((spread + 1) * unit(draw())), spread) if spread > 0 else 0
+    return Advice("retry", after_ms=min(base + extra, policy.max_wait_ms), basis=basis)
+
+
+def _pay(advice: Advice, step: Step, budget: RetryBudget | None) -> Decision:
+    if advice.action == "retry" and budget is not None:
+        if not budget.try_spend(budget.cost(advice)):
+            return Decision(Advice("stop", reason="budget_exhausted"), "budget")
+    return Decision(advice, step)
+
+
+def _backoff(attempt: int, policy: Policy, draw: Draw) -> Advice:
+    n = min(attempt - 1, 1024)
+    try:
+        grown = float(policy.initial_delay_ms) * float(policy.multiplier) ** n
+    except OverflowError:
+        grown = math.inf
+    base = policy.max_delay_ms if grown >= policy.max_delay_ms else math.floor(grown)
+    after = math.floor(base * (1.0 - policy.jitter * unit(draw())))
+    return Advice("retry", after_ms=after, basis="backoff")
+
+
+def decide(
+    received: Received,
+    attempt: int,
+    now_ms: int,
+    draw: Draw,
+    policy: Policy | None = None,
+    budget: RetryBudget | None = None,
+) -> Decision:
+    """The steps of `docs/retry.md` for a response read by `classify` (or a failed task):
+    `attempt` is the attempt that just failed (the first is 1; 0 reads as 1), `now_ms` the
+    time in Unix milliseconds, `draw` a source of uniform 64-bit integers (read at most
+    once), `budget` the client's retry budget, if it keeps one (spent here on a retry)."""
+    p = policy if policy is not None else DEFAULT_POLICY
+    rule, why = rule_of(received)
+    # Step 2
+    if rule.action == "never":
+        return Decision(Advice("stop", reason="permanent", fix=why), "permanent")
+    # Step 3
+    attempt = max(attempt, 1)
+    if attempt >= p.max_attempts:
+        return Decision(Advice("stop", reason="attempts_exhausted", attempts=attempt), "attempts")
+    # Step 4
+    if rule.action == "resubmit_async":
+        return Decision(Advice("resubmit_async"), "resubmit_async")
+    # Step 5
+    if received.retry_after is not None:
+        wait = received.retry_after.wait_ms(now_ms)
+        return _pay(_bound(wait, "retry_after", p, draw), "retry_after", budget)
+    if rule.action == "retry_after":
+        rl = received.rate_limit
+        # Step 6
+        if rl is not None and rl.remaining == 0:
+            wait = max(0, rl.reset * 1000 - now_ms)
+            return _pay(_bound(wait, "rate_limit_reset", p, draw), "rate_limit_reset", budget)
+        # Step 7
+        advice = _bound(p.rate_limit_default_wait_ms, "rate_limit_default", p, draw)
+        return _pay(advice, "rate_limit_default", budget)
+    # Step 8
+    if rule.action == "wait":
+        lo, hi = min(rule.min_ms, rule.max_ms), max(rule.min_ms, rule.max_ms)
+        if lo > p.max_wait_ms:
+            return _pay(_stop_too_long(lo, p), "wait_window", budget)
+        hi = min(hi, p.max_wait_ms)
+        span = hi - lo
+        after = lo + min(math.floor((span + 1) * unit(draw())), span)
+        return _pay(Advice("retry", after_ms=after, basis="wait_window"), "wait_window", budget)
+    # Step 9
+    return _pay(_backoff(attempt, p, draw), "backoff", budget)
+
+
+_TRANSPORT = Received(status=500, code=None, message="", body_is_envelope=False,
+                      message_from_body=False)
+
+
+def decide_transport(
+    sent: bool,
+    replay_safe: bool,
+    attempt: int,
+    draw: Draw,
+    policy: Policy | None = None,
+    budget: RetryBudget | None = None,
+) -> Decision:
+    """`docs/retry.md`, *When no response came back*: `sent` whether the request may have
+    reached the server, `replay_safe` whether sending it twice is harmless."""
+    p = policy if policy is not None else DEFAULT_POLICY
+    if sent and not replay_safe:
+        return Decision(Advice("stop", reason="permanent", fix=NOT_REPLAY_SAFE), "permanent")
+    return decide(_TRANSPORT, attempt, 0, draw, p, budget)
+
+
+#: The default policy.
+DEFAULT_POLICY = Policy()

@@ -1,0 +1,181 @@
+"""Replays the golden fixtures of `docs/fixtures/` through this package: every kind
+(`http_response`, `task_failure`, `transport_failure`, `success`, `pacing`), each at the
+draws that reach both ends of a range (`docs/README.md`).
+
+    python -m overten_errors.fixtures docs
+
+prints one line per failure and `replay: N passed, N failed`; exits 1 on any failure or
+when no fixture was found.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .decision import Advice, RetryBudget, decide, decide_transport
+from .policy import Policy
+from .reading import CODES_BY_NAME, classify, rate_limit_of, read_failed_task
+from .retrier import Pacer
+
+#: The draws every range is checked at: its two ends (r = 0 and r = 2^64 - 1) and two more.
+DRAWS = (0, 2**64 - 1, 2**63, 12345678901234567)
+
+
+def _budget(spec: dict[str, Any]) -> RetryBudget:
+    return RetryBudget(
+        capacity=spec["capacity"],
+        retry_cost=spec["retry_cost"],
+        window_cost=spec["window_cost"],
+        success_refill=spec["success_refill"],
+        tokens=spec["tokens"],
+    )
+
+
+def _control_in_headers(fixture: dict[str, Any]) -> bool:
+    for _, value in fixture.get("response", {}).get("headers", []):
+        if any(c != "\t" and (ord(c) < 0x20 or ord(c) == 0x7F) for c in value):
+            return True
+    return False
+
+
+def _same_action(errors: list[str], advice: Advice, want: dict[str, Any], bits: int) -> None:
+    got = advice.to_json()
+    if "min_ms" not in want:
+        if got != want:
+            errors.append(f"action: got {got!r}, want {want!r}")
+        return
+    after = advice.after_ms if advice.after_ms is not None else -1
+    if not (
+        advice.action == want["action"]
+        and advice.basis == want["basis"]
+        and want["min_ms"] <= after <= want["max_ms"]
+    ):
+        errors.append(f"action: got {got!r}, want {want!r}")
+        return
+    # The ends of a range are the draws r = 0 and r = 2^64 - 1: a backoff is longest at
+    # u = 0, every other wait shortest.
+    low_first = want["basis"] != "backoff"
+    if bits == 0 and after != (want["min_ms"] if low_first else want["max_ms"]):
+        errors.append(f"delay at r = 0: got {after}")
+    if bits == 2**64 - 1 and after != (want["max_ms"] if low_first else want["min_ms"]):
+        errors.append(f"delay at r = 2^64 - 1: got {after}")
+
+
+def check(fixture: dict[str, Any], policy: Policy | None = None) -> list[str]:
+    """The ways this package differs from one fixture's `expect` (empty: it conforms)."""
+    p = policy if policy is not None else Policy()
+    errors: list[str] = []
+    expect = fixture["expect"]
+    kind = fixture["kind"]
+    request = fixture.get("request", {})
+    if _control_in_headers(fixture):
+        return ["a header value holds a control character: not a fixture"]
+    if kind == "pacing":
+        now_ms = request["now_unix"] * 1000
+        want = expect["hold_ms"]
+        rate_limit = rate_limit_of(fixture["response"]["headers"])
+        for bits in DRAWS:
+            pacer = Pacer(request.get("held_until_unix_ms", 0))
+            pacer.observe(rate_limit, now_ms, p, lambda b=bits: b)
+            got = pacer.hold_ms(now_ms, p)
+            if isinstance(want, dict):
+                if got is None or not want["min_ms"] <= got <= want["max_ms"]:
+                    errors.append(f"hold_ms: got {got!r}, want {want!r}")
+                if bits == 0 and got != want["min_ms"]:
+                    errors.append(f"hold_ms at r = 0: got {got!r}")
+                if bits == 2**64 - 1 and got != want["max_ms"]:
+                    errors.append(f"hold_ms at r = 2^64 - 1: got {got!r}")
+            elif got != want:
+                errors.append(f"hold_ms: got {got!r}, want {want!r}")
+        return errors
+    if kind == "success":
+        budget = _budget(request["budget"])
+        budget.on_success(request["attempt"])
+        if budget.tokens != expect["budget_tokens"]:
+            errors.append(f"budget_tokens: got {budget.tokens}, want {expect['budget_tokens']}")
+        return errors
+    if kind == "transport_failure":
+        failure = fixture["failure"]
+        for bits in DRAWS:
+            d = decide_transport(
+                failure["sent"],
+                failure["replay_safe"],
+                request["attempt"],
+                lambda b=bits: b,
+                p,
+                _budget(request["budget"]),
+            )
+            if d.step != expect["step"]:
+                errors.append(f"step: got {d.step!r}, want {expect['step']!r}")
+            _same_action(errors, d.advice, expect["action"], bits)
+        return errors
+    response = fixture["response"]
+    if kind == "task_failure":
+        received = read_failed_task(response["body"])
+        if received is None:
+            return ["not read as a failed task"]
+    else:
+        received = classify(response["status"], response["headers"], response["body"])
+
+    def same(what: str, got: object, want: object) -> None:
+        if got != want:
+            errors.append(f"{what}: got {got!r}, want {want!r}")
+
+    same("code", received.code, expect["code"])
+    same("known", received.code in CODES_BY_NAME, expect["known"])
+    same("status", received.status, expect["status"])
+    same("message", received.message, expect["message"])
+    same("request_id", received.request_id, expect["request_id"])
+    same("run_id", received.run_id, expect["run_id"])
+    same("task_id", received.task_id, expect["task_id"])
+    same("body_is_envelope", received.body_is_envelope, expect["body_is_envelope"])
+    same("message_from_body", received.message_from_body, expect["message_from_body"])
+    same("status_mismatch", received.status_mismatch, expect["status_mismatch"])
+    same("header_problems", list(received.header_problems), expect["header_problems"])
+    for bits in DRAWS:
+        d = decide(
+            received,
+            request["attempt"],
+            request["now_unix"] * 1000,
+            lambda b=bits: b,
+            p,
+            _budget(request["budget"]),
+        )
+        same("step", d.step, expect["step"])
+        _same_action(errors, d.advice, expect["action"], bits)
+    return errors
+
+
+def replay(docs: str) -> tuple[int, list[str]]:
+    """Replays every fixture under `docs/fixtures`: (fixtures checked, failure lines)."""
+    folder = os.path.join(docs, "fixtures")
+    checked = 0
+    failures: list[str] = []
+    for name in sorted(os.listdir(folder)):
+        if not name.endswith(".json"):
+            continue
+        with open(os.path.join(folder, name), encoding="utf-8") as f:
+            fixture = json.load(f)
+        checked += 1
+        failures.extend(f"FAIL {name}: {e}" for e in check(fixture))
+    return checked, failures
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m overten_errors.fixtures [DOCS]`."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    docs = args[0] if args else "docs"
+    checked, failures = replay(docs)
+    for line in failures:
+        print(line)
+    failed = len({line.split(":")[0] for line in failures})
+    print(f"replay: {checked - failed} passed, {failed} failed")
+    return 1 if failures or checked == 0 else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
