@@ -12,8 +12,30 @@ from typing import Any
 from overten_errors._catalog import CODES
 
 CODES_ = [c.code for c in CODES]
-STATUSES = [200, 201, 202, 302, 400, 401, 403, 404, 408, 409, 410, 413, 418, 422, 429, 500,
-            501, 502, 503, 504, 599, 100]
+STATUSES = [
+    200,
+    201,
+    202,
+    302,
+    400,
+    401,
+    403,
+    404,
+    408,
+    409,
+    410,
+    413,
+    418,
+    422,
+    429,
+    500,
+    501,
+    502,
+    503,
+    504,
+    599,
+    100,
+]
 DAYS = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
 LONG = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
@@ -21,8 +43,9 @@ MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", 
 
 def _date(rng: random.Random, now: int) -> str:
     at = datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(
-        seconds=rng.choice([now + rng.randint(-100, 400), rng.randint(0, 253402300799),
-                            now + rng.randint(0, 3)])
+        seconds=rng.choice(
+            [now + rng.randint(-100, 400), rng.randint(0, 253402300799), now + rng.randint(0, 3)]
+        )
     )
     wd = at.weekday() if rng.random() < 0.85 else rng.randrange(7)
     sec = at.second
@@ -34,11 +57,15 @@ def _date(rng: random.Random, now: int) -> str:
     day = at.day if rng.random() < 0.95 else rng.choice([0, 30, 31, 32])
     form = rng.randrange(3)
     if form == 0:
-        text = (f"{DAYS[wd]}, {day:02d} {MONTHS[at.month - 1]} {at.year:04d} "
-                f"{hh:02d}:{mm:02d}:{sec:02d} GMT")
+        text = (
+            f"{DAYS[wd]}, {day:02d} {MONTHS[at.month - 1]} {at.year:04d} "
+            f"{hh:02d}:{mm:02d}:{sec:02d} GMT"
+        )
     elif form == 1:
-        text = (f"{LONG[wd]}, {day:02d}-{MONTHS[at.month - 1]}-{at.year % 100:02d} "
-                f"{hh:02d}:{mm:02d}:{sec:02d} GMT")
+        text = (
+            f"{LONG[wd]}, {day:02d}-{MONTHS[at.month - 1]}-{at.year % 100:02d} "
+            f"{hh:02d}:{mm:02d}:{sec:02d} GMT"
+        )
     else:
         d = f"{day:2d}" if rng.random() < 0.8 else f"{day:02d}"
         text = f"{DAYS[wd]} {MONTHS[at.month - 1]} {d} {hh:02d}:{mm:02d}:{sec:02d} {at.year:04d}"
@@ -53,7 +80,7 @@ def _date(rng: random.Random, now: int) -> str:
         text = text.replace(" ", "", 1)
     elif r < 0.25:
         i = rng.randrange(len(text))
-        text = text[:i] + rng.choice("x9 :-,") + text[i + 1:]
+        text = text[:i] + rng.choice("x9 :-,") + text[i + 1 :]
     return text
 
 
@@ -80,8 +107,21 @@ def _number(rng: random.Random, big: int) -> str:
 
 
 def _request_id(rng: random.Random) -> str:
-    return rng.choice(["req_1", " req_2\t", "", "   ", "a" * 256, "a" * 257, "r é", "r id",
-                       "req_" + str(rng.randrange(10**6)), "~!", "\tx"])
+    return rng.choice(
+        [
+            "req_1",
+            " req_2\t",
+            "",
+            "   ",
+            "a" * 256,
+            "a" * 257,
+            "r é",
+            "r id",
+            "req_" + str(rng.randrange(10**6)),
+            "~!",
+            "\tx",
+        ]
+    )
 
 
 def headers(rng: random.Random, now: int) -> list[list[str]]:
@@ -90,9 +130,11 @@ def headers(rng: random.Random, now: int) -> list[list[str]]:
         out.append(["Retry-After", _retry_after(rng, now)])
     if rng.random() < 0.6:
         reset = str(now + rng.randint(-5, 400)) if rng.random() < 0.8 else _number(rng, 2**64 - 1)
-        trio = [["X-RateLimit-Limit", _number(rng, 2**32 - 1)],
-                ["X-RateLimit-Remaining", "0" if rng.random() < 0.5 else _number(rng, 2**32 - 1)],
-                ["X-RateLimit-Reset", reset]]
+        trio = [
+            ["X-RateLimit-Limit", _number(rng, 2**32 - 1)],
+            ["X-RateLimit-Remaining", "0" if rng.random() < 0.5 else _number(rng, 2**32 - 1)],
+            ["X-RateLimit-Reset", reset],
+        ]
         for h in trio:
             if rng.random() < 0.9:
                 out.append(h)
@@ -109,8 +151,20 @@ def headers(rng: random.Random, now: int) -> list[list[str]]:
 
 
 def _id(rng: random.Random) -> Any:
-    return rng.choice(["run_1", " run_2 ", "", "a" * 256, "b" * 257, "é", 7, None, ["x"],
-                       "task_" + str(rng.randrange(10**9))])
+    return rng.choice(
+        [
+            "run_1",
+            " run_2 ",
+            "",
+            "a" * 256,
+            "b" * 257,
+            "é",
+            7,
+            None,
+            ["x"],
+            "task_" + str(rng.randrange(10**9)),
+        ]
+    )
 
 
 def _message(rng: random.Random) -> Any:
@@ -129,8 +183,11 @@ def envelope_text(rng: random.Random) -> str:
     success: Any = False if r < 0.85 else rng.choice([True, "false", None, 0])
     if rng.random() < 0.97:
         members.append(("success", success))
-    code: Any = (rng.choice(CODES_) if rng.random() < 0.7
-                 else rng.choice(["quota_frozen", "", " ", "NOT_FOUND", 404, None]))
+    code: Any = (
+        rng.choice(CODES_)
+        if rng.random() < 0.7
+        else rng.choice(["quota_frozen", "", " ", "NOT_FOUND", 404, None])
+    )
     if rng.random() < 0.97:
         members.append(("error", code))
     if rng.random() < 0.85:
@@ -145,8 +202,13 @@ def envelope_text(rng: random.Random) -> str:
         members.append((name, rng.choice([False, "x", "gone"])))
         members.append((name, rng.choice([False, "x", "gone"])))
     rng.shuffle(members)
-    text = "{" + ",".join(json.dumps(k) + ":" + json.dumps(v, ensure_ascii=rng.random() < 0.5)
-                          for k, v in members) + "}"
+    text = (
+        "{"
+        + ",".join(
+            json.dumps(k) + ":" + json.dumps(v, ensure_ascii=rng.random() < 0.5) for k, v in members
+        )
+        + "}"
+    )
     return text
 
 
@@ -168,17 +230,55 @@ def _mangle(rng: random.Random, text: str) -> str:
         depth = rng.choice([126, 127, 128, 129])
         return text[:-1] + ',"deep":' + "[" * depth + "]" * depth + "}"
     if r < 0.78:
-        esc = rng.choice(["\\ud800", "\\udc00", "\\ud83d\\ude00", "\\ud800\\u0041", "\\uDBFF\\uDFFF",
-                          "\\u00e9", "\\ud800\\", "\\uzzzz"])
+        esc = rng.choice(
+            [
+                "\\ud800",
+                "\\udc00",
+                "\\ud83d\\ude00",
+                "\\ud800\\u0041",
+                "\\uDBFF\\uDFFF",
+                "\\u00e9",
+                "\\ud800\\",
+                "\\uzzzz",
+            ]
+        )
         return text[:-1] + ',"s' + rng.choice(["", esc]) + '":"' + esc + '"}'
     if r < 0.82:
-        return text[:-1] + ',"n":' + rng.choice(["1e400", "-1e400", "1e-400", "-0", "1.5", "NaN",
-                                                 "Infinity", "1" * 330, "01", "1.", "-"]) + "}"
+        return (
+            text[:-1]
+            + ',"n":'
+            + rng.choice(
+                [
+                    "1e400",
+                    "-1e400",
+                    "1e-400",
+                    "-0",
+                    "1.5",
+                    "NaN",
+                    "Infinity",
+                    "1" * 330,
+                    "01",
+                    "1.",
+                    "-",
+                ]
+            )
+            + "}"
+        )
     if r < 0.84:
         return text + " " * (65536 - len(text.encode()) + rng.randint(-4, 4))
     if r < 0.88:
-        return rng.choice(["", "<html>502 Bad Gateway</html>", "null", "[]", "\"x\"", "{",
-                           "{\"success\":false,\"error\":\"gone\"", "true"])
+        return rng.choice(
+            [
+                "",
+                "<html>502 Bad Gateway</html>",
+                "null",
+                "[]",
+                '"x"',
+                "{",
+                '{"success":false,"error":"gone"',
+                "true",
+            ]
+        )
     if r < 0.9:
         return text.replace(":", " : ")
     if r < 0.94:
@@ -191,24 +291,57 @@ def body(rng: random.Random) -> str:
 
 
 def _count(rng: random.Random) -> str:
-    return rng.choice(["0", "5", "812", str(2**64 - 1), str(2**64), "-0", "-1", "1.0", "1e2",
-                       "\"1\"", "null", str(rng.randrange(10**6))] + ["7"] * 10)
+    return rng.choice(
+        [
+            "0",
+            "5",
+            "812",
+            str(2**64 - 1),
+            str(2**64),
+            "-0",
+            "-1",
+            "1.0",
+            "1e2",
+            '"1"',
+            "null",
+            str(rng.randrange(10**6)),
+        ]
+        + ["7"] * 10
+    )
 
 
 def task_body(rng: random.Random) -> str:
-    code = rng.choice(CODES_ + ["quota_frozen", "", "gone"])
+    code = rng.choice([*CODES_, "quota_frozen", "", "gone"])
     members: list[tuple[str, str]] = [
-        ("task_id", json.dumps(rng.choice(["task_1", " task_2 ", "", "é", "a" * 257]))
-         if rng.random() < 0.95 else "7"),
-        ("status", json.dumps("failed") if rng.random() < 0.92
-         else json.dumps(rng.choice(["running", "FAILED", ""]))),
-        ("error", "{" + ",".join(
-            p for p in [
-                '"code":' + (json.dumps(code) if rng.random() < 0.95 else "null"),
-                '"message":' + (json.dumps(_message(rng)) if rng.random() < 0.9 else '"m"'),
-                '"code":"gone"' if rng.random() < 0.04 else "",
-                '"hint":1' if rng.random() < 0.2 else "",
-            ] if p) + "}" if rng.random() < 0.95 else '"upstream_error"'),
+        (
+            "task_id",
+            json.dumps(rng.choice(["task_1", " task_2 ", "", "é", "a" * 257]))
+            if rng.random() < 0.95
+            else "7",
+        ),
+        (
+            "status",
+            json.dumps("failed")
+            if rng.random() < 0.92
+            else json.dumps(rng.choice(["running", "FAILED", ""])),
+        ),
+        (
+            "error",
+            "{"
+            + ",".join(
+                p
+                for p in [
+                    '"code":' + (json.dumps(code) if rng.random() < 0.95 else "null"),
+                    '"message":' + (json.dumps(_message(rng)) if rng.random() < 0.9 else '"m"'),
+                    '"code":"gone"' if rng.random() < 0.04 else "",
+                    '"hint":1' if rng.random() < 0.2 else "",
+                ]
+                if p
+            )
+            + "}"
+            if rng.random() < 0.95
+            else '"upstream_error"',
+        ),
         ("credits_used", _count(rng)),
         ("duration_ms", _count(rng)),
     ]
@@ -230,7 +363,7 @@ def case(rng: random.Random) -> dict[str, Any]:
         "kind": "task_failure" if task else "http_response",
         "request": {"attempt": 1, "now_unix": now},
         "response": {
-            "status": 200 if task else rng.choice(STATUSES + [rng.randint(100, 599)]),
+            "status": 200 if task else rng.choice([*STATUSES, rng.randint(100, 599)]),
             "headers": [] if task else headers(rng, now),
             "body": task_body(rng) if task else body(rng),
         },

@@ -24,16 +24,30 @@ from overten_errors import RetryBudget, classify, decide, read_failed_task
 ROOT = Path(__file__).resolve().parents[2]
 CASES = int(os.environ.get("OVERTEN_DIFF_CASES", "6000"))
 SEED = int(os.environ.get("OVERTEN_DIFF_SEED", "20261203"))
-FIELDS = ("status", "code", "known", "message", "request_id", "run_id", "task_id",
-          "body_is_envelope", "message_from_body", "status_mismatch", "header_problems",
-          "step", "action")
+FIELDS = (
+    "status",
+    "code",
+    "known",
+    "message",
+    "request_id",
+    "run_id",
+    "task_id",
+    "body_is_envelope",
+    "message_from_body",
+    "status_mismatch",
+    "header_problems",
+    "step",
+    "action",
+)
 
 
 def binary() -> str:
     path = os.environ.get("OVERTEN_ERRORS_BIN") or str(ROOT / "target" / "debug" / "overten-errors")
     if not os.path.exists(path):
-        pytest.fail(f"{path} is missing: run `cargo build -p overten-errors-cli` "
-                    "(or set OVERTEN_ERRORS_BIN)")
+        pytest.fail(
+            f"{path} is missing: run `cargo build -p overten-errors-cli` "
+            "(or set OVERTEN_ERRORS_BIN)"
+        )
     return path
 
 
@@ -46,8 +60,9 @@ def ours(fixture: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any] | Non
     else:
         received = classify(response["status"], response["headers"], response["body"])
     budget = None if flags["budget"] is None else RetryBudget(tokens=flags["budget"])
-    decision = decide(received, flags["attempt"], flags["now"] * 1000,
-                      lambda: flags["random"], budget=budget)
+    decision = decide(
+        received, flags["attempt"], flags["now"] * 1000, lambda: flags["random"], budget=budget
+    )
     return {
         "status": received.status,
         "code": received.code,
@@ -66,11 +81,20 @@ def ours(fixture: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any] | Non
 
 
 def theirs(exe: str, path: str, flags: dict[str, Any]) -> tuple[int, dict[str, Any] | None, str]:
-    args = [exe, "classify", "--json", "--now", str(flags["now"]), "--random",
-            str(flags["random"]), "--attempt", str(flags["attempt"])]
+    args = [
+        exe,
+        "classify",
+        "--json",
+        "--now",
+        str(flags["now"]),
+        "--random",
+        str(flags["random"]),
+        "--attempt",
+        str(flags["attempt"]),
+    ]
     if flags["budget"] is not None:
         args += ["--budget", str(flags["budget"])]
-    done = subprocess.run(args + [path], capture_output=True, timeout=30, check=False)
+    done = subprocess.run([*args, path], capture_output=True, timeout=30, check=False)
     if done.returncode != 0:
         return done.returncode, None, done.stderr.decode("utf-8", "replace")
     return 0, json.loads(done.stdout), ""
@@ -88,12 +112,16 @@ def test_the_package_reads_and_decides_as_the_crates_do() -> None:
                 json.dump(c["fixture"], f, ensure_ascii=False)
             paths.append(path)
         with ThreadPoolExecutor(max_workers=4) as pool:
-            results = list(pool.map(lambda a: theirs(exe, a[0], a[1]),
-                                    [(p, c["flags"]) for p, c in zip(paths, generated)]))
+            results = list(
+                pool.map(
+                    lambda a: theirs(exe, a[0], a[1]),
+                    [(p, c["flags"]) for p, c in zip(paths, generated, strict=False)],
+                )
+            )
     differ = []
     envelopes = tasks = refused = 0
     steps: set[str] = set()
-    for i, (c, (rc, rust, err)) in enumerate(zip(generated, results)):
+    for i, (c, (rc, rust, err)) in enumerate(zip(generated, results, strict=False)):
         mine = ours(c["fixture"], c["flags"])
         if rust is None:
             # Only a body that is not a failed task may be refused (exit 2).
@@ -109,11 +137,22 @@ def test_the_package_reads_and_decides_as_the_crates_do() -> None:
         tasks += c["fixture"]["kind"] == "task_failure"
         for name in FIELDS:
             if mine[name] != rust[name]:
-                differ.append(f"case {i} {name}: ours {mine[name]!r}, classify {rust[name]!r}; "
-                              f"flags {c['flags']}; fixture {json.dumps(c['fixture'])[:400]}")
+                differ.append(
+                    f"case {i} {name}: ours {mine[name]!r}, classify {rust[name]!r}; "
+                    f"flags {c['flags']}; fixture {json.dumps(c['fixture'])[:400]}"
+                )
     assert not differ, f"{len(differ)} differences of {CASES}:\n" + "\n".join(differ[:15])
     # The cases reach both sides of every rule: envelopes and not, tasks read and refused.
     assert envelopes > CASES // 5 and CASES - envelopes > CASES // 5
     assert tasks > CASES // 80 and refused > CASES // 100
-    assert steps == {"permanent", "attempts", "resubmit_async", "retry_after", "rate_limit_reset",
-                     "rate_limit_default", "wait_window", "backoff", "budget"}, steps
+    assert steps == {
+        "permanent",
+        "attempts",
+        "resubmit_async",
+        "retry_after",
+        "rate_limit_reset",
+        "rate_limit_default",
+        "wait_window",
+        "backoff",
+        "budget",
+    }, steps

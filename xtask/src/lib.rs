@@ -146,6 +146,10 @@ fn packaged_copies() -> Vec<(PathBuf, String)> {
             ));
         }
     }
+    // The Python package's own copies (its wheel and sdist carry them).
+    for license in ["LICENSE-MIT", "LICENSE-APACHE"] {
+        out.push((Path::new("python").join(license), normalise(&read(license))));
+    }
     out.push((
         "crates/overten-errors-schema/tests/data/error-reference.txt".into(),
         normalise(&read(

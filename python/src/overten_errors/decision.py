@@ -229,8 +229,9 @@ def decide(
     return _pay(_backoff(attempt, p, draw), "backoff", budget)
 
 
-_TRANSPORT = Received(status=500, code=None, message="", body_is_envelope=False,
-                      message_from_body=False)
+_TRANSPORT = Received(
+    status=500, code=None, message="", body_is_envelope=False, message_from_body=False
+)
 
 
 def decide_transport(

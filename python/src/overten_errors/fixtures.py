@@ -16,13 +16,17 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .decision import Advice, RetryBudget, decide, decide_transport
+from .decision import Advice, Draw, RetryBudget, decide, decide_transport
 from .policy import Policy
 from .reading import CODES_BY_NAME, classify, rate_limit_of, read_failed_task
 from .retrier import Pacer
 
 #: The draws every range is checked at: its two ends (r = 0 and r = 2^64 - 1) and two more.
 DRAWS = (0, 2**64 - 1, 2**63, 12345678901234567)
+
+
+def _fixed(bits: int) -> Draw:
+    return lambda: bits
 
 
 def _budget(spec: dict[str, Any]) -> RetryBudget:
@@ -80,7 +84,7 @@ def check(fixture: dict[str, Any], policy: Policy | None = None) -> list[str]:
         rate_limit = rate_limit_of(fixture["response"]["headers"])
         for bits in DRAWS:
             pacer = Pacer(request.get("held_until_unix_ms", 0))
-            pacer.observe(rate_limit, now_ms, p, lambda b=bits: b)
+            pacer.observe(rate_limit, now_ms, p, _fixed(bits))
             got = pacer.hold_ms(now_ms, p)
             if isinstance(want, dict):
                 if got is None or not want["min_ms"] <= got <= want["max_ms"]:
@@ -105,7 +109,7 @@ def check(fixture: dict[str, Any], policy: Policy | None = None) -> list[str]:
                 failure["sent"],
                 failure["replay_safe"],
                 request["attempt"],
-                lambda b=bits: b,
+                _fixed(bits),
                 p,
                 _budget(request["budget"]),
             )
@@ -141,7 +145,7 @@ def check(fixture: dict[str, Any], policy: Policy | None = None) -> list[str]:
             received,
             request["attempt"],
             request["now_unix"] * 1000,
-            lambda b=bits: b,
+            _fixed(bits),
             p,
             _budget(request["budget"]),
         )

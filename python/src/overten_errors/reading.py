@@ -10,7 +10,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Union
+from typing import Any
 
 from ._catalog import CODES, LIMITS, STATUSES, UNKNOWN_TASK_CODE_STATUS
 from ._types import Code
@@ -27,10 +27,10 @@ _BOM = b"\xef\xbb\xbf"
 _ELLIPSIS = "\u2026"
 
 #: A header value as an HTTP library hands it over: text, or bytes (read as Latin-1).
-HeaderValue = Union[str, bytes]
+HeaderValue = str | bytes
 #: Headers: `[(name, value), ...]` in the order received (repeats kept), a mapping, or an
 #: `httpx.Headers` (its raw pairs are read).
-HeadersLike = Union[Iterable[tuple[HeaderValue, HeaderValue]], Mapping[str, str], Any]
+HeadersLike = Iterable[tuple[HeaderValue, HeaderValue]] | Mapping[str, str] | Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,7 +250,7 @@ def _rate_limit(pairs: list[tuple[str, str]]) -> tuple[RateLimit | None, str | N
     """The three values, or None; and the header problem: the first invalid header, else
     the first missing one when some but not all were sent."""
     values: list[int | None] = []
-    for name, limit in zip(_RATE_NAMES, (_U32, _U32, _U64)):
+    for name, limit in zip(_RATE_NAMES, (_U32, _U32, _U64), strict=False):
         raw = _single(pairs, name)
         if raw is None:
             values.append(None)

@@ -32,7 +32,9 @@ class Pacer:
         """When the hold ends, in Unix ms (0: never held)."""
         return self._until_ms
 
-    def observe(self, rate_limit: RateLimit | None, now_ms: int, policy: Policy, draw: Draw) -> None:
+    def observe(
+        self, rate_limit: RateLimit | None, now_ms: int, policy: Policy, draw: Draw
+    ) -> None:
         """Reads one response's rate-limit headers (any response, success or not)."""
         if rate_limit is None or rate_limit.remaining != 0:
             return

@@ -1,0 +1,213 @@
+"""httpx transports that retry as `docs/retry.md` says: `RetryTransport` (sync) and
+`AsyncRetryTransport` (asyncio), each wrapping the transport that sends.
+
+Per request: a `POST` or `PATCH` without an `Idempotency-Key` gets one, kept across its
+attempts; the key's pacer holds it while its rate-limit window is spent; an error response
+(its body read up to 64 KiB) or a transport failure is decided by the `Retrier` (one budget
+and one pacer per API key, shared by every request through it), and a retry waits its delay
+and is sent again. The response handed back is the success, or the last error with its body
+as read (an error body past 64 KiB is cut there: it is no envelope anyway); its
+`extensions["overten.outcome"]` is an `Outcome` (the decision, the attempts). A
+`resubmit_async` decision (a 408) is handed back too: `Client` resubmits it."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+
+import httpx
+
+from ._catalog import LIMITS
+from .decision import Decision, decide
+from .reading import Received, classify, rate_limit_of
+from .retrier import Outcome, Retrier, bearer_key
+
+#: Request extension: the number of this request's first attempt (a resubmission is the
+#: next attempt after the request it resubmits).
+ATTEMPT = "overten.attempt"
+#: Response extension: the `Outcome`.
+OUTCOME = "overten.outcome"
+#: Methods sending twice is harmless for (RFC 9110 section 9.2.2).
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+#: Methods that get an `Idempotency-Key` when they have none.
+KEYED_METHODS = frozenset({"POST", "PATCH"})
+_DROP = frozenset({b"content-encoding", b"content-length", b"transfer-encoding"})
+
+
+def new_idempotency_key() -> str:
+    """128 random bits in hex."""
+    return secrets.token_hex(16)
+
+
+def _prepare(request: httpx.Request) -> tuple[str | None, bool, bool, int]:
+    if request.method in KEYED_METHODS and "idempotency-key" not in request.headers:
+        request.headers["Idempotency-Key"] = new_idempotency_key()
+    key = bearer_key(request.headers.get_list("authorization"))
+    replay_safe = request.method in IDEMPOTENT_METHODS or "idempotency-key" in request.headers
+    replayable = isinstance(request.stream, httpx.ByteStream)
+    attempt = request.extensions.get(ATTEMPT, 1)
+    if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 1:
+        attempt = 1
+    return key, replay_safe, replayable, attempt
+
+
+def _sent(error: httpx.TransportError) -> bool:
+    # Refused, unresolved, or timed out connecting: the server never saw the request.
+    return not isinstance(error, (httpx.ConnectError, httpx.ConnectTimeout))
+
+
+def _final(
+    request: httpx.Request, response: httpx.Response, body: bytes, outcome: Outcome
+) -> httpx.Response:
+    headers = [(k, v) for (k, v) in response.headers.raw if k.lower() not in _DROP]
+    extensions = dict(response.extensions)
+    extensions.pop("network_stream", None)
+    extensions[OUTCOME] = outcome
+    return httpx.Response(
+        response.status_code,
+        headers=headers,
+        content=body,
+        request=request,
+        extensions=extensions,
+    )
+
+
+class RetryTransport(httpx.BaseTransport):
+    """A sync httpx transport that retries, waits and paces (see the module)."""
+
+    def __init__(
+        self,
+        transport: httpx.BaseTransport | None = None,
+        retrier: Retrier | None = None,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.inner = transport if transport is not None else httpx.HTTPTransport()
+        self.retrier = retrier if retrier is not None else Retrier()
+        self._sleep = sleep
+
+    def _wait(self, ms: int | None) -> None:
+        if ms:
+            self._sleep(ms / 1000)
+
+    def _read(self, response: httpx.Response) -> bytes:
+        out = bytearray()
+        try:
+            for chunk in response.iter_bytes():
+                out += chunk
+                if len(out) > LIMITS.max_body_bytes:
+                    break
+        finally:
+            response.close()
+        return bytes(out[: LIMITS.max_body_bytes + 1])
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        r = self.retrier
+        key, replay_safe, replayable, attempt = _prepare(request)
+        pacer = r.pacer(key)
+        while True:
+            self._wait(r.hold_ms(pacer))
+            try:
+                response = self.inner.handle_request(request)
+            except httpx.TransportError as e:
+                d = r.decide_transport(_sent(e), replay_safe, attempt)
+                if d.advice.action == "retry" and replayable:
+                    self._wait(d.advice.after_ms)
+                    attempt += 1
+                    continue
+                e.overten_outcome = Outcome(d, attempt, None)  # type: ignore[attr-defined]
+                raise
+            r.observe(pacer, rate_limit_of(response.headers))
+            if response.status_code < 400:
+                if 200 <= response.status_code < 300:
+                    r.on_success(attempt)
+                response.extensions[OUTCOME] = Outcome(None, attempt, None)
+                return response
+            body = self._read(response)
+            received: Received = classify(response.status_code, response.headers, body)
+            if replay_safe and replayable:
+                d = r.decide(received, attempt)
+            else:
+                d = _no_budget(r, received, attempt)
+            if d.advice.action == "retry" and replay_safe and replayable:
+                self._wait(d.advice.after_ms)
+                attempt += 1
+                continue
+            return _final(request, response, body, Outcome(d, attempt, received))
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class AsyncRetryTransport(httpx.AsyncBaseTransport):
+    """The asyncio twin of `RetryTransport`."""
+
+    def __init__(
+        self,
+        transport: httpx.AsyncBaseTransport | None = None,
+        retrier: Retrier | None = None,
+        *,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.inner = transport if transport is not None else httpx.AsyncHTTPTransport()
+        self.retrier = retrier if retrier is not None else Retrier()
+        self._sleep = sleep
+
+    async def _wait(self, ms: int | None) -> None:
+        if ms:
+            await self._sleep(ms / 1000)
+
+    async def _read(self, response: httpx.Response) -> bytes:
+        out = bytearray()
+        try:
+            async for chunk in response.aiter_bytes():
+                out += chunk
+                if len(out) > LIMITS.max_body_bytes:
+                    break
+        finally:
+            await response.aclose()
+        return bytes(out[: LIMITS.max_body_bytes + 1])
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        r = self.retrier
+        key, replay_safe, replayable, attempt = _prepare(request)
+        pacer = r.pacer(key)
+        while True:
+            await self._wait(r.hold_ms(pacer))
+            try:
+                response = await self.inner.handle_async_request(request)
+            except httpx.TransportError as e:
+                d = r.decide_transport(_sent(e), replay_safe, attempt)
+                if d.advice.action == "retry" and replayable:
+                    await self._wait(d.advice.after_ms)
+                    attempt += 1
+                    continue
+                e.overten_outcome = Outcome(d, attempt, None)  # type: ignore[attr-defined]
+                raise
+            r.observe(pacer, rate_limit_of(response.headers))
+            if response.status_code < 400:
+                if 200 <= response.status_code < 300:
+                    r.on_success(attempt)
+                response.extensions[OUTCOME] = Outcome(None, attempt, None)
+                return response
+            body = await self._read(response)
+            received = classify(response.status_code, response.headers, body)
+            if replay_safe and replayable:
+                d = r.decide(received, attempt)
+            else:
+                d = _no_budget(r, received, attempt)
+            if d.advice.action == "retry" and replay_safe and replayable:
+                await self._wait(d.advice.after_ms)
+                attempt += 1
+                continue
+            return _final(request, response, body, Outcome(d, attempt, received))
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def _no_budget(r: Retrier, received: Received, attempt: int) -> Decision:
+    """The decision for a request that cannot be sent again: nothing is spent."""
+    return decide(received, attempt, r.clock(), r.draw, r.policy, None)
