@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Makes sure python3 and urllib3 2.x are there: the fixture replay (scripts/replay_fixtures.py,
-# standard library only) and the conformance run of urllib3's Retry
+# Makes sure python3 and urllib3 2.x are there: the Python package's checks
+# (scripts/python-check.sh makes its own venv) and the conformance run of urllib3's Retry
 # (scripts/conformance_urllib3.py, crates/overten-errors-cli/tests/conformance_urllib3.rs)
 # need them. Installs what is missing (python3 from Debian as root, urllib3 from PyPI);
 # else says the one line to run and fails.

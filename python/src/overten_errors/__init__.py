@@ -56,6 +56,7 @@ __all__ = [
     "STATUS_RULES",
     "TASK_STATUSES",
     "TIERS",
+    "VERSION",
     "Advice",
     "ApiError",
     "AsyncClient",

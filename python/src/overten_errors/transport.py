@@ -53,6 +53,13 @@ def _prepare(request: httpx.Request) -> tuple[str | None, bool, bool, int]:
     return key, replay_safe, replayable, attempt
 
 
+def _may_be_spent(headers: httpx.Headers) -> bool:
+    # Only a spent window holds anything, and a Remaining that reads as 0 holds a "0": one
+    # lookup settles nearly every response before the three headers are read.
+    remaining = headers.get("x-ratelimit-remaining")
+    return remaining is not None and "0" in remaining
+
+
 def _sent(error: httpx.TransportError) -> bool:
     # Refused, unresolved, or timed out connecting: the server never saw the request.
     return not isinstance(error, (httpx.ConnectError, httpx.ConnectTimeout))
@@ -119,7 +126,8 @@ class RetryTransport(httpx.BaseTransport):
                     continue
                 e.overten_outcome = Outcome(d, attempt, None)  # type: ignore[attr-defined]
                 raise
-            r.observe(pacer, rate_limit_of(response.headers))
+            if _may_be_spent(response.headers):
+                r.observe(pacer, rate_limit_of(response.headers))
             if response.status_code < 400:
                 if 200 <= response.status_code < 300:
                     r.on_success(attempt)
@@ -186,7 +194,8 @@ class AsyncRetryTransport(httpx.AsyncBaseTransport):
                     continue
                 e.overten_outcome = Outcome(d, attempt, None)  # type: ignore[attr-defined]
                 raise
-            r.observe(pacer, rate_limit_of(response.headers))
+            if _may_be_spent(response.headers):
+                r.observe(pacer, rate_limit_of(response.headers))
             if response.status_code < 400:
                 if 200 <= response.status_code < 300:
                     r.on_success(attempt)
