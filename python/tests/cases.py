@@ -264,6 +264,12 @@ def _mangle(rng: random.Random, text: str) -> str:
             )
             + "}"
         )
+    if r < 0.83:
+        name = rng.choice(["message", "run_id", "task_id", "success", "error"])
+        if f'"{name}"' not in text:
+            number = rng.choice(["1e400", "-1e999", "1" * 330, "5", "1e308"])
+            return text[:-1] + f',"{name}":{number}}}'
+        return text
     if r < 0.84:
         return text + " " * (65536 - len(text.encode()) + rng.randint(-4, 4))
     if r < 0.88:

@@ -171,6 +171,21 @@ def test_pacing_holds_only_the_key_whose_window_is_spent() -> None:
     assert len(sleeps.slept) == 1 and 18 <= sleeps.slept[0] <= 31
 
 
+@pytest.mark.parametrize("remaining", ["0", " 00\t", "0"])
+def test_any_spelling_of_a_spent_window_holds_the_key(remaining: str) -> None:
+    now = int(time.time())
+    spent = {
+        "x_ratelimit_limit": "10",
+        "x_ratelimit_remaining": remaining,
+        "x_ratelimit_reset": str(now + 20),
+    }
+    sleeps = Sleeps()
+    c = client(Script(reply(200, b"{}", **spent), reply(200, b"{}")), sleeps)
+    c.get("/v1/a")
+    c.get("/v1/a")
+    assert len(sleeps.slept) == 1 and sleeps.slept[0] >= 18
+
+
 def test_one_budget_is_shared_by_every_thread() -> None:
     script = Script(reply(500, envelope("internal_error")))
     budget = RetryBudget()

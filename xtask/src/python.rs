@@ -91,57 +91,13 @@ pub(crate) fn module(catalog: &Value, not_replay_safe: &str, not_an_error: &str)
          from ._types import (\n    BudgetSettings,\n    Code,\n    Limits,\n    PollNumbers,\n    \
          PolicyNumbers,\n    Rule,\n    Status,\n    StatusRule,\n    Tier,\n)\n\n",
     );
-    let _ = writeln!(out, "#: The version of the crates this table was written from.");
+    let _ = writeln!(
+        out,
+        "#: The version of the crates this table was written from."
+    );
     let _ = writeln!(out, "VERSION: Final = {}\n", literal(&catalog["version"]));
 
-    out.push_str("#: Every error code of the reference page, in the page's order.\n");
-    out.push_str("CODES: Final[tuple[Code, ...]] = (\n");
-    for code in catalog["codes"].as_array().into_iter().flatten() {
-        let _ = writeln!(
-            out,
-            "    Code(\n        code={},\n        category={},\n        status={},\n        \
-             when={},\n        fix={},\n        retry={},\n    ),",
-            text(code["code"].as_str().unwrap_or_default()),
-            text(code["category"].as_str().unwrap_or_default()),
-            num(&code["status"]),
-            text(code["when"].as_str().unwrap_or_default()),
-            text(code["fix"].as_str().unwrap_or_default()),
-            rule(&code["retry"]),
-        );
-    }
-    out.push_str(")\n\n");
-
-    out.push_str("#: The page's status table.\n");
-    out.push_str("STATUSES: Final[tuple[Status, ...]] = (\n");
-    for s in catalog["statuses"].as_array().into_iter().flatten() {
-        let _ = writeln!(
-            out,
-            "    Status(status={}, category={}, scenario={}, kind={}),",
-            num(&s["status"]),
-            text(s["category"].as_str().unwrap_or_default()),
-            text(s["scenario"].as_str().unwrap_or_default()),
-            text(s["kind"].as_str().unwrap_or_default()),
-        );
-    }
-    out.push_str(")\n\n");
-
-    out.push_str(
-        "#: The status rule (`docs/retry.md`, *The rules*): the first row whose range holds\n\
-         #: the status wins.\n",
-    );
-    out.push_str("STATUS_RULES: Final[tuple[StatusRule, ...]] = (\n");
-    for r in catalog["fallback"]["rules"].as_array().into_iter().flatten() {
-        let _ = writeln!(
-            out,
-            "    StatusRule(\n        first={},\n        last={},\n        retry={},\n        \
-             why={},\n    ),",
-            num(&r["from"]),
-            num(&r["to"]),
-            rule(&r["retry"]),
-            text(r["why"].as_str().unwrap_or_default()),
-        );
-    }
-    out.push_str(")\n\n");
+    tables(&mut out, catalog);
     let _ = writeln!(
         out,
         "#: The rule of a status in no row.\nOTHER_STATUSES: Final = {}\n",
@@ -159,6 +115,68 @@ pub(crate) fn module(catalog: &Value, not_replay_safe: &str, not_an_error: &str)
         text(not_replay_safe)
     );
 
+    numbers(&mut out, catalog);
+    out
+}
+
+/// The codes, the status table and the status rule.
+fn tables(out: &mut String, catalog: &Value) {
+    out.push_str("#: Every error code of the reference page, in the page's order.\n");
+    out.push_str("CODES: Final[tuple[Code, ...]] = (\n");
+    for code in catalog["codes"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            *out,
+            "    Code(\n        code={},\n        category={},\n        status={},\n        \
+             when={},\n        fix={},\n        retry={},\n    ),",
+            text(code["code"].as_str().unwrap_or_default()),
+            text(code["category"].as_str().unwrap_or_default()),
+            num(&code["status"]),
+            text(code["when"].as_str().unwrap_or_default()),
+            text(code["fix"].as_str().unwrap_or_default()),
+            rule(&code["retry"]),
+        );
+    }
+    out.push_str(")\n\n");
+
+    out.push_str("#: The page's status table.\n");
+    out.push_str("STATUSES: Final[tuple[Status, ...]] = (\n");
+    for s in catalog["statuses"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            *out,
+            "    Status(status={}, category={}, scenario={}, kind={}),",
+            num(&s["status"]),
+            text(s["category"].as_str().unwrap_or_default()),
+            text(s["scenario"].as_str().unwrap_or_default()),
+            text(s["kind"].as_str().unwrap_or_default()),
+        );
+    }
+    out.push_str(")\n\n");
+
+    out.push_str(
+        "#: The status rule (`docs/retry.md`, *The rules*): the first row whose range holds\n\
+         #: the status wins.\n",
+    );
+    out.push_str("STATUS_RULES: Final[tuple[StatusRule, ...]] = (\n");
+    for r in catalog["fallback"]["rules"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let _ = writeln!(
+            *out,
+            "    StatusRule(\n        first={},\n        last={},\n        retry={},\n        \
+             why={},\n    ),",
+            num(&r["from"]),
+            num(&r["to"]),
+            rule(&r["retry"]),
+            text(r["why"].as_str().unwrap_or_default()),
+        );
+    }
+    out.push_str(")\n\n");
+}
+
+/// The tiers, limits, the policy, budget and poll defaults, the task states.
+fn numbers(out: &mut String, catalog: &Value) {
     out.push_str("#: The plans' limits.\nTIERS: Final[tuple[Tier, ...]] = (\n");
     for t in catalog["tiers"].as_array().into_iter().flatten() {
         let _ = writeln!(
@@ -252,5 +270,4 @@ pub(crate) fn module(catalog: &Value, not_replay_safe: &str, not_an_error: &str)
          MAX_TASK_BODY_BYTES: Final = {}",
         overten_errors::MAX_TASK_BODY_BYTES
     );
-    out
 }

@@ -1,0 +1,84 @@
+"""Units of the decision's mechanics: the policy's range checks, the budget, the pacers."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from overten_errors import Pacers, Policy, PolicyError, RetryBudget, bearer_key
+from overten_errors.reading import RateLimit
+
+
+def test_a_policy_out_of_range_is_refused() -> None:
+    for bad in (
+        {"max_attempts": 0},
+        {"jitter": 1.5},
+        {"multiplier": 0.5},
+        {"initial_delay_ms": 40_000},
+        {"min_wait_ms": 400_000},
+        {"wait_spread": -0.1},
+        {"max_wait_ms": 2**53},
+        {"max_attempts": "5"},
+        {"max_attempts": True},
+    ):
+        with pytest.raises(PolicyError):
+            Policy(**bad)
+    assert Policy(max_attempts=3).max_attempts == 3 and Policy().max_attempts == 5
+
+
+def test_the_budget_neither_creates_nor_loses_a_token_under_threads() -> None:
+    budget = RetryBudget()
+    spent: list[int] = []
+    lock = threading.Lock()
+
+    def work() -> None:
+        for _ in range(200):
+            if budget.try_spend(5):
+                with lock:
+                    spent.append(5)
+            budget.on_success(2)  # a success after retries returns retry_cost
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    # Every return is capped at capacity, so tokens never pass 100 nor go below 0.
+    assert 0 <= budget.tokens <= 100
+    assert RetryBudget(tokens=500).tokens == 100  # the excess is dropped
+
+
+SPENT = RateLimit(limit=10, remaining=0, reset=1_020)
+
+
+def test_pacers_keep_one_pacer_per_key_and_make_room_past_the_bound() -> None:
+    pacers, policy = Pacers(), Policy()
+    for i in range(Pacers.MAX_KEYS):
+        pacers.for_key(f"k{i}", 1_000_000)
+    assert len(pacers) == Pacers.MAX_KEYS
+    # None of them holds: a new key drops them and is tracked (its hold is kept).
+    new = pacers.for_key("new", 1_000_000)
+    new.observe(SPENT, 1_000_000, policy, lambda: 0)
+    assert pacers.for_key("new", 1_000_000) is new and len(pacers) == 1
+    assert new.hold_ms(1_000_000, policy) == 20_000
+    assert pacers.for_key("other", 1_000_000).hold_ms(1_000_000, policy) is None
+    assert pacers.for_key(None, 1_000_000) is pacers.for_key(None, 1)
+
+
+def test_when_every_key_holds_a_new_key_is_not_tracked() -> None:
+    pacers, policy = Pacers(), Policy()
+    for i in range(Pacers.MAX_KEYS):
+        pacers.for_key(f"k{i}", 1_000_000).observe(SPENT, 1_000_000, policy, lambda: 0)
+    extra = pacers.for_key("extra", 1_000_001)
+    assert extra is not pacers.for_key("extra", 1_000_001)
+    assert len(pacers) == Pacers.MAX_KEYS
+
+
+def test_bearer_keys_are_read_as_the_gateway_reads_them() -> None:
+    assert bearer_key(["Bearer sk_live_a"]) == "sk_live_a"
+    assert bearer_key(["bearer   sk_live_a "]) == "sk_live_a"
+    assert bearer_key(["Basic abc"]) is None
+    assert bearer_key(["Bearer a b"]) is None
+    assert bearer_key(["Bearer a", "Bearer a"]) is None
+    assert bearer_key([]) is None and bearer_key(["Bearer "]) is None
