@@ -156,3 +156,68 @@ def test_the_package_reads_and_decides_as_the_crates_do() -> None:
         "backoff",
         "budget",
     }, steps
+
+
+BAD_UTF8 = [b"\xff", b"\xc0\xaf", b"\xed\xa0\x80", b"\xe2\x82", b"\xf4\x90\x80\x80", b"\x80"]
+
+
+def raw_case(rng: random.Random) -> tuple[int, list[list[str]], bytes, dict[str, Any]]:
+    now = rng.randint(0, 4_000_000_000)
+    status = rng.choice(cases.STATUSES)
+    # The raw reader trims each value (OWS), and a value holds no line break.
+    headers = [[n, v.strip(" \t")] for n, v in cases.headers(rng, now)]
+    body = cases.body(rng).encode("utf-8", errors="surrogatepass")
+    r = rng.random()
+    if r < 0.5 and body:
+        at = rng.randrange(len(body) + 1)
+        body = body[:at] + rng.choice(BAD_UTF8) + body[at:]
+    elif r < 0.6:
+        body = b"\xef\xbb\xbf" + body
+    elif r < 0.7:
+        body = bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 64)))
+    flags = {
+        "now": now,
+        "random": rng.getrandbits(64),
+        "attempt": rng.randint(1, 6),
+        "budget": rng.choice([None, 0, 20, 100]),
+    }
+    return status, headers, body, flags
+
+
+def test_raw_bodies_of_any_bytes_are_read_alike() -> None:
+    exe = binary()
+    rng = random.Random(SEED + 1)
+    differ = []
+    for i in range(int(os.environ.get("OVERTEN_DIFF_RAW_CASES", "600"))):
+        status, headers, body, flags = raw_case(rng)
+        head = f"HTTP/1.1 {status} X\r\n" + "".join(f"{n}: {v}\r\n" for n, v in headers)
+        args = [
+            exe,
+            "classify",
+            "--json",
+            "--now",
+            str(flags["now"]),
+            "--random",
+            str(flags["random"]),
+            "--attempt",
+            str(flags["attempt"]),
+        ]
+        if flags["budget"] is not None:
+            args += ["--budget", str(flags["budget"])]
+        done = subprocess.run(
+            args, input=head.encode() + b"\r\n" + body, capture_output=True, timeout=30, check=False
+        )
+        assert done.returncode == 0, done.stderr
+        rust = json.loads(done.stdout)
+        fixture = {
+            "kind": "http_response",
+            "response": {"status": status, "headers": headers, "body": body},
+        }
+        mine = ours(fixture, flags)
+        assert mine is not None
+        differ += [
+            f"case {i} {k}: ours {mine[k]!r}, classify {rust[k]!r}; body {body[:120]!r}"
+            for k in FIELDS
+            if mine[k] != rust[k]
+        ]
+    assert not differ, "\n".join(differ[:15])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -379,30 +380,60 @@ def _too_deep(text: str, limit: int) -> bool:
     return False
 
 
-def _lone_surrogate(value: Any) -> bool:
+_ESCAPE = re.compile(r"\\(?:u([0-9a-fA-F]{4})|.)", re.S)
+
+
+def _lone_surrogate_escape(text: str) -> bool:
+    """A `\\uD800`-`\\uDBFF` escape not followed at once by a `\\uDC00`-`\\uDFFF` one, or
+    one of those not preceded by the first kind (read on valid JSON, whose backslashes are
+    all escapes)."""
+    pending_high, end = False, -1
+    for m in _ESCAPE.finditer(text):
+        unit = int(m.group(1), 16) if m.group(1) else None
+        low = unit is not None and 0xDC00 <= unit <= 0xDFFF
+        adjacent = m.start() == end
+        if pending_high and not (low and adjacent):
+            return True
+        if low and not (pending_high and adjacent):
+            return True
+        pending_high = unit is not None and 0xD800 <= unit <= 0xDBFF
+        end = m.end()
+    return pending_high
+
+
+def _invalid(text: str) -> bool:
+    """Whether a string read from the body held bytes that are not UTF-8 (decoded as
+    U+DC80-U+DCFF). The crates' parser refuses them where it reads a string (a member
+    name of the top object, the value of a member an envelope or a task has), and skips
+    them anywhere else."""
+    return any("\udc80" <= c <= "\udcff" for c in text)
+
+
+def _invalid_anywhere(value: Any) -> bool:
     if isinstance(value, str):
-        return any("\ud800" <= c <= "\udfff" for c in value)
+        return _invalid(value)
     if isinstance(value, dict):
-        return any(_lone_surrogate(k) or _lone_surrogate(v) for k, v in value.items())
+        return any(_invalid(k) or _invalid_anywhere(v) for k, v in value.items())
     if isinstance(value, list):
-        return any(_lone_surrogate(v) for v in value)
+        return any(_invalid_anywhere(v) for v in value)
     return False
 
 
 def parse_json_body(body: bytes, max_bytes: int) -> Any:
     """The whole-body rules an envelope, a failed task and a task share: at most `max_bytes`
     counting a byte order mark, one byte order mark skipped, nesting at most 128 levels, no
-    lone surrogate escape, then strict JSON. Raises `ValueError` for any other body."""
+    lone surrogate escape, then strict JSON. Raises `ValueError` for any other body. Bytes
+    that are not UTF-8 inside strings are kept as U+DC80-U+DCFF (see `_invalid`)."""
     if len(body) > max_bytes:
         raise ValueError("the body is too large")
     if body.startswith(_BOM):
         body = body[3:]
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ValueError("the body is not UTF-8") from None
-    if len(text) > LIMITS.max_body_depth and _too_deep(text, LIMITS.max_body_depth):
-        raise ValueError("the body nests too deep")
+    text = body.decode("utf-8", errors="surrogateescape")
+    if len(text) > LIMITS.max_body_depth and text.count("[") + text.count("{") > (
+        LIMITS.max_body_depth
+    ):
+        if _too_deep(text, LIMITS.max_body_depth):
+            raise ValueError("the body nests too deep")
     try:
         doc = json.loads(
             text,
@@ -413,9 +444,23 @@ def parse_json_body(body: bytes, max_bytes: int) -> Any:
         )
     except (ValueError, RecursionError):
         raise ValueError("the body is not JSON") from None
-    if "\\u" in text and _lone_surrogate(doc):
+    if "\\u" in text and _lone_surrogate_escape(text):
         raise ValueError("the body holds a lone surrogate")
     return doc
+
+
+def _read_strings(doc: _Object, names: frozenset[str]) -> bool:
+    """The member names of `doc` and the values of `names` (a string; the member names of
+    an object, whose values are skipped) hold only UTF-8."""
+    if any(_invalid(k) for k in doc):
+        return False
+    for n in names:
+        value = doc.get(n)
+        if isinstance(value, str) and _invalid(value):
+            return False
+        if isinstance(value, _Object) and any(_invalid(k) for k in value):
+            return False
+    return True
 
 
 _ENVELOPE_MEMBERS = frozenset({"success", "error", "message", "run_id", "task_id"})
@@ -429,6 +474,8 @@ def _envelope(body: bytes) -> _Object | None:
     if not isinstance(doc, _Object) or doc.repeated & _ENVELOPE_MEMBERS:
         return None
     if any(doc.get(name) is OUT_OF_RANGE for name in _ENVELOPE_MEMBERS):
+        return None
+    if not _read_strings(doc, _ENVELOPE_MEMBERS):
         return None
     code = doc.get("error")
     if doc.get("success") is not False or not isinstance(code, str) or code == "":
@@ -534,6 +581,10 @@ def _failed_task(doc: Any) -> Received | None:
     if not isinstance(doc, _Object) or doc.repeated & _TASK_MEMBERS:
         return None
     error = doc.get("error")
+    if not _read_strings(doc, _TASK_MEMBERS) or (
+        isinstance(error, _Object) and not _read_strings(error, frozenset({"code", "message"}))
+    ):
+        return None
     ok = (
         isinstance(doc.get("task_id"), str)
         and doc.get("status") == "failed"
@@ -581,6 +632,8 @@ def read_task(body: bytes, max_bytes: int) -> TaskState | None:
         return None
     if not isinstance(doc, _Object) or doc.repeated & {"task_id", "status"}:
         return None
+    if not _read_strings(doc, frozenset({"task_id", "status"})):
+        return None
     task_id, status = doc.get("task_id"), doc.get("status")
     if not isinstance(task_id, str) or not isinstance(status, str):
         return None
@@ -590,7 +643,10 @@ def read_task(body: bytes, max_bytes: int) -> TaskState | None:
         if doc.repeated & {"result", "credits_used", "duration_ms"}:
             return None
         counts = [doc.get(k, _Integer(0, False)) for k in ("credits_used", "duration_ms")]
-        if not all(_count(c) for c in counts) or _holds_out_of_range(doc.get("result")):
+        result = doc.get("result")
+        if not all(_count(c) for c in counts) or _holds_out_of_range(result):
+            return None
+        if _invalid_anywhere(result):
             return None
         return TaskState(task_id, status, _plain(doc.get("result")), int(counts[0]), int(counts[1]))
     if status == "failed":
