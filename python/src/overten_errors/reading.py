@@ -110,16 +110,29 @@ def _pairs(headers: HeadersLike) -> list[tuple[str, str]]:
 
 
 _INVALID = object()
+_WANTED = frozenset(
+    {
+        "retry-after",
+        "x-request-id",
+        "x-ratelimit-limit",
+        "x-ratelimit-remaining",
+        "x-ratelimit-reset",
+    }
+)
 
 
-def _single(pairs: list[tuple[str, str]], name: str) -> str | object | None:
-    """The header's one value; None when absent; `_INVALID` when sent twice, differently."""
-    values = [v for (k, v) in pairs if k == name]
-    if not values:
-        return None
-    if any(v != values[0] for v in values):
-        return _INVALID
-    return values[0]
+def _found(pairs: list[tuple[str, str]]) -> dict[str, str | object]:
+    """The headers a client reads, each once: its value, or `_INVALID` when it was sent
+    twice with different values (byte for byte, untrimmed)."""
+    out: dict[str, str | object] = {}
+    for name, value in pairs:
+        if name in _WANTED:
+            seen = out.get(name)
+            if seen is None:
+                out[name] = value
+            elif seen != value:
+                out[name] = _INVALID
+    return out
 
 
 def _two(text: str) -> int | None:
@@ -230,7 +243,7 @@ def parse_retry_after(value: str) -> RetryAfter | None:
     v = value.strip(_OWS)
     if v == "":
         return None
-    if all(c in _DIGITS for c in v):
+    if v.isascii() and v.isdigit():
         return RetryAfter(seconds=min(int(v), _U64))
     at = parse_http_date(v)
     return None if at is None else RetryAfter(at=at)
@@ -238,7 +251,7 @@ def parse_retry_after(value: str) -> RetryAfter | None:
 
 def _number(value: str, limit: int) -> int | None:
     v = value.strip(" \t\n\x0c\r")
-    if v == "" or not all(c in _DIGITS for c in v):
+    if not (v.isascii() and v.isdigit()):
         return None
     n = int(v)
     return n if n <= limit else None
@@ -247,12 +260,12 @@ def _number(value: str, limit: int) -> int | None:
 _RATE_NAMES = ("x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset")
 
 
-def _rate_limit(pairs: list[tuple[str, str]]) -> tuple[RateLimit | None, str | None]:
+def _rate_limit(found: dict[str, str | object]) -> tuple[RateLimit | None, str | None]:
     """The three values, or None; and the header problem: the first invalid header, else
     the first missing one when some but not all were sent."""
     values: list[int | None] = []
     for name, limit in zip(_RATE_NAMES, (_U32, _U32, _U64), strict=False):
-        raw = _single(pairs, name)
+        raw = found.get(name)
         if raw is None:
             values.append(None)
             continue
@@ -268,13 +281,17 @@ def _rate_limit(pairs: list[tuple[str, str]]) -> tuple[RateLimit | None, str | N
     return None, _RATE_NAMES[values.index(None)]
 
 
+_VISIBLE = re.compile("[!-~]+")
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")
+
+
 def valid_id(value: object) -> str | None:
     """An id (`X-Request-Id`, `run_id`, `task_id`): trimmed, then kept when it is 1 to 256
     bytes of visible ASCII."""
     if not isinstance(value, str):
         return None
     v = value.strip(_OWS)
-    if v == "" or len(v) > LIMITS.max_id_bytes or not all("!" <= c <= "~" for c in v):
+    if len(v) > LIMITS.max_id_bytes or _VISIBLE.fullmatch(v) is None:
         return None
     return v
 
@@ -282,7 +299,7 @@ def valid_id(value: object) -> str | None:
 def rate_limit_of(headers: HeadersLike) -> RateLimit | None:
     """The `X-RateLimit-*` headers of any response, when all three are valid (pacing reads
     this)."""
-    return _rate_limit(_pairs(headers))[0]
+    return _rate_limit(_found(_pairs(headers)))[0]
 
 
 # ------------------------------------------------------------------------------ bodies
@@ -406,7 +423,7 @@ def _invalid(text: str) -> bool:
     U+DC80-U+DCFF). The crates' parser refuses them where it reads a string (a member
     name of the top object, the value of a member an envelope or a task has), and skips
     them anywhere else."""
-    return any("\udc80" <= c <= "\udcff" for c in text)
+    return _NOT_UTF8.search(text) is not None
 
 
 def _invalid_anywhere(value: Any) -> bool:
@@ -424,11 +441,22 @@ def parse_json_body(body: bytes, max_bytes: int) -> Any:
     counting a byte order mark, one byte order mark skipped, nesting at most 128 levels, no
     lone surrogate escape, then strict JSON. Raises `ValueError` for any other body. Bytes
     that are not UTF-8 inside strings are kept as U+DC80-U+DCFF (see `_invalid`)."""
+    return _parse_body(body, max_bytes)[0]
+
+
+def _parse_body(body: bytes, max_bytes: int) -> tuple[Any, bool]:
+    """The whole-body rules an envelope, a failed task and a task share: at most `max_bytes`
+    counting a byte order mark, one byte order mark skipped, nesting at most 128 levels, no
+    lone surrogate escape, then strict JSON. Raises `ValueError` for any other body. Bytes
+    that are not UTF-8 inside strings are kept as U+DC80-U+DCFF (see `_invalid`)."""
     if len(body) > max_bytes:
         raise ValueError("the body is too large")
     if body.startswith(_BOM):
         body = body[3:]
-    text = body.decode("utf-8", errors="surrogateescape")
+    try:
+        text, dirty = body.decode("utf-8"), False
+    except UnicodeDecodeError:
+        text, dirty = body.decode("utf-8", errors="surrogateescape"), True
     if len(text) > LIMITS.max_body_depth and text.count("[") + text.count("{") > (
         LIMITS.max_body_depth
     ):
@@ -446,7 +474,7 @@ def parse_json_body(body: bytes, max_bytes: int) -> Any:
         raise ValueError("the body is not JSON") from None
     if "\\u" in text and _lone_surrogate_escape(text):
         raise ValueError("the body holds a lone surrogate")
-    return doc
+    return doc, dirty
 
 
 def _read_strings(doc: _Object, names: frozenset[str]) -> bool:
@@ -468,14 +496,14 @@ _ENVELOPE_MEMBERS = frozenset({"success", "error", "message", "run_id", "task_id
 
 def _envelope(body: bytes) -> _Object | None:
     try:
-        doc = parse_json_body(body, LIMITS.max_body_bytes)
+        doc, dirty = _parse_body(body, LIMITS.max_body_bytes)
     except ValueError:
         return None
     if not isinstance(doc, _Object) or doc.repeated & _ENVELOPE_MEMBERS:
         return None
     if any(doc.get(name) is OUT_OF_RANGE for name in _ENVELOPE_MEMBERS):
         return None
-    if not _read_strings(doc, _ENVELOPE_MEMBERS):
+    if dirty and not _read_strings(doc, _ENVELOPE_MEMBERS):
         return None
     code = doc.get("error")
     if doc.get("success") is not False or not isinstance(code, str) or code == "":
@@ -526,16 +554,17 @@ def classify(
         from_body = False
         message = status_message(status)
     retry_after = None
-    raw = _single(pairs, "retry-after")
+    found = _found(pairs)
+    raw = found.get("retry-after")
     if raw is not None:
         retry_after = parse_retry_after(raw) if isinstance(raw, str) else None
         if retry_after is None:
             problems.append("retry-after")
-    rate_limit, problem = _rate_limit(pairs)
+    rate_limit, problem = _rate_limit(found)
     if problem is not None:
         problems.append(problem)
     request_id = None
-    rid = _single(pairs, "x-request-id")
+    rid = found.get("x-request-id")
     if rid is not None:
         if isinstance(rid, str):
             request_id = valid_id(rid)
