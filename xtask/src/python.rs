@@ -37,21 +37,23 @@ fn text(s: &str) -> String {
     literal(&Value::String(s.to_owned()))
 }
 
-/// A float that Python reads as a float (`2` would be an int).
+/// A float as a Python literal: Rust's `{:?}` of a finite `f64` always has a `.` or an
+/// exponent (`2.0`, `1e300`); the others are spelled out.
 fn float(x: f64) -> String {
-    let s = format!("{x:?}");
-    if s.contains('.') || s.contains('e') || s.contains("inf") || s.contains("NaN") {
-        s
+    if x.is_finite() {
+        format!("{x:?}")
+    } else if x.is_nan() {
+        "float(\"nan\")".into()
+    } else if x > 0.0 {
+        "float(\"inf\")".into()
     } else {
-        format!("{s}.0")
+        "-float(\"inf\")".into()
     }
 }
 
+/// A JSON number as a Python literal (`serde_json` writes a float with its `.0`).
 fn num(v: &Value) -> String {
-    match v {
-        Value::Number(n) if n.is_f64() => float(n.as_f64().unwrap_or(0.0)),
-        other => literal(other),
-    }
+    literal(v)
 }
 
 fn rule(v: &Value) -> String {
@@ -270,4 +272,25 @@ fn numbers(out: &mut String, catalog: &Value) {
          MAX_TASK_BODY_BYTES: Final = {}",
         overten_errors::MAX_TASK_BODY_BYTES
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_literals() {
+        assert_eq!(float(2.0), "2.0");
+        assert_eq!(float(0.25), "0.25");
+        assert_eq!(float(1e300), "1e300");
+        assert_eq!(float(f64::INFINITY), "float(\"inf\")");
+        assert_eq!(float(f64::NEG_INFINITY), "-float(\"inf\")");
+        assert_eq!(float(f64::NAN), "float(\"nan\")");
+        assert_eq!(num(&serde_json::json!(2.0)), "2.0");
+        assert_eq!(num(&serde_json::json!(5)), "5");
+        assert_eq!(
+            literal(&serde_json::json!({"a": [null, true, false, "é\"\n"]})),
+            "{\"a\": (None, True, False, \"é\\\"\\n\",)}"
+        );
+    }
 }

@@ -516,9 +516,9 @@ fn goals(scenarios: &[Scenario], cells: &[Cell]) -> String {
         &show_s,
     );
     #[allow(clippy::cast_precision_loss, reason = "counts")]
-    let per_request_429 = |o: &Outcome| o.rejected_429 as f64 / o.offered.max(1) as f64;
+    let per_request_429 = |o: &Outcome| o.rejected_after_seen as f64 / o.offered.max(1) as f64;
     judge(
-        "Rate limits: no 429 once X-RateLimit-Remaining was seen (429s per request)",
+        "Rate limits: no 429 once that client saw X-RateLimit-Remaining: 0 in the window (such 429s per request)",
         &limits,
         &per_request_429,
         &|p| least(&per_request_429, p),
