@@ -44,7 +44,7 @@ fn float(x: f64) -> String {
         format!("{x:?}")
     } else if x.is_nan() {
         "float(\"nan\")".into()
-    } else if x > 0.0 {
+    } else if x.is_sign_positive() {
         "float(\"inf\")".into()
     } else {
         "-float(\"inf\")".into()
