@@ -310,7 +310,16 @@ struct Ours {
     /// Whether a success after retries returns the retry's cost (this workspace's rule
     /// since the simulation; the previous default returned 1).
     refund: bool,
+    /// A variant under study (issue 27, item 3), not the default: a spent window's requests
+    /// (held by pacing, or retried after a 429) go at a uniform point of the next window
+    /// rather than at its opening plus at most 30 s.
+    window_spread: bool,
+    /// The variant's hold, in Unix ms.
+    held_until: u64,
 }
+
+/// One window of the page's rate limits, in ms.
+const WINDOW_MS: f64 = 60_000.0;
 
 impl Policy for Ours {
     fn next(&mut self, r: &Resp, attempts: u32, now_ms: u64, rng: &mut SplitMix64) -> Option<u64> {
@@ -329,7 +338,17 @@ impl Policy for Ours {
             .advice
         {
             Advice::Retry { after, .. } => {
-                Some(u64::try_from(after.as_millis()).unwrap_or(u64::MAX))
+                let after = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+                match r
+                    .rate_limit
+                    .filter(|rl| self.window_spread && rl.remaining == 0)
+                {
+                    Some(rl) => {
+                        let to_reset = (rl.reset * 1000).saturating_sub(now_ms);
+                        Some(to_reset + ms(unit(rng) * WINDOW_MS))
+                    }
+                    None => Some(after),
+                }
             }
             _ => None,
         }
@@ -345,11 +364,22 @@ impl Policy for Ours {
     }
     fn observe(&mut self, r: &Resp, now_ms: u64, rng: &mut SplitMix64) {
         if let Some(rl) = r.rate_limit.filter(|rl| rl.remaining == 0) {
+            if self.window_spread {
+                let reset = rl.reset * 1000;
+                // One draw per spent window: a later hold in the same window stays.
+                if reset > now_ms && self.held_until < reset {
+                    self.held_until = reset + ms(unit(rng) * WINDOW_MS);
+                }
+                return;
+            }
             let now = SystemTime::UNIX_EPOCH + Duration::from_millis(now_ms);
             self.pacer.observe(&rl, now, &self.policy, rng);
         }
     }
     fn hold(&self, now_ms: u64) -> Option<u64> {
+        if self.window_spread {
+            return (self.held_until > now_ms).then(|| self.held_until - now_ms);
+        }
         let now = SystemTime::UNIX_EPOCH + Duration::from_millis(now_ms);
         self.pacer
             .hold(now, &self.policy)
@@ -450,6 +480,10 @@ impl Policy for NoRetry {
     fn success(&mut self, _: u32) {}
 }
 
+/// A variant under study, not on the page (`run` takes its name): the default with a spent
+/// window's requests spread over the whole next window (issue 27, item 3).
+pub const VARIANT_WINDOW_SPREAD: &str = "overten (window spread, variant)";
+
 /// The policies compared, in table order.
 pub const POLICIES: &[&str] = &[
     "overten (default + budget)",
@@ -468,12 +502,24 @@ fn policy(name: &str) -> Box<dyn Policy> {
             budget: Some(RetryBudget::default()),
             pacer: overten_errors::Pacer::new(),
             refund: true,
+            window_spread: false,
+            held_until: 0,
+        }),
+        VARIANT_WINDOW_SPREAD => Box::new(Ours {
+            policy: RetryPolicy::default(),
+            budget: Some(RetryBudget::default()),
+            pacer: overten_errors::Pacer::new(),
+            refund: true,
+            window_spread: true,
+            held_until: 0,
         }),
         "overten (default, no budget)" => Box::new(Ours {
             policy: RetryPolicy::default(),
             budget: None,
             pacer: overten_errors::Pacer::new(),
             refund: true,
+            window_spread: false,
+            held_until: 0,
         }),
         "AWS SDK for Rust" => Box::new(Aws {
             tokens: 500,

@@ -146,3 +146,69 @@ fn every_length_is_swept() {
         assert!(names.iter().any(|n| n == name), "{name}");
     }
 }
+
+/// Issue 27, item 3: the default against a variant that spreads a spent window's requests
+/// over the whole next window, on every rate-limit scenario (shared keys included), every
+/// seed and both models. A study, not a check: `cargo test -p xtask --test sim -- --ignored
+/// --nocapture window_spread`.
+#[test]
+#[ignore = "a study: prints a table"]
+fn window_spread_variant_on_rate_limits() {
+    let seeds = [20_261_125, 1, 2, 3, 4];
+    for s in xtask::sim::scenarios()
+        .into_iter()
+        .filter(|s| s.name.starts_with("rate-limit"))
+    {
+        for model in xtask::sim::ServerModel::ALL {
+            for policy in [
+                "overten (default + budget)",
+                xtask::sim::VARIANT_WINDOW_SPREAD,
+                "no retries",
+            ] {
+                let runs: Vec<_> = seeds
+                    .iter()
+                    .map(|&seed| {
+                        let f = Fleet {
+                            seed,
+                            clients: 100,
+                            ..fleet(&s)
+                        };
+                        run(f, &s, model, policy)
+                    })
+                    .collect();
+                let lo_hi = |f: &dyn Fn(&xtask::sim::Outcome) -> f64| {
+                    let v: Vec<f64> = runs.iter().map(f).collect();
+                    (
+                        v.iter().copied().fold(f64::MAX, f64::min),
+                        v.iter().copied().fold(f64::MIN, f64::max),
+                    )
+                };
+                let succ = lo_hi(&|o| o.success_share());
+                let w60 = lo_hi(&|o| o.success_within_60s());
+                let good = lo_hi(&|o| o.goodput_in_run());
+                let peak = lo_hi(&|o| o.peak_over_limits.unwrap_or(0.0));
+                let cap = lo_hi(&|o| o.peak_load);
+                #[allow(clippy::cast_precision_loss, reason = "counts")]
+                let seen = lo_hi(&|o| o.rejected_after_seen as f64 / o.offered.max(1) as f64);
+                println!(
+                    "{:24} {:8} {:34} succ {:.3}-{:.3} w60 {:.3}-{:.3} goodput {:.2}-{:.2} peak/keys {:.1}-{:.1} peak/cap {:.1}-{:.1} 429-after-seen {:.3}-{:.3}",
+                    s.name,
+                    model.name(),
+                    policy,
+                    succ.0,
+                    succ.1,
+                    w60.0,
+                    w60.1,
+                    good.0,
+                    good.1,
+                    peak.0,
+                    peak.1,
+                    cap.0,
+                    cap.1,
+                    seen.0,
+                    seen.1
+                );
+            }
+        }
+    }
+}
