@@ -80,21 +80,19 @@ def ours(fixture: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any] | Non
     }
 
 
-def theirs(exe: str, path: str, flags: dict[str, Any]) -> tuple[int, dict[str, Any] | None, str]:
-    args = [
-        exe,
-        "classify",
-        "--json",
-        "--now",
-        str(flags["now"]),
-        "--random",
-        str(flags["random"]),
-        "--attempt",
-        str(flags["attempt"]),
-    ]
+def classify_args(exe: str, flags: dict[str, Any]) -> list[str]:
+    """`overten-errors classify --json` with a case's fixed now, draw, attempt and budget."""
+    args = [exe, "classify", "--json", "--now", str(flags["now"]), "--random"]
+    args += [str(flags["random"]), "--attempt", str(flags["attempt"])]
     if flags["budget"] is not None:
         args += ["--budget", str(flags["budget"])]
-    done = subprocess.run([*args, path], capture_output=True, timeout=30, check=False)
+    return args
+
+
+def theirs(exe: str, path: str, flags: dict[str, Any]) -> tuple[int, dict[str, Any] | None, str]:
+    done = subprocess.run(
+        [*classify_args(exe, flags), path], capture_output=True, timeout=30, check=False
+    )
     if done.returncode != 0:
         return done.returncode, None, done.stderr.decode("utf-8", "replace")
     return 0, json.loads(done.stdout), ""
@@ -191,21 +189,12 @@ def test_raw_bodies_of_any_bytes_are_read_alike() -> None:
     for i in range(int(os.environ.get("OVERTEN_DIFF_RAW_CASES", "600"))):
         status, headers, body, flags = raw_case(rng)
         head = f"HTTP/1.1 {status} X\r\n" + "".join(f"{n}: {v}\r\n" for n, v in headers)
-        args = [
-            exe,
-            "classify",
-            "--json",
-            "--now",
-            str(flags["now"]),
-            "--random",
-            str(flags["random"]),
-            "--attempt",
-            str(flags["attempt"]),
-        ]
-        if flags["budget"] is not None:
-            args += ["--budget", str(flags["budget"])]
         done = subprocess.run(
-            args, input=head.encode() + b"\r\n" + body, capture_output=True, timeout=30, check=False
+            classify_args(exe, flags),
+            input=head.encode() + b"\r\n" + body,
+            capture_output=True,
+            timeout=30,
+            check=False,
         )
         assert done.returncode == 0, done.stderr
         rust = json.loads(done.stdout)

@@ -44,8 +44,15 @@ from .transport import (
     KEYED_METHODS,
     OUTCOME,
     AsyncRetryTransport,
+    Close,
+    Flow,
+    Read,
     RetryTransport,
+    Send,
+    Sleep,
     new_idempotency_key,
+    run_async,
+    run_sync,
 )
 
 #: The client's default timeout, in seconds: the API's sync ceiling (300 s) and a margin.
@@ -160,6 +167,90 @@ class _Common:
     def _poll_wait(self, polls: int, at_least: int) -> int:
         return max(self.poll_schedule.delay_ms(polls + 1, self._rng.getrandbits(64)), at_least)
 
+    def _call(
+        self,
+        http: httpx.Client | httpx.AsyncClient,
+        method: str,
+        url: str,
+        body: Any,
+        headers: Mapping[str, str] | None,
+        api_key: str | None,
+        params: Mapping[str, str] | None,
+    ) -> Flow[Any]:
+        """One logical request (see the module), as a flow of IO steps: the sync and the
+        asyncio clients drive the same one."""
+        sent_headers = self._headers(method, body, headers, api_key)
+        request = http.build_request(
+            method, url, content=_encode(body), headers=sent_headers, params=params
+        )
+        response = yield Send(request)
+        outcome = _resubmits(response)
+        if outcome is not None:
+            yield Close(response)
+            again = http.build_request(
+                method,
+                url,
+                content=_async_body(body),
+                headers=sent_headers,
+                params=params,
+                extensions={ATTEMPT: outcome.attempts + 1},
+            )
+            response = yield Send(again)
+        if response.status_code == 202:
+            accepted = yield Read(response, LIMITS.max_body_bytes, bound=False)
+            task_id = _accepted_task_id(accepted)
+            task_url = _task_url(response.request.url, self.tasks_at, task_id)
+            auth = request.headers.get("authorization")
+            poll_headers = {"Authorization": auth} if auth else {}
+            return (yield from self._poll_flow(http, task_url, task_id, poll_headers))
+        if 200 <= response.status_code < 300:
+            return _json((yield Read(response, self.max_result_bytes, bound=False)))
+        yield Close(response)
+        raise _api_error(response)
+
+    def _poll_target(
+        self,
+        http: httpx.Client | httpx.AsyncClient,
+        task: str,
+        api_key: str | None,
+    ) -> tuple[str, str, dict[str, str]]:
+        if "/" in task:
+            url, task_id = task, task.rstrip("/").rsplit("/", 1)[-1]
+        else:
+            task_id = task
+            url = _task_url(http.base_url, self.tasks_at, task)
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key is not None else {}
+        return url, task_id, headers
+
+    def _poll_flow(
+        self,
+        http: httpx.Client | httpx.AsyncClient,
+        url: str,
+        task_id: str,
+        headers: dict[str, str],
+    ) -> Flow[Any]:
+        started = time.monotonic()
+        give_up = self.poll_schedule.give_up_after_ms
+        waited = polls = at_least = 0
+        while True:
+            wait = self._poll_wait(polls, at_least)
+            left = give_up - max(int((time.monotonic() - started) * 1000), waited)
+            if polls > 0 and left <= 0:
+                raise StillRunning(task_id, polls, url)
+            step = max(0, min(wait, left))
+            waited += step
+            yield Sleep(step)
+            polls += 1
+            response = yield Send(http.build_request("GET", url, headers=headers))
+            if not 200 <= response.status_code < 300:
+                yield Close(response)
+                raise _api_error(response)
+            at_least = _poll_at_least_ms(response)
+            body = yield Read(response, self.max_result_bytes, bound=False)
+            done, result = _task_result(read_task(body, self.max_result_bytes))
+            if done:
+                return result
+
 
 def _encode(body: Any) -> bytes | None:
     if body is None:
@@ -223,19 +314,6 @@ class Client(_Common):
         except httpx.HTTPError as e:
             raise TransportError(f"no response: {type(e).__name__}") from e
 
-    def _read(self, response: httpx.Response, limit: int) -> bytes:
-        out = bytearray()
-        try:
-            for chunk in response.iter_bytes():
-                out += chunk
-                if len(out) > limit:
-                    raise UnexpectedResponse(f"the response's body is larger than {limit} bytes")
-        except httpx.HTTPError as e:
-            raise TransportError(f"the body was cut: {type(e).__name__}") from e
-        finally:
-            response.close()
-        return bytes(out)
-
     def request(
         self,
         method: str,
@@ -248,33 +326,8 @@ class Client(_Common):
     ) -> Any:
         """Sends one logical request and returns its result (the JSON answered, `None` for
         an empty body), through retries, a resubmission as an async task and its polls."""
-        sent_headers = self._headers(method, json, headers, api_key)
-        content = _encode(json)
-        request = self.http.build_request(
-            method, url, content=content, headers=sent_headers, params=params
-        )
-        response = self._send(request)
-        outcome = _resubmits(response)
-        if outcome is not None:
-            response.close()
-            again = self.http.build_request(
-                method,
-                url,
-                content=_async_body(json),
-                headers=sent_headers,
-                params=params,
-                extensions={ATTEMPT: outcome.attempts + 1},
-            )
-            response = self._send(again)
-        if response.status_code == 202:
-            task_id = _accepted_task_id(self._read(response, LIMITS.max_body_bytes))
-            url = _task_url(response.request.url, self.tasks_at, task_id)
-            auth = request.headers.get("authorization")
-            return self._poll(url, task_id, {"Authorization": auth} if auth else {})
-        if 200 <= response.status_code < 300:
-            return _json(self._read(response, self.max_result_bytes))
-        response.close()
-        raise _api_error(response)
+        flow = self._call(self.http, method, url, json, headers, api_key, params)
+        return run_sync(flow, self._send, self._sleep)
 
     def get(self, url: str, **kw: Any) -> Any:
         """`request("GET", url, ...)`."""
@@ -298,37 +351,8 @@ class Client(_Common):
 
     def poll(self, task: str, *, api_key: str | None = None) -> Any:
         """Polls a task (its id, or the URL of `/tasks/{task_id}`) until it ends."""
-        if "/" in task:
-            url, task_id = task, task.rstrip("/").rsplit("/", 1)[-1]
-        else:
-            task_id = task
-            url = _task_url(self.http.base_url, self.tasks_at, task)
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key is not None else {}
-        return self._poll(url, task_id, headers)
-
-    def _poll(self, url: str, task_id: str, headers: dict[str, str]) -> Any:
-        started = time.monotonic()
-        give_up = self.poll_schedule.give_up_after_ms
-        waited = polls = at_least = 0
-        while True:
-            wait = self._poll_wait(polls, at_least)
-            left = give_up - max(int((time.monotonic() - started) * 1000), waited)
-            if polls > 0 and left <= 0:
-                raise StillRunning(task_id, polls, url)
-            step = max(0, min(wait, left))
-            waited += step
-            self._sleep(step / 1000)
-            polls += 1
-            response = self._send(self.http.build_request("GET", url, headers=headers))
-            if not 200 <= response.status_code < 300:
-                response.close()
-                raise _api_error(response)
-            at_least = _poll_at_least_ms(response)
-            done, result = _task_result(
-                read_task(self._read(response, self.max_result_bytes), self.max_result_bytes)
-            )
-            if done:
-                return result
+        url, task_id, headers = self._poll_target(self.http, task, api_key)
+        return run_sync(self._poll_flow(self.http, url, task_id, headers), self._send, self._sleep)
 
 
 class AsyncClient(_Common):
@@ -375,19 +399,6 @@ class AsyncClient(_Common):
         except httpx.HTTPError as e:
             raise TransportError(f"no response: {type(e).__name__}") from e
 
-    async def _read(self, response: httpx.Response, limit: int) -> bytes:
-        out = bytearray()
-        try:
-            async for chunk in response.aiter_bytes():
-                out += chunk
-                if len(out) > limit:
-                    raise UnexpectedResponse(f"the response's body is larger than {limit} bytes")
-        except httpx.HTTPError as e:
-            raise TransportError(f"the body was cut: {type(e).__name__}") from e
-        finally:
-            await response.aclose()
-        return bytes(out)
-
     async def request(
         self,
         method: str,
@@ -399,33 +410,8 @@ class AsyncClient(_Common):
         params: Mapping[str, str] | None = None,
     ) -> Any:
         """See `Client.request`."""
-        sent_headers = self._headers(method, json, headers, api_key)
-        content = _encode(json)
-        request = self.http.build_request(
-            method, url, content=content, headers=sent_headers, params=params
-        )
-        response = await self._send(request)
-        outcome = _resubmits(response)
-        if outcome is not None:
-            await response.aclose()
-            again = self.http.build_request(
-                method,
-                url,
-                content=_async_body(json),
-                headers=sent_headers,
-                params=params,
-                extensions={ATTEMPT: outcome.attempts + 1},
-            )
-            response = await self._send(again)
-        if response.status_code == 202:
-            task_id = _accepted_task_id(await self._read(response, LIMITS.max_body_bytes))
-            url = _task_url(response.request.url, self.tasks_at, task_id)
-            auth = request.headers.get("authorization")
-            return await self._poll(url, task_id, {"Authorization": auth} if auth else {})
-        if 200 <= response.status_code < 300:
-            return _json(await self._read(response, self.max_result_bytes))
-        await response.aclose()
-        raise _api_error(response)
+        flow = self._call(self.http, method, url, json, headers, api_key, params)
+        return await run_async(flow, self._send, self._sleep)
 
     async def get(self, url: str, **kw: Any) -> Any:
         """`request("GET", url, ...)`."""
@@ -449,36 +435,9 @@ class AsyncClient(_Common):
 
     async def poll(self, task: str, *, api_key: str | None = None) -> Any:
         """See `Client.poll`."""
-        if "/" in task:
-            url, task_id = task, task.rstrip("/").rsplit("/", 1)[-1]
-        else:
-            task_id = task
-            url = _task_url(self.http.base_url, self.tasks_at, task)
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key is not None else {}
-        return await self._poll(url, task_id, headers)
-
-    async def _poll(self, url: str, task_id: str, headers: dict[str, str]) -> Any:
-        started = time.monotonic()
-        give_up = self.poll_schedule.give_up_after_ms
-        waited = polls = at_least = 0
-        while True:
-            wait = self._poll_wait(polls, at_least)
-            left = give_up - max(int((time.monotonic() - started) * 1000), waited)
-            if polls > 0 and left <= 0:
-                raise StillRunning(task_id, polls, url)
-            step = max(0, min(wait, left))
-            waited += step
-            await self._sleep(step / 1000)
-            polls += 1
-            response = await self._send(self.http.build_request("GET", url, headers=headers))
-            if not 200 <= response.status_code < 300:
-                await response.aclose()
-                raise _api_error(response)
-            at_least = _poll_at_least_ms(response)
-            body = await self._read(response, self.max_result_bytes)
-            done, result = _task_result(read_task(body, self.max_result_bytes))
-            if done:
-                return result
+        url, task_id, headers = self._poll_target(self.http, task, api_key)
+        flow = self._poll_flow(self.http, url, task_id, headers)
+        return await run_async(flow, self._send, self._sleep)
 
 
 __all__ = ["AsyncClient", "Client", "OvertenError"]

@@ -15,12 +15,15 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import httpx
 
 from ._catalog import LIMITS
 from .decision import Decision, decide
+from .errors import TransportError, UnexpectedResponse
 from .reading import Received, classify, rate_limit_of
 from .retrier import Outcome, Retrier, bearer_key
 
@@ -33,6 +36,7 @@ OUTCOME = "overten.outcome"
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 #: Methods that get an `Idempotency-Key` when they have none.
 KEYED_METHODS = frozenset({"POST", "PATCH"})
+_T = TypeVar("_T")
 _DROP = frozenset({b"content-encoding", b"content-length", b"transfer-encoding"})
 
 
@@ -81,6 +85,180 @@ def _final(
     )
 
 
+@dataclass(slots=True)
+class Sleep:
+    """A step of a flow: wait this long."""
+
+    ms: int
+
+
+@dataclass(slots=True)
+class Send:
+    """A step of a flow: send this request; the flow gets the response back, or has the
+    transport's `httpx.TransportError` thrown into it."""
+
+    request: httpx.Request
+
+
+@dataclass(slots=True)
+class Read:
+    """A step of a flow: read this response's body, up to `limit` bytes, then close it.
+    `bound` (an error body): stop there and hand back at most `limit + 1` bytes, and what
+    came before a cut; otherwise (a result) more, or a cut, is an error."""
+
+    response: httpx.Response
+    limit: int
+    bound: bool = True
+
+
+@dataclass(slots=True)
+class Close:
+    """A step of a flow: close this response unread."""
+
+    response: httpx.Response
+
+
+#: What a flow asks its driver to do. Every decision is taken in the flow, once, for the
+#: sync and the asyncio drivers alike; a driver only does IO.
+Step = Sleep | Send | Read | Close
+Flow = Generator[Step, Any, _T]
+
+
+def attempts(retrier: Retrier, request: httpx.Request) -> Flow[httpx.Response]:
+    """One request's attempts (see the module), as a flow of IO steps."""
+    r = retrier
+    key, replay_safe, replayable, attempt = _prepare(request)
+    pacer = r.pacer(key)
+    while True:
+        hold = r.hold_ms(pacer)
+        if hold:
+            yield Sleep(hold)
+        try:
+            response: httpx.Response = yield Send(request)
+        except httpx.TransportError as e:
+            d = r.decide_transport(_sent(e), replay_safe, attempt)
+            if d.advice.action == "retry" and replayable:
+                yield Sleep(d.advice.after_ms or 0)
+                attempt += 1
+                continue
+            e.overten_outcome = Outcome(d, attempt, None)  # type: ignore[attr-defined]
+            raise
+        if _may_be_spent(response.headers):
+            r.observe(pacer, rate_limit_of(response.headers))
+        if response.status_code < 400:
+            if 200 <= response.status_code < 300:
+                r.on_success(attempt)
+            response.extensions[OUTCOME] = Outcome(None, attempt, None)
+            return response
+        body = yield Read(response, LIMITS.max_body_bytes)
+        received: Received = classify(response.status_code, response.headers, body)
+        if replay_safe and replayable:
+            d = r.decide(received, attempt)
+        else:
+            d = _no_budget(r, received, attempt)
+        if d.advice.action == "retry" and replay_safe and replayable:
+            yield Sleep(d.advice.after_ms or 0)
+            attempt += 1
+            continue
+        return _final(request, response, body, Outcome(d, attempt, received))
+
+
+def read_sync(response: httpx.Response, limit: int, bound: bool) -> bytes:
+    """`Read`, for a sync response."""
+    out = bytearray()
+    try:
+        for chunk in response.iter_bytes():
+            out += chunk
+            if len(out) > limit:
+                if bound:
+                    break
+                raise UnexpectedResponse(f"the response's body is larger than {limit} bytes")
+    except httpx.HTTPError as e:
+        # An error body cut short is read as far as it came (the status decides); a
+        # result cut short is an error.
+        if not bound:
+            raise TransportError(f"the body was cut: {type(e).__name__}") from e
+    finally:
+        response.close()
+    return bytes(out[: limit + 1])
+
+
+async def read_async(response: httpx.Response, limit: int, bound: bool) -> bytes:
+    """`Read`, for an asyncio response."""
+    out = bytearray()
+    try:
+        async for chunk in response.aiter_bytes():
+            out += chunk
+            if len(out) > limit:
+                if bound:
+                    break
+                raise UnexpectedResponse(f"the response's body is larger than {limit} bytes")
+    except httpx.HTTPError as e:
+        if not bound:
+            raise TransportError(f"the body was cut: {type(e).__name__}") from e
+    finally:
+        await response.aclose()
+    return bytes(out[: limit + 1])
+
+
+def run_sync(
+    flow: Flow[_T],
+    send: Callable[[httpx.Request], httpx.Response],
+    sleep: Callable[[float], None],
+) -> _T:
+    """Drives a flow with blocking IO."""
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            step = flow.throw(error) if error is not None else flow.send(value)
+        except StopIteration as done:
+            result: _T = done.value
+            return result
+        value, error = None, None
+        if isinstance(step, Sleep):
+            if step.ms > 0:
+                sleep(step.ms / 1000)
+        elif isinstance(step, Send):
+            try:
+                value = send(step.request)
+            except httpx.TransportError as e:
+                error = e
+        elif isinstance(step, Read):
+            value = read_sync(step.response, step.limit, step.bound)
+        else:
+            step.response.close()
+
+
+async def run_async(
+    flow: Flow[_T],
+    send: Callable[[httpx.Request], Awaitable[httpx.Response]],
+    sleep: Callable[[float], Awaitable[None]],
+) -> _T:
+    """Drives a flow with asyncio."""
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            step = flow.throw(error) if error is not None else flow.send(value)
+        except StopIteration as done:
+            result: _T = done.value
+            return result
+        value, error = None, None
+        if isinstance(step, Sleep):
+            if step.ms > 0:
+                await sleep(step.ms / 1000)
+        elif isinstance(step, Send):
+            try:
+                value = await send(step.request)
+            except httpx.TransportError as e:
+                error = e
+        elif isinstance(step, Read):
+            value = await read_async(step.response, step.limit, step.bound)
+        else:
+            await step.response.aclose()
+
+
 class RetryTransport(httpx.BaseTransport):
     """A sync httpx transport that retries, waits and paces (see the module)."""
 
@@ -95,55 +273,8 @@ class RetryTransport(httpx.BaseTransport):
         self.retrier = retrier if retrier is not None else Retrier()
         self._sleep = sleep
 
-    def _wait(self, ms: int | None) -> None:
-        if ms:
-            self._sleep(ms / 1000)
-
-    def _read(self, response: httpx.Response) -> bytes:
-        out = bytearray()
-        try:
-            for chunk in response.iter_bytes():
-                out += chunk
-                if len(out) > LIMITS.max_body_bytes:
-                    break
-        finally:
-            response.close()
-        return bytes(out[: LIMITS.max_body_bytes + 1])
-
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        r = self.retrier
-        key, replay_safe, replayable, attempt = _prepare(request)
-        pacer = r.pacer(key)
-        while True:
-            self._wait(r.hold_ms(pacer))
-            try:
-                response = self.inner.handle_request(request)
-            except httpx.TransportError as e:
-                d = r.decide_transport(_sent(e), replay_safe, attempt)
-                if d.advice.action == "retry" and replayable:
-                    self._wait(d.advice.after_ms)
-                    attempt += 1
-                    continue
-                e.overten_outcome = Outcome(d, attempt, None)  # type: ignore[attr-defined]
-                raise
-            if _may_be_spent(response.headers):
-                r.observe(pacer, rate_limit_of(response.headers))
-            if response.status_code < 400:
-                if 200 <= response.status_code < 300:
-                    r.on_success(attempt)
-                response.extensions[OUTCOME] = Outcome(None, attempt, None)
-                return response
-            body = self._read(response)
-            received: Received = classify(response.status_code, response.headers, body)
-            if replay_safe and replayable:
-                d = r.decide(received, attempt)
-            else:
-                d = _no_budget(r, received, attempt)
-            if d.advice.action == "retry" and replay_safe and replayable:
-                self._wait(d.advice.after_ms)
-                attempt += 1
-                continue
-            return _final(request, response, body, Outcome(d, attempt, received))
+        return run_sync(attempts(self.retrier, request), self.inner.handle_request, self._sleep)
 
     def close(self) -> None:
         self.inner.close()
@@ -163,55 +294,9 @@ class AsyncRetryTransport(httpx.AsyncBaseTransport):
         self.retrier = retrier if retrier is not None else Retrier()
         self._sleep = sleep
 
-    async def _wait(self, ms: int | None) -> None:
-        if ms:
-            await self._sleep(ms / 1000)
-
-    async def _read(self, response: httpx.Response) -> bytes:
-        out = bytearray()
-        try:
-            async for chunk in response.aiter_bytes():
-                out += chunk
-                if len(out) > LIMITS.max_body_bytes:
-                    break
-        finally:
-            await response.aclose()
-        return bytes(out[: LIMITS.max_body_bytes + 1])
-
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        r = self.retrier
-        key, replay_safe, replayable, attempt = _prepare(request)
-        pacer = r.pacer(key)
-        while True:
-            await self._wait(r.hold_ms(pacer))
-            try:
-                response = await self.inner.handle_async_request(request)
-            except httpx.TransportError as e:
-                d = r.decide_transport(_sent(e), replay_safe, attempt)
-                if d.advice.action == "retry" and replayable:
-                    await self._wait(d.advice.after_ms)
-                    attempt += 1
-                    continue
-                e.overten_outcome = Outcome(d, attempt, None)  # type: ignore[attr-defined]
-                raise
-            if _may_be_spent(response.headers):
-                r.observe(pacer, rate_limit_of(response.headers))
-            if response.status_code < 400:
-                if 200 <= response.status_code < 300:
-                    r.on_success(attempt)
-                response.extensions[OUTCOME] = Outcome(None, attempt, None)
-                return response
-            body = await self._read(response)
-            received = classify(response.status_code, response.headers, body)
-            if replay_safe and replayable:
-                d = r.decide(received, attempt)
-            else:
-                d = _no_budget(r, received, attempt)
-            if d.advice.action == "retry" and replay_safe and replayable:
-                await self._wait(d.advice.after_ms)
-                attempt += 1
-                continue
-            return _final(request, response, body, Outcome(d, attempt, received))
+        flow = attempts(self.retrier, request)
+        return await run_async(flow, self.inner.handle_async_request, self._sleep)
 
     async def aclose(self) -> None:
         await self.inner.aclose()
