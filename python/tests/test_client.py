@@ -168,7 +168,7 @@ def test_pacing_holds_only_the_key_whose_window_is_spent() -> None:
     c.get("/v1/b", api_key=KEY_B)  # another key: sent at once
     assert sleeps.slept == []
     c.get("/v1/a")  # key A: held until the reset, spread
-    assert len(sleeps.slept) == 1 and 18 <= sleeps.slept[0] <= 31
+    assert len(sleeps.slept) == 1 and 10 <= sleeps.slept[0] <= 31
 
 
 @pytest.mark.parametrize("remaining", ["0", " 00\t", "0"])
@@ -183,7 +183,7 @@ def test_any_spelling_of_a_spent_window_holds_the_key(remaining: str) -> None:
     c = client(Script(reply(200, b"{}", **spent), reply(200, b"{}")), sleeps)
     c.get("/v1/a")
     c.get("/v1/a")
-    assert len(sleeps.slept) == 1 and sleeps.slept[0] >= 18
+    assert len(sleeps.slept) == 1 and 10 <= sleeps.slept[0] <= 31
 
 
 def test_one_budget_is_shared_by_every_thread() -> None:
