@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use overten_errors::{
     Advice, ApiError, Code, RandomSource, RateLimit, RetryAfter, RetryBudget, RetryPolicy,
-    SplitMix64, Tier,
+    RetryTicket, SplitMix64, Tier,
 };
 
 /// The simulated time it takes the API to answer an attempt.
@@ -280,6 +280,10 @@ trait Policy {
     fn hold(&self, _now_ms: u64) -> Option<u64> {
         None
     }
+    /// The ticket of the retry `next` just advised, when the budget pays newest first.
+    fn ticket(&mut self) -> Option<RetryTicket> {
+        None
+    }
 }
 
 #[allow(
@@ -316,6 +320,11 @@ struct Ours {
     window_spread: bool,
     /// The variant's hold, in Unix ms.
     held_until: u64,
+    /// Retries wait with a ticket a newer retry may take (newest first, the default since
+    /// issue 27); `false`: paid at once, never cancelled (the previous default).
+    newest_first: bool,
+    /// The ticket of the retry last advised.
+    ticket: Option<RetryTicket>,
 }
 
 /// One window of the page's rate limits, in ms.
@@ -332,11 +341,17 @@ impl Policy for Ours {
             err.set_rate_limit(rl);
         }
         let now = SystemTime::UNIX_EPOCH + Duration::from_millis(now_ms);
-        match self
-            .policy
-            .explain(&err, attempts, now, rng, self.budget.as_ref())
-            .advice
-        {
+        let advice = match &self.budget {
+            Some(budget) if self.newest_first => {
+                let (decision, ticket) =
+                    self.policy
+                        .explain_reserving(&err, attempts, now, rng, budget);
+                self.ticket = ticket;
+                decision.advice
+            }
+            budget => self.policy.explain(&err, attempts, now, rng, budget.as_ref()).advice,
+        };
+        match advice {
             Advice::Retry { after, .. } => {
                 let after = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
                 match r
@@ -375,6 +390,9 @@ impl Policy for Ours {
             let now = SystemTime::UNIX_EPOCH + Duration::from_millis(now_ms);
             self.pacer.observe(&rl, now, &self.policy, rng);
         }
+    }
+    fn ticket(&mut self) -> Option<RetryTicket> {
+        self.ticket.take()
     }
     fn hold(&self, now_ms: u64) -> Option<u64> {
         if self.window_spread {
@@ -484,6 +502,10 @@ impl Policy for NoRetry {
 /// window's requests spread over the whole next window (issue 27, item 3).
 pub const VARIANT_WINDOW_SPREAD: &str = "overten (window spread, variant)";
 
+/// A variant, not on the page: the default before issue 27, its budget paying each retry
+/// when it is decided and never taking it back (oldest first).
+pub const VARIANT_OLDEST_FIRST: &str = "overten (oldest-first budget, previous default)";
+
 /// The policies compared, in table order.
 pub const POLICIES: &[&str] = &[
     "overten (default + budget)",
@@ -504,6 +526,8 @@ fn policy(name: &str) -> Box<dyn Policy> {
             refund: true,
             window_spread: false,
             held_until: 0,
+            newest_first: true,
+            ticket: None,
         }),
         VARIANT_WINDOW_SPREAD => Box::new(Ours {
             policy: RetryPolicy::default(),
@@ -512,6 +536,18 @@ fn policy(name: &str) -> Box<dyn Policy> {
             refund: true,
             window_spread: true,
             held_until: 0,
+            newest_first: true,
+            ticket: None,
+        }),
+        VARIANT_OLDEST_FIRST => Box::new(Ours {
+            policy: RetryPolicy::default(),
+            budget: Some(RetryBudget::default()),
+            pacer: overten_errors::Pacer::new(),
+            refund: true,
+            window_spread: false,
+            held_until: 0,
+            newest_first: false,
+            ticket: None,
         }),
         "overten (default, no budget)" => Box::new(Ours {
             policy: RetryPolicy::default(),
@@ -520,6 +556,8 @@ fn policy(name: &str) -> Box<dyn Policy> {
             refund: true,
             window_spread: false,
             held_until: 0,
+            newest_first: true,
+            ticket: None,
         }),
         "AWS SDK for Rust" => Box::new(Aws {
             tokens: 500,
@@ -621,12 +659,17 @@ struct Event {
     client: u32,
     started: u64,
     attempts: u32,
+    /// The index of the retry's ticket in the run's tickets (`u32::MAX`: none).
+    ticket: u32,
 }
 
 /// The bounded queue: when the API is next free, in ms.
 struct Queue {
     free_at: f64,
 }
+
+/// An event's ticket index when it has none.
+const NO_TICKET: u32 = u32::MAX;
 
 /// How long the users' recovery allows a request to take.
 const USER_OK_MS: u64 = 5000;
@@ -669,6 +712,7 @@ pub fn run(fleet: Fleet, scenario: &Scenario, model: ServerModel, policy_name: &
                 client,
                 started: at,
                 attempts: 0,
+                ticket: NO_TICKET,
             }));
         }
     }
@@ -685,6 +729,9 @@ pub fn run(fleet: Fleet, scenario: &Scenario, model: ServerModel, policy_name: &
     let mut seen_spent = vec![u64::MAX; fleet.clients as usize];
     let mut rejected_after_seen = 0u64;
     let mut server = Queue { free_at: 0.0 };
+    // Tickets of retries waiting to be sent, and the slots free for reuse.
+    let mut tickets: Vec<Option<RetryTicket>> = Vec::new();
+    let mut free_tickets: Vec<u32> = Vec::new();
     while let Some(Reverse(mut e)) = queue.pop() {
         let sec = (e.at / 1000) as usize;
         if sec >= seconds {
@@ -697,6 +744,15 @@ pub fn run(fleet: Fleet, scenario: &Scenario, model: ServerModel, policy_name: &
             e.seq = seq;
             queue.push(Reverse(e));
             continue;
+        }
+        // A retry waiting with a ticket is sent only if no newer retry took its tokens.
+        if e.ticket != NO_TICKET {
+            let ticket = tickets[e.ticket as usize].take();
+            free_tickets.push(e.ticket);
+            e.ticket = NO_TICKET;
+            if !ticket.is_some_and(RetryTicket::send) {
+                continue;
+            }
         }
         e.attempts += 1;
         attempts_total += 1;
@@ -834,6 +890,18 @@ pub fn run(fleet: Fleet, scenario: &Scenario, model: ServerModel, policy_name: &
         }
         failed[sec] += 1;
         if let Some(delay) = policy.next(&resp, e.attempts, done, &mut rng) {
+            if let Some(ticket) = policy.ticket() {
+                e.ticket = match free_tickets.pop() {
+                    Some(i) => {
+                        tickets[i as usize] = Some(ticket);
+                        i
+                    }
+                    None => {
+                        tickets.push(Some(ticket));
+                        (tickets.len() - 1) as u32
+                    }
+                };
+            }
             seq += 1;
             e.at = done + delay;
             e.seq = seq;

@@ -730,3 +730,51 @@ async fn a_spent_window_holds_only_its_own_key() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_waiting_retry_is_cancelled_by_a_newer_failure_and_answers_its_last_error() {
+    within(async {
+        // One retry's worth of tokens; a wait ends only when the test opens the gate.
+        let (addr, state) = server(vec![
+            ("/a", vec![error(ApiError::from(ErrorCode::InternalError))]),
+            ("/b", vec![error(ApiError::from(ErrorCode::UpstreamError))]),
+        ])
+        .await;
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let g = Arc::clone(&gate);
+        let budget = Arc::new(RetryBudget::new(5, 5, 1));
+        let r = Retrier::new(RetryPolicy::default(), move |_: Duration| {
+            let g = Arc::clone(&g);
+            async move { g.acquire().await.unwrap().forget() }
+        })
+        .with_budget(Arc::clone(&budget));
+        let c = client(RetryMiddleware::new(r));
+        let ca = c.clone();
+        let a = tokio::spawn(async move { ca.get(format!("http://{addr}/a")).send().await });
+        // a's retry waits holding the budget's 5 tokens.
+        for _ in 0..3000 {
+            if budget.reserved() == 5 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(budget.reserved(), 5);
+        let cb = c.clone();
+        let b = tokio::spawn(async move { cb.get(format!("http://{addr}/b")).send().await });
+        // b's failure takes a's tokens: a answers its 500 at once, without a second attempt.
+        let a = a.await.unwrap().unwrap();
+        assert_eq!(a.status(), 500);
+        let outcome = a.extensions().get::<RetryOutcome>().unwrap().clone();
+        assert_eq!(outcome.advice, Advice::Stop(StopReason::BudgetExhausted));
+        assert_eq!(outcome.attempts, 1);
+        assert_eq!(outcome.received.error.code().as_str(), "internal_error");
+        assert_eq!(hits(&state, "/a"), 1);
+        // b's retry goes when its wait ends, and succeeds.
+        gate.add_permits(1);
+        let b = b.await.unwrap().unwrap();
+        assert_eq!(b.status(), 200);
+        assert_eq!(hits(&state, "/b"), 2);
+        assert_eq!((budget.tokens(), budget.reserved()), (5, 0), "b's success paid back");
+    })
+    .await;
+}

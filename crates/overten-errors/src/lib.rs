@@ -61,6 +61,7 @@ mod fast_body;
 mod hints;
 mod limits;
 mod pointer;
+mod budget;
 mod retry;
 mod rule;
 mod status;
@@ -78,8 +79,9 @@ pub use limits::{
 pub use pointer::{JsonPointer, PointerError};
 pub use retry::{
     Advice, Basis, Decision, MAX_SAFE_INTEGER, NOT_REPLAY_SAFE, Pacer, Pacers, PolicyError,
-    RandomSource, RetryBudget, RetryPolicy, RetryPolicyBuilder, SplitMix64, Step, StopReason,
+    RandomSource, RetryPolicy, RetryPolicyBuilder, SplitMix64, Step, StopReason,
 };
+pub use budget::{Cancelled, RetryBudget, RetryTicket};
 pub use rule::{FALLBACK, FallbackRule, HeaderUse, RetryRule};
 pub use status::{STATUSES, StatusInfo, StatusKind, fallback_message, status_info};
 pub use task::{

@@ -6,10 +6,11 @@
 //! (written by `cargo xtask docs`) describes each with the default numbers.
 
 use core::fmt;
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 use core::time::Duration;
 use std::time::SystemTime;
 
+use crate::budget::{RetryBudget, RetryTicket};
 use crate::error::ApiError;
 use crate::rule::{FallbackRule, NOT_AN_ERROR, RetryRule};
 
@@ -607,6 +608,16 @@ pub struct Decision {
     pub step: Step,
 }
 
+impl Decision {
+    /// The decision that ends a request whose retry, waiting, was cancelled so that a newer
+    /// failure's retry could be paid (newest first, see [`RetryBudget`]): stop,
+    /// [`StopReason::BudgetExhausted`], decided by the budget.
+    pub const RETRY_CANCELLED: Decision = Decision {
+        advice: Advice::Stop(StopReason::BudgetExhausted),
+        step: Step::Budget,
+    };
+}
+
 impl RetryPolicy {
     /// Decides what to do after `err` ended attempt number `attempt` (1 for the first
     /// request; 0 counts as 1). The steps, in order, are [`Step::ALL`], written out with
@@ -651,6 +662,37 @@ impl RetryPolicy {
         budget: Option<&RetryBudget>,
     ) -> Decision {
         charge(budget, self.unbudgeted(err, attempt, now, rng))
+    }
+
+    /// [`RetryPolicy::explain`] paying an advised retry from `budget` with a [`RetryTicket`]
+    /// ([`RetryBudget::reserve`]): the retry waits with it and is sent with
+    /// [`RetryTicket::send`], unless a newer failure's retry took its tokens first (newest
+    /// first: the request then ends with `err`).
+    pub fn explain_reserving<R: RandomSource + ?Sized>(
+        &self,
+        err: &ApiError,
+        attempt: u32,
+        now: SystemTime,
+        rng: &mut R,
+        budget: &RetryBudget,
+    ) -> (Decision, Option<RetryTicket>) {
+        reserve(budget, self.unbudgeted(err, attempt, now, rng))
+    }
+
+    /// [`RetryPolicy::decide_transport`] paying an advised retry with a [`RetryTicket`], as
+    /// [`RetryPolicy::explain_reserving`] does.
+    pub fn decide_transport_reserving<R: RandomSource + ?Sized>(
+        &self,
+        sent: bool,
+        replay_safe: bool,
+        attempt: u32,
+        rng: &mut R,
+        budget: &RetryBudget,
+    ) -> (Decision, Option<RetryTicket>) {
+        reserve(
+            budget,
+            self.decide_transport(sent, replay_safe, attempt, rng, None),
+        )
     }
 
     /// Decides what to do when no response came back (a transport failure), after attempt
@@ -853,11 +895,25 @@ impl RetryPolicy {
 /// Step 10: a retry is paid from the budget, when there is one.
 fn charge(budget: Option<&RetryBudget>, decision: Decision) -> Decision {
     match (budget, decision.advice) {
-        (Some(budget), Advice::Retry { basis, .. }) if !budget.try_spend(basis) => Decision {
+        (Some(budget), Advice::Retry { basis, .. }) if !budget.spend(basis) => Decision {
             advice: Advice::Stop(StopReason::BudgetExhausted),
             step: Step::Budget,
         },
         _ => decision,
+    }
+}
+
+/// Step 10 with a ticket: a retry is paid from the budget and waits with a [`RetryTicket`].
+fn reserve(budget: &RetryBudget, decision: Decision) -> (Decision, Option<RetryTicket>) {
+    match budget.reserve(decision.advice) {
+        (advice, ticket) if advice == decision.advice => (decision, ticket),
+        (advice, _) => (
+            Decision {
+                advice,
+                step: Step::Budget,
+            },
+            None,
+        ),
     }
 }
 
@@ -1055,158 +1111,6 @@ impl Pacers {
 
 /// The reason a request that was sent but got no answer is not sent again.
 pub const NOT_REPLAY_SAFE: &str = "the request was sent and may have been processed: it is not replayed without an idempotent method or an idempotency key";
-
-/// A token bucket that stops retry storms: every retry spends tokens, every success
-/// returns some. Shared through `&self` (one atomic counter), so one budget can serve every
-/// task of a client.
-///
-/// The default, 100 tokens, 5 a retry, 1 back a first-attempt success and the retry's cost
-/// back for a success after retries, was chosen by the retry-storm simulation of
-/// `docs/retry-storms.md`: the AWS SDKs' standard retry quota (500 tokens, 5 a retry; a
-/// success after retries returns the last retry's cost) lets each client send 100 retries
-/// into an outage, 1.39× the load offered in the simulated hard outage; 100 tokens keep it
-/// at 1.07× while a brown-out's retried successes, paid back, keep their success rate. A
-/// retry in a 503's wait window (the API out of capacity) costs 20: in the study's overloads
-/// the 5-token window retries kept the API failing for up to 139 s after the trigger ended;
-/// at 20 the worst is 27 s.
-#[derive(Debug)]
-pub struct RetryBudget {
-    capacity: u32,
-    tokens: AtomicU32,
-    retry_cost: u32,
-    window_cost: u32,
-    success_refill: u32,
-}
-
-impl Default for RetryBudget {
-    /// 100 tokens, 5 a retry, 20 a retry in a 503's wait window, 1 back a success (see
-    /// [`RetryBudget`] for why).
-    fn default() -> Self {
-        RetryBudget::new(100, 5, 1).with_window_cost(20)
-    }
-}
-
-impl Clone for RetryBudget {
-    /// A new budget with the same settings and, at the moment of cloning, the same tokens.
-    fn clone(&self) -> Self {
-        RetryBudget {
-            capacity: self.capacity,
-            tokens: AtomicU32::new(self.tokens()),
-            retry_cost: self.retry_cost,
-            window_cost: self.window_cost,
-            success_refill: self.success_refill,
-        }
-    }
-}
-
-impl RetryBudget {
-    /// A full bucket of `capacity` tokens; a retry costs `retry_cost` (a retry in a 503's
-    /// wait window too, unless [`RetryBudget::with_window_cost`] says otherwise), a success
-    /// returns `success_refill`.
-    pub const fn new(capacity: u32, retry_cost: u32, success_refill: u32) -> RetryBudget {
-        RetryBudget {
-            capacity,
-            tokens: AtomicU32::new(capacity),
-            retry_cost,
-            window_cost: retry_cost,
-            success_refill,
-        }
-    }
-
-    /// This budget with a retry in a wait window (step 8: a 503 without `Retry-After`, the
-    /// API saying its capacity is exhausted) costing `cost` tokens instead of `retry_cost`.
-    #[must_use]
-    pub const fn with_window_cost(mut self, cost: u32) -> RetryBudget {
-        self.window_cost = cost;
-        self
-    }
-
-    /// Tokens a retry in a wait window costs.
-    pub const fn window_cost(&self) -> u32 {
-        self.window_cost
-    }
-
-    /// This budget holding `tokens` (at most its capacity) instead of a full bucket.
-    #[must_use]
-    pub fn with_tokens(self, tokens: u32) -> RetryBudget {
-        self.tokens
-            .store(tokens.min(self.capacity), Ordering::Relaxed);
-        self
-    }
-
-    /// The most tokens the bucket holds.
-    pub const fn capacity(&self) -> u32 {
-        self.capacity
-    }
-
-    /// Tokens a retry costs.
-    pub const fn retry_cost(&self) -> u32 {
-        self.retry_cost
-    }
-
-    /// Tokens a success returns.
-    pub const fn success_refill(&self) -> u32 {
-        self.success_refill
-    }
-
-    /// Tokens left.
-    pub fn tokens(&self) -> u32 {
-        self.tokens.load(Ordering::Relaxed)
-    }
-
-    /// Spends the cost of one retry if the bucket holds it.
-    fn try_spend(&self, basis: Basis) -> bool {
-        let cost = if basis == Basis::WaitWindow {
-            self.window_cost
-        } else {
-            self.retry_cost
-        };
-        self.tokens
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| t.checked_sub(cost))
-            .is_ok()
-    }
-
-    /// Passes `advice` through, spending tokens for a retry; turns a retry into
-    /// [`StopReason::BudgetExhausted`] when the bucket cannot pay for it. Other advice
-    /// (resubmit, stop) costs nothing.
-    pub fn admit(&self, advice: Advice) -> Advice {
-        match advice {
-            Advice::Retry { basis, .. } if !self.try_spend(basis) => {
-                Advice::Stop(StopReason::BudgetExhausted)
-            }
-            other => other,
-        }
-    }
-
-    /// Records a successful response to a first attempt: returns `success_refill` tokens,
-    /// up to the capacity.
-    pub fn record_success(&self) {
-        self.refill(self.success_refill);
-    }
-
-    /// Records a success that came after retries: the last retry's cost comes back (as the
-    /// AWS SDKs' retry quota does), so retries that work cost nothing in the end.
-    pub fn record_retried_success(&self) {
-        self.refill(self.retry_cost);
-    }
-
-    /// Records the success of a request that took `attempts` attempts in all.
-    pub fn record_success_after(&self, attempts: u32) {
-        if attempts > 1 {
-            self.record_retried_success();
-        } else {
-            self.record_success();
-        }
-    }
-
-    fn refill(&self, tokens: u32) {
-        let _ = self
-            .tokens
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
-                Some(t.saturating_add(tokens).min(self.capacity))
-            });
-    }
-}
 
 #[cfg(test)]
 mod pacers_tests {

@@ -475,12 +475,14 @@ impl<S: Sleep + 'static> RetryMiddleware<S> {
                                 error.type = "body",
                                 "the error body was cut short"
                             );
-                            let decision =
-                                self.retrier.decide_transport(true, replay_safe, attempt);
+                            let (decision, ticket) = self
+                                .retrier
+                                .decide_transport_reserving(true, replay_safe, attempt);
                             trace_decision(attempt, &decision, self.retrier.budget().tokens());
                             match (decision.advice, replay) {
-                                (Advice::Retry { after, .. }, Some(again)) => {
-                                    self.retrier.sleep(after).await;
+                                (Advice::Retry { after, .. }, Some(again))
+                                    if self.retrier.wait_retry(after, ticket).await =>
+                                {
                                     req = again;
                                     attempt = attempt.saturating_add(1);
                                     continue;
@@ -490,10 +492,10 @@ impl<S: Sleep + 'static> RetryMiddleware<S> {
                         }
                     };
                     // Only a retry that will happen is paid from the budget.
-                    let mut decision = if replay.is_some() && replay_safe {
-                        self.retrier.decide(&received.error, attempt)
+                    let (mut decision, ticket) = if replay.is_some() && replay_safe {
+                        self.retrier.decide_reserving(&received.error, attempt)
                     } else {
-                        self.retrier.decide_unpaid(&received.error, attempt)
+                        (self.retrier.decide_unpaid(&received.error, attempt), None)
                     };
                     if matches!(decision.advice, Advice::Retry { .. }) {
                         if replay.is_none() {
@@ -520,10 +522,14 @@ impl<S: Sleep + 'static> RetryMiddleware<S> {
                         });
                     }
                     if let (Advice::Retry { after, .. }, Some(again)) = (decision.advice, replay) {
-                        self.retrier.sleep(after).await;
-                        req = again;
-                        attempt = attempt.saturating_add(1);
-                        continue;
+                        if self.retrier.wait_retry(after, ticket).await {
+                            req = again;
+                            attempt = attempt.saturating_add(1);
+                            continue;
+                        }
+                        // A newer failure's retry took this one's tokens: it ends here.
+                        decision = Decision::RETRY_CANCELLED;
+                        trace_decision(attempt, &decision, self.retrier.budget().tokens());
                     }
                     response.extensions_mut().insert(RetryOutcome {
                         received,
@@ -545,11 +551,14 @@ impl<S: Sleep + 'static> RetryMiddleware<S> {
                         }
                         reqwest_middleware::Error::Middleware(_) => return Err(error),
                     };
-                    let decision = self.retrier.decide_transport(sent, replay_safe, attempt);
+                    let (decision, ticket) =
+                        self.retrier
+                            .decide_transport_reserving(sent, replay_safe, attempt);
                     trace_decision(attempt, &decision, self.retrier.budget().tokens());
                     match (decision.advice, replay) {
-                        (Advice::Retry { after, .. }, Some(again)) => {
-                            self.retrier.sleep(after).await;
+                        (Advice::Retry { after, .. }, Some(again))
+                            if self.retrier.wait_retry(after, ticket).await =>
+                        {
                             req = again;
                             attempt = attempt.saturating_add(1);
                         }

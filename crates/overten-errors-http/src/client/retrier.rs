@@ -1,14 +1,17 @@
 //! One retry loop for any async runtime: policy, shared budget, random source, injectable
 //! sleep.
 
-use std::future::Future;
+use std::future::{Future, poll_fn};
+use std::pin::pin;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
 use crate::runtime::{Sleep, process_seed};
 
 use overten_errors::{
-    Advice, ApiError, Decision, Pacer, Pacers, RandomSource, RetryBudget, RetryPolicy, SplitMix64,
+    Advice, ApiError, Decision, Pacer, Pacers, RandomSource, RetryBudget, RetryPolicy,
+    RetryTicket, SplitMix64,
 };
 
 /// One attempt of [`Retrier::run`]: its number (the first is 1) and whether the work is
@@ -210,6 +213,58 @@ impl<S: Sleep> Retrier<S> {
         )
     }
 
+    /// The decision for `err` after attempt `attempt`, a retry paid with a [`RetryTicket`]
+    /// (newest first: a newer failure's retry may take its tokens while it waits; wait with
+    /// [`Retrier::wait_retry`]).
+    pub fn decide_reserving(&self, err: &ApiError, attempt: u32) -> (Decision, Option<RetryTicket>) {
+        let bits = self.draw();
+        self.policy.explain_reserving(
+            err,
+            attempt,
+            (self.clock)(),
+            &mut move || bits,
+            &self.budget,
+        )
+    }
+
+    /// [`Retrier::decide_transport`], a retry paid with a [`RetryTicket`].
+    pub fn decide_transport_reserving(
+        &self,
+        sent: bool,
+        replay_safe: bool,
+        attempt: u32,
+    ) -> (Decision, Option<RetryTicket>) {
+        let bits = self.draw();
+        self.policy.decide_transport_reserving(
+            sent,
+            replay_safe,
+            attempt,
+            &mut move || bits,
+            &self.budget,
+        )
+    }
+
+    /// Waits `after` for a retry paid with `ticket`, and sends the ticket: `true` when the
+    /// retry is to be sent, `false` when a newer retry took its tokens first (the wait ends
+    /// at that moment; the request ends with its last error and
+    /// [`Decision::RETRY_CANCELLED`]).
+    pub async fn wait_retry(&self, after: Duration, ticket: Option<RetryTicket>) -> bool {
+        let Some(ticket) = ticket else {
+            self.sleep(after).await;
+            return true;
+        };
+        let mut slept = pin!(self.sleep.sleep(after));
+        let mut cancelled = pin!(ticket.cancelled());
+        let woke = poll_fn(|cx| {
+            if cancelled.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(false);
+            }
+            slept.as_mut().poll(cx).map(|()| true)
+        })
+        .await;
+        woke && ticket.send()
+    }
+
     /// The decision for `err` without paying for a retry (for a request that will not be
     /// sent again whatever the decision says).
     pub fn decide_unpaid(&self, err: &ApiError, attempt: u32) -> Decision {
@@ -283,9 +338,17 @@ impl<S: Sleep> Retrier<S> {
                     return Ok(value);
                 }
                 Err(error) => {
-                    let decision = self.decide(&error, attempt.number);
+                    let (decision, ticket) = self.decide_reserving(&error, attempt.number);
                     match decision.advice {
-                        Advice::Retry { after, .. } => self.sleep(after).await,
+                        Advice::Retry { after, .. } => {
+                            if !self.wait_retry(after, ticket).await {
+                                return Err(GaveUp {
+                                    error,
+                                    advice: Decision::RETRY_CANCELLED.advice,
+                                    attempts: attempt.number,
+                                });
+                            }
+                        }
                         Advice::ResubmitAsync => attempt.asynchronous = true,
                         advice => {
                             return Err(GaveUp {
@@ -595,5 +658,41 @@ mod tests {
         let r = Retrier::new(policy, |_: Duration| std::future::ready(()));
         assert_eq!(r.policy(), &policy);
         assert!(format!("{r:?}").starts_with("Retrier"));
+    }
+
+    #[test]
+    fn a_waiting_retry_is_cancelled_by_a_newer_failure_and_ends_with_its_last_error() {
+        use std::task::{Context, Poll, Waker};
+        // One retry's worth of tokens; waits never end by themselves.
+        let retrier = Retrier::new(RetryPolicy::default(), |_: Duration| {
+            std::future::pending::<()>()
+        })
+        .with_budget(Arc::new(RetryBudget::new(5, 5, 1)))
+        .with_seed(1);
+        let failing = |code: ErrorCode, calls: Arc<Mutex<u32>>| {
+            move |_: Attempt| {
+                *calls.lock().unwrap() += 1;
+                std::future::ready(Err::<(), _>(ApiError::new(code, "failed")))
+            }
+        };
+        let (a_calls, b_calls) = (Arc::new(Mutex::new(0)), Arc::new(Mutex::new(0)));
+        let mut a = Box::pin(retrier.run(failing(ErrorCode::InternalError, Arc::clone(&a_calls))));
+        let mut b = Box::pin(retrier.run(failing(ErrorCode::UpstreamError, Arc::clone(&b_calls))));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(a.as_mut().poll(&mut cx).is_pending(), "a's retry waits");
+        assert_eq!(retrier.budget().reserved(), 5);
+        assert!(b.as_mut().poll(&mut cx).is_pending(), "b's retry takes a's tokens");
+        let Poll::Ready(Err(gave_up)) = a.as_mut().poll(&mut cx) else {
+            panic!("a ends once its retry is cancelled");
+        };
+        assert_eq!(gave_up.error.code().as_str(), "internal_error");
+        assert_eq!(gave_up.advice, Advice::Stop(StopReason::BudgetExhausted));
+        assert_eq!(gave_up.attempts, 1);
+        assert_eq!(*a_calls.lock().unwrap(), 1, "a was not sent again");
+        assert_eq!(*b_calls.lock().unwrap(), 1);
+        assert_eq!((retrier.budget().tokens(), retrier.budget().reserved()), (0, 5));
+        // b dropped while waiting: its tokens come back.
+        drop(b);
+        assert_eq!((retrier.budget().tokens(), retrier.budget().reserved()), (5, 0));
     }
 }
