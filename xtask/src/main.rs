@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: cargo xtask docs [--check] | cargo xtask release-snapshot | cargo xtask simulate [--clients N]"
+        "usage: cargo xtask docs [--check] | cargo xtask release-snapshot | cargo xtask simulate [--clients N | --held-out]"
     );
     ExitCode::from(2)
 }
@@ -63,6 +63,10 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        ["simulate", "--held-out"] => {
+            println!("{}", xtask::storms::held_out());
+            ExitCode::SUCCESS
+        }
         ["simulate", "--clients", n] => match n.parse::<u32>() {
             Ok(clients) if (1..=100_000).contains(&clients) => {
                 let fleet = xtask::sim::Fleet {

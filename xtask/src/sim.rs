@@ -24,6 +24,8 @@ pub struct Fleet {
     pub rate_per_client: f64,
     /// The seed of every random draw.
     pub seed: u64,
+    /// The queue model's depth: the longest it holds work, in ms of service at capacity.
+    pub queue_ms: u64,
 }
 
 impl Fleet {
@@ -71,7 +73,29 @@ pub enum Incident {
         /// of a key per client.
         shared: bool,
     },
+    /// A key per client, its tier free, pro and enterprise in turn, each client offering
+    /// 1.25× its key's limit (the scenario's `rate_per_client` is ignored).
+    MixedTiers,
 }
+
+impl Incident {
+    /// The tier of `client`'s key, in a rate-limit scenario.
+    fn tier(self, client: u32) -> Option<Tier> {
+        match self {
+            Incident::RateLimit { tier, .. } => Some(tier),
+            Incident::MixedTiers => Some(Tier::ALL[client as usize % Tier::ALL.len()]),
+            _ => None,
+        }
+    }
+
+    /// Whether every client shares one key.
+    fn shared(self) -> bool {
+        matches!(self, Incident::RateLimit { shared: true, .. })
+    }
+}
+
+/// A mixed fleet's demand, as a multiple of each key's limit.
+const MIXED_DEMAND: f64 = 1.25;
 
 /// One scenario of `docs/retry-storms.md`.
 #[derive(Debug, Clone)]
@@ -97,7 +121,7 @@ impl Scenario {
             Incident::Outage { at, secs, .. }
             | Incident::Brownout { at, secs, .. }
             | Incident::Overload { at, secs, .. } => Some(at + secs),
-            Incident::RateLimit { .. } => None,
+            Incident::RateLimit { .. } | Incident::MixedTiers => None,
         }
     }
 }
@@ -126,7 +150,8 @@ impl ServerModel {
     }
 }
 
-/// The longest the bounded queue holds work, in ms of service at capacity.
+/// The page's queue depth: the longest the bounded queue holds work, in ms of service at
+/// capacity ([`Fleet::queue_ms`]; the held-out runs vary it).
 pub const QUEUE_MS: u64 = 2000;
 
 /// Every scenario of `docs/retry-storms.md`: outages of 15 to 300 s (and one of a proxy's HTML
@@ -684,8 +709,15 @@ const USER_OK_MS: u64 = 5000;
 )]
 pub fn run(fleet: Fleet, scenario: &Scenario, model: ServerModel, policy_name: &str) -> Outcome {
     let mut rng = SplitMix64::new(fleet.seed);
-    let rate = scenario.rate_per_client;
-    let offered_rate = f64::from(fleet.clients) * rate;
+    let rate_of = |client: u32| match scenario.incident {
+        Incident::MixedTiers => {
+            scenario.incident.tier(client).map_or(0.0, |t| {
+                f64::from(t.requests_per_minute()) / 60.0 * MIXED_DEMAND
+            })
+        }
+        _ => scenario.rate_per_client,
+    };
+    let offered_rate: f64 = (0..fleet.clients).map(rate_of).sum();
     let capacity = offered_rate * scenario.headroom;
     let horizon_ms = scenario.horizon * 1000;
     let mut queue = BinaryHeap::new();
@@ -696,6 +728,7 @@ pub fn run(fleet: Fleet, scenario: &Scenario, model: ServerModel, policy_name: &
     let mut arrived_ok = vec![0u64; seconds];
     // Poisson arrivals per client.
     for client in 0..fleet.clients {
+        let rate = rate_of(client);
         let mut t = 0.0;
         loop {
             t += -(1.0 - unit(&mut rng)).ln() / rate * 1000.0;
@@ -792,7 +825,9 @@ pub fn run(fleet: Fleet, scenario: &Scenario, model: ServerModel, policy_name: &
                     ..ok
                 };
             }
-            Incident::RateLimit { tier, shared } => {
+            Incident::RateLimit { .. } | Incident::MixedTiers => {
+                let tier = scenario.incident.tier(e.client).unwrap_or(Tier::Free);
+                let shared = scenario.incident.shared();
                 let window = t / 60;
                 let w = &mut windows[if shared { 0 } else { e.client as usize }];
                 if w.0 != window {
@@ -853,7 +888,7 @@ pub fn run(fleet: Fleet, scenario: &Scenario, model: ServerModel, policy_name: &
                 ServerModel::Queue => {
                     let now = e.at as f64;
                     let start = server.free_at.max(now);
-                    if start - now > QUEUE_MS as f64 {
+                    if start - now > fleet.queue_ms as f64 {
                         resp = Resp {
                             rate_limit: resp.rate_limit,
                             ..unavailable
@@ -926,17 +961,18 @@ pub fn run(fleet: Fleet, scenario: &Scenario, model: ServerModel, policy_name: &
     let recovery_s = recover(&|s| load[s] == 0 || failed[s] * 20 <= load[s]);
     let user_recovery_s = recover(&|s| arrived[s] == 0 || arrived_ok[s] * 20 >= arrived[s] * 19);
     let peak = load.iter().copied().max().unwrap_or(0) as f64;
-    let peak_over_limits = match scenario.incident {
-        Incident::RateLimit { tier, shared } => {
-            let keys = if shared {
-                1.0
-            } else {
-                f64::from(fleet.clients)
-            };
-            Some(peak / (keys * f64::from(tier.requests_per_minute()) / 60.0))
-        }
-        _ => None,
+    let allowed: f64 = if scenario.incident.shared() {
+        scenario
+            .incident
+            .tier(0)
+            .map_or(0.0, |t| f64::from(t.requests_per_minute()))
+    } else {
+        (0..fleet.clients)
+            .filter_map(|c| scenario.incident.tier(c))
+            .map(|t| f64::from(t.requests_per_minute()))
+            .sum()
     };
+    let peak_over_limits = (allowed > 0.0).then(|| peak / (allowed / 60.0));
     load.truncate(scenario.horizon as usize);
     goodput.truncate(scenario.horizon as usize);
     Outcome {

@@ -5,13 +5,16 @@ use std::fmt::Write as _;
 use plotters::prelude::*;
 
 use crate::GENERATED;
-use crate::sim::{Fleet, Incident, Outcome, POLICIES, Scenario, ServerModel, run, scenarios};
+use crate::sim::{
+    Fleet, Incident, Outcome, POLICIES, Scenario, ServerModel, run, scenarios,
+};
 
 /// The fleet of the published figures (and of CI, which regenerates them).
 pub const FLEET: Fleet = Fleet {
     clients: 100,
     rate_per_client: 1.0,
     seed: 20_261_125,
+    queue_ms: crate::sim::QUEUE_MS,
 };
 
 fn pct(x: f64) -> String {
@@ -120,7 +123,7 @@ struct Cell {
 }
 
 /// Every run of the study, on two threads (the machines have two cores).
-fn study(base: Fleet, scenarios: &[Scenario]) -> Vec<Cell> {
+fn study(base: Fleet, scenarios: &[Scenario], seeds: &[u64]) -> Vec<Cell> {
     let mut jobs = Vec::new();
     for (i, _) in scenarios.iter().enumerate() {
         for model in ServerModel::ALL {
@@ -133,7 +136,7 @@ fn study(base: Fleet, scenarios: &[Scenario]) -> Vec<Cell> {
         part.iter()
             .map(|&(i, model, policy)| {
                 let scenario = &scenarios[i];
-                let runs = SEEDS
+                let runs = seeds
                     .iter()
                     .map(|&seed| {
                         let fleet = Fleet {
@@ -202,7 +205,7 @@ fn recovery_range(runs: &[Outcome], f: impl Fn(&Outcome) -> Option<u64>) -> Stri
 )]
 pub fn files_with(base: Fleet) -> Vec<(String, String)> {
     let scenarios = scenarios();
-    let cells = study(base, &scenarios);
+    let cells = study(base, &scenarios, &SEEDS);
     let mut page = String::new();
     let _ = write!(
         page,
@@ -212,7 +215,7 @@ pub fn files_with(base: Fleet) -> Vec<(String, String)> {
             .replace("{{seeds}}", &SEEDS.len().to_string())
             .replace("{{seed}}", &base.seed.to_string())
     );
-    page.push_str(&goals(&scenarios, &cells));
+    page.push_str(&goals(&scenarios, &cells, &SEEDS));
     page.push_str("\n## Every scenario\n\nEach cell is the range over the seeds.\n");
     let mut out = Vec::new();
     for (i, scenario) in scenarios.iter().enumerate() {
@@ -220,7 +223,10 @@ pub fn files_with(base: Fleet) -> Vec<(String, String)> {
             rate_per_client: scenario.rate_per_client,
             ..base
         };
-        let limited = matches!(scenario.incident, Incident::RateLimit { .. });
+        let limited = matches!(
+            scenario.incident,
+            Incident::RateLimit { .. } | Incident::MixedTiers
+        );
         let _ = write!(
             page,
             "\n### {}\n\n{} clients offering {:.1} requests/s in all for {} s; normal capacity {:.1}/s.",
@@ -357,7 +363,7 @@ fn named_misses(missed: &[String]) -> String {
 }
 
 #[allow(clippy::too_many_lines, reason = "one goal after another")]
-fn goals(scenarios: &[Scenario], cells: &[Cell]) -> String {
+fn goals(scenarios: &[Scenario], cells: &[Cell], seeds: &[u64]) -> String {
     let of_kind = |pred: &dyn Fn(&Scenario) -> bool| -> Vec<usize> {
         scenarios
             .iter()
@@ -368,7 +374,12 @@ fn goals(scenarios: &[Scenario], cells: &[Cell]) -> String {
     };
     let outages = of_kind(&|s| matches!(s.incident, Incident::Outage { .. }));
     let overloads = of_kind(&|s| matches!(s.incident, Incident::Overload { .. }));
-    let limits = of_kind(&|s| matches!(s.incident, Incident::RateLimit { .. }));
+    let limits = of_kind(&|s| {
+        matches!(
+            s.incident,
+            Incident::RateLimit { .. } | Incident::MixedTiers
+        )
+    });
     let brownouts = of_kind(&|s| matches!(s.incident, Incident::Brownout { .. }));
     // For each (scenario, model, seed): our run and the peers' runs.
     let cases = |which: &[usize]| {
@@ -382,7 +393,7 @@ fn goals(scenarios: &[Scenario], cells: &[Cell]) -> String {
                 let Some(ours) = here.iter().find(|c| c.policy == OURS) else {
                     continue;
                 };
-                for (seed, seed_value) in SEEDS.iter().enumerate() {
+                for (seed, seed_value) in seeds.iter().enumerate() {
                     let peers: Vec<(&str, &Outcome)> = here
                         .iter()
                         .filter(|c| is_peer(c.policy) || c.policy == "no retries")
@@ -584,7 +595,7 @@ fn goals(scenarios: &[Scenario], cells: &[Cell]) -> String {
          length; *held in* counts those runs.\n\n\
          | goal | the default (range) | best peer (range) | held in | where it did not |\n|---|---|---|---|---|\n",
     );
-    for g in &goals {
+    for g in goals.iter().filter(|g| g.of > 0) {
         let missed = if g.missed.is_empty() {
             "—".to_owned()
         } else {
@@ -607,4 +618,93 @@ fn goals(scenarios: &[Scenario], cells: &[Cell]) -> String {
         );
     }
     s
+}
+
+/// The runs nobody tuned to (`cargo xtask simulate --held-out`): the goals table of each
+/// variant, at 100 clients. Seeds other than the page's; queue depths of 3 and 5 s; outages
+/// and overloads of lengths between the page's; a fleet of mixed tiers (a key per client,
+/// free, pro and enterprise in turn, each client offering 1.25× its limit).
+pub fn held_out() -> String {
+    let mut out = String::new();
+    let page = scenarios();
+    let other_seeds = [5, 6, 7, 8, 9];
+    let mut lengths = Vec::new();
+    for secs in [20, 45, 90, 200] {
+        lengths.push(Scenario {
+            name: format!("outage-{secs}"),
+            title: format!("Hard outage, {secs} s"),
+            incident: Incident::Outage {
+                at: 60,
+                secs,
+                html: false,
+            },
+            rate_per_client: 1.0,
+            headroom: 1.5,
+            horizon: 60 + secs + 240,
+        });
+    }
+    for secs in [20, 45, 90] {
+        lengths.push(Scenario {
+            name: format!("outage-html-{secs}"),
+            title: format!("Hard outage, {secs} s of HTML 502"),
+            incident: Incident::Outage {
+                at: 60,
+                secs,
+                html: true,
+            },
+            rate_per_client: 1.0,
+            headroom: 1.5,
+            horizon: 60 + secs + 240,
+        });
+    }
+    for secs in [40, 50, 90] {
+        lengths.push(Scenario {
+            name: format!("overload-{secs}"),
+            title: format!("Overload, {secs} s"),
+            incident: Incident::Overload {
+                at: 60,
+                secs,
+                factor: 0.4,
+            },
+            rate_per_client: 1.0,
+            headroom: 1.25,
+            horizon: 420,
+        });
+    }
+    let mixed = vec![Scenario {
+        name: "rate-limit-mixed".into(),
+        title: "Rate limits, mixed tiers".into(),
+        incident: Incident::MixedTiers,
+        rate_per_client: 1.0,
+        headroom: 4.0,
+        horizon: 300,
+    }];
+    let runs: [(&str, Fleet, &[Scenario], &[u64]); 5] = [
+        ("the page's scenarios, seeds 5-9", FLEET, &page, &other_seeds),
+        (
+            "the page's scenarios, a 3 s queue",
+            Fleet {
+                queue_ms: 3000,
+                ..FLEET
+            },
+            &page,
+            &SEEDS,
+        ),
+        (
+            "the page's scenarios, a 5 s queue",
+            Fleet {
+                queue_ms: 5000,
+                ..FLEET
+            },
+            &page,
+            &SEEDS,
+        ),
+        ("lengths between the page's", FLEET, &lengths, &SEEDS),
+        ("a fleet of mixed tiers", FLEET, &mixed, &SEEDS),
+    ];
+    for (title, fleet, scenarios, seeds) in runs {
+        let cells = study(fleet, scenarios, seeds);
+        let _ = write!(out, "\n### {title}\n{}", goals(scenarios, &cells, seeds));
+    }
+    out
 }

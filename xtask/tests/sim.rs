@@ -8,6 +8,7 @@ const FLEET: Fleet = Fleet {
     clients: 40,
     rate_per_client: 1.0,
     seed: 7,
+    queue_ms: xtask::sim::QUEUE_MS,
 };
 
 const COLLAPSE: ServerModel = ServerModel::Collapse;
