@@ -70,9 +70,21 @@ fn nothing_is_cancelled_when_even_every_waiting_retry_could_not_pay() {
     assert_eq!((budget.tokens(), budget.reserved()), (20, 10));
     // Free tokens are spent before any ticket is cancelled.
     let c = ticket(&budget, BACKOFF);
+    assert_eq!((a.cost(), c.cost()), (5, 5));
     assert!(!a.is_cancelled());
     assert_eq!((budget.tokens(), budget.reserved()), (15, 15));
     drop(c);
+}
+
+#[test]
+fn waiting_retries_that_exactly_pay_are_all_taken() {
+    // 5 free and 25 waiting pay exactly for a 30-token retry.
+    let budget = RetryBudget::new(30, 5, 1).with_window_cost(30);
+    let waiting: Vec<RetryTicket> = (0..5).map(|_| ticket(&budget, BACKOFF)).collect();
+    let window = ticket(&budget, WINDOW);
+    assert_eq!(window.cost(), 30);
+    assert!(waiting.iter().all(RetryTicket::is_cancelled));
+    assert_eq!((budget.tokens(), budget.reserved(), budget.waiting()), (0, 30, 1));
 }
 
 #[test]

@@ -1,7 +1,8 @@
 """Overten API errors for Python: the reference implementation of `docs/retry.md`.
 
 - Reading a response: `classify`, `read_failed_task`, `Received`.
-- The decision: `decide`, `decide_transport`, `Policy`, `RetryBudget`, `Advice`.
+- The decision: `decide`, `decide_transport`, `Policy`, `RetryBudget` (paid newest first with
+  `RetryTicket`), `Advice`.
 - Pacing per API key and everything a client shares: `Retrier`, `Pacer`, `Pacers`.
 - httpx: `Client` / `AsyncClient` (the five-line client, the async flow in one call),
   `RetryTransport` / `AsyncRetryTransport` (for an httpx client of your own).
@@ -21,7 +22,16 @@ from ._catalog import (
 )
 from ._types import Code, Limits, Rule, Status, StatusRule, Tier
 from .client import AsyncClient, Client
-from .decision import Advice, Decision, RetryBudget, decide, decide_transport, status_rule
+from .decision import (
+    RETRY_CANCELLED,
+    Advice,
+    Decision,
+    RetryBudget,
+    RetryTicket,
+    decide,
+    decide_transport,
+    status_rule,
+)
 from .errors import (
     ApiError,
     OvertenError,
@@ -52,6 +62,7 @@ __all__ = [
     "BUDGET",
     "CODES",
     "LIMITS",
+    "RETRY_CANCELLED",
     "STATUSES",
     "STATUS_RULES",
     "TASK_STATUSES",
@@ -78,6 +89,7 @@ __all__ = [
     "Retrier",
     "RetryAfter",
     "RetryBudget",
+    "RetryTicket",
     "RetryTransport",
     "Rule",
     "Status",

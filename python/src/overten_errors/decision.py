@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 import threading
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -63,12 +66,92 @@ class Decision:
     step: Step
 
 
+class RetryTicket:
+    """A retry paid from a `RetryBudget` and waiting to be sent (`docs/retry.md`, step 10,
+    *newest first*). `send()` when its wait ends (False: a newer retry took its tokens, the
+    request ends with its last error); `release()` when it is abandoned unsent (its tokens
+    go back). Wait on it with `wait_sync` / `wait_async`, which end early on cancellation."""
+
+    __slots__ = ("_budget", "_callbacks", "_event", "cost", "state")
+
+    def __init__(self, budget: RetryBudget, cost: int) -> None:
+        self._budget = budget
+        self.cost = cost
+        #: "waiting", "sent", "cancelled" or "returned".
+        self.state = "waiting"
+        self._event = threading.Event()
+        self._callbacks: list[Callable[[], None]] = []
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether a newer retry took this one's tokens."""
+        return self.state == "cancelled"
+
+    def send(self) -> bool:
+        """The retry is being sent: its tokens are spent; False when it was cancelled."""
+        return self._budget._settle(self, "sent")
+
+    def release(self) -> None:
+        """The retry will not be sent: a waiting one's tokens go back to the bucket."""
+        self._budget._settle(self, "returned")
+
+    def _cancel(self) -> list[Callable[[], None]]:
+        # Under the budget's lock: the callbacks run after it is released.
+        self.state = "cancelled"
+        self._event.set()
+        callbacks, self._callbacks = self._callbacks, []
+        return callbacks
+
+    def wait_sync(self, seconds: float) -> bool:
+        """Blocks up to `seconds`; True when cancelled meanwhile."""
+        return self._event.wait(max(seconds, 0.0))
+
+    async def wait_async(self, seconds: float, sleep: Callable[[float], Awaitable[None]]) -> bool:
+        """Awaits `sleep(seconds)`; ends early, True, when cancelled meanwhile (from any
+        thread or task)."""
+        loop = asyncio.get_running_loop()
+        woken = asyncio.Event()
+        with self._budget._lock:
+            if self.state == "cancelled":
+                return True
+
+            def wake() -> None:
+                # A loop closed meanwhile has nobody left to wake.
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(woken.set)
+
+            self._callbacks.append(wake)
+        slept = asyncio.ensure_future(sleep(seconds))
+        cancel = asyncio.ensure_future(woken.wait())
+        try:
+            await asyncio.wait({slept, cancel}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (slept, cancel):
+                if not task.done():
+                    task.cancel()
+        return self.cancelled
+
+    def __repr__(self) -> str:
+        return f"RetryTicket(cost={self.cost}, state={self.state!r})"
+
+
 class RetryBudget:
     """The retry budget (`docs/retry.md`, step 10): a token bucket shared by every request
     of a client, across threads and asyncio tasks alike (one lock, held for a few
-    instructions, never across a wait)."""
+    instructions, never across a wait), paid newest first: a retry that waits holds a
+    `RetryTicket`, and when the bucket cannot pay for a newer retry the oldest waiting
+    tickets are cancelled and their tokens pay for it."""
 
-    __slots__ = ("_lock", "_tokens", "capacity", "retry_cost", "success_refill", "window_cost")
+    __slots__ = (
+        "_lock",
+        "_reserved",
+        "_tokens",
+        "_waiting",
+        "capacity",
+        "retry_cost",
+        "success_refill",
+        "window_cost",
+    )
 
     def __init__(
         self,
@@ -95,32 +178,89 @@ class RetryBudget:
             raise ValueError("tokens must be a non-negative integer")
         # Tokens above capacity hold capacity: the excess is dropped.
         self._tokens = min(start, capacity)
+        self._reserved = 0
+        self._waiting: deque[RetryTicket] = deque()
         self._lock = threading.Lock()
 
     @property
     def tokens(self) -> int:
-        """Tokens left now."""
+        """Free tokens now."""
         with self._lock:
             return self._tokens
+
+    @property
+    def reserved(self) -> int:
+        """Tokens held by retries paid and still waiting to be sent."""
+        with self._lock:
+            return self._reserved
+
+    @property
+    def waiting(self) -> int:
+        """Retries paid and still waiting to be sent."""
+        with self._lock:
+            return len(self._waiting)
 
     def cost(self, advice: Advice) -> int:
         """What a retry on this advice's basis costs."""
         return self.window_cost if advice.basis == "wait_window" else self.retry_cost
 
+    def _pay(self, cost: int) -> tuple[bool, list[Callable[[], None]]]:
+        # Under the lock: free tokens first, then the oldest waiting tickets, none
+        # cancelled when even all of them could not pay.
+        wake: list[Callable[[], None]] = []
+        if self._tokens < cost:
+            if self._tokens + self._reserved < cost:
+                return False, wake
+            while self._tokens < cost and self._waiting:
+                oldest = self._waiting.popleft()
+                self._reserved -= oldest.cost
+                self._tokens += oldest.cost
+                wake += oldest._cancel()
+        self._tokens -= cost
+        return True, wake
+
     def try_spend(self, cost: int) -> bool:
-        """Spends `cost` when that many tokens are left."""
+        """Spends `cost` for a retry sent at once (no ticket), cancelling the oldest waiting
+        tickets when the free tokens alone cannot; False when even they could not."""
         with self._lock:
-            if self._tokens >= cost:
-                self._tokens -= cost
-                return True
-            return False
+            paid, wake = self._pay(cost)
+        for callback in wake:
+            callback()
+        return paid
+
+    def reserve(self, cost: int) -> RetryTicket | None:
+        """Pays `cost` for a retry that waits before it is sent: its ticket, or None when
+        the bucket, with every waiting ticket cancelled, cannot pay."""
+        with self._lock:
+            paid, wake = self._pay(cost)
+            ticket = None
+            if paid:
+                ticket = RetryTicket(self, cost)
+                self._reserved += cost
+                self._waiting.append(ticket)
+        for callback in wake:
+            callback()
+        return ticket
+
+    def _settle(self, ticket: RetryTicket, to: str) -> bool:
+        with self._lock:
+            if ticket.state != "waiting":
+                return False
+            ticket.state = to
+            self._waiting.remove(ticket)
+            self._reserved -= ticket.cost
+            if to == "returned":
+                self._tokens += ticket.cost
+            return True
 
     def on_success(self, attempt: int) -> None:
         """A success to `attempt` (the first is 1): `success_refill` back after a first
-        attempt, `retry_cost` after retries, never past `capacity`."""
+        attempt, `retry_cost` after retries, never past `capacity` (reserved tokens
+        counted)."""
         back = self.success_refill if attempt <= 1 else self.retry_cost
         with self._lock:
-            self._tokens = min(self.capacity, self._tokens + back)
+            room = self.capacity - self._reserved
+            self._tokens = max(self._tokens, min(room, self._tokens + back))
 
     def __repr__(self) -> str:
         return f"RetryBudget(tokens={self.tokens}, capacity={self.capacity})"
@@ -249,6 +389,20 @@ def decide_transport(
         return Decision(Advice("stop", reason="permanent", fix=NOT_REPLAY_SAFE), "permanent")
     return decide(_TRANSPORT, attempt, 0, draw, p, budget)
 
+
+def reserve(decision: Decision, budget: RetryBudget | None) -> tuple[Decision, RetryTicket | None]:
+    """Step 10 for a retry that waits: pays an advised retry (of a decision taken without a
+    budget) with a ticket, or stops it (`budget_exhausted`)."""
+    if decision.advice.action != "retry" or budget is None:
+        return decision, None
+    ticket = budget.reserve(budget.cost(decision.advice))
+    if ticket is None:
+        return Decision(Advice("stop", reason="budget_exhausted"), "budget"), None
+    return decision, ticket
+
+
+#: The decision that ends a request whose waiting retry a newer one took the tokens of.
+RETRY_CANCELLED = Decision(Advice("stop", reason="budget_exhausted"), "budget")
 
 #: The default policy.
 DEFAULT_POLICY = Policy()

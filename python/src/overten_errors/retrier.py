@@ -11,7 +11,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .decision import Decision, Draw, RetryBudget, decide, decide_transport
+from .decision import (
+    Decision,
+    Draw,
+    RetryBudget,
+    RetryTicket,
+    decide,
+    decide_transport,
+    reserve,
+)
 from .policy import Policy
 from .reading import RateLimit, Received
 
@@ -161,6 +169,20 @@ class Retrier:
     def decide_transport(self, sent: bool, replay_safe: bool, attempt: int) -> Decision:
         """The steps for a transport failure."""
         return decide_transport(sent, replay_safe, attempt, self.draw, self.policy, self.budget)
+
+    def decide_reserving(
+        self, received: Received, attempt: int
+    ) -> tuple[Decision, RetryTicket | None]:
+        """The steps for a response, a retry paid with a `RetryTicket` (newest first)."""
+        d = decide(received, attempt, self.clock(), self.draw, self.policy, None)
+        return reserve(d, self.budget)
+
+    def decide_transport_reserving(
+        self, sent: bool, replay_safe: bool, attempt: int
+    ) -> tuple[Decision, RetryTicket | None]:
+        """The steps for a transport failure, a retry paid with a `RetryTicket`."""
+        d = decide_transport(sent, replay_safe, attempt, self.draw, self.policy, None)
+        return reserve(d, self.budget)
 
     def on_success(self, attempt: int) -> None:
         """Returns tokens to the budget after a success to `attempt`."""

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import httpx
 
 from ._catalog import LIMITS
-from .decision import Decision, decide
+from .decision import RETRY_CANCELLED, Decision, RetryTicket, decide
 from .errors import TransportError, UnexpectedResponse
 from .reading import Received, classify, rate_limit_of
 from .retrier import Outcome, Retrier, bearer_key
@@ -87,9 +87,11 @@ def _final(
 
 @dataclass(slots=True)
 class Sleep:
-    """A step of a flow: wait this long."""
+    """A step of a flow: wait this long; with a `ticket` (a retry's wait), end early when
+    a newer retry takes the ticket's tokens."""
 
     ms: int
+    ticket: RetryTicket | None = None
 
 
 @dataclass(slots=True)
@@ -124,6 +126,21 @@ Step = Sleep | Send | Read | Close
 Flow = Generator[Step, Any, _T]
 
 
+def wait_retry(ms: int, ticket: RetryTicket | None) -> Flow[bool]:
+    """A retry's wait: True when the retry is to be sent, False when a newer retry took
+    its ticket's tokens first (`docs/retry.md`, step 10, newest first). A flow closed while
+    it waits returns the ticket's tokens."""
+    if ticket is None:
+        yield Sleep(ms)
+        return True
+    try:
+        yield Sleep(ms, ticket)
+    except BaseException:
+        ticket.release()
+        raise
+    return ticket.send()
+
+
 def attempts(retrier: Retrier, request: httpx.Request) -> Flow[httpx.Response]:
     """One request's attempts (see the module), as a flow of IO steps."""
     r = retrier
@@ -136,11 +153,15 @@ def attempts(retrier: Retrier, request: httpx.Request) -> Flow[httpx.Response]:
         try:
             response: httpx.Response = yield Send(request)
         except httpx.TransportError as e:
-            d = r.decide_transport(_sent(e), replay_safe, attempt)
+            if replayable:
+                d, ticket = r.decide_transport_reserving(_sent(e), replay_safe, attempt)
+            else:
+                d, ticket = r.decide_transport(_sent(e), replay_safe, attempt), None
             if d.advice.action == "retry" and replayable:
-                yield Sleep(d.advice.after_ms or 0)
-                attempt += 1
-                continue
+                if (yield from wait_retry(d.advice.after_ms or 0, ticket)):
+                    attempt += 1
+                    continue
+                d = RETRY_CANCELLED
             e.overten_outcome = Outcome(d, attempt, None)  # type: ignore[attr-defined]
             raise
         if _may_be_spent(response.headers):
@@ -153,13 +174,14 @@ def attempts(retrier: Retrier, request: httpx.Request) -> Flow[httpx.Response]:
         body = yield Read(response, LIMITS.max_body_bytes)
         received: Received = classify(response.status_code, response.headers, body)
         if replay_safe and replayable:
-            d = r.decide(received, attempt)
+            d, ticket = r.decide_reserving(received, attempt)
         else:
-            d = _no_budget(r, received, attempt)
+            d, ticket = _no_budget(r, received, attempt), None
         if d.advice.action == "retry" and replay_safe and replayable:
-            yield Sleep(d.advice.after_ms or 0)
-            attempt += 1
-            continue
+            if (yield from wait_retry(d.advice.after_ms or 0, ticket)):
+                attempt += 1
+                continue
+            d = RETRY_CANCELLED
         return _final(request, response, body, Outcome(d, attempt, received))
 
 
@@ -217,7 +239,9 @@ def run_sync(
             return result
         value, error = None, None
         if isinstance(step, Sleep):
-            if step.ms > 0:
+            if step.ticket is not None and sleep is time.sleep:
+                step.ticket.wait_sync(step.ms / 1000)
+            elif step.ms > 0:
                 sleep(step.ms / 1000)
         elif isinstance(step, Send):
             try:
@@ -246,7 +270,9 @@ async def run_async(
             return result
         value, error = None, None
         if isinstance(step, Sleep):
-            if step.ms > 0:
+            if step.ticket is not None:
+                await step.ticket.wait_async(step.ms / 1000, sleep)
+            elif step.ms > 0:
                 await sleep(step.ms / 1000)
         elif isinstance(step, Send):
             try:
