@@ -368,13 +368,17 @@ impl Policy for Ours {
         let now = SystemTime::UNIX_EPOCH + Duration::from_millis(now_ms);
         let advice = match &self.budget {
             Some(budget) if self.newest_first => {
-                let (decision, ticket) =
-                    self.policy
-                        .explain_reserving(&err, attempts, now, rng, budget);
+                let (decision, ticket) = self
+                    .policy
+                    .explain_reserving(&err, attempts, now, rng, budget);
                 self.ticket = ticket;
                 decision.advice
             }
-            budget => self.policy.explain(&err, attempts, now, rng, budget.as_ref()).advice,
+            budget => {
+                self.policy
+                    .explain(&err, attempts, now, rng, budget.as_ref())
+                    .advice
+            }
         };
         match advice {
             Advice::Retry { after, .. } => {
@@ -710,11 +714,9 @@ const USER_OK_MS: u64 = 5000;
 pub fn run(fleet: Fleet, scenario: &Scenario, model: ServerModel, policy_name: &str) -> Outcome {
     let mut rng = SplitMix64::new(fleet.seed);
     let rate_of = |client: u32| match scenario.incident {
-        Incident::MixedTiers => {
-            scenario.incident.tier(client).map_or(0.0, |t| {
-                f64::from(t.requests_per_minute()) / 60.0 * MIXED_DEMAND
-            })
-        }
+        Incident::MixedTiers => scenario.incident.tier(client).map_or(0.0, |t| {
+            f64::from(t.requests_per_minute()) / 60.0 * MIXED_DEMAND
+        }),
         _ => scenario.rate_per_client,
     };
     let offered_rate: f64 = (0..fleet.clients).map(rate_of).sum();
@@ -926,15 +928,12 @@ pub fn run(fleet: Fleet, scenario: &Scenario, model: ServerModel, policy_name: &
         failed[sec] += 1;
         if let Some(delay) = policy.next(&resp, e.attempts, done, &mut rng) {
             if let Some(ticket) = policy.ticket() {
-                e.ticket = match free_tickets.pop() {
-                    Some(i) => {
-                        tickets[i as usize] = Some(ticket);
-                        i
-                    }
-                    None => {
-                        tickets.push(Some(ticket));
-                        (tickets.len() - 1) as u32
-                    }
+                e.ticket = if let Some(i) = free_tickets.pop() {
+                    tickets[i as usize] = Some(ticket);
+                    i
+                } else {
+                    tickets.push(Some(ticket));
+                    (tickets.len() - 1) as u32
                 };
             }
             seq += 1;

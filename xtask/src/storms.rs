@@ -5,9 +5,7 @@ use std::fmt::Write as _;
 use plotters::prelude::*;
 
 use crate::GENERATED;
-use crate::sim::{
-    Fleet, Incident, Outcome, POLICIES, Scenario, ServerModel, run, scenarios,
-};
+use crate::sim::{Fleet, Incident, Outcome, POLICIES, Scenario, ServerModel, run, scenarios};
 
 /// The fleet of the published figures (and of CI, which regenerates them).
 pub const FLEET: Fleet = Fleet {
@@ -680,7 +678,12 @@ pub fn held_out() -> String {
         horizon: 300,
     }];
     let runs: [(&str, Fleet, &[Scenario], &[u64]); 5] = [
-        ("the page's scenarios, seeds 5-9", FLEET, &page, &other_seeds),
+        (
+            "the page's scenarios, seeds 5-9",
+            FLEET,
+            &page,
+            &other_seeds,
+        ),
         (
             "the page's scenarios, a 3 s queue",
             Fleet {

@@ -741,14 +741,14 @@ async fn a_waiting_retry_is_cancelled_by_a_newer_failure_and_answers_its_last_er
         ])
         .await;
         let gate = Arc::new(tokio::sync::Semaphore::new(0));
-        let g = Arc::clone(&gate);
+        let opener = Arc::clone(&gate);
         let budget = Arc::new(RetryBudget::new(5, 5, 1));
-        let r = Retrier::new(RetryPolicy::default(), move |_: Duration| {
-            let g = Arc::clone(&g);
-            async move { g.acquire().await.unwrap().forget() }
+        let retrier = Retrier::new(RetryPolicy::default(), move |_: Duration| {
+            let opener = Arc::clone(&opener);
+            async move { opener.acquire().await.unwrap().forget() }
         })
         .with_budget(Arc::clone(&budget));
-        let c = client(RetryMiddleware::new(r));
+        let c = client(RetryMiddleware::new(retrier));
         let ca = c.clone();
         let a = tokio::spawn(async move { ca.get(format!("http://{addr}/a")).send().await });
         // a's retry waits holding the budget's 5 tokens.
@@ -774,7 +774,11 @@ async fn a_waiting_retry_is_cancelled_by_a_newer_failure_and_answers_its_last_er
         let b = b.await.unwrap().unwrap();
         assert_eq!(b.status(), 200);
         assert_eq!(hits(&state, "/b"), 2);
-        assert_eq!((budget.tokens(), budget.reserved()), (5, 0), "b's success paid back");
+        assert_eq!(
+            (budget.tokens(), budget.reserved()),
+            (5, 0),
+            "b's success paid back"
+        );
     })
     .await;
 }

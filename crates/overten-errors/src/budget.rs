@@ -97,6 +97,39 @@ impl Ticket {
     }
 }
 
+impl State {
+    /// Pays `cost` from the bucket, cancelling the oldest waiting tickets when the bucket
+    /// alone cannot; `false` (and nothing cancelled) when even they could not. The
+    /// cancelled tickets' wakers are returned, to be woken outside the lock.
+    fn pay(&mut self, cost: u32, wake: &mut Vec<Waker>) -> bool {
+        if self.tokens < cost {
+            if self.tokens.saturating_add(self.reserved) < cost {
+                return false;
+            }
+            while self.tokens < cost {
+                let Some(oldest) = self.waiting.pop_front() else {
+                    // `reserved` is the sum of the queue's costs: unreachable, but a budget
+                    // that cannot pay says so rather than panicking.
+                    return false;
+                };
+                oldest.state.store(CANCELLED, Ordering::Release);
+                self.reserved -= oldest.cost;
+                self.tokens += oldest.cost;
+                if let Some(w) = oldest
+                    .waker
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take()
+                {
+                    wake.push(w);
+                }
+            }
+        }
+        self.tokens -= cost;
+        true
+    }
+}
+
 impl Ledger {
     fn lock(&self) -> MutexGuard<'_, State> {
         // The state is consistent after every statement that can panic (none do): a
@@ -231,44 +264,13 @@ impl RetryBudget {
         }
     }
 
-    /// Pays `cost` from the bucket, cancelling the oldest waiting tickets when the bucket
-    /// alone cannot; `false` (and nothing cancelled) when even they could not. The
-    /// cancelled tickets' wakers are returned, to be woken outside the lock.
-    fn pay(&self, state: &mut State, cost: u32, wake: &mut Vec<Waker>) -> bool {
-        if state.tokens < cost {
-            if state.tokens.saturating_add(state.reserved) < cost {
-                return false;
-            }
-            while state.tokens < cost {
-                let Some(oldest) = state.waiting.pop_front() else {
-                    // `reserved` is the sum of the queue's costs: unreachable, but a budget
-                    // that cannot pay says so rather than panicking.
-                    return false;
-                };
-                oldest.state.store(CANCELLED, Ordering::Release);
-                state.reserved -= oldest.cost;
-                state.tokens += oldest.cost;
-                if let Some(w) = oldest
-                    .waker
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .take()
-                {
-                    wake.push(w);
-                }
-            }
-        }
-        state.tokens -= cost;
-        true
-    }
-
     /// Pays for a retry on `basis` that is sent at once (no ticket): `false` when the
     /// bucket, with every waiting ticket cancelled, cannot.
     pub(crate) fn spend(&self, basis: Basis) -> bool {
         let mut wake = Vec::new();
         let paid = {
             let mut state = self.ledger.lock();
-            self.pay(&mut state, self.cost(basis), &mut wake)
+            state.pay(self.cost(basis), &mut wake)
         };
         wake.into_iter().for_each(Waker::wake);
         paid
@@ -301,7 +303,7 @@ impl RetryBudget {
         let mut wake = Vec::new();
         let ticket = {
             let mut state = self.ledger.lock();
-            if self.pay(&mut state, cost, &mut wake) {
+            if state.pay(cost, &mut wake) {
                 let ticket = Arc::new(Ticket {
                     cost,
                     state: AtomicU8::new(WAITING),
@@ -351,7 +353,10 @@ impl RetryBudget {
     fn refill(&self, tokens: u32) {
         let mut state = self.ledger.lock();
         let room = self.ledger.capacity.saturating_sub(state.reserved);
-        state.tokens = state.tokens.saturating_add(tokens).min(room.max(state.tokens));
+        state.tokens = state
+            .tokens
+            .saturating_add(tokens)
+            .min(room.max(state.tokens));
     }
 }
 

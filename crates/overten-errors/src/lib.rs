@@ -54,6 +54,7 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod budget;
 mod code;
 mod envelope;
 mod error;
@@ -61,13 +62,13 @@ mod fast_body;
 mod hints;
 mod limits;
 mod pointer;
-mod budget;
 mod retry;
 mod rule;
 mod status;
 mod task;
 mod text;
 
+pub use budget::{Cancelled, RetryBudget, RetryTicket};
 pub use code::{Category, Code, CodeSpec, ErrorCode, ParseCodeError};
 pub use envelope::{BodyError, Envelope, ErrorBody, JsonType, MAX_BODY_BYTES, MAX_BODY_DEPTH};
 pub use error::ApiError;
@@ -81,7 +82,6 @@ pub use retry::{
     Advice, Basis, Decision, MAX_SAFE_INTEGER, NOT_REPLAY_SAFE, Pacer, Pacers, PolicyError,
     RandomSource, RetryPolicy, RetryPolicyBuilder, SplitMix64, Step, StopReason,
 };
-pub use budget::{Cancelled, RetryBudget, RetryTicket};
 pub use rule::{FALLBACK, FallbackRule, HeaderUse, RetryRule};
 pub use status::{STATUSES, StatusInfo, StatusKind, fallback_message, status_info};
 pub use task::{

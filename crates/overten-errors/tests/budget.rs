@@ -1,10 +1,17 @@
 //! The retry budget's newest-first mechanics: cancellation order, conservation of tokens,
 //! one budget for every holder of its `Arc`, and the cancellation's wake-up.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests fail loudly"
+)]
+
 use std::future::Future;
 use std::pin::pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
@@ -32,13 +39,19 @@ fn the_oldest_waiting_retries_are_cancelled_first_and_only_as_many_as_needed() {
     // 100 tokens, 5 a retry, 20 in a wait window.
     let budget = RetryBudget::default();
     let tickets: Vec<RetryTicket> = (0..20).map(|_| ticket(&budget, BACKOFF)).collect();
-    assert_eq!((budget.tokens(), budget.reserved(), budget.waiting()), (0, 100, 20));
+    assert_eq!(
+        (budget.tokens(), budget.reserved(), budget.waiting()),
+        (0, 100, 20)
+    );
     // A window retry costs 20: the four oldest pay for it, the rest wait on.
     let newest = ticket(&budget, WINDOW);
     let cancelled: Vec<bool> = tickets.iter().map(RetryTicket::is_cancelled).collect();
     assert_eq!(cancelled[..4], [true; 4]);
     assert_eq!(cancelled[4..], [false; 16]);
-    assert_eq!((budget.tokens(), budget.reserved(), budget.waiting()), (0, 100, 17));
+    assert_eq!(
+        (budget.tokens(), budget.reserved(), budget.waiting()),
+        (0, 100, 17)
+    );
     // A backoff retry now takes the fifth oldest, not the window retry just paid.
     let _later = ticket(&budget, BACKOFF);
     assert!(tickets[4].is_cancelled());
@@ -52,7 +65,10 @@ fn the_oldest_waiting_retries_are_cancelled_first_and_only_as_many_as_needed() {
         assert!(t.send());
     }
     // 15 sent (75 tokens spent), the window retry and the later one (25) still wait.
-    assert_eq!((budget.tokens(), budget.reserved(), budget.waiting()), (0, 25, 2));
+    assert_eq!(
+        (budget.tokens(), budget.reserved(), budget.waiting()),
+        (0, 25, 2)
+    );
 }
 
 #[test]
@@ -84,7 +100,10 @@ fn waiting_retries_that_exactly_pay_are_all_taken() {
     let window = ticket(&budget, WINDOW);
     assert_eq!(window.cost(), 30);
     assert!(waiting.iter().all(RetryTicket::is_cancelled));
-    assert_eq!((budget.tokens(), budget.reserved(), budget.waiting()), (0, 30, 1));
+    assert_eq!(
+        (budget.tokens(), budget.reserved(), budget.waiting()),
+        (0, 30, 1)
+    );
 }
 
 #[test]
@@ -121,7 +140,10 @@ fn an_admitted_retry_is_sent_at_once_and_takes_waiting_tickets_newest_first() {
     let b = ticket(&budget, BACKOFF);
     assert_eq!(budget.admit(retry(BACKOFF)), retry(BACKOFF));
     assert!(a.is_cancelled() && !b.is_cancelled());
-    assert_eq!((budget.tokens(), budget.reserved(), budget.waiting()), (0, 5, 1));
+    assert_eq!(
+        (budget.tokens(), budget.reserved(), budget.waiting()),
+        (0, 5, 1)
+    );
 }
 
 #[test]
@@ -130,7 +152,11 @@ fn successes_refill_up_to_the_capacity_counting_waiting_tickets() {
     let a = ticket(&budget, BACKOFF);
     budget.record_retried_success();
     budget.record_success();
-    assert_eq!((budget.tokens(), budget.reserved()), (15, 5), "15 + 5 = capacity");
+    assert_eq!(
+        (budget.tokens(), budget.reserved()),
+        (15, 5),
+        "15 + 5 = capacity"
+    );
     assert!(a.send());
     budget.record_success();
     assert_eq!(budget.tokens(), 16);
@@ -192,7 +218,11 @@ fn a_waiting_retry_is_woken_when_it_is_cancelled_and_never_after_it_was_sent() {
         let mut cancelled = pin!(old.cancelled());
         assert_eq!(cancelled.as_mut().poll(&mut cx), Poll::Pending);
         let new = ticket(&budget, BACKOFF);
-        assert_eq!(count.0.load(Ordering::SeqCst), 1, "woken by the cancellation");
+        assert_eq!(
+            count.0.load(Ordering::SeqCst),
+            1,
+            "woken by the cancellation"
+        );
         assert_eq!(cancelled.as_mut().poll(&mut cx), Poll::Ready(()));
         // The new one, sent, is never cancelled.
         let mut watch = pin!(new.cancelled());

@@ -475,9 +475,9 @@ impl<S: Sleep + 'static> RetryMiddleware<S> {
                                 error.type = "body",
                                 "the error body was cut short"
                             );
-                            let (decision, ticket) = self
-                                .retrier
-                                .decide_transport_reserving(true, replay_safe, attempt);
+                            let (decision, ticket) =
+                                self.retrier
+                                    .decide_transport_reserving(true, replay_safe, attempt);
                             trace_decision(attempt, &decision, self.retrier.budget().tokens());
                             match (decision.advice, replay) {
                                 (Advice::Retry { after, .. }, Some(again))

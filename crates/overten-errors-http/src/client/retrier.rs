@@ -10,8 +10,8 @@ use std::time::{Duration, SystemTime};
 use crate::runtime::{Sleep, process_seed};
 
 use overten_errors::{
-    Advice, ApiError, Decision, Pacer, Pacers, RandomSource, RetryBudget, RetryPolicy,
-    RetryTicket, SplitMix64,
+    Advice, ApiError, Decision, Pacer, Pacers, RandomSource, RetryBudget, RetryPolicy, RetryTicket,
+    SplitMix64,
 };
 
 /// One attempt of [`Retrier::run`]: its number (the first is 1) and whether the work is
@@ -216,7 +216,11 @@ impl<S: Sleep> Retrier<S> {
     /// The decision for `err` after attempt `attempt`, a retry paid with a [`RetryTicket`]
     /// (newest first: a newer failure's retry may take its tokens while it waits; wait with
     /// [`Retrier::wait_retry`]).
-    pub fn decide_reserving(&self, err: &ApiError, attempt: u32) -> (Decision, Option<RetryTicket>) {
+    pub fn decide_reserving(
+        &self,
+        err: &ApiError,
+        attempt: u32,
+    ) -> (Decision, Option<RetryTicket>) {
         let bits = self.draw();
         self.policy.explain_reserving(
             err,
@@ -681,7 +685,10 @@ mod tests {
         let mut cx = Context::from_waker(Waker::noop());
         assert!(a.as_mut().poll(&mut cx).is_pending(), "a's retry waits");
         assert_eq!(retrier.budget().reserved(), 5);
-        assert!(b.as_mut().poll(&mut cx).is_pending(), "b's retry takes a's tokens");
+        assert!(
+            b.as_mut().poll(&mut cx).is_pending(),
+            "b's retry takes a's tokens"
+        );
         let Poll::Ready(Err(gave_up)) = a.as_mut().poll(&mut cx) else {
             panic!("a ends once its retry is cancelled");
         };
@@ -690,9 +697,15 @@ mod tests {
         assert_eq!(gave_up.attempts, 1);
         assert_eq!(*a_calls.lock().unwrap(), 1, "a was not sent again");
         assert_eq!(*b_calls.lock().unwrap(), 1);
-        assert_eq!((retrier.budget().tokens(), retrier.budget().reserved()), (0, 5));
+        assert_eq!(
+            (retrier.budget().tokens(), retrier.budget().reserved()),
+            (0, 5)
+        );
         // b dropped while waiting: its tokens come back.
         drop(b);
-        assert_eq!((retrier.budget().tokens(), retrier.budget().reserved()), (5, 0));
+        assert_eq!(
+            (retrier.budget().tokens(), retrier.budget().reserved()),
+            (5, 0)
+        );
     }
 }
