@@ -378,6 +378,6 @@ def case(rng: random.Random) -> dict[str, Any]:
         "now": now,
         "random": rng.getrandbits(64),
         "attempt": rng.choice([0, 1, 1, 2, 3, 4, 5, 6]),
-        "budget": rng.choice([None, 0, 4, 5, 19, 20, 100, 150]),
+        "budget": rng.choice([None, 0, 4, 5, 9, 10, 19, 20, 24, 25, 100, 150]),
     }
     return {"fixture": fixture, "flags": flags}

@@ -177,7 +177,7 @@ def raw_case(rng: random.Random) -> tuple[int, list[list[str]], bytes, dict[str,
         "now": now,
         "random": rng.getrandbits(64),
         "attempt": rng.randint(1, 6),
-        "budget": rng.choice([None, 0, 20, 100]),
+        "budget": rng.choice([None, 0, 5, 9, 10, 20, 100]),
     }
     return status, headers, body, flags
 

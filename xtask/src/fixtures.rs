@@ -282,6 +282,8 @@ impl Fixture {
                 "retry_cost": budget.retry_cost(),
                 "window_cost": budget.window_cost(),
                 "success_refill": budget.success_refill(),
+                "storm_wait_min_ms": u64::try_from(budget.storm_wait().0.as_millis()).unwrap_or(u64::MAX),
+                "storm_wait_max_ms": u64::try_from(budget.storm_wait().1.as_millis()).unwrap_or(u64::MAX),
             },
         })
     }
@@ -674,12 +676,36 @@ pub(crate) fn all() -> Vec<Fixture> {
         .tokens(4),
         Fixture::raw(
             "budget-exact",
-            "A 500 when the retry budget holds exactly one retry's cost: retry.",
+            "A 500 when the retry budget holds exactly one retry's cost: retry; the bucket is then empty, a storm, so the backoff waits the storm window (15-30 s).",
             500,
             &[json_type],
             &internal,
         )
         .tokens(5),
+        Fixture::raw(
+            "budget-storm-backoff",
+            "A 500 when paying for the retry leaves 4 tokens, less than a retry costs: a storm's backoff, 15-30 s.",
+            500,
+            &[json_type],
+            &internal,
+        )
+        .tokens(9),
+        Fixture::raw(
+            "budget-no-storm",
+            "A 500 when paying for the retry leaves 5 tokens, one retry's cost: the plain backoff.",
+            500,
+            &[json_type],
+            &internal,
+        )
+        .tokens(10),
+        Fixture::raw(
+            "budget-storm-spares-windows",
+            "A 503 without Retry-After when paying for the retry empties the bucket: the wait window is not a backoff, it is unchanged.",
+            503,
+            &[json_type],
+            &envelope(ErrorCode::ServiceUnavailable),
+        )
+        .tokens(20),
         Fixture::raw(
             "budget-spares-stops",
             "A permanent error with an empty budget: still a permanent stop; stops cost nothing.",
@@ -721,6 +747,13 @@ pub(crate) fn all() -> Vec<Fixture> {
             true,
         )
         .attempt(5),
+        Fixture::transport(
+            "transport-storm-backoff",
+            "A refused connection when paying for the retry empties the bucket: a storm's backoff, 15-30 s.",
+            false,
+            true,
+        )
+        .tokens(5),
         Fixture::transport(
             "transport-budget-exhausted",
             "A refused connection when the budget cannot pay for a retry: stop.",

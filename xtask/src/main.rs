@@ -64,8 +64,17 @@ fn main() -> ExitCode {
             }
         },
         ["simulate", "--held-out"] => {
-            println!("{}", xtask::storms::held_out());
+            println!("{}", xtask::storms::held_out(xtask::storms::OURS));
             ExitCode::SUCCESS
+        }
+        ["simulate", "--held-out", "--variant", name] => {
+            match xtask::sim::VARIANTS.iter().find(|v| v.contains(name)) {
+                Some(v) => {
+                    println!("{}", xtask::storms::held_out(v));
+                    ExitCode::SUCCESS
+                }
+                None => usage(),
+            }
         }
         ["simulate", "--clients", n] => match n.parse::<u32>() {
             Ok(clients) if (1..=100_000).contains(&clients) => {

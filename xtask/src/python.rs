@@ -237,7 +237,14 @@ fn numbers(out: &mut String, catalog: &Value) {
         call(
             "BudgetSettings",
             &catalog["retry_budget"],
-            &["capacity", "retry_cost", "window_cost", "success_refill"],
+            &[
+                "capacity",
+                "retry_cost",
+                "window_cost",
+                "success_refill",
+                "storm_wait_min_ms",
+                "storm_wait_max_ms",
+            ],
             ""
         )
     );

@@ -125,6 +125,8 @@ pub(crate) fn retry_md() -> String {
         ("budget_retry_cost", budget.retry_cost().to_string()),
         ("budget_window_cost", budget.window_cost().to_string()),
         ("budget_success_refill", budget.success_refill().to_string()),
+        ("budget_storm_wait_min_ms", ms(budget.storm_wait().0)),
+        ("budget_storm_wait_max_ms", ms(budget.storm_wait().1)),
         (
             "budget_retries",
             (budget.capacity() / budget.retry_cost().max(1)).to_string(),

@@ -532,8 +532,19 @@ impl Policy for NoRetry {
 pub const VARIANT_WINDOW_SPREAD: &str = "overten (window spread, variant)";
 
 /// A variant, not on the page: the default before issue 27, its budget paying each retry
-/// when it is decided and never taking it back (oldest first).
+/// when it is decided and never taking it back (oldest first), no storm wait.
 pub const VARIANT_OLDEST_FIRST: &str = "overten (oldest-first budget, previous default)";
+
+/// A variant, not on the page: newest first without the storm's backoff wait (a budget
+/// whose `storm_wait` is 0), to measure what that wait adds.
+pub const VARIANT_NO_STORM_WAIT: &str = "overten (newest first, no storm wait, variant)";
+
+/// Every variant `cargo xtask simulate --held-out --variant NAME` runs.
+pub const VARIANTS: &[&str] = &[
+    VARIANT_WINDOW_SPREAD,
+    VARIANT_OLDEST_FIRST,
+    VARIANT_NO_STORM_WAIT,
+];
 
 /// The policies compared, in table order.
 pub const POLICIES: &[&str] = &[
@@ -545,6 +556,11 @@ pub const POLICIES: &[&str] = &[
     "naive 1 s x5",
     "no retries",
 ];
+
+/// The default budget without the storm's backoff wait.
+fn no_storm_wait() -> RetryBudget {
+    RetryBudget::default().with_storm_wait(Duration::ZERO, Duration::ZERO)
+}
 
 fn policy(name: &str) -> Box<dyn Policy> {
     match name {
@@ -570,12 +586,22 @@ fn policy(name: &str) -> Box<dyn Policy> {
         }),
         VARIANT_OLDEST_FIRST => Box::new(Ours {
             policy: RetryPolicy::default(),
-            budget: Some(RetryBudget::default()),
+            budget: Some(no_storm_wait()),
             pacer: overten_errors::Pacer::new(),
             refund: true,
             window_spread: false,
             held_until: 0,
             newest_first: false,
+            ticket: None,
+        }),
+        VARIANT_NO_STORM_WAIT => Box::new(Ours {
+            policy: RetryPolicy::default(),
+            budget: Some(no_storm_wait()),
+            pacer: overten_errors::Pacer::new(),
+            refund: true,
+            window_spread: false,
+            held_until: 0,
+            newest_first: true,
             ticket: None,
         }),
         "overten (default, no budget)" => Box::new(Ours {

@@ -153,11 +153,28 @@ fn budget_of(request: &Value) -> Result<Option<RetryBudget>, String> {
         ));
     }
     let n = |k: &str| u32_of(&b[k], &format!("request.budget.{k}"), 0);
-    Ok(Some(
-        RetryBudget::new(n("capacity")?, n("retry_cost")?, n("success_refill")?)
-            .with_window_cost(n("window_cost")?)
-            .with_tokens(n("tokens")?),
-    ))
+    let budget = RetryBudget::new(n("capacity")?, n("retry_cost")?, n("success_refill")?)
+        .with_window_cost(n("window_cost")?)
+        .with_tokens(n("tokens")?);
+    // The storm wait came with the newest-first budget: a request without it has the
+    // default's.
+    let (min, max) = budget.storm_wait();
+    let ms = |k: &str, default: Duration| -> Result<Duration, String> {
+        match b.get(k) {
+            None => Ok(default),
+            Some(v) => integer(
+                v,
+                &format!("request.budget.{k}"),
+                0,
+                overten_errors::MAX_SAFE_INTEGER,
+            )
+            .map(Duration::from_millis),
+        }
+    };
+    Ok(Some(budget.with_storm_wait(
+        ms("storm_wait_min_ms", min)?,
+        ms("storm_wait_max_ms", max)?,
+    )))
 }
 
 /// The draws: always `u` (the CLI's `--random`), or fresh ones.

@@ -149,6 +149,11 @@ pub struct BudgetDefaults {
     pub success_refill: u32,
     /// Tokens a success after retries returns (the last retry's cost).
     pub retried_success_refill: u32,
+    /// A storm's backoff (a backoff retry that leaves the bucket with less than one retry's
+    /// cost) waits at least a uniform point from here...
+    pub storm_wait_min_ms: u64,
+    /// ...to here (step 10).
+    pub storm_wait_max_ms: u64,
 }
 
 /// The page's other numbers, and the bounds both sides apply to text on the wire.
@@ -250,6 +255,8 @@ pub fn catalog() -> Catalog {
             window_cost: budget.window_cost(),
             success_refill: budget.success_refill(),
             retried_success_refill: budget.retry_cost(),
+            storm_wait_min_ms: millis(budget.storm_wait().0),
+            storm_wait_max_ms: millis(budget.storm_wait().1),
         },
         limits: Limits {
             sync_timeout_ms: SYNC_TIMEOUT_SECONDS * 1000,

@@ -10,6 +10,7 @@ use core::future::Future;
 use core::pin::Pin;
 use core::sync::atomic::{AtomicU8, Ordering};
 use core::task::{Context, Poll, Waker};
+use core::time::Duration;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -60,8 +61,15 @@ pub struct RetryBudget {
     retry_cost: u32,
     window_cost: u32,
     success_refill: u32,
+    storm_wait_ms: (u64, u64),
     ledger: Arc<Ledger>,
 }
+
+/// The default storm wait ([`RetryBudget::storm_wait`]): 15 to 30 s, chosen by
+/// `docs/retry-storms.md` (5–10 s lost the HTML 502 outages on the queue model to
+/// reqwest-retry; 10–20, 15–30 and 30–60 s all won them, the brown-out's p99 latency
+/// growing with the window: 19, 28 and 43 s; 15–30 s keeps a margin on both).
+pub(crate) const STORM_WAIT_MS: (u64, u64) = (15_000, 30_000);
 
 /// The bucket and the retries waiting on it, under one lock.
 #[derive(Debug)]
@@ -156,8 +164,8 @@ impl Ledger {
 }
 
 impl Default for RetryBudget {
-    /// 100 tokens, 5 a retry, 20 a retry in a 503's wait window, 1 back a success (see
-    /// [`RetryBudget`] for why).
+    /// 100 tokens, 5 a retry, 20 a retry in a 503's wait window, 1 back a success, a storm's
+    /// backoff 15–30 s (see [`RetryBudget`] for why).
     fn default() -> Self {
         RetryBudget::new(100, 5, 1).with_window_cost(20)
     }
@@ -172,6 +180,7 @@ impl Clone for RetryBudget {
             retry_cost: self.retry_cost,
             window_cost: self.window_cost,
             success_refill: self.success_refill,
+            storm_wait_ms: self.storm_wait_ms,
             ledger: Arc::new(Ledger {
                 state: Mutex::new(State {
                     tokens: self.tokens(),
@@ -193,6 +202,7 @@ impl RetryBudget {
             retry_cost,
             window_cost: retry_cost,
             success_refill,
+            storm_wait_ms: STORM_WAIT_MS,
             ledger: Arc::new(Ledger {
                 state: Mutex::new(State {
                     tokens: capacity,
@@ -214,6 +224,28 @@ impl RetryBudget {
     /// Tokens a retry in a wait window costs.
     pub const fn window_cost(&self) -> u32 {
         self.window_cost
+    }
+
+    /// This budget with a storm's backoff waiting between `min` and `max` (in either order;
+    /// whole milliseconds): see [`RetryBudget::storm_wait`].
+    #[must_use]
+    pub fn with_storm_wait(mut self, min: Duration, max: Duration) -> RetryBudget {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let (a, b) = (ms(min), ms(max));
+        self.storm_wait_ms = (a.min(b), a.max(b));
+        self
+    }
+
+    /// The wait of a backoff retry in a storm: when paying for a retry whose basis is
+    /// `backoff` leaves the bucket with fewer free tokens than a retry costs (every token
+    /// spent or held by waiting retries), the retry waits at least a uniform point of this
+    /// window (`docs/retry.md`, step 10). Its tokens then stay where a newer failure can take
+    /// them, and the retries waiting when an outage ends are its last failures'.
+    pub fn storm_wait(&self) -> (Duration, Duration) {
+        (
+            Duration::from_millis(self.storm_wait_ms.0),
+            Duration::from_millis(self.storm_wait_ms.1),
+        )
     }
 
     /// This budget holding `tokens` (at most its capacity) instead of a full bucket.
@@ -266,14 +298,16 @@ impl RetryBudget {
 
     /// Pays for a retry on `basis` that is sent at once (no ticket): `false` when the
     /// bucket, with every waiting ticket cancelled, cannot.
-    pub(crate) fn spend(&self, basis: Basis) -> bool {
+    pub(crate) fn spend(&self, basis: Basis) -> Option<u32> {
         let mut wake = Vec::new();
-        let paid = {
+        let left = {
             let mut state = self.ledger.lock();
-            state.pay(self.cost(basis), &mut wake)
+            state
+                .pay(self.cost(basis), &mut wake)
+                .then_some(state.tokens)
         };
         wake.into_iter().for_each(Waker::wake);
-        paid
+        left
     }
 
     /// Passes `advice` through, spending tokens for a retry that is taken to be sent at
@@ -283,7 +317,7 @@ impl RetryBudget {
     /// waits before it sends should [`RetryBudget::reserve`] instead.
     pub fn admit(&self, advice: Advice) -> Advice {
         match advice {
-            Advice::Retry { basis, .. } if !self.spend(basis) => {
+            Advice::Retry { basis, .. } if self.spend(basis).is_none() => {
                 Advice::Stop(StopReason::BudgetExhausted)
             }
             other => other,
@@ -296,14 +330,20 @@ impl RetryBudget {
     /// advice becomes [`StopReason::BudgetExhausted`] (no ticket). Other advice costs
     /// nothing and gets no ticket.
     pub fn reserve(&self, advice: Advice) -> (Advice, Option<RetryTicket>) {
+        let (advice, ticket, _) = self.reserve_left(advice);
+        (advice, ticket)
+    }
+
+    /// [`RetryBudget::reserve`], with the free tokens left after paying.
+    pub(crate) fn reserve_left(&self, advice: Advice) -> (Advice, Option<RetryTicket>, u32) {
         let Advice::Retry { basis, .. } = advice else {
-            return (advice, None);
+            return (advice, None, self.tokens());
         };
         let cost = self.cost(basis);
         let mut wake = Vec::new();
-        let ticket = {
+        let (ticket, left) = {
             let mut state = self.ledger.lock();
-            if state.pay(cost, &mut wake) {
+            let ticket = if state.pay(cost, &mut wake) {
                 let ticket = Arc::new(Ticket {
                     cost,
                     state: AtomicU8::new(WAITING),
@@ -314,7 +354,8 @@ impl RetryBudget {
                 Some(ticket)
             } else {
                 None
-            }
+            };
+            (ticket, state.tokens)
         };
         wake.into_iter().for_each(Waker::wake);
         match ticket {
@@ -324,8 +365,9 @@ impl RetryBudget {
                     ticket,
                     ledger: Arc::clone(&self.ledger),
                 }),
+                left,
             ),
-            None => (Advice::Stop(StopReason::BudgetExhausted), None),
+            None => (Advice::Stop(StopReason::BudgetExhausted), None, left),
         }
     }
 

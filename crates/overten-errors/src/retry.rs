@@ -492,7 +492,9 @@ pub enum Step {
     WaitWindow,
     /// 9. Rule `backoff`: exponential backoff with jitter.
     Backoff,
-    /// 10. A retry must be paid from the retry budget, when the caller keeps one.
+    /// 10. A retry must be paid from the retry budget, when the caller keeps one; a backoff
+    /// that leaves the bucket with less than one retry's cost waits the budget's storm
+    /// window at least.
     Budget,
 }
 
@@ -578,7 +580,7 @@ impl Step {
                 "jitter",
                 "random",
             ],
-            Step::Budget => &["budget"],
+            Step::Budget => &["budget", "random", "max_wait"],
         }
     }
 
@@ -594,7 +596,9 @@ impl Step {
             Step::RateLimitDefault => "retry (basis rate_limit_default) or stop (wait_too_long)",
             Step::WaitWindow => "retry (basis wait_window) or stop (wait_too_long)",
             Step::Backoff => "retry (basis backoff)",
-            Step::Budget => "the retry unchanged, or stop (budget_exhausted)",
+            Step::Budget => {
+                "the retry (a backoff in a storm waits the budget's storm window at least), or stop (budget_exhausted)"
+            }
         }
     }
 }
@@ -627,8 +631,9 @@ impl RetryPolicy {
     /// status, else from the status ([`RetryRule::for_status`]). Server hints are the
     /// ones on `err` ([`ApiError::retry_after`], [`ApiError::rate_limit`]); `now` resolves
     /// HTTP-dates and resets; `rng` draws jitter (one draw, only for a window or a
-    /// backoff). Keep a [`RetryBudget`] with [`RetryPolicy::explain`] or
-    /// [`RetryBudget::admit`].
+    /// backoff; with a budget, one more for a storm's backoff, step 10). Keep a
+    /// [`RetryBudget`] with [`RetryPolicy::explain`] or
+    /// [`RetryPolicy::explain_reserving`].
     ///
     /// ```
     /// use std::time::{Duration, SystemTime};
@@ -661,7 +666,8 @@ impl RetryPolicy {
         rng: &mut R,
         budget: Option<&RetryBudget>,
     ) -> Decision {
-        charge(budget, self.unbudgeted(err, attempt, now, rng))
+        let decision = self.unbudgeted(err, attempt, now, rng);
+        self.charge(budget, decision, rng)
     }
 
     /// [`RetryPolicy::explain`] paying an advised retry from `budget` with a [`RetryTicket`]
@@ -676,7 +682,8 @@ impl RetryPolicy {
         rng: &mut R,
         budget: &RetryBudget,
     ) -> (Decision, Option<RetryTicket>) {
-        reserve(budget, self.unbudgeted(err, attempt, now, rng))
+        let decision = self.unbudgeted(err, attempt, now, rng);
+        self.reserve(budget, decision, rng)
     }
 
     /// [`RetryPolicy::decide_transport`] paying an advised retry with a [`RetryTicket`], as
@@ -689,10 +696,8 @@ impl RetryPolicy {
         rng: &mut R,
         budget: &RetryBudget,
     ) -> (Decision, Option<RetryTicket>) {
-        reserve(
-            budget,
-            self.decide_transport(sent, replay_safe, attempt, rng, None),
-        )
+        let decision = self.decide_transport(sent, replay_safe, attempt, rng, None);
+        self.reserve(budget, decision, rng)
     }
 
     /// Decides what to do when no response came back (a transport failure), after attempt
@@ -744,7 +749,7 @@ impl RetryPolicy {
                 step: Step::Backoff,
             }
         };
-        charge(budget, decision)
+        self.charge(budget, decision, rng)
     }
 
     fn unbudgeted<R: RandomSource + ?Sized>(
@@ -892,28 +897,82 @@ impl RetryPolicy {
     }
 }
 
-/// Step 10: a retry is paid from the budget, when there is one.
-fn charge(budget: Option<&RetryBudget>, decision: Decision) -> Decision {
-    match (budget, decision.advice) {
-        (Some(budget), Advice::Retry { basis, .. }) if !budget.spend(basis) => Decision {
-            advice: Advice::Stop(StopReason::BudgetExhausted),
-            step: Step::Budget,
-        },
-        _ => decision,
-    }
-}
-
-/// Step 10 with a ticket: a retry is paid from the budget and waits with a [`RetryTicket`].
-fn reserve(budget: &RetryBudget, decision: Decision) -> (Decision, Option<RetryTicket>) {
-    match budget.reserve(decision.advice) {
-        (advice, ticket) if advice == decision.advice => (decision, ticket),
-        (advice, _) => (
-            Decision {
-                advice,
-                step: Step::Budget,
+impl RetryPolicy {
+    /// Step 10: a retry is paid from the budget, when there is one, and a storm's backoff
+    /// stretched ([`RetryBudget::storm_wait`]).
+    fn charge<R: RandomSource + ?Sized>(
+        &self,
+        budget: Option<&RetryBudget>,
+        decision: Decision,
+        rng: &mut R,
+    ) -> Decision {
+        match (budget, decision.advice) {
+            (Some(budget), Advice::Retry { basis, .. }) => match budget.spend(basis) {
+                None => Decision::RETRY_CANCELLED,
+                Some(left) => self.storm(budget, left, decision, rng),
             },
-            None,
-        ),
+            _ => decision,
+        }
+    }
+
+    /// Step 10 with a ticket: a retry is paid from the budget and waits with a
+    /// [`RetryTicket`]; a storm's backoff is stretched.
+    fn reserve<R: RandomSource + ?Sized>(
+        &self,
+        budget: &RetryBudget,
+        decision: Decision,
+        rng: &mut R,
+    ) -> (Decision, Option<RetryTicket>) {
+        match budget.reserve_left(decision.advice) {
+            (advice, ticket, left) if advice == decision.advice => {
+                (self.storm(budget, left, decision, rng), ticket)
+            }
+            (advice, _, _) => (
+                Decision {
+                    advice,
+                    step: Step::Budget,
+                },
+                None,
+            ),
+        }
+    }
+
+    /// A backoff retry paid from a bucket it left with less than one retry's cost waits at
+    /// least `lo + min(floor((span + 1) * u), span)` ms of the budget's storm window (its top
+    /// and bottom capped at `max_wait`), `u` one more draw; the basis stays `backoff`.
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss,
+        reason = "the draw lies in [0, span + 1), span below 2^53"
+    )]
+    fn storm<R: RandomSource + ?Sized>(
+        &self,
+        budget: &RetryBudget,
+        left: u32,
+        decision: Decision,
+        rng: &mut R,
+    ) -> Decision {
+        match decision.advice {
+            Advice::Retry {
+                after,
+                basis: Basis::Backoff,
+            } if left < budget.retry_cost() => {
+                let (min, max) = budget.storm_wait();
+                let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+                let lo = ms(min).min(self.max_wait_ms);
+                let span = ms(max).min(self.max_wait_ms) - lo;
+                let extra = (((span + 1) as f64 * unit(rng)).floor() as u64).min(span);
+                Decision {
+                    advice: Advice::Retry {
+                        after: after.max(Duration::from_millis(lo + extra)),
+                        basis: Basis::Backoff,
+                    },
+                    step: decision.step,
+                }
+            }
+            _ => decision,
+        }
     }
 }
 

@@ -13,9 +13,11 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use overten_errors::{Advice, Basis, RetryBudget, RetryTicket, StopReason};
+use overten_errors::{
+    Advice, ApiError, Basis, ErrorCode, RetryBudget, RetryPolicy, RetryTicket, StopReason,
+};
 use proptest::prelude::*;
 
 fn retry(basis: Basis) -> Advice {
@@ -327,4 +329,132 @@ proptest! {
             }
         }
     }
+}
+
+/// A 500 at attempt 1 decided with the draw `bits` against `budget`.
+fn decide_500(policy: &RetryPolicy, budget: &RetryBudget, bits: u64) -> Advice {
+    let err = ApiError::from(ErrorCode::InternalError);
+    policy
+        .explain(
+            &err,
+            1,
+            SystemTime::UNIX_EPOCH,
+            &mut move || bits,
+            Some(budget),
+        )
+        .advice
+}
+
+fn backoff(ms: u64) -> Advice {
+    Advice::Retry {
+        after: Duration::from_millis(ms),
+        basis: BACKOFF,
+    }
+}
+
+#[test]
+fn a_backoff_that_leaves_less_than_a_retry_waits_the_storm_window() {
+    // docs/retry.md, step 10, with the defaults: attempt 1's backoff is
+    // floor(1000 * (1 - 0.5 u)); paying it from 9 tokens leaves 4 < 5, so the wait becomes
+    // max(backoff, 15000 + min(floor(15001 u), 15000)).
+    let policy = RetryPolicy::default();
+    let top = u64::MAX;
+    assert_eq!(
+        decide_500(&policy, &RetryBudget::default().with_tokens(9), 0),
+        backoff(15_000)
+    );
+    assert_eq!(
+        decide_500(&policy, &RetryBudget::default().with_tokens(9), top),
+        backoff(30_000)
+    );
+    assert_eq!(
+        decide_500(&policy, &RetryBudget::default().with_tokens(5), 0),
+        backoff(15_000)
+    );
+    // 10 tokens leave 5, one retry's cost: the plain backoff, 1000 ms at u = 0, 500 at the top.
+    assert_eq!(
+        decide_500(&policy, &RetryBudget::default().with_tokens(10), 0),
+        backoff(1_000)
+    );
+    assert_eq!(
+        decide_500(&policy, &RetryBudget::default().with_tokens(10), top),
+        backoff(500)
+    );
+    // Without a budget there is no storm.
+    let err = ApiError::from(ErrorCode::InternalError);
+    assert_eq!(
+        policy.decide(&err, 1, SystemTime::UNIX_EPOCH, &mut || 0),
+        backoff(1_000)
+    );
+}
+
+#[test]
+fn the_storm_window_is_capped_at_max_wait_and_never_shortens_a_backoff() {
+    let top = u64::MAX;
+    // max_wait 20 s: the window is 15-20 s.
+    let capped = RetryPolicy::builder()
+        .max_wait(Duration::from_secs(20))
+        .max_delay(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    assert_eq!(
+        decide_500(&capped, &RetryBudget::default().with_tokens(5), top),
+        backoff(20_000)
+    );
+    // max_wait 10 s: both ends are 10 s.
+    let short = RetryPolicy::builder()
+        .max_wait(Duration::from_secs(10))
+        .max_delay(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    assert_eq!(
+        decide_500(&short, &RetryBudget::default().with_tokens(5), 0),
+        backoff(10_000)
+    );
+    // A storm window below the backoff leaves the backoff as it is (never shorter), and
+    // the window's ends may come in either order.
+    let low = RetryBudget::default()
+        .with_tokens(5)
+        .with_storm_wait(Duration::from_millis(300), Duration::from_millis(200));
+    assert_eq!(
+        low.storm_wait(),
+        (Duration::from_millis(200), Duration::from_millis(300))
+    );
+    assert_eq!(decide_500(&RetryPolicy::default(), &low, 0), backoff(1_000));
+}
+
+#[test]
+fn a_storm_spares_wait_windows_and_named_waits() {
+    // A 503 without Retry-After paid from exactly 20 tokens empties the bucket, but its
+    // window (30-60 s) is not a backoff: unchanged.
+    let policy = RetryPolicy::default();
+    let err = ApiError::from(ErrorCode::ServiceUnavailable);
+    let budget = RetryBudget::default().with_tokens(20);
+    assert_eq!(
+        policy
+            .explain(&err, 1, SystemTime::UNIX_EPOCH, &mut || 0, Some(&budget))
+            .advice,
+        Advice::Retry {
+            after: Duration::from_secs(30),
+            basis: WINDOW
+        }
+    );
+}
+
+#[test]
+fn reserving_and_transport_failures_stretch_a_storms_backoff_too() {
+    let policy = RetryPolicy::default();
+    let budget = RetryBudget::default().with_tokens(5);
+    let err = ApiError::from(ErrorCode::InternalError);
+    let (decision, ticket) =
+        policy.explain_reserving(&err, 1, SystemTime::UNIX_EPOCH, &mut || 0, &budget);
+    assert_eq!(decision.advice, backoff(15_000));
+    assert!(ticket.is_some());
+    let refused = RetryBudget::default().with_tokens(5);
+    let d = policy.decide_transport(false, true, 1, &mut || u64::MAX, Some(&refused));
+    assert_eq!(d.advice, backoff(30_000));
+    let (d, ticket) =
+        policy.decide_transport_reserving(false, true, 1, &mut || 0, &RetryBudget::default());
+    assert_eq!(d.advice, backoff(1_000), "a full bucket is no storm");
+    assert!(ticket.is_some());
 }

@@ -266,6 +266,8 @@ BUDGET: Final = BudgetSettings(
     retry_cost=5,
     window_cost=20,
     success_refill=1,
+    storm_wait_min_ms=15000,
+    storm_wait_max_ms=30000,
 )
 
 #: The default poll schedule (`docs/retry.md`, *Polling a task*).

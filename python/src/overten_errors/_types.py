@@ -84,6 +84,8 @@ class BudgetSettings:
     retry_cost: int
     window_cost: int
     success_refill: int
+    storm_wait_min_ms: int
+    storm_wait_max_ms: int
 
 
 @dataclass(frozen=True, slots=True)

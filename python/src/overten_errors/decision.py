@@ -149,6 +149,7 @@ class RetryBudget:
         "_waiting",
         "capacity",
         "retry_cost",
+        "storm_wait_ms",
         "success_refill",
         "window_cost",
     )
@@ -160,6 +161,7 @@ class RetryBudget:
         window_cost: int = BUDGET.window_cost,
         success_refill: int = BUDGET.success_refill,
         tokens: int | None = None,
+        storm_wait_ms: tuple[int, int] = (BUDGET.storm_wait_min_ms, BUDGET.storm_wait_max_ms),
     ) -> None:
         for name, value in (
             ("capacity", capacity),
@@ -173,6 +175,12 @@ class RetryBudget:
         self.retry_cost = retry_cost
         self.window_cost = window_cost
         self.success_refill = success_refill
+        lo, hi = storm_wait_ms
+        for value in (lo, hi):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError("storm_wait_ms must be two non-negative integers")
+        #: A storm's backoff waits at least a uniform point of this window (ms, ordered).
+        self.storm_wait_ms = (min(lo, hi), max(lo, hi))
         start = capacity if tokens is None else tokens
         if isinstance(start, bool) or not isinstance(start, int) or start < 0:
             raise ValueError("tokens must be a non-negative integer")
@@ -222,15 +230,24 @@ class RetryBudget:
     def try_spend(self, cost: int) -> bool:
         """Spends `cost` for a retry sent at once (no ticket), cancelling the oldest waiting
         tickets when the free tokens alone cannot; False when even they could not."""
+        return self.spend_left(cost) is not None
+
+    def spend_left(self, cost: int) -> int | None:
+        """`try_spend`, with the free tokens left after paying (None: not paid)."""
         with self._lock:
             paid, wake = self._pay(cost)
+            left = self._tokens
         for callback in wake:
             callback()
-        return paid
+        return left if paid else None
 
     def reserve(self, cost: int) -> RetryTicket | None:
         """Pays `cost` for a retry that waits before it is sent: its ticket, or None when
         the bucket, with every waiting ticket cancelled, cannot pay."""
+        return self.reserve_left(cost)[0]
+
+    def reserve_left(self, cost: int) -> tuple[RetryTicket | None, int]:
+        """`reserve`, with the free tokens left after paying."""
         with self._lock:
             paid, wake = self._pay(cost)
             ticket = None
@@ -238,9 +255,10 @@ class RetryBudget:
                 ticket = RetryTicket(self, cost)
                 self._reserved += cost
                 self._waiting.append(ticket)
+            left = self._tokens
         for callback in wake:
             callback()
-        return ticket
+        return ticket, left
 
     def _settle(self, ticket: RetryTicket, to: str) -> bool:
         with self._lock:
@@ -301,10 +319,29 @@ def _bound(wait_ms: int, basis: str, policy: Policy, draw: Draw) -> Advice:
     return Advice("retry", after_ms=min(base + extra, policy.max_wait_ms), basis=basis)
 
 
-def _pay(advice: Advice, step: Step, budget: RetryBudget | None) -> Decision:
+def _storm(
+    decision: Decision, left: int, budget: RetryBudget, policy: Policy, draw: Draw
+) -> Decision:
+    """Step 10's storm: a backoff retry that left the bucket with less than one retry's cost
+    waits at least a uniform point of the budget's storm window (capped at `max_wait`)."""
+    advice = decision.advice
+    if advice.basis != "backoff" or left >= budget.retry_cost:
+        return decision
+    lo = min(budget.storm_wait_ms[0], policy.max_wait_ms)
+    span = min(budget.storm_wait_ms[1], policy.max_wait_ms) - lo
+    extra = min(math.floor((span + 1) * unit(draw())), span)
+    after = max(advice.after_ms or 0, lo + extra)
+    return Decision(Advice("retry", after_ms=after, basis="backoff"), decision.step)
+
+
+def _pay(
+    advice: Advice, step: Step, budget: RetryBudget | None, policy: Policy, draw: Draw
+) -> Decision:
     if advice.action == "retry" and budget is not None:
-        if not budget.try_spend(budget.cost(advice)):
+        left = budget.spend_left(budget.cost(advice))
+        if left is None:
             return Decision(Advice("stop", reason="budget_exhausted"), "budget")
+        return _storm(Decision(advice, step), left, budget, policy, draw)
     return Decision(advice, step)
 
 
@@ -346,27 +383,29 @@ def decide(
     # Step 5
     if received.retry_after is not None:
         wait = received.retry_after.wait_ms(now_ms)
-        return _pay(_bound(wait, "retry_after", p, draw), "retry_after", budget)
+        return _pay(_bound(wait, "retry_after", p, draw), "retry_after", budget, p, draw)
     if rule.action == "retry_after":
         rl = received.rate_limit
         # Step 6
         if rl is not None and rl.remaining == 0:
             wait = max(0, rl.reset * 1000 - now_ms)
-            return _pay(_bound(wait, "rate_limit_reset", p, draw), "rate_limit_reset", budget)
+            advice = _bound(wait, "rate_limit_reset", p, draw)
+            return _pay(advice, "rate_limit_reset", budget, p, draw)
         # Step 7
         advice = _bound(p.rate_limit_default_wait_ms, "rate_limit_default", p, draw)
-        return _pay(advice, "rate_limit_default", budget)
+        return _pay(advice, "rate_limit_default", budget, p, draw)
     # Step 8
     if rule.action == "wait":
         lo, hi = min(rule.min_ms, rule.max_ms), max(rule.min_ms, rule.max_ms)
         if lo > p.max_wait_ms:
-            return _pay(_stop_too_long(lo, p), "wait_window", budget)
+            return _pay(_stop_too_long(lo, p), "wait_window", budget, p, draw)
         hi = min(hi, p.max_wait_ms)
         span = hi - lo
         after = lo + min(math.floor((span + 1) * unit(draw())), span)
-        return _pay(Advice("retry", after_ms=after, basis="wait_window"), "wait_window", budget)
+        advice = Advice("retry", after_ms=after, basis="wait_window")
+        return _pay(advice, "wait_window", budget, p, draw)
     # Step 9
-    return _pay(_backoff(attempt, p, draw), "backoff", budget)
+    return _pay(_backoff(attempt, p, draw), "backoff", budget, p, draw)
 
 
 _TRANSPORT = Received(
@@ -390,15 +429,21 @@ def decide_transport(
     return decide(_TRANSPORT, attempt, 0, draw, p, budget)
 
 
-def reserve(decision: Decision, budget: RetryBudget | None) -> tuple[Decision, RetryTicket | None]:
+def reserve(
+    decision: Decision,
+    budget: RetryBudget | None,
+    draw: Draw,
+    policy: Policy | None = None,
+) -> tuple[Decision, RetryTicket | None]:
     """Step 10 for a retry that waits: pays an advised retry (of a decision taken without a
-    budget) with a ticket, or stops it (`budget_exhausted`)."""
+    budget) with a ticket, a storm's backoff stretched, or stops it (`budget_exhausted`)."""
     if decision.advice.action != "retry" or budget is None:
         return decision, None
-    ticket = budget.reserve(budget.cost(decision.advice))
+    ticket, left = budget.reserve_left(budget.cost(decision.advice))
     if ticket is None:
         return Decision(Advice("stop", reason="budget_exhausted"), "budget"), None
-    return decision, ticket
+    p = policy if policy is not None else DEFAULT_POLICY
+    return _storm(decision, left, budget, p, draw), ticket
 
 
 #: The decision that ends a request whose waiting retry a newer one took the tokens of.

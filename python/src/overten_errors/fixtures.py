@@ -36,6 +36,7 @@ def _budget(spec: dict[str, Any]) -> RetryBudget:
         window_cost=spec["window_cost"],
         success_refill=spec["success_refill"],
         tokens=spec["tokens"],
+        storm_wait_ms=(spec["storm_wait_min_ms"], spec["storm_wait_max_ms"]),
     )
 
 
@@ -46,7 +47,17 @@ def _control_in_headers(fixture: dict[str, Any]) -> bool:
     return False
 
 
-def _same_action(errors: list[str], advice: Advice, want: dict[str, Any], bits: int) -> None:
+def _storm(budget: dict[str, Any]) -> bool:
+    """Whether paying a backoff retry from this budget leaves less than a retry's cost (a
+    storm's backoff, `docs/retry.md` step 10)."""
+    held: int = min(budget["tokens"], budget["capacity"])
+    cost: int = budget["retry_cost"]
+    return held >= cost and held - cost < cost
+
+
+def _same_action(
+    errors: list[str], advice: Advice, want: dict[str, Any], bits: int, storm: bool = False
+) -> None:
     got = advice.to_json()
     if "min_ms" not in want:
         if got != want:
@@ -61,8 +72,8 @@ def _same_action(errors: list[str], advice: Advice, want: dict[str, Any], bits: 
         errors.append(f"action: got {got!r}, want {want!r}")
         return
     # The ends of a range are the draws r = 0 and r = 2^64 - 1: a backoff is longest at
-    # u = 0, every other wait shortest.
-    low_first = want["basis"] != "backoff"
+    # u = 0, every other wait (a storm's stretched backoff too) shortest.
+    low_first = want["basis"] != "backoff" or storm
     if bits == 0 and after != (want["min_ms"] if low_first else want["max_ms"]):
         errors.append(f"delay at r = 0: got {after}")
     if bits == 2**64 - 1 and after != (want["max_ms"] if low_first else want["min_ms"]):
@@ -115,7 +126,8 @@ def check(fixture: dict[str, Any], policy: Policy | None = None) -> list[str]:
             )
             if d.step != expect["step"]:
                 errors.append(f"step: got {d.step!r}, want {expect['step']!r}")
-            _same_action(errors, d.advice, expect["action"], bits)
+            storm = _storm(request["budget"])
+            _same_action(errors, d.advice, expect["action"], bits, storm)
         return errors
     response = fixture["response"]
     if kind == "task_failure":
@@ -150,7 +162,7 @@ def check(fixture: dict[str, Any], policy: Policy | None = None) -> list[str]:
             _budget(request["budget"]),
         )
         same("step", d.step, expect["step"])
-        _same_action(errors, d.advice, expect["action"], bits)
+        _same_action(errors, d.advice, expect["action"], bits, _storm(request["budget"]))
     return errors
 
 

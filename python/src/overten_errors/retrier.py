@@ -175,14 +175,14 @@ class Retrier:
     ) -> tuple[Decision, RetryTicket | None]:
         """The steps for a response, a retry paid with a `RetryTicket` (newest first)."""
         d = decide(received, attempt, self.clock(), self.draw, self.policy, None)
-        return reserve(d, self.budget)
+        return reserve(d, self.budget, self.draw, self.policy)
 
     def decide_transport_reserving(
         self, sent: bool, replay_safe: bool, attempt: int
     ) -> tuple[Decision, RetryTicket | None]:
         """The steps for a transport failure, a retry paid with a `RetryTicket`."""
         d = decide_transport(sent, replay_safe, attempt, self.draw, self.policy, None)
-        return reserve(d, self.budget)
+        return reserve(d, self.budget, self.draw, self.policy)
 
     def on_success(self, attempt: int) -> None:
         """Returns tokens to the budget after a success to `attempt`."""
