@@ -492,9 +492,9 @@ pub enum Step {
     WaitWindow,
     /// 9. Rule `backoff`: exponential backoff with jitter.
     Backoff,
-    /// 10. A retry must be paid from the retry budget, when the caller keeps one; a backoff
-    /// that leaves the bucket with less than one retry's cost waits the budget's storm
-    /// window at least.
+    /// 10. A retry must be paid from the retry budget, when the caller keeps one; a
+    ///     backoff that leaves the bucket with less than one retry's cost waits the
+    ///     budget's storm window at least.
     Budget,
 }
 
