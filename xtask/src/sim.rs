@@ -301,8 +301,19 @@ trait Policy {
     fn success(&mut self, attempts: u32);
     /// Reads any response's rate-limit snapshot (for pacing).
     fn observe(&mut self, _resp: &Resp, _now_ms: u64, _rng: &mut SplitMix64) {}
-    /// How long a request about to be sent at `now_ms` is held first (pacing).
-    fn hold(&self, _now_ms: u64) -> Option<u64> {
+    /// How long a request about to be sent at `now_ms` is held first (pacing). A request
+    /// held once is sent when its hold ends, without asking again.
+    fn hold(&mut self, _now_ms: u64, _rng: &mut SplitMix64) -> Option<u64> {
+        None
+    }
+    /// Whether a request held once is sent when its hold ends without asking again.
+    fn holds_once(&self) -> bool {
+        false
+    }
+    /// For a request held once, at the end of its hold: hold it again (a window it would
+    /// land in is known spent).
+    fn recheck(&mut self, now_ms: u64, rng: &mut SplitMix64) -> Option<u64> {
+        let _ = (now_ms, rng);
         None
     }
     /// The ticket of the retry `next` just advised, when the budget pays newest first.
@@ -350,6 +361,19 @@ struct Ours {
     newest_first: bool,
     /// The ticket of the retry last advised.
     ticket: Option<RetryTicket>,
+    /// A variant under study ([`VARIANT_LIMIT_PACING`]): once a window is spent, the key's
+    /// requests go one per `window / Limit`, the first at a uniform point of the first
+    /// interval after the reset, until no request waits and a response shows room.
+    limit_pacing: Option<LimitPacing>,
+}
+
+/// The state of [`VARIANT_LIMIT_PACING`].
+#[derive(Debug, Clone, Copy, Default)]
+struct LimitPacing {
+    active: bool,
+    next_slot: u64,
+    interval: u64,
+    spent_until: u64,
 }
 
 /// One window of the page's rate limits, in ms.
@@ -407,6 +431,31 @@ impl Policy for Ours {
         }
     }
     fn observe(&mut self, r: &Resp, now_ms: u64, rng: &mut SplitMix64) {
+        if let Some(lp) = &mut self.limit_pacing {
+            if let Some(rl) = r.rate_limit {
+                let interval = (60_000 / u64::from(rl.limit.max(1))).max(1);
+                if rl.remaining == 0 {
+                    let reset = rl.reset * 1000;
+                    lp.spent_until = lp.spent_until.max(reset);
+                    // Spent by this client's own requests (a success said Remaining: 0): its
+                    // backlog starts within the first interval. Spent by others (a 429 came
+                    // first: a shared key): anywhere in the next window.
+                    let phase = if r.status == 429 {
+                        WINDOW_MS
+                    } else {
+                        WINDOW_MS / f64::from(rl.limit.max(1))
+                    };
+                    if !lp.active || lp.next_slot < reset {
+                        lp.next_slot = lp.next_slot.max(reset + ms(unit(rng) * phase));
+                    }
+                    lp.active = true;
+                    lp.interval = interval;
+                } else if lp.active && lp.next_slot <= now_ms {
+                    lp.active = false;
+                }
+            }
+            return;
+        }
         if let Some(rl) = r.rate_limit.filter(|rl| rl.remaining == 0) {
             if self.window_spread {
                 let reset = rl.reset * 1000;
@@ -423,7 +472,24 @@ impl Policy for Ours {
     fn ticket(&mut self) -> Option<RetryTicket> {
         self.ticket.take()
     }
-    fn hold(&self, now_ms: u64) -> Option<u64> {
+    fn holds_once(&self) -> bool {
+        self.limit_pacing.is_some()
+    }
+    fn recheck(&mut self, now_ms: u64, rng: &mut SplitMix64) -> Option<u64> {
+        match &self.limit_pacing {
+            Some(lp) if now_ms < lp.spent_until => self.hold(now_ms, rng),
+            _ => None,
+        }
+    }
+    fn hold(&mut self, now_ms: u64, _rng: &mut SplitMix64) -> Option<u64> {
+        if let Some(lp) = &mut self.limit_pacing {
+            if !lp.active && now_ms >= lp.spent_until {
+                return None;
+            }
+            let slot = lp.next_slot.max(now_ms).max(lp.spent_until);
+            lp.next_slot = slot + lp.interval;
+            return (slot > now_ms).then(|| slot - now_ms);
+        }
         if self.window_spread {
             return (self.held_until > now_ms).then(|| self.held_until - now_ms);
         }
@@ -539,8 +605,14 @@ pub const VARIANT_OLDEST_FIRST: &str = "overten (oldest-first budget, previous d
 /// whose `storm_wait` is 0), to measure what that wait adds.
 pub const VARIANT_NO_STORM_WAIT: &str = "overten (newest first, no storm wait, variant)";
 
+/// A variant under study: once a key's window is spent, its requests go one per
+/// `window / Limit` (the observed `X-RateLimit-Limit`), the first at a uniform point of the
+/// first interval after the reset, until none waits and a response shows room.
+pub const VARIANT_LIMIT_PACING: &str = "overten (limit pacing, variant)";
+
 /// Every variant `cargo xtask simulate --held-out --variant NAME` runs.
 pub const VARIANTS: &[&str] = &[
+    VARIANT_LIMIT_PACING,
     VARIANT_WINDOW_SPREAD,
     VARIANT_OLDEST_FIRST,
     VARIANT_NO_STORM_WAIT,
@@ -573,6 +645,7 @@ fn policy(name: &str) -> Box<dyn Policy> {
             held_until: 0,
             newest_first: true,
             ticket: None,
+            limit_pacing: None,
         }),
         VARIANT_WINDOW_SPREAD => Box::new(Ours {
             policy: RetryPolicy::default(),
@@ -583,6 +656,7 @@ fn policy(name: &str) -> Box<dyn Policy> {
             held_until: 0,
             newest_first: true,
             ticket: None,
+            limit_pacing: None,
         }),
         VARIANT_OLDEST_FIRST => Box::new(Ours {
             policy: RetryPolicy::default(),
@@ -593,6 +667,18 @@ fn policy(name: &str) -> Box<dyn Policy> {
             held_until: 0,
             newest_first: false,
             ticket: None,
+            limit_pacing: None,
+        }),
+        VARIANT_LIMIT_PACING => Box::new(Ours {
+            policy: RetryPolicy::default(),
+            budget: Some(RetryBudget::default()),
+            pacer: overten_errors::Pacer::new(),
+            refund: true,
+            window_spread: false,
+            held_until: 0,
+            newest_first: true,
+            ticket: None,
+            limit_pacing: Some(LimitPacing::default()),
         }),
         VARIANT_NO_STORM_WAIT => Box::new(Ours {
             policy: RetryPolicy::default(),
@@ -603,6 +689,7 @@ fn policy(name: &str) -> Box<dyn Policy> {
             held_until: 0,
             newest_first: true,
             ticket: None,
+            limit_pacing: None,
         }),
         "overten (default, no budget)" => Box::new(Ours {
             policy: RetryPolicy::default(),
@@ -613,6 +700,7 @@ fn policy(name: &str) -> Box<dyn Policy> {
             held_until: 0,
             newest_first: true,
             ticket: None,
+            limit_pacing: None,
         }),
         "AWS SDK for Rust" => Box::new(Aws {
             tokens: 500,
@@ -716,6 +804,8 @@ struct Event {
     attempts: u32,
     /// The index of the retry's ticket in the run's tickets (`u32::MAX`: none).
     ticket: u32,
+    /// Held once already: sent when the hold ends.
+    paced: bool,
 }
 
 /// The bounded queue: when the API is next free, in ms.
@@ -774,6 +864,7 @@ pub fn run(fleet: Fleet, scenario: &Scenario, model: ServerModel, policy_name: &
                 started: at,
                 attempts: 0,
                 ticket: NO_TICKET,
+                paced: false,
             }));
         }
     }
@@ -799,13 +890,22 @@ pub fn run(fleet: Fleet, scenario: &Scenario, model: ServerModel, policy_name: &
             continue;
         }
         // A held key's request waits for its window's reset before it is sent.
-        if let Some(hold) = policies[e.client as usize].hold(e.at) {
-            seq += 1;
-            e.at += hold;
-            e.seq = seq;
-            queue.push(Reverse(e));
-            continue;
+        let held = if e.paced {
+            policies[e.client as usize].recheck(e.at, &mut rng)
+        } else {
+            policies[e.client as usize].hold(e.at, &mut rng)
+        };
+        {
+            if let Some(hold) = held {
+                seq += 1;
+                e.at += hold;
+                e.seq = seq;
+                e.paced = policies[e.client as usize].holds_once();
+                queue.push(Reverse(e));
+                continue;
+            }
         }
+        e.paced = false;
         // A retry waiting with a ticket is sent only if no newer retry took its tokens.
         if e.ticket != NO_TICKET {
             let ticket = tickets[e.ticket as usize].take();
