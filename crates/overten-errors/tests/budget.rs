@@ -458,3 +458,18 @@ fn reserving_and_transport_failures_stretch_a_storms_backoff_too() {
     assert_eq!(d.advice, backoff(1_000), "a full bucket is no storm");
     assert!(ticket.is_some());
 }
+
+#[test]
+fn reserving_from_a_budget_that_cannot_pay_stops() {
+    let policy = RetryPolicy::default();
+    let err = ApiError::from(ErrorCode::InternalError);
+    let empty = RetryBudget::default().with_tokens(4);
+    let (d, ticket) = policy.explain_reserving(&err, 1, SystemTime::UNIX_EPOCH, &mut || 0, &empty);
+    assert_eq!(d, overten_errors::Decision::RETRY_CANCELLED);
+    assert_eq!(d.step, overten_errors::Step::Budget);
+    assert!(ticket.is_none());
+    let (d, ticket) = policy.decide_transport_reserving(false, true, 1, &mut || 0, &empty);
+    assert_eq!(d.advice, Advice::Stop(StopReason::BudgetExhausted));
+    assert!(ticket.is_none());
+    assert_eq!(empty.tokens(), 4, "nothing spent");
+}
