@@ -230,3 +230,22 @@ def test_a_flow_whose_retry_a_newer_failure_took_answers_its_last_error() -> Non
     # b, closed while it waits (its caller gave up), returns its tokens.
     b.close()
     assert state(retrier.budget) == (5, 0, 0)
+
+
+def test_a_transport_failure_whose_retry_a_newer_one_took_raises_with_the_cancellation() -> None:
+    retrier = Retrier(budget=RetryBudget(5, 5, 5, 1), draw=lambda: 0)
+    request = httpx.Request("GET", "http://api.test/a")
+    flows = [attempts(retrier, request), attempts(retrier, httpx.Request("GET", "http://x/b"))]
+    waits = []
+    for flow in flows:
+        assert isinstance(next(flow), Send)
+        step = flow.throw(httpx.ConnectError("refused", request=request))
+        assert isinstance(step, Sleep) and step.ticket is not None
+        waits.append(step)
+    assert waits[0].ticket is not None and waits[0].ticket.cancelled
+    with pytest.raises(httpx.ConnectError) as raised:
+        flows[0].send(None)
+    outcome = raised.value.overten_outcome  # type: ignore[attr-defined]
+    assert outcome.decision == RETRY_CANCELLED and outcome.attempts == 1
+    # The newer one goes when its wait ends.
+    assert isinstance(flows[1].send(None), Send)

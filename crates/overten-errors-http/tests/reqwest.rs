@@ -312,6 +312,37 @@ async fn a_streaming_body_is_never_replayed() {
         );
         assert_eq!(hits(&state, "/upload"), 1);
         assert!(sleeps.lock().unwrap().is_empty());
+        // A request that will not be sent again costs nothing and takes nothing, even from a
+        // budget whose last retry is waiting: it still stops for its body, not the budget.
+        let (addr, state) = server(vec![(
+            "/upload",
+            vec![error(ApiError::from(ErrorCode::InternalError))],
+        )])
+        .await;
+        let budget = Arc::new(RetryBudget::new(5, 5, 1));
+        let waiting = budget.reserve(Advice::Retry {
+            after: Duration::from_secs(1),
+            basis: overten_errors::Basis::Backoff,
+        });
+        let c = client(RetryMiddleware::new(
+            retrier(&sleeps).with_budget(Arc::clone(&budget)),
+        ));
+        let body = reqwest::Body::wrap(Full::new(Bytes::from_static(b"payload")));
+        let r = c
+            .put(format!("http://{addr}/upload"))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.extensions().get::<RetryOutcome>().unwrap().advice,
+            Advice::Stop(StopReason::Permanent {
+                fix: STREAMING_BODY
+            })
+        );
+        assert_eq!(hits(&state, "/upload"), 1);
+        assert_eq!((budget.tokens(), budget.reserved()), (0, 5));
+        assert!(waiting.1.is_some_and(|t| !t.is_cancelled()));
     })
     .await;
 }
@@ -779,6 +810,45 @@ async fn a_waiting_retry_is_cancelled_by_a_newer_failure_and_answers_its_last_er
             (5, 0),
             "b's success paid back"
         );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_refused_request_whose_retry_a_newer_failure_took_ends_with_its_error() {
+    within(async {
+        // A port nobody listens on: every attempt is refused (never sent, always retryable).
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = closed.local_addr().unwrap();
+        drop(closed);
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let opener = Arc::clone(&gate);
+        let budget = Arc::new(RetryBudget::new(5, 5, 1));
+        let retrier = Retrier::new(RetryPolicy::default(), move |_: Duration| {
+            let opener = Arc::clone(&opener);
+            async move { opener.acquire().await.unwrap().forget() }
+        })
+        .with_budget(Arc::clone(&budget));
+        let c = client(RetryMiddleware::new(retrier));
+        let ca = c.clone();
+        let a = tokio::spawn(async move { ca.get(format!("http://{addr}/a")).send().await });
+        for _ in 0..3000 {
+            if budget.reserved() == 5 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(budget.reserved(), 5);
+        let cb = c.clone();
+        let b = tokio::spawn(async move { cb.get(format!("http://{addr}/b")).send().await });
+        // a ends with its refusal while every wait is still closed: it was not sent again.
+        let a = tokio::time::timeout(Duration::from_secs(10), a)
+            .await
+            .expect("a ends once a newer failure takes its retry's tokens")
+            .unwrap();
+        assert!(a.is_err());
+        assert_eq!(budget.reserved(), 5, "b's retry waits");
+        b.abort();
     })
     .await;
 }
