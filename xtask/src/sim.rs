@@ -115,6 +115,46 @@ pub struct Scenario {
 }
 
 impl Scenario {
+    /// A hard outage of `secs` from 60 s into the run: 503 `service_unavailable`, or
+    /// (`html`) a proxy's HTML 502.
+    pub fn outage(secs: u64, html: bool) -> Scenario {
+        let (name, title) = if html {
+            (
+                format!("outage-html-{secs}"),
+                format!("Hard outage, {secs} s of HTML 502 from a proxy"),
+            )
+        } else {
+            (
+                format!("outage-{secs}"),
+                format!("Hard outage, {secs} s of 503 service_unavailable"),
+            )
+        };
+        Scenario {
+            name,
+            title,
+            incident: Incident::Outage { at: 60, secs, html },
+            rate_per_client: 1.0,
+            headroom: 1.5,
+            horizon: 60 + secs + 240,
+        }
+    }
+
+    /// Capacity down to 40% for `secs` from 60 s into the run.
+    pub fn overload(secs: u64) -> Scenario {
+        Scenario {
+            name: format!("overload-{secs}"),
+            title: format!("Overload, capacity drops to 40% for {secs} s"),
+            incident: Incident::Overload {
+                at: 60,
+                secs,
+                factor: 0.4,
+            },
+            rate_per_client: 1.0,
+            headroom: 1.25,
+            horizon: 420,
+        }
+    }
+
     /// When the trigger ends (none for rate limits).
     pub fn trigger_end(&self) -> Option<u64> {
         match self.incident {
@@ -161,44 +201,11 @@ pub const QUEUE_MS: u64 = 2000;
 pub fn scenarios() -> Vec<Scenario> {
     let mut out = Vec::new();
     for secs in [15, 30, 60, 120, 300] {
-        out.push(Scenario {
-            name: format!("outage-{secs}"),
-            title: format!("Hard outage, {secs} s of 503 service_unavailable"),
-            incident: Incident::Outage {
-                at: 60,
-                secs,
-                html: false,
-            },
-            rate_per_client: 1.0,
-            headroom: 1.5,
-            horizon: 60 + secs + 240,
-        });
+        out.push(Scenario::outage(secs, false));
     }
-    out.push(Scenario {
-        name: "outage-html-60".into(),
-        title: "Hard outage, 60 s of HTML 502 from a proxy".into(),
-        incident: Incident::Outage {
-            at: 60,
-            secs: 60,
-            html: true,
-        },
-        rate_per_client: 1.0,
-        headroom: 1.5,
-        horizon: 360,
-    });
+    out.push(Scenario::outage(60, true));
     for secs in [30, 45, 60] {
-        out.push(Scenario {
-            name: format!("overload-{secs}"),
-            title: format!("Overload, capacity drops to 40% for {secs} s"),
-            incident: Incident::Overload {
-                at: 60,
-                secs,
-                factor: 0.4,
-            },
-            rate_per_client: 1.0,
-            headroom: 1.25,
-            horizon: 420,
-        });
+        out.push(Scenario::overload(secs));
     }
     out.push(Scenario {
         name: "brownout".into(),
@@ -634,74 +641,40 @@ fn no_storm_wait() -> RetryBudget {
     RetryBudget::default().with_storm_wait(Duration::ZERO, Duration::ZERO)
 }
 
+impl Ours {
+    /// The default policy with `budget`; the rest as the default unless a variant says.
+    fn with(budget: Option<RetryBudget>) -> Ours {
+        Ours {
+            policy: RetryPolicy::default(),
+            budget,
+            pacer: overten_errors::Pacer::new(),
+            refund: true,
+            window_spread: false,
+            held_until: 0,
+            newest_first: true,
+            ticket: None,
+            limit_pacing: None,
+        }
+    }
+}
+
 fn policy(name: &str) -> Box<dyn Policy> {
     match name {
-        "overten (default + budget)" => Box::new(Ours {
-            policy: RetryPolicy::default(),
-            budget: Some(RetryBudget::default()),
-            pacer: overten_errors::Pacer::new(),
-            refund: true,
-            window_spread: false,
-            held_until: 0,
-            newest_first: true,
-            ticket: None,
-            limit_pacing: None,
-        }),
+        "overten (default + budget)" => Box::new(Ours::with(Some(RetryBudget::default()))),
         VARIANT_WINDOW_SPREAD => Box::new(Ours {
-            policy: RetryPolicy::default(),
-            budget: Some(RetryBudget::default()),
-            pacer: overten_errors::Pacer::new(),
-            refund: true,
             window_spread: true,
-            held_until: 0,
-            newest_first: true,
-            ticket: None,
-            limit_pacing: None,
+            ..Ours::with(Some(RetryBudget::default()))
         }),
         VARIANT_OLDEST_FIRST => Box::new(Ours {
-            policy: RetryPolicy::default(),
-            budget: Some(no_storm_wait()),
-            pacer: overten_errors::Pacer::new(),
-            refund: true,
-            window_spread: false,
-            held_until: 0,
             newest_first: false,
-            ticket: None,
-            limit_pacing: None,
+            ..Ours::with(Some(no_storm_wait()))
         }),
         VARIANT_LIMIT_PACING => Box::new(Ours {
-            policy: RetryPolicy::default(),
-            budget: Some(RetryBudget::default()),
-            pacer: overten_errors::Pacer::new(),
-            refund: true,
-            window_spread: false,
-            held_until: 0,
-            newest_first: true,
-            ticket: None,
             limit_pacing: Some(LimitPacing::default()),
+            ..Ours::with(Some(RetryBudget::default()))
         }),
-        VARIANT_NO_STORM_WAIT => Box::new(Ours {
-            policy: RetryPolicy::default(),
-            budget: Some(no_storm_wait()),
-            pacer: overten_errors::Pacer::new(),
-            refund: true,
-            window_spread: false,
-            held_until: 0,
-            newest_first: true,
-            ticket: None,
-            limit_pacing: None,
-        }),
-        "overten (default, no budget)" => Box::new(Ours {
-            policy: RetryPolicy::default(),
-            budget: None,
-            pacer: overten_errors::Pacer::new(),
-            refund: true,
-            window_spread: false,
-            held_until: 0,
-            newest_first: true,
-            ticket: None,
-            limit_pacing: None,
-        }),
+        VARIANT_NO_STORM_WAIT => Box::new(Ours::with(Some(no_storm_wait()))),
+        "overten (default, no budget)" => Box::new(Ours::with(None)),
         "AWS SDK for Rust" => Box::new(Aws {
             tokens: 500,
             last_cost: 0,

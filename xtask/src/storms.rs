@@ -636,49 +636,16 @@ pub fn held_out(ours: &'static str) -> String {
     let mut out = String::new();
     let page = scenarios();
     let other_seeds = [5, 6, 7, 8, 9];
-    let mut lengths = Vec::new();
-    for secs in [20, 45, 90, 200] {
-        lengths.push(Scenario {
-            name: format!("outage-{secs}"),
-            title: format!("Hard outage, {secs} s"),
-            incident: Incident::Outage {
-                at: 60,
-                secs,
-                html: false,
-            },
-            rate_per_client: 1.0,
-            headroom: 1.5,
-            horizon: 60 + secs + 240,
-        });
-    }
-    for secs in [20, 45, 90] {
-        lengths.push(Scenario {
-            name: format!("outage-html-{secs}"),
-            title: format!("Hard outage, {secs} s of HTML 502"),
-            incident: Incident::Outage {
-                at: 60,
-                secs,
-                html: true,
-            },
-            rate_per_client: 1.0,
-            headroom: 1.5,
-            horizon: 60 + secs + 240,
-        });
-    }
-    for secs in [40, 50, 90] {
-        lengths.push(Scenario {
-            name: format!("overload-{secs}"),
-            title: format!("Overload, {secs} s"),
-            incident: Incident::Overload {
-                at: 60,
-                secs,
-                factor: 0.4,
-            },
-            rate_per_client: 1.0,
-            headroom: 1.25,
-            horizon: 420,
-        });
-    }
+    let mut lengths: Vec<Scenario> = [20, 45, 90, 200]
+        .into_iter()
+        .map(|secs| Scenario::outage(secs, false))
+        .collect();
+    lengths.extend(
+        [20, 45, 90]
+            .into_iter()
+            .map(|secs| Scenario::outage(secs, true)),
+    );
+    lengths.extend([40, 50, 90].into_iter().map(Scenario::overload));
     let mixed = vec![Scenario {
         name: "rate-limit-mixed".into(),
         title: "Rate limits, mixed tiers".into(),

@@ -762,6 +762,35 @@ async fn a_spent_window_holds_only_its_own_key() {
     .await;
 }
 
+/// A client whose budget pays one retry (5 tokens) and whose waits end only when the test
+/// adds permits to the gate.
+fn gated() -> (
+    ClientWithMiddleware,
+    Arc<RetryBudget>,
+    Arc<tokio::sync::Semaphore>,
+) {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let opener = Arc::clone(&gate);
+    let budget = Arc::new(RetryBudget::new(5, 5, 1));
+    let retrier = Retrier::new(RetryPolicy::default(), move |_: Duration| {
+        let opener = Arc::clone(&opener);
+        async move { opener.acquire().await.unwrap().forget() }
+    })
+    .with_budget(Arc::clone(&budget));
+    (client(RetryMiddleware::new(retrier)), budget, gate)
+}
+
+/// Waits (at most 3 s) until `tokens` are held by waiting retries.
+async fn until_reserved(budget: &RetryBudget, tokens: u32) {
+    for _ in 0..3000 {
+        if budget.reserved() == tokens {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(budget.reserved(), tokens);
+}
+
 #[tokio::test]
 async fn a_waiting_retry_is_cancelled_by_a_newer_failure_and_answers_its_last_error() {
     within(async {
@@ -771,25 +800,11 @@ async fn a_waiting_retry_is_cancelled_by_a_newer_failure_and_answers_its_last_er
             ("/b", vec![error(ApiError::from(ErrorCode::UpstreamError))]),
         ])
         .await;
-        let gate = Arc::new(tokio::sync::Semaphore::new(0));
-        let opener = Arc::clone(&gate);
-        let budget = Arc::new(RetryBudget::new(5, 5, 1));
-        let retrier = Retrier::new(RetryPolicy::default(), move |_: Duration| {
-            let opener = Arc::clone(&opener);
-            async move { opener.acquire().await.unwrap().forget() }
-        })
-        .with_budget(Arc::clone(&budget));
-        let c = client(RetryMiddleware::new(retrier));
+        let (c, budget, gate) = gated();
         let ca = c.clone();
         let a = tokio::spawn(async move { ca.get(format!("http://{addr}/a")).send().await });
         // a's retry waits holding the budget's 5 tokens.
-        for _ in 0..3000 {
-            if budget.reserved() == 5 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        assert_eq!(budget.reserved(), 5);
+        until_reserved(&budget, 5).await;
         let cb = c.clone();
         let b = tokio::spawn(async move { cb.get(format!("http://{addr}/b")).send().await });
         // b's failure takes a's tokens: a answers its 500 at once, without a second attempt.
@@ -821,24 +836,10 @@ async fn a_refused_request_whose_retry_a_newer_failure_took_ends_with_its_error(
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = closed.local_addr().unwrap();
         drop(closed);
-        let gate = Arc::new(tokio::sync::Semaphore::new(0));
-        let opener = Arc::clone(&gate);
-        let budget = Arc::new(RetryBudget::new(5, 5, 1));
-        let retrier = Retrier::new(RetryPolicy::default(), move |_: Duration| {
-            let opener = Arc::clone(&opener);
-            async move { opener.acquire().await.unwrap().forget() }
-        })
-        .with_budget(Arc::clone(&budget));
-        let c = client(RetryMiddleware::new(retrier));
+        let (c, budget, _gate) = gated();
         let ca = c.clone();
         let a = tokio::spawn(async move { ca.get(format!("http://{addr}/a")).send().await });
-        for _ in 0..3000 {
-            if budget.reserved() == 5 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        assert_eq!(budget.reserved(), 5);
+        until_reserved(&budget, 5).await;
         let cb = c.clone();
         let b = tokio::spawn(async move { cb.get(format!("http://{addr}/b")).send().await });
         // a ends with its refusal while every wait is still closed: it was not sent again.
