@@ -249,3 +249,10 @@ def test_a_transport_failure_whose_retry_a_newer_one_took_raises_with_the_cancel
     assert outcome.decision == RETRY_CANCELLED and outcome.attempts == 1
     # The newer one goes when its wait ends.
     assert isinstance(flows[1].send(None), Send)
+
+
+def test_free_retries_are_never_queued_or_cancelled() -> None:
+    budget = RetryBudget(5, 0, 0, 1)
+    free = [reserve(budget, 0) for _ in range(1000)]
+    assert state(budget) == (5, 0, 0)
+    assert all(t.send() for t in free)

@@ -283,7 +283,8 @@ impl RetryBudget {
         self.ledger.lock().reserved
     }
 
-    /// Retries paid and still waiting to be sent.
+    /// Retries holding tokens and still waiting to be sent (a free retry, `retry_cost` 0,
+    /// holds none and is not counted).
     pub fn waiting(&self) -> usize {
         self.ledger.lock().waiting.len()
     }
@@ -350,7 +351,11 @@ impl RetryBudget {
                     waker: Mutex::new(None),
                 });
                 state.reserved += cost;
-                state.waiting.push_back(Arc::clone(&ticket));
+                // A free retry holds nothing a newer one could take: it is not queued (the
+                // queue stays bounded by capacity / cost).
+                if cost > 0 {
+                    state.waiting.push_back(Arc::clone(&ticket));
+                }
                 Some(ticket)
             } else {
                 None

@@ -473,3 +473,14 @@ fn reserving_from_a_budget_that_cannot_pay_stops() {
     assert!(ticket.is_none());
     assert_eq!(empty.tokens(), 4, "nothing spent");
 }
+
+#[test]
+fn free_retries_are_never_queued_or_cancelled() {
+    let budget = RetryBudget::new(5, 0, 1);
+    let free: Vec<RetryTicket> = (0..1000).map(|_| ticket(&budget, BACKOFF)).collect();
+    assert_eq!(
+        (budget.tokens(), budget.reserved(), budget.waiting()),
+        (5, 0, 0)
+    );
+    assert!(free.into_iter().all(RetryTicket::send));
+}

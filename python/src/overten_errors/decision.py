@@ -204,7 +204,7 @@ class RetryBudget:
 
     @property
     def waiting(self) -> int:
-        """Retries paid and still waiting to be sent."""
+        """Retries holding tokens and still waiting to be sent (a free one is not counted)."""
         with self._lock:
             return len(self._waiting)
 
@@ -254,7 +254,9 @@ class RetryBudget:
             if paid:
                 ticket = RetryTicket(self, cost)
                 self._reserved += cost
-                self._waiting.append(ticket)
+                # A free retry holds nothing a newer one could take: not queued.
+                if cost > 0:
+                    self._waiting.append(ticket)
             left = self._tokens
         for callback in wake:
             callback()
@@ -265,7 +267,8 @@ class RetryBudget:
             if ticket.state != "waiting":
                 return False
             ticket.state = to
-            self._waiting.remove(ticket)
+            if ticket.cost > 0:
+                self._waiting.remove(ticket)
             self._reserved -= ticket.cost
             if to == "returned":
                 self._tokens += ticket.cost
