@@ -377,6 +377,9 @@ struct Ours {
 /// The state of [`VARIANT_LIMIT_PACING`].
 #[derive(Debug, Clone, Copy, Default)]
 struct LimitPacing {
+    /// Only windows this client's own successes spent are paced by the limit; a 429 holds
+    /// the key as the default pacer does.
+    own_only: bool,
     active: bool,
     next_slot: u64,
     interval: u64,
@@ -439,6 +442,13 @@ impl Policy for Ours {
     }
     fn observe(&mut self, r: &Resp, now_ms: u64, rng: &mut SplitMix64) {
         if let Some(lp) = &mut self.limit_pacing {
+            if lp.own_only && r.status == 429 {
+                if let Some(rl) = r.rate_limit.filter(|rl| rl.remaining == 0) {
+                    let now = SystemTime::UNIX_EPOCH + Duration::from_millis(now_ms);
+                    self.pacer.observe(&rl, now, &self.policy, rng);
+                }
+                return;
+            }
             if let Some(rl) = r.rate_limit {
                 let interval = (60_000 / u64::from(rl.limit.max(1))).max(1);
                 if rl.remaining == 0 {
@@ -483,13 +493,24 @@ impl Policy for Ours {
         self.limit_pacing.is_some()
     }
     fn recheck(&mut self, now_ms: u64, rng: &mut SplitMix64) -> Option<u64> {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_millis(now_ms);
         match &self.limit_pacing {
             Some(lp) if now_ms < lp.spent_until => self.hold(now_ms, rng),
+            Some(lp) if lp.own_only => self
+                .pacer
+                .hold(now, &self.policy)
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             _ => None,
         }
     }
     fn hold(&mut self, now_ms: u64, _rng: &mut SplitMix64) -> Option<u64> {
         if let Some(lp) = &mut self.limit_pacing {
+            if lp.own_only {
+                let now = SystemTime::UNIX_EPOCH + Duration::from_millis(now_ms);
+                if let Some(d) = self.pacer.hold(now, &self.policy) {
+                    return Some(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+                }
+            }
             if !lp.active && now_ms >= lp.spent_until {
                 return None;
             }
@@ -617,8 +638,13 @@ pub const VARIANT_NO_STORM_WAIT: &str = "overten (newest first, no storm wait, v
 /// first interval after the reset, until none waits and a response shows room.
 pub const VARIANT_LIMIT_PACING: &str = "overten (limit pacing, variant)";
 
+/// [`VARIANT_LIMIT_PACING`] for windows the client's own successes spent only; after a 429
+/// the key is held as the default holds it (until the reset, spread like a named wait).
+pub const VARIANT_LIMIT_PACING_OWN: &str = "overten (limit pacing of own windows, variant)";
+
 /// Every variant `cargo xtask simulate --held-out --variant NAME` runs.
 pub const VARIANTS: &[&str] = &[
+    VARIANT_LIMIT_PACING_OWN,
     VARIANT_LIMIT_PACING,
     VARIANT_WINDOW_SPREAD,
     VARIANT_OLDEST_FIRST,
@@ -671,6 +697,13 @@ fn policy(name: &str) -> Box<dyn Policy> {
         }),
         VARIANT_LIMIT_PACING => Box::new(Ours {
             limit_pacing: Some(LimitPacing::default()),
+            ..Ours::with(Some(RetryBudget::default()))
+        }),
+        VARIANT_LIMIT_PACING_OWN => Box::new(Ours {
+            limit_pacing: Some(LimitPacing {
+                own_only: true,
+                ..LimitPacing::default()
+            }),
             ..Ours::with(Some(RetryBudget::default()))
         }),
         VARIANT_NO_STORM_WAIT => Box::new(Ours::with(Some(no_storm_wait()))),

@@ -165,6 +165,7 @@ fn window_spread_variant_on_rate_limits() {
                 "overten (default + budget)",
                 xtask::sim::VARIANT_WINDOW_SPREAD,
                 xtask::sim::VARIANT_LIMIT_PACING,
+                xtask::sim::VARIANT_LIMIT_PACING_OWN,
                 "no retries",
             ] {
                 let runs: Vec<_> = seeds
