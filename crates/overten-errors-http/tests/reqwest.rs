@@ -853,3 +853,23 @@ async fn a_refused_request_whose_retry_a_newer_failure_took_ends_with_its_error(
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_refused_streamed_request_takes_nothing_from_the_budget() {
+    within(async {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = closed.local_addr().unwrap();
+        drop(closed);
+        let (c, budget, _gate) = gated();
+        let (_, waiting) = budget.reserve(Advice::Retry {
+            after: Duration::from_secs(1),
+            basis: overten_errors::Basis::Backoff,
+        });
+        let body = reqwest::Body::wrap(Full::new(Bytes::from_static(b"payload")));
+        let r = c.put(format!("http://{addr}/upload")).body(body).send().await;
+        assert!(r.is_err(), "refused, and a streamed body is never sent twice");
+        assert_eq!((budget.tokens(), budget.reserved()), (0, 5));
+        assert!(waiting.is_some_and(|t| !t.is_cancelled()));
+    })
+    .await;
+}

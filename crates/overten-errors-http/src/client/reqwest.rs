@@ -475,9 +475,17 @@ impl<S: Sleep + 'static> RetryMiddleware<S> {
                                 error.type = "body",
                                 "the error body was cut short"
                             );
-                            let (decision, ticket) =
+                            let (decision, ticket) = if replay.is_some() {
                                 self.retrier
-                                    .decide_transport_reserving(true, replay_safe, attempt);
+                                    .decide_transport_reserving(true, replay_safe, attempt)
+                            } else {
+                                let unpaid = self.retrier.decide_transport_unpaid(
+                                    true,
+                                    replay_safe,
+                                    attempt,
+                                );
+                                (unpaid, None)
+                            };
                             trace_decision(attempt, &decision, self.retrier.budget().tokens());
                             match (decision.advice, replay) {
                                 (Advice::Retry { after, .. }, Some(again))
@@ -551,9 +559,17 @@ impl<S: Sleep + 'static> RetryMiddleware<S> {
                         }
                         reqwest_middleware::Error::Middleware(_) => return Err(error),
                     };
-                    let (decision, ticket) =
+                    // Only a retry that can happen is paid (a streamed body is never sent
+                    // twice): paying could take a waiting retry's tokens for nothing.
+                    let (decision, ticket) = if replay.is_some() {
                         self.retrier
-                            .decide_transport_reserving(sent, replay_safe, attempt);
+                            .decide_transport_reserving(sent, replay_safe, attempt)
+                    } else {
+                        let unpaid =
+                            self.retrier
+                                .decide_transport_unpaid(sent, replay_safe, attempt);
+                        (unpaid, None)
+                    };
                     trace_decision(attempt, &decision, self.retrier.budget().tokens());
                     match (decision.advice, replay) {
                         (Advice::Retry { after, .. }, Some(again))

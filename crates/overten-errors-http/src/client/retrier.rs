@@ -277,6 +277,14 @@ impl<S: Sleep> Retrier<S> {
             .explain(err, attempt, (self.clock)(), &mut move || bits, None)
     }
 
+    /// [`Retrier::decide_transport`] without paying for a retry (for a request that will not
+    /// be sent again whatever the decision says: a streamed body).
+    pub fn decide_transport_unpaid(&self, sent: bool, replay_safe: bool, attempt: u32) -> Decision {
+        let bits = self.draw();
+        self.policy
+            .decide_transport(sent, replay_safe, attempt, &mut move || bits, None)
+    }
+
     /// The decision when no response came back: see [`RetryPolicy::decide_transport`].
     pub fn decide_transport(&self, sent: bool, replay_safe: bool, attempt: u32) -> Decision {
         let bits = self.draw();
