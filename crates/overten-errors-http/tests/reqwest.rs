@@ -866,8 +866,15 @@ async fn a_refused_streamed_request_takes_nothing_from_the_budget() {
             basis: overten_errors::Basis::Backoff,
         });
         let body = reqwest::Body::wrap(Full::new(Bytes::from_static(b"payload")));
-        let r = c.put(format!("http://{addr}/upload")).body(body).send().await;
-        assert!(r.is_err(), "refused, and a streamed body is never sent twice");
+        let r = c
+            .put(format!("http://{addr}/upload"))
+            .body(body)
+            .send()
+            .await;
+        assert!(
+            r.is_err(),
+            "refused, and a streamed body is never sent twice"
+        );
         assert_eq!((budget.tokens(), budget.reserved()), (0, 5));
         assert!(waiting.is_some_and(|t| !t.is_cancelled()));
     })
