@@ -25,24 +25,51 @@ pub fn free_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
+/// A free loopback port whose cluster bus port (`port + 10000`) is free too.
+pub fn free_cluster_port() -> u16 {
+    for _ in 0..100 {
+        let port = free_port();
+        if port <= 55_535 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port with a free cluster bus port in 100 tries");
+}
+
 impl RedisServer {
     pub fn start() -> RedisServer {
         RedisServer::start_with(&[])
     }
 
     /// A server with these arguments added (`--cluster-enabled yes`, `--replicaof …`).
+    ///
+    /// A free port can be taken between the moment it is found and the server's bind (and a
+    /// cluster node also binds `port + 10000`, its bus): a server that exits, or does not
+    /// answer, is started again on another port, at most five times.
     pub fn start_with(extra: &[&str]) -> RedisServer {
-        let port = free_port();
-        let dir = std::env::temp_dir().join(format!("overten-redis-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut server = RedisServer {
-            child: None,
-            port,
-            dir,
-            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
-        };
-        server.spawn();
-        server
+        let cluster = extra.contains(&"--cluster-enabled");
+        for _ in 0..5 {
+            let port = if cluster {
+                free_cluster_port()
+            } else {
+                free_port()
+            };
+            let dir =
+                std::env::temp_dir().join(format!("overten-redis-{}-{port}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut server = RedisServer {
+                child: None,
+                port,
+                dir,
+                extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+            };
+            server.launch();
+            if server.answers(Duration::from_secs(10)) {
+                return server;
+            }
+            // Dropped: killed by PID, its files removed; the next try takes another port.
+        }
+        panic!("redis-server did not start on five free ports in a row");
     }
 
     pub fn port(&self) -> u16 {
@@ -53,7 +80,13 @@ impl RedisServer {
         &self.dir
     }
 
+    /// Starts (or restarts) the server on its port and waits for its PING.
     pub fn spawn(&mut self) {
+        self.launch();
+        self.wait_for_ping();
+    }
+
+    fn launch(&mut self) {
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
             .args(&self.extra)
@@ -74,7 +107,23 @@ impl RedisServer {
                 panic!("redis-server could not start ({e}): apt-get install -y redis-server")
             });
         self.child = Some(child);
-        self.wait_for_ping();
+    }
+
+    /// Whether the server answers PING within `within` (false at once if it exited).
+    fn answers(&mut self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if ping(self.port) {
+                return true;
+            }
+            if let Some(child) = self.child.as_mut() {
+                if child.try_wait().ok().flatten().is_some() {
+                    return false;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
     }
 
     fn wait_for_ping(&self) {
