@@ -31,6 +31,7 @@ pub use envelope::{
 };
 #[cfg(feature = "tower")]
 pub use request_id::{
-    MakeReqId, RequestIdLayers, SanitizeRequestId, SanitizeRequestIdLayer, request_id_layers,
+    MakeReqId, RequestIdFuture, RequestIdLayer, RequestIdLayers, RequestIdService,
+    SanitizeRequestId, SanitizeRequestIdLayer, request_id_layers,
 };
 pub use response::{answer, into_response, set_rate_limit_headers, set_request_id};

@@ -1,17 +1,18 @@
-//! Request ids (feature `tower`): tower-http's set and propagate layers, with ids that
-//! follow the core's rule.
+//! Request ids (feature `tower`): one layer that keeps a valid incoming id, makes one
+//! otherwise and copies it onto the response; ids follow the core's rule.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
-use http::Request;
+use std::future::Future;
+use std::pin::Pin;
+
 use http::header::HeaderValue;
+use http::{Request, Response};
 use overten_errors::{RandomSource, SplitMix64, check_id};
-use tower_http::request_id::{
-    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
-};
-use tower_layer::{Layer, Stack};
+use tower_http::request_id::{MakeRequestId, RequestId};
+use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::client::process_seed;
@@ -105,21 +106,125 @@ where
     }
 }
 
-/// The request-id layers, outermost first: drop an invalid incoming `X-Request-Id`, set one
-/// when absent (`req_` + 24 hex digits; a valid incoming id is reused), and copy it onto
-/// every response. Built from tower-http's `SetRequestIdLayer` and `PropagateRequestIdLayer`.
-pub type RequestIdLayers =
-    Stack<Stack<PropagateRequestIdLayer, SetRequestIdLayer<MakeReqId>>, SanitizeRequestIdLayer>;
+/// Request ids in one layer: an incoming `X-Request-Id` that follows the core's id rule
+/// ([`check_id`]) is kept; one that breaks it is dropped; a request without a valid one gets
+/// a new id (`req_` + 24 hex digits, [`MakeReqId`]) in its headers, where handlers and
+/// [`EnvelopeLayer`](super::EnvelopeLayer) read it. The response gets the request's id
+/// unless it already carries an `X-Request-Id` of its own.
+///
+/// It does what tower-http's `SetRequestIdLayer` and `PropagateRequestIdLayer` do behind
+/// [`SanitizeRequestIdLayer`] (which stay usable, with [`MakeReqId`]), in one service and
+/// one future, and without tower-http's `RequestId` extensions: at most one allocation a
+/// request (the made id's header value) where the three layers took five.
+#[derive(Debug, Clone, Default)]
+pub struct RequestIdLayer {
+    make: MakeReqId,
+}
+
+impl<S> Layer<S> for RequestIdLayer {
+    type Service = RequestIdService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        RequestIdService {
+            inner,
+            make: self.make.clone(),
+        }
+    }
+}
+
+/// The service of [`RequestIdLayer`].
+#[derive(Debug, Clone)]
+pub struct RequestIdService<S> {
+    inner: S,
+    make: MakeReqId,
+}
+
+/// Whether `value` is an id a client would keep.
+fn valid_id(value: &HeaderValue) -> bool {
+    std::str::from_utf8(value.as_bytes()).is_ok_and(|s| check_id(s).is_ok())
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for RequestIdService<S>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+{
+    type Response = Response<ResB>;
+    type Error = S::Error;
+    type Future = RequestIdFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
+        let id = match req.headers().get(&*names::REQUEST_ID) {
+            // The client's own: the response echoes the same value (a shared copy).
+            Some(value) if valid_id(value) => Id::Kept(value.clone()),
+            _ => {
+                let bytes = self.make.next_bytes();
+                // `req_` and hex digits: always a valid header value.
+                if let Ok(value) = HeaderValue::from_bytes(&bytes) {
+                    req.headers_mut().insert(names::REQUEST_ID.clone(), value);
+                }
+                Id::Made(bytes)
+            }
+        };
+        RequestIdFuture {
+            inner: self.inner.call(req),
+            id: Some(id),
+        }
+    }
+}
+
+/// The id a response gets: the request's own, or the 28 bytes of the one made for it.
+#[derive(Debug)]
+enum Id {
+    Kept(HeaderValue),
+    Made([u8; 28]),
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`RequestIdService`].
+    pub struct RequestIdFuture<F> {
+        #[pin]
+        inner: F,
+        id: Option<Id>,
+    }
+}
+
+impl<F, ResB, E> Future for RequestIdFuture<F>
+where
+    F: Future<Output = Result<Response<ResB>, E>>,
+{
+    type Output = Result<Response<ResB>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut response = match this.inner.poll(cx) {
+            Poll::Ready(Ok(response)) => response,
+            other => return other,
+        };
+        if !response.headers().contains_key(&*names::REQUEST_ID) {
+            let value = match this.id.take() {
+                Some(Id::Kept(value)) => Some(value),
+                Some(Id::Made(bytes)) => HeaderValue::from_bytes(&bytes).ok(),
+                None => None,
+            };
+            if let Some(value) = value {
+                response
+                    .headers_mut()
+                    .insert(names::REQUEST_ID.clone(), value);
+            }
+        }
+        Poll::Ready(Ok(response))
+    }
+}
+
+/// The request-id layer of the recommended stack: [`RequestIdLayer`].
+pub type RequestIdLayers = RequestIdLayer;
 
 /// [`RequestIdLayers`], ready to `.layer(...)`.
 pub fn request_id_layers() -> RequestIdLayers {
-    Stack::new(
-        Stack::new(
-            PropagateRequestIdLayer::new(names::REQUEST_ID.clone()),
-            SetRequestIdLayer::new(names::REQUEST_ID.clone(), MakeReqId::default()),
-        ),
-        SanitizeRequestIdLayer,
-    )
+    RequestIdLayer::default()
 }
 
 #[cfg(test)]
@@ -136,5 +241,80 @@ mod tests {
             assert!(id.starts_with("req_"));
             assert_eq!(check_id(&id), Ok(id.as_str()));
         }
+    }
+
+    /// Answers with the id its request carried (`seen`), and with an id of its own when
+    /// `own` is set.
+    fn answer(own: Option<&'static str>, req: &Request<()>) -> Response<()> {
+        let mut response = Response::new(());
+        if let Some(seen) = req.headers().get("x-request-id") {
+            response.headers_mut().insert("seen", seen.clone());
+        }
+        if let Some(own) = own {
+            response
+                .headers_mut()
+                .insert("x-request-id", HeaderValue::from_static(own));
+        }
+        response
+    }
+
+    fn send(own: Option<&'static str>, incoming: &[&[u8]]) -> Response<()> {
+        let mut req = Request::new(());
+        for id in incoming {
+            req.headers_mut()
+                .append("x-request-id", HeaderValue::from_bytes(id).unwrap());
+        }
+        let inner = tower::service_fn(move |req: Request<()>| {
+            std::future::ready(Ok::<_, std::convert::Infallible>(answer(own, &req)))
+        });
+        let mut future = std::pin::pin!(RequestIdLayer::default().layer(inner).call(req));
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match future.as_mut().poll(&mut cx) {
+            Poll::Ready(Ok(response)) => response,
+            _ => panic!("the inner service answers at once"),
+        }
+    }
+
+    #[test]
+    fn a_valid_incoming_id_is_kept_and_echoed() {
+        let response = send(None, &[b"client-42"]);
+        assert_eq!(response.headers()["seen"], "client-42");
+        assert_eq!(response.headers()["x-request-id"], "client-42");
+        // Several: the first decides, as before (tower-http's layers read the first).
+        let response = send(None, &[b"first", b"second"]);
+        assert_eq!(response.headers()["x-request-id"], "first");
+    }
+
+    #[test]
+    fn a_missing_or_invalid_id_is_replaced_by_one_made_here_on_both_sides() {
+        let long = [b'x'; 300];
+        for incoming in [
+            &[][..],
+            &[&b"a b"[..]][..],
+            &[&b"req_\xe9"[..]][..],
+            &[&long[..]][..],
+        ] {
+            let response = send(None, incoming);
+            let sent = response.headers()["x-request-id"].to_str().unwrap();
+            assert_eq!(
+                response.headers()["seen"],
+                sent,
+                "the handler saw the same id"
+            );
+            assert_eq!(sent.len(), 28, "{sent}");
+            assert_eq!(check_id(sent), Ok(sent));
+            assert!(sent.starts_with("req_"));
+        }
+        let (a, b) = (send(None, &[]), send(None, &[]));
+        assert_ne!(a.headers()["x-request-id"], b.headers()["x-request-id"]);
+    }
+
+    #[test]
+    fn a_response_with_its_own_id_keeps_it() {
+        let response = send(Some("req_from_the_handler"), &[b"client-42"]);
+        assert_eq!(response.headers()["x-request-id"], "req_from_the_handler");
+        assert_eq!(response.headers().get_all("x-request-id").iter().count(), 1);
+        let response = send(Some("req_from_the_handler"), &[]);
+        assert_eq!(response.headers()["x-request-id"], "req_from_the_handler");
     }
 }
