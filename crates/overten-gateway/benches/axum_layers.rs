@@ -31,10 +31,12 @@ struct World {
     rt: tokio::runtime::Runtime,
     bare: Router,
     layered: Router,
+    floor: Router,
     client: reqwest::Client,
     bare_url: String,
     layered_url: String,
     hand_url: String,
+    floor_url: String,
     #[cfg(feature = "redis")]
     redis_url: String,
     /// Stopped explicitly at the end of `main`: a static is never dropped.
@@ -133,6 +135,13 @@ fn layered_on(store: std::sync::Arc<dyn Store>) -> Router {
     routes().layer(stack(gateway))
 }
 
+#[path = "support/floor.rs"]
+mod floor;
+
+fn floored() -> Router {
+    routes().layer(floor::layer())
+}
+
 fn layered() -> Router {
     layered_on(std::sync::Arc::new(MemoryStore::new()))
 }
@@ -156,9 +165,9 @@ fn world() -> &'static World {
         });
         #[cfg(not(feature = "redis"))]
         let redis_app = layered();
-        let (bare_url, layered_url, hand_url, redis_url) = rt.block_on(async {
+        let (bare_url, layered_url, hand_url, redis_url, floor_url) = rt.block_on(async {
             let mut urls = Vec::new();
-            for app in [routes(), layered(), hand(), redis_app] {
+            for app in [routes(), layered(), hand(), redis_app, floored()] {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 urls.push(format!("http://{}/ok", listener.local_addr().unwrap()));
                 tokio::spawn(async move { axum::serve(listener, app).await });
@@ -168,6 +177,7 @@ fn world() -> &'static World {
                 urls[1].clone(),
                 urls[2].clone(),
                 urls[3].clone(),
+                urls[4].clone(),
             )
         });
         #[cfg(not(feature = "redis"))]
@@ -176,10 +186,12 @@ fn world() -> &'static World {
             rt,
             bare: routes(),
             layered: layered(),
+            floor: floored(),
             client: reqwest::Client::new(),
             bare_url,
             layered_url,
             hand_url,
+            floor_url,
             #[cfg(feature = "redis")]
             redis_url,
             #[cfg(feature = "redis")]
@@ -235,6 +247,22 @@ fn main() {
     let w = world();
     assert_eq!(call(&w.bare, false), 200);
     assert_eq!(call(&w.layered, false), 401, "no key");
+    assert_eq!(call(&w.floor, false), 401, "no key");
+    for router in [&w.layered, &w.floor] {
+        let r =
+            w.rt.block_on(router.clone().oneshot(request(true)))
+                .unwrap();
+        assert_eq!(r.status(), 200);
+        for name in [
+            "x-request-id",
+            "x-ratelimit-limit",
+            "x-ratelimit-remaining",
+            "x-ratelimit-reset",
+        ] {
+            assert!(r.headers().contains_key(name), "{name}");
+        }
+    }
+    assert_eq!(over_http(&w.floor_url, true), 200);
     let r =
         w.rt.block_on(w.layered.clone().oneshot(request(true)))
             .unwrap();
@@ -260,15 +288,30 @@ fn main() {
 }
 
 mod loopback {
+    /// The bare router, sent the same request as the stack (with its `Authorization`
+    /// header, which the router ignores): the baseline.
     #[divan::bench]
     fn bare_router() -> u16 {
+        super::over_http(&super::world().bare_url, true)
+    }
+
+    /// The bare router sent no `Authorization` header (the baseline of earlier rounds).
+    #[divan::bench]
+    fn bare_router_no_key() -> u16 {
         super::over_http(&super::world().bare_url, false)
     }
 
-    /// The bare router whose handler writes the four contract headers by hand.
+    /// The bare router whose handler writes the four contract headers by hand (the same
+    /// request as the stack's).
     #[divan::bench]
     fn hand_headers() -> u16 {
-        super::over_http(&super::world().hand_url, false)
+        super::over_http(&super::world().hand_url, true)
+    }
+
+    /// The equal-work floor (`floor` above): the work the contract needs, by hand.
+    #[divan::bench]
+    fn floor() -> u16 {
+        super::over_http(&super::world().floor_url, true)
     }
 
     /// The full stack on the memory store, with a key: hashed, resolved, counted, an id
@@ -303,6 +346,12 @@ mod loopback {
 #[divan::bench]
 fn bare_router() -> u16 {
     call(&world().bare, false)
+}
+
+/// The equal-work floor in process, a keyed `GET`.
+#[divan::bench]
+fn floor() -> u16 {
+    call(&world().floor, true)
 }
 
 /// The full stack in process, a keyed `GET`.

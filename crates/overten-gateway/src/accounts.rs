@@ -21,6 +21,14 @@ pub trait Accounts: Send + Sync + 'static {
         &'a self,
         key: &'a KeyHash,
     ) -> BoxFuture<'a, Result<Option<Account>, StoreError>>;
+
+    /// [`resolve`](Accounts::resolve) without a future, for accounts that never wait
+    /// ([`MemoryAccounts`]). `None` (the default) means "ask `resolve`"; `Some` must be
+    /// what `resolve` would have answered.
+    fn resolve_now(&self, key: &KeyHash) -> Option<Result<Option<Account>, StoreError>> {
+        let _ = key;
+        None
+    }
 }
 
 /// Accounts in this process's memory, keyed by the keys' hashes (the keys themselves are
@@ -278,13 +286,21 @@ impl Accounts for MemoryAccounts {
         &'a self,
         key: &'a KeyHash,
     ) -> BoxFuture<'a, Result<Option<Account>, StoreError>> {
-        let found = self
-            .keys
+        Box::pin(std::future::ready(Ok(self.find(key))))
+    }
+
+    fn resolve_now(&self, key: &KeyHash) -> Option<Result<Option<Account>, StoreError>> {
+        Some(Ok(self.find(key)))
+    }
+}
+
+impl MemoryAccounts {
+    fn find(&self, key: &KeyHash) -> Option<Account> {
+        self.keys
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(key)
-            .cloned();
-        Box::pin(std::future::ready(Ok(found)))
+            .cloned()
     }
 }
 
@@ -295,6 +311,9 @@ impl<T: Accounts + ?Sized> Accounts for Arc<T> {
     ) -> BoxFuture<'a, Result<Option<Account>, StoreError>> {
         (**self).resolve(key)
     }
+    fn resolve_now(&self, key: &KeyHash) -> Option<Result<Option<Account>, StoreError>> {
+        (**self).resolve_now(key)
+    }
 }
 
 #[cfg(test)]
@@ -302,6 +321,19 @@ mod tests {
     use super::*;
     use overten_errors::Tier;
     use overten_errors_http::server::AccountStatus;
+
+    #[test]
+    fn resolve_now_answers_as_resolve_does_and_an_arc_forwards_it() {
+        let accounts =
+            Arc::new(MemoryAccounts::new().with_key("sk_live_a", Account::new("org_a", Tier::Pro)));
+        for key in ["sk_live_a", "sk_live_b"] {
+            let hash = KeyHash::of(key);
+            let now = Accounts::resolve_now(&accounts, &hash).unwrap().unwrap();
+            let waited = crate::block_on(accounts.resolve(&hash)).unwrap();
+            assert_eq!(now, waited);
+            assert_eq!(now.is_some(), key == "sk_live_a");
+        }
+    }
 
     #[test]
     fn hashes_are_sha256_prefixes() {

@@ -55,7 +55,8 @@ pub use accounts::{
 };
 pub use ceiling::{SyncCeiling, SyncCeilingLayer};
 pub use gateway::{
-    Gateway, GatewayBody, GatewayLayer, NOT_RUN_SEGMENTS, RunPermit, is_run_by_default,
+    Gateway, GatewayBody, GatewayFuture, GatewayLayer, NOT_RUN_SEGMENTS, RunPermit,
+    is_run_by_default,
 };
 pub use idempotency::{Idempotency, IdempotencyBody, IdempotencyLayer};
 pub use key::KeyHash;
@@ -77,7 +78,7 @@ use overten_errors_http::server::{
     EnvelopeLayer, PanicEnvelope, RequestIdLayers, request_id_layers,
 };
 
-/// The recommended server stack, outermost first: `request_id_layers` (drop an invalid
+/// The recommended server stack, outermost first: `RequestIdLayer` (drop an invalid
 /// incoming id, make one, copy it onto the response), `EnvelopeLayer` (one span per
 /// request, envelopes for framework-made errors, one log line per 5xx with the request id
 /// and the cause chain), `gateway`, then tower-http's `CatchPanicLayer` with

@@ -1002,6 +1002,7 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "tokio")]
     #[test]
     fn spawn_answers_202_and_records_what_the_work_ends_with() {
         let rt = tokio::runtime::Builder::new_current_thread()

@@ -23,7 +23,7 @@ use overten_errors_http::server::Account;
 
 pub use body::GatewayBody;
 pub use permit::RunPermit;
-pub use service::Gateway;
+pub use service::{Gateway, GatewayFuture};
 
 type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
 type IsRun = Arc<dyn Fn(&Method, &Uri) -> bool + Send + Sync>;

@@ -1,6 +1,8 @@
 //! The gateway's service: key, account, count and permit, upload limit, then the inner
 //! service.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
@@ -51,7 +53,7 @@ where
 {
     type Response = Response<GatewayBody<ResB>>;
     type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Self::Response, S::Error>>;
+    type Future = GatewayFuture<S::Future, ResB, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -60,10 +62,111 @@ where
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         // The service that was polled ready serves this request; a clone waits for the next.
         let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
-        let config = Arc::clone(&self.config);
-        Box::pin(handle(config, inner, req))
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let started = crate::metrics::Timer::start();
+        let (head, body) = req.into_parts();
+        // Stores that answer at once (the memory stores) are asked here, without a boxed
+        // future; any other store says so before it is touched, and the request takes the
+        // boxed path below.
+        let now = {
+            let gate = std::pin::pin!(gate(&self.config, &head, Mode::Now));
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            match gate.poll(&mut cx) {
+                Poll::Ready(outcome) => outcome,
+                // Cannot happen: in `Mode::Now` no step waits. Take the boxed path.
+                Poll::Pending => Err(Stop::Later),
+            }
+        };
+        let state = match now {
+            Ok(admitted) => {
+                let (req, after) = pass(head, body, admitted, started);
+                State::Inner {
+                    future: inner.call(req),
+                    after: Some(after),
+                }
+            }
+            Err(Stop::Refused(refused)) => State::Answer {
+                response: Some(refuse(refused, &head.method, started)),
+            },
+            Err(Stop::Later) => State::Waiting {
+                future: Box::pin(handle(
+                    Arc::clone(&self.config),
+                    inner,
+                    Request::from_parts(head, body),
+                    started,
+                )),
+            },
+        };
+        GatewayFuture { state }
     }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`Gateway`]: the inner service's, when the stores answered at once;
+    /// the gateway's own answer; or a boxed future that waits for the stores.
+    pub struct GatewayFuture<F, B, E> {
+        #[pin]
+        state: State<F, B, E>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = StateProj]
+    enum State<F, B, E> {
+        Inner {
+            #[pin]
+            future: F,
+            after: Option<After>,
+        },
+        Answer {
+            response: Option<Response<GatewayBody<B>>>,
+        },
+        Waiting {
+            future: BoxFuture<'static, Result<Response<GatewayBody<B>>, E>>,
+        },
+    }
+}
+
+impl<F, B, E> std::fmt::Debug for GatewayFuture<F, B, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, B, E> Future for GatewayFuture<F, B, E>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<GatewayBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            StateProj::Inner { future, after } => {
+                let response = match future.poll(cx) {
+                    Poll::Ready(Ok(response)) => response,
+                    Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
+                    Poll::Pending => return Poll::Pending,
+                };
+                Poll::Ready(Ok(match after.take() {
+                    Some(after) => finish(response, after),
+                    None => polled_again(),
+                }))
+            }
+            StateProj::Answer { response } => {
+                Poll::Ready(Ok(response.take().unwrap_or_else(polled_again)))
+            }
+            StateProj::Waiting { future } => future.as_mut().poll(cx),
+        }
+    }
+}
+
+/// The answer of a future polled again after it finished (a caller's mistake): a 500
+/// envelope rather than a panic.
+fn polled_again<B>() -> Response<GatewayBody<B>> {
+    answer(ApiError::new(
+        ErrorCode::InternalError,
+        "The server failed unexpectedly; retry, and contact support if it persists",
+    ))
 }
 
 /// An envelope the gateway answers with, the error in its extensions.
@@ -118,14 +221,19 @@ fn too_large(account: &Account, limit: u64) -> ApiError {
 
 /// Step 2: the key's account, if it may use this path. A lookup that fails is a 503
 /// whatever the policy: a key that cannot be checked is never let through.
-async fn account(config: &Config, hash: &KeyHash, path: &str) -> Result<Account, ApiError> {
-    let account = match config.accounts.resolve(hash).await {
+async fn account(config: &Config, hash: &KeyHash, path: &str, mode: Mode) -> Result<Account, Stop> {
+    let found = match (config.accounts.resolve_now(hash), mode) {
+        (Some(found), _) => found,
+        (None, Mode::Now) => return Err(Stop::Later),
+        (None, Mode::Wait) => config.accounts.resolve(hash).await,
+    };
+    let account = match found {
         Ok(Some(account)) => account,
-        Ok(None) => return Err(ApiError::from(ErrorCode::InvalidApiKey)),
+        Ok(None) => return Err(ApiError::from(ErrorCode::InvalidApiKey).into()),
         Err(err) => {
             config.outage.failed(&err, Instant::now());
             let wait = config.on_store_error.retry_after();
-            return Err(unavailable(wait, err));
+            return Err(unavailable(wait, err).into());
         }
     };
     tracing::Span::current().record("org_id", &*account.org_id);
@@ -133,7 +241,8 @@ async fn account(config: &Config, hash: &KeyHash, path: &str) -> Result<Account,
         return Err(ApiError::new(
             ErrorCode::Forbidden,
             "The key's org is suspended; check org status via GET /verify",
-        ));
+        )
+        .into());
     }
     if let Some((_, needs)) = config.routes.iter().find(|(prefix, needs)| {
         path.starts_with(prefix.as_str()) && rank(account.tier) < rank(*needs)
@@ -144,7 +253,8 @@ async fn account(config: &Config, hash: &KeyHash, path: &str) -> Result<Account,
                 "This route needs the {needs} tier or higher; the key's org is on {}",
                 account.tier
             ),
-        ));
+        )
+        .into());
     }
     Ok(account)
 }
@@ -158,10 +268,19 @@ fn announced_over(head: &http::request::Parts, limit: u64) -> bool {
         .is_some_and(|n| n > limit)
 }
 
-/// The store's admission, timed (feature `metrics`); a success ends an outage.
-async fn admit(config: &Config, ask: Admit<'_>) -> Result<Admission, StoreError> {
+/// The store's admission, timed (feature `metrics`); a success ends an outage. `None`: the
+/// store cannot answer at once (`Mode::Now`), and was not touched.
+async fn admit(
+    config: &Config,
+    ask: Admit<'_>,
+    mode: Mode,
+) -> Option<Result<Admission, StoreError>> {
     let timer = crate::metrics::Timer::start();
-    let admission = config.store.admit(ask).await;
+    let admission = match (config.store.admit_now(&ask), mode) {
+        (Some(admission), _) => admission,
+        (None, Mode::Now) => return None,
+        (None, Mode::Wait) => config.store.admit(ask).await,
+    };
     crate::metrics::store_call(
         "gateway",
         "admit",
@@ -171,7 +290,7 @@ async fn admit(config: &Config, ask: Admit<'_>) -> Result<Admission, StoreError>
     if admission.is_ok() {
         config.outage.succeeded(Instant::now());
     }
-    admission
+    Some(admission)
 }
 
 /// The 429 of a key over its rate limit (`count` requests in the window ending at `reset`).
@@ -232,6 +351,34 @@ impl From<ApiError> for Refused {
     }
 }
 
+/// Whether the gate may wait for its stores (`Wait`), or must answer at once or say it
+/// cannot (`Now`: a store without a `*_now` answer stops the gate before it is touched).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Now,
+    Wait,
+}
+
+/// Why the gate did not admit a request.
+enum Stop {
+    /// Answered here.
+    Refused(Refused),
+    /// A store cannot answer at once (`Mode::Now` only): nothing was counted.
+    Later,
+}
+
+impl From<Refused> for Stop {
+    fn from(refused: Refused) -> Stop {
+        Stop::Refused(refused)
+    }
+}
+
+impl From<ApiError> for Stop {
+    fn from(err: ApiError) -> Stop {
+        Stop::Refused(err.into())
+    }
+}
+
 /// Where a request was counted.
 struct Counted {
     store: Arc<dyn Store>,
@@ -242,7 +389,7 @@ struct Counted {
 }
 
 /// Steps 1 to 4 of the module docs: the admitted request, or the error to answer.
-async fn gate(config: &Config, head: &http::request::Parts) -> Result<Admitted, Refused> {
+async fn gate(config: &Config, head: &http::request::Parts, mode: Mode) -> Result<Admitted, Stop> {
     let now = unix_seconds((config.clock)());
     let window = now / RATE_LIMIT_WINDOW_SECONDS;
     let reset = window
@@ -254,7 +401,7 @@ async fn gate(config: &Config, head: &http::request::Parts) -> Result<Admitted, 
         .ok_or_else(|| ApiError::from(ErrorCode::InvalidApiKey))?;
     let hash = KeyHash::of(key);
 
-    let account = account(config, &hash, head.uri.path()).await?;
+    let account = account(config, &hash, head.uri.path(), mode).await?;
     let tier = account.tier;
     let shared_limits = config.limits_of(tier);
 
@@ -271,21 +418,20 @@ async fn gate(config: &Config, head: &http::request::Parts) -> Result<Admitted, 
     {
         crate::metrics::rate_limited("rate", tier, true);
         let count = u64::from(shared_limit) + 1;
-        return Err(Refused::of(
-            over_limit(shared_limit, count, reset, now),
-            tier,
-            false,
-        ));
+        return Err(Refused::of(over_limit(shared_limit, count, reset, now), tier, false).into());
     }
     let is_run = !announced_too_large && (config.is_run)(&head.method, &head.uri);
-    let Some(counted) = count(config, &hash, window, shared_limits, is_run)
+    let Some(counted) = count(config, &hash, window, shared_limits, is_run, mode)
         .await
-        .map_err(|err| Refused::of(err, tier, false))?
+        .map_err(|stop| match stop {
+            Stop::Refused(refused) => Stop::Refused(Refused::of(refused.err, tier, false)),
+            Stop::Later => Stop::Later,
+        })?
     else {
         // The store failed and the policy lets the request pass uncounted.
         if announced_too_large {
             let err = too_large(&account, shared_limits.upload_bytes);
-            return Err(Refused::of(err, tier, false));
+            return Err(Refused::of(err, tier, false).into());
         }
         return Ok(Admitted {
             account,
@@ -303,7 +449,7 @@ async fn gate(config: &Config, head: &http::request::Parts) -> Result<Admitted, 
         run,
         local,
     } = counted;
-    let refused = |err: ApiError| Refused::of(err, tier, local);
+    let refused = |err: ApiError| Stop::Refused(Refused::of(err, tier, local));
     let limit = limits.requests_per_minute;
     let rate_limit = RateLimit {
         limit,
@@ -357,7 +503,8 @@ async fn count(
     window: u64,
     limits: TierLimits,
     is_run: bool,
-) -> Result<Option<Counted>, ApiError> {
+    mode: Mode,
+) -> Result<Option<Counted>, Stop> {
     let ask = |limits: &TierLimits| {
         let run =
             is_run.then(|| RunAsk::new(PermitId::new(), limits.concurrent_runs, config.lease));
@@ -377,14 +524,20 @@ async fn count(
         _ => None,
     };
     // In degraded mode, while the store is down, one request a second probes it; the
-    // others are counted locally at once.
-    let skip = local.is_some() && config.outage.is_down() && !config.probe_due();
+    // others are counted locally at once. (An outage takes the waiting path: the probe's
+    // turn is taken only where the probe can wait.)
+    let down = local.is_some() && config.outage.is_down();
+    if down && mode == Mode::Now {
+        return Err(Stop::Later);
+    }
+    let skip = down && !config.probe_due();
     let failure = if skip {
         None
     } else {
         let (admit_shared, run) = ask(&limits);
-        match admit(config, admit_shared).await {
-            Ok(admission) => {
+        match admit(config, admit_shared, mode).await {
+            None => return Err(Stop::Later),
+            Some(Ok(admission)) => {
                 return Ok(Some(Counted {
                     store: Arc::clone(&config.store),
                     limits,
@@ -393,7 +546,7 @@ async fn count(
                     local: false,
                 }));
             }
-            Err(err) => Some(err),
+            Some(Err(err)) => Some(err),
         }
     };
     let Some((replicas, store)) = local else {
@@ -401,7 +554,7 @@ async fn count(
             return Ok(None);
         };
         return match store_failed(config, err) {
-            Some(answer) => Err(answer),
+            Some(answer) => Err(answer.into()),
             None => Ok(None),
         };
     };
@@ -413,55 +566,104 @@ async fn count(
         .requests_per_minute(share(limits.requests_per_minute))
         .concurrent_runs(share(limits.concurrent_runs));
     let (admit_local, run) = ask(&limits);
-    let store: Arc<dyn Store> = store.clone();
-    match store.admit(admit_local).await {
+    match store.admit_here(&admit_local) {
         Ok(admission) => Ok(Some(Counted {
-            store,
+            store: Arc::clone(store) as Arc<dyn Store>,
             limits,
             admission,
             run,
             local: true,
         })),
-        Err(err) => Err(unavailable(config.on_store_error.retry_after(), err)),
+        Err(err) => Err(unavailable(config.on_store_error.retry_after(), err).into()),
     }
 }
 
+/// The boxed path: the gate waits for its stores, then the inner service.
 async fn handle<S, ReqB, ResB>(
     config: Arc<Config>,
     mut inner: S,
     req: Request<ReqB>,
+    started: crate::metrics::Timer,
 ) -> Result<Response<GatewayBody<ResB>>, S::Error>
 where
     S: Service<Request<Limited<ReqB>>, Response = Response<ResB>>,
 {
-    let started = crate::metrics::Timer::start();
-    let (mut head, body) = req.into_parts();
-    let method = head.method.clone();
-    let admitted = match gate(&config, &head).await {
+    let (head, body) = req.into_parts();
+    let admitted = match gate(&config, &head, Mode::Wait).await {
         Ok(admitted) => admitted,
-        Err(Refused { err, tier, local }) => {
-            let outage = err.code() == &overten_errors::Code::Known(ErrorCode::ServiceUnavailable);
-            let mut response = answer(err);
-            if outage {
-                response.extensions_mut().insert(OutageAnswer);
-            }
-            if local {
-                mark_local(&mut response);
-            }
-            record(&method, &response, tier, started);
-            return Ok(response);
+        Err(Stop::Refused(refused)) => return Ok(refuse(refused, &head.method, started)),
+        // `Mode::Wait` never stops for later; were it to, the request is not let through.
+        Err(Stop::Later) => {
+            let err = ApiError::new(
+                ErrorCode::ServiceUnavailable,
+                "Limits cannot be checked right now; retry after the Retry-After delay",
+            )
+            .with_retry_after(RetryAfter::Seconds(
+                config.on_store_error.retry_after().as_secs().max(1),
+            ));
+            return Ok(refuse(Refused::from(err), &head.method, started));
         }
     };
-    // 5. Pass, with the account, the key's hash, the tier's limits and the permit; the body
-    // limited to the tier's upload limit.
+    let (req, after) = pass(head, body, admitted, started);
+    // If the inner service fails or this future is dropped (the client went away), the
+    // permit is dropped with it and goes back.
+    let response = inner.call(req).await?;
+    Ok(finish(response, after))
+}
+
+/// The answer to a request the gate refused, marked and recorded.
+fn refuse<B>(
+    refused: Refused,
+    method: &http::Method,
+    started: crate::metrics::Timer,
+) -> Response<GatewayBody<B>> {
+    let Refused { err, tier, local } = refused;
+    let outage = err.code() == &overten_errors::Code::Known(ErrorCode::ServiceUnavailable);
+    let mut response = answer(err);
+    if outage {
+        response.extensions_mut().insert(OutageAnswer);
+    }
+    if local {
+        mark_local(&mut response);
+    }
+    record(method, &response, tier, started);
+    response
+}
+
+/// What the response of an admitted request needs once the inner service answers.
+struct After {
+    stamp: Option<RateLimit>,
+    permit: Option<RunPermit>,
+    upload: u64,
+    tier: Tier,
+    local: bool,
+    method: http::Method,
+    started: crate::metrics::Timer,
+}
+
+/// Step 5: the request passed on, with the account, the key's hash, the tier's limits and
+/// the permit in its extensions, and its body limited to the tier's upload limit.
+fn pass<ReqB>(
+    mut head: http::request::Parts,
+    body: ReqB,
+    admitted: Admitted,
+    started: crate::metrics::Timer,
+) -> (Request<Limited<ReqB>>, After) {
     let upload = admitted.limits.upload_bytes;
-    let tier = admitted.account.tier;
-    let local = admitted.local;
+    let after = After {
+        stamp: admitted.stamp,
+        permit: admitted.permit.clone(),
+        upload,
+        tier: admitted.account.tier,
+        local: admitted.local,
+        method: head.method.clone(),
+        started,
+    };
     head.extensions.insert(admitted.account);
     head.extensions.insert(admitted.hash);
     head.extensions.insert(admitted.limits);
-    if let Some(permit) = &admitted.permit {
-        head.extensions.insert(permit.clone());
+    if let Some(permit) = admitted.permit {
+        head.extensions.insert(permit);
     }
     #[cfg_attr(not(feature = "axum"), allow(unused_mut))]
     let mut req = Request::from_parts(
@@ -473,9 +675,21 @@ where
     #[cfg(feature = "axum")]
     axum::extract::DefaultBodyLimit::max(usize::try_from(upload).unwrap_or(usize::MAX))
         .apply(&mut req);
-    // If the inner service fails or this future is dropped (the client went away), the
-    // permit is dropped with it and goes back.
-    let response = inner.call(req).await?;
+    (req, after)
+}
+
+/// The inner service's response, stamped, with the permit held by its body until the body
+/// ends.
+fn finish<ResB>(response: Response<ResB>, after: After) -> Response<GatewayBody<ResB>> {
+    let After {
+        stamp,
+        permit,
+        upload,
+        tier,
+        local,
+        method,
+        started,
+    } = after;
     let mut response = if framework_too_large(&response) {
         // A body that streamed past the limit, refused by the framework (axum's
         // extractors) in its own words: the same envelope as an announced one.
@@ -483,16 +697,16 @@ where
         drop(response);
         answer(ApiError::upload_too_large(Some(tier), upload))
     } else {
-        response.map(|body| GatewayBody::inner(body, admitted.permit))
+        response.map(|body| GatewayBody::inner(body, permit))
     };
-    if let Some(rate_limit) = &admitted.stamp {
+    if let Some(rate_limit) = &stamp {
         set_rate_limit_headers(response.headers_mut(), rate_limit);
     }
     if local {
         mark_local(&mut response);
     }
     record(&method, &response, Some(tier), started);
-    Ok(response)
+    response
 }
 
 /// `X-RateLimit-Scope: replica`: this response's limits were counted on this replica
@@ -529,4 +743,182 @@ fn framework_too_large<B>(response: &Response<B>) -> bool {
     response.status() == http::StatusCode::PAYLOAD_TOO_LARGE
         && response.extensions().get::<ApiError>().is_none()
         && !overten_errors_http::server::is_json(response)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The two paths of [`Gateway::call`]: stores that answer at once (served without a
+    //! boxed future) and stores that must be waited for answer alike, and a store that
+    //! cannot answer at once is asked exactly once a request.
+
+    use std::convert::Infallible;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::accounts::MemoryAccounts;
+    use crate::store::MemoryStore;
+    use crate::{GatewayLayer, block_on};
+    use tower_layer::Layer;
+
+    /// The inner service: 200, with a body.
+    #[derive(Clone)]
+    struct Ok200;
+
+    impl Service<Request<Limited<String>>> for Ok200 {
+        type Response = Response<String>;
+        type Error = Infallible;
+        type Future = std::future::Ready<Result<Response<String>, Infallible>>;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, _: Request<Limited<String>>) -> Self::Future {
+            std::future::ready(Ok(Response::new("done".to_owned())))
+        }
+    }
+
+    /// A store that answers only through `admit` (as Redis does), counting its calls.
+    struct Waits {
+        inner: MemoryStore,
+        admits: AtomicUsize,
+    }
+
+    impl Store for Waits {
+        fn admit<'a>(&'a self, admit: Admit<'a>) -> BoxFuture<'a, Result<Admission, StoreError>> {
+            self.admits.fetch_add(1, Ordering::SeqCst);
+            self.inner.admit(admit)
+        }
+        fn release(&self, key: &KeyHash, permit: PermitId) {
+            self.inner.release(key, permit);
+        }
+        fn renew<'a>(
+            &'a self,
+            key: &'a KeyHash,
+            permit: PermitId,
+            lease: std::time::Duration,
+        ) -> BoxFuture<'a, Result<bool, StoreError>> {
+            self.inner.renew(key, permit, lease)
+        }
+    }
+
+    /// Accounts that answer only through `resolve`.
+    struct WaitingAccounts(MemoryAccounts);
+
+    impl Accounts for WaitingAccounts {
+        fn resolve<'a>(
+            &'a self,
+            key: &'a KeyHash,
+        ) -> BoxFuture<'a, Result<Option<Account>, StoreError>> {
+            self.0.resolve(key)
+        }
+    }
+
+    fn accounts() -> MemoryAccounts {
+        MemoryAccounts::new()
+            .with_key("sk_live_free", Account::new("org_free", Tier::Free))
+            .with_key("sk_live_pro", Account::new("org_pro", Tier::Pro))
+            .with_key(
+                "sk_live_gone",
+                Account::new("org_gone", Tier::Pro).suspended(),
+            )
+    }
+
+    fn fixed() -> SystemTime {
+        SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_010)
+    }
+
+    fn layer(accounts: Arc<dyn Accounts>, store: Arc<dyn Store>) -> GatewayLayer {
+        GatewayLayer::new(accounts, store)
+            .with_clock(fixed)
+            .with_limits(
+                Tier::Free,
+                TierLimits::of(Tier::Free).requests_per_minute(5),
+            )
+            .with_limits(
+                Tier::Pro,
+                TierLimits::of(Tier::Pro)
+                    .requests_per_minute(100)
+                    .concurrent_runs(2),
+            )
+    }
+
+    /// What a client sees of a response: status and the contract's headers.
+    fn seen(response: &Response<GatewayBody<String>>) -> (u16, Vec<(String, String)>) {
+        let mut headers: Vec<(String, String)> = response
+            .headers()
+            .iter()
+            .filter(|(name, _)| {
+                name.as_str().starts_with("x-ratelimit") || name.as_str() == "retry-after"
+            })
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("?").to_owned()))
+            .collect();
+        headers.sort();
+        (response.status().as_u16(), headers)
+    }
+
+    /// The same requests through `layer`: five more free `GET`s than the limit, three pro
+    /// runs (two held), no key, an unknown key, a suspended org.
+    fn replay(layer: &GatewayLayer) -> Vec<(u16, Vec<(String, String)>)> {
+        let mut service = layer.layer(Ok200);
+        let mut send = |method: &str, path: &str, key: Option<&str>| {
+            let mut req = Request::builder().method(method).uri(path);
+            if let Some(key) = key {
+                req = req.header("authorization", format!("Bearer {key}"));
+            }
+            block_on(service.call(req.body(String::new()).unwrap())).unwrap()
+        };
+        let mut out = Vec::new();
+        for _ in 0..10 {
+            out.push(seen(&send("GET", "/v1/files", Some("sk_live_free"))));
+        }
+        // Runs: the first two hold their permits (bodies kept), the third is refused.
+        let held: Vec<_> = (0..3)
+            .map(|_| send("POST", "/v1/excel/generate", Some("sk_live_pro")))
+            .collect();
+        out.extend(held.iter().map(seen));
+        drop(held);
+        out.push(seen(&send(
+            "POST",
+            "/v1/excel/generate",
+            Some("sk_live_pro"),
+        )));
+        out.push(seen(&send("GET", "/v1/files", None)));
+        out.push(seen(&send("GET", "/v1/files", Some("sk_live_unknown"))));
+        out.push(seen(&send("GET", "/v1/files", Some("sk_live_gone"))));
+        out
+    }
+
+    #[test]
+    fn stores_that_answer_at_once_and_stores_that_are_waited_for_answer_alike() {
+        let at_once = replay(&layer(Arc::new(accounts()), Arc::new(MemoryStore::new())));
+        let waits = Arc::new(Waits {
+            inner: MemoryStore::new(),
+            admits: AtomicUsize::new(0),
+        });
+        let waited = replay(&layer(
+            Arc::new(WaitingAccounts(accounts())),
+            Arc::clone(&waits) as Arc<dyn Store>,
+        ));
+        assert_eq!(at_once, waited);
+        let statuses: Vec<u16> = at_once.iter().map(|(s, _)| *s).collect();
+        assert_eq!(
+            statuses,
+            [
+                200, 200, 200, 200, 200, 429, 429, 429, 429, 429, 200, 200, 429, 200, 401, 401, 403
+            ]
+        );
+        // Asked once a request that reaches it: the five admitted free requests, the sixth
+        // (over: the near-cache answers the next four), four runs. Never twice.
+        assert_eq!(waits.admits.load(Ordering::SeqCst), 6 + 4);
+        // 1_700_000_010 is in the window ending at 1_700_000_040.
+        assert!(
+            at_once[0]
+                .1
+                .contains(&("x-ratelimit-reset".into(), "1700000040".into()))
+        );
+        assert!(
+            at_once[0]
+                .1
+                .contains(&("x-ratelimit-remaining".into(), "4".into()))
+        );
+    }
 }

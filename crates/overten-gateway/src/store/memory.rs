@@ -107,7 +107,7 @@ impl MemoryStore {
         self.keys.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn admit_now(&self, admit: &Admit<'_>) -> Result<Admission, StoreError> {
+    pub(crate) fn admit_here(&self, admit: &Admit<'_>) -> Result<Admission, StoreError> {
         let mut keys = self.lock();
         keys.sweep(admit.window, SWEEP_EACH);
         if keys.map.len() >= Self::MAX_KEYS && !keys.map.contains_key(admit.key) {
@@ -149,7 +149,11 @@ impl MemoryStore {
 
 impl Store for MemoryStore {
     fn admit<'a>(&'a self, admit: Admit<'a>) -> BoxFuture<'a, Result<Admission, StoreError>> {
-        Box::pin(std::future::ready(self.admit_now(&admit)))
+        Box::pin(std::future::ready(self.admit_here(&admit)))
+    }
+
+    fn admit_now(&self, admit: &Admit<'_>) -> Option<Result<Admission, StoreError>> {
+        Some(self.admit_here(admit))
     }
 
     fn release(&self, key: &KeyHash, permit: PermitId) {
@@ -193,6 +197,18 @@ mod tests {
             ask = ask.with_run(RunAsk::new(p, 2, Duration::from_secs(1)));
         }
         crate::block_on(store.admit(ask)).unwrap()
+    }
+
+    #[test]
+    fn admit_now_counts_as_admit_does_and_an_arc_forwards_it() {
+        let store = std::sync::Arc::new(MemoryStore::new());
+        let a = KeyHash::of("a");
+        let ask = Admit::new(&a, 1, 60, 3);
+        assert_eq!(admit(&store, &a, 1, None).count, 1);
+        // Through the `Arc`: the same store, counted once more.
+        let now = Store::admit_now(&store, &ask).unwrap().unwrap();
+        assert_eq!(now.count, 2);
+        assert_eq!(admit(&store, &a, 1, None).count, 3);
     }
 
     #[test]

@@ -226,6 +226,15 @@ pub trait Store: Send + Sync + 'static {
     /// Counts one request and, when asked, takes a run permit, atomically.
     fn admit<'a>(&'a self, admit: Admit<'a>) -> BoxFuture<'a, Result<Admission, StoreError>>;
 
+    /// [`admit`](Store::admit) without a future, for a store that never waits
+    /// ([`MemoryStore`]): the gateway then serves the request with no boxed future. `None`
+    /// (the default) means "ask `admit`", and must leave the store untouched; `Some` must be
+    /// exactly what `admit` would have answered, and counted.
+    fn admit_now(&self, admit: &Admit<'_>) -> Option<Result<Admission, StoreError>> {
+        let _ = admit;
+        None
+    }
+
     /// Gives back a permit. Never blocks: a store that must do IO does it in the background,
     /// and a permit whose release fails expires with its lease.
     fn release(&self, key: &KeyHash, permit: PermitId);
@@ -253,6 +262,9 @@ pub trait Store: Send + Sync + 'static {
 impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     fn admit<'a>(&'a self, admit: Admit<'a>) -> BoxFuture<'a, Result<Admission, StoreError>> {
         (**self).admit(admit)
+    }
+    fn admit_now(&self, admit: &Admit<'_>) -> Option<Result<Admission, StoreError>> {
+        (**self).admit_now(admit)
     }
     fn release(&self, key: &KeyHash, permit: PermitId) {
         (**self).release(key, permit);
