@@ -24,7 +24,7 @@
 //! | `reqwest` | `received_from_reqwest`, `RetryMiddleware`, `RetryOutcome`, `TaskClient` (the async flow in one call), `json_or_error` | `reqwest` (no default features), `reqwest-middleware`, `async-trait` |
 //! | `tokio` | `TokioSleep` | `tokio` with `time` only |
 //! | `axum` | `HandlerError` (any error with `?`), `Json` / `Path` / `Query` whose rejections are envelopes | `axum` (no default features but `json`, `query`), `serde_path_to_error`, `tracing` |
-//! | `tower` | `server`: `RequestIdLayer`, `EnvelopeLayer`, `PanicEnvelope` | `tower-http` (`request-id`, `catch-panic`), `tower-layer`, `tower-service`, `tracing` |
+//! | `tower` | `server`: `RequestIdLayer`, `EnvelopeLayer`, `ContractLayer` (both in one), `PanicEnvelope` | `tower-http` (`request-id`, `catch-panic`), `tower-layer`, `tower-service`, `tracing` |
 //!
 //! The gateway (accounts and tiers, rate limits, concurrent runs, idempotency, the sync
 //! ceiling, on a per-process store or on Redis) is the `overten-gateway` crate, built on
@@ -94,9 +94,9 @@ pub use runtime::TokioSleep;
 pub use server::{Account, AccountStatus, TierLimits};
 #[cfg(feature = "tower")]
 pub use server::{
-    Envelope, EnvelopeBody, EnvelopeFuture, EnvelopeLayer, MakeReqId, PanicEnvelope,
-    RequestIdFuture, RequestIdLayer, RequestIdLayers, RequestIdService, SanitizeRequestId,
-    SanitizeRequestIdLayer, envelope, request_id_layers,
+    Contract, ContractFuture, ContractLayer, Envelope, EnvelopeBody, EnvelopeFuture, EnvelopeLayer,
+    MakeReqId, PanicEnvelope, RequestIdFuture, RequestIdLayer, RequestIdLayers, RequestIdService,
+    SanitizeRequestId, SanitizeRequestIdLayer, envelope, request_id_layers,
 };
 #[cfg(feature = "axum")]
 pub use server::{HandlerError, Json, Path, Query, from_json_bytes};

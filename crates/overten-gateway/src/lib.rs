@@ -74,30 +74,25 @@ pub use tasks::{
     TaskRun, Tasks,
 };
 
-use overten_errors_http::server::{
-    EnvelopeLayer, PanicEnvelope, RequestIdLayers, request_id_layers,
-};
+use overten_errors_http::server::{ContractLayer, PanicEnvelope};
 
-/// The recommended server stack, outermost first: `RequestIdLayer` (drop an invalid
-/// incoming id, make one, copy it onto the response), `EnvelopeLayer` (one span per
-/// request, envelopes for framework-made errors, one log line per 5xx with the request id
-/// and the cause chain), `gateway`, then tower-http's `CatchPanicLayer` with
-/// `PanicEnvelope` (a panic is a 500 envelope and one log line; inside the gateway, so
-/// that its response carries `X-RateLimit-*` like every other and its permit goes back when
-/// the response is sent). Put your routes (and a timeout, or the idempotency layer) inside.
+/// The recommended server stack, outermost first: `ContractLayer` (request ids: drop an
+/// invalid incoming id, make one, copy it onto the response; one span per request;
+/// envelopes for framework-made errors; one log line per 5xx with the request id and the
+/// cause chain), `gateway`, then tower-http's `CatchPanicLayer` with `PanicEnvelope` (a
+/// panic is a 500 envelope and one log line; inside the gateway, so that its response
+/// carries `X-RateLimit-*` like every other and its permit goes back when the response is
+/// sent). Put your routes (and a timeout, or the idempotency layer) inside.
 pub type ServerStack = tower_layer::Stack<
     tower_http::catch_panic::CatchPanicLayer<PanicEnvelope>,
-    tower_layer::Stack<GatewayLayer, tower_layer::Stack<EnvelopeLayer, RequestIdLayers>>,
+    tower_layer::Stack<GatewayLayer, ContractLayer>,
 >;
 
 /// [`ServerStack`] around `gateway`: `.layer(stack(gateway))` on an axum `Router`.
 pub fn stack(gateway: GatewayLayer) -> ServerStack {
     tower_layer::Stack::new(
         tower_http::catch_panic::CatchPanicLayer::custom(PanicEnvelope),
-        tower_layer::Stack::new(
-            gateway,
-            tower_layer::Stack::new(EnvelopeLayer, request_id_layers()),
-        ),
+        tower_layer::Stack::new(gateway, ContractLayer::default()),
     )
 }
 

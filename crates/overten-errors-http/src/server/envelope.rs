@@ -5,14 +5,14 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use http::{Request, Response};
 use http_body_util::{Either, Full};
-use overten_errors::{ApiError, Code, ErrorCode};
+use overten_errors::{ApiError, Code, ErrorCode, check_id};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::into_response;
+use super::{MakeReqId, into_response};
 use crate::names;
 
 /// The body of a response that went through [`EnvelopeLayer`]: the inner service's, or an
@@ -69,13 +69,7 @@ where
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("-"),
         );
-        let span = tracing::error_span!(
-            "request",
-            request_id = request_id.as_str(),
-            method = %req.method(),
-            path = req.uri().path(),
-            org_id = tracing::field::Empty,
-        );
+        let span = request_span(request_id.as_str(), &req);
         let inner = {
             let _entered = span.enter();
             self.inner.call(req)
@@ -85,6 +79,124 @@ where
             span,
             request_id,
         }
+    }
+}
+
+/// The span each request runs in: `request`, with `request_id`, `method`, `path`, and
+/// `org_id` empty until the gateway records it.
+fn request_span<B>(request_id: &str, req: &Request<B>) -> tracing::Span {
+    tracing::error_span!(
+        "request",
+        request_id,
+        method = %req.method(),
+        path = req.uri().path(),
+        org_id = tracing::field::Empty,
+    )
+}
+
+/// Request ids and envelopes in one layer: what [`RequestIdLayer`](super::RequestIdLayer)
+/// outside [`EnvelopeLayer`] does, in one service and one future (the recommended stack,
+/// `overten_gateway::stack`, uses it). An incoming `X-Request-Id` that follows the core's
+/// id rule is kept, any other is replaced by one made here; the request runs in the
+/// `request` span; a framework-made error response becomes an envelope and each error is
+/// logged once; the response carries the request's id unless it has one of its own.
+#[derive(Debug, Clone, Default)]
+pub struct ContractLayer {
+    make: MakeReqId,
+}
+
+impl<S> Layer<S> for ContractLayer {
+    type Service = Contract<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Contract {
+            inner,
+            make: self.make.clone(),
+        }
+    }
+}
+
+/// The service of [`ContractLayer`].
+#[derive(Debug, Clone)]
+pub struct Contract<S> {
+    inner: S,
+    make: MakeReqId,
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for Contract<S>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+{
+    type Response = Response<EnvelopeBody<ResB>>;
+    type Error = S::Error;
+    type Future = ContractFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
+        let kept = req
+            .headers()
+            .get(&*names::REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .filter(|id| check_id(id).is_ok())
+            .map(Id::new);
+        let request_id = kept.unwrap_or_else(|| {
+            let bytes = self.make.next_bytes();
+            // `req_` and hex digits: always a valid header value.
+            if let Ok(value) = HeaderValue::from_bytes(&bytes) {
+                req.headers_mut().insert(names::REQUEST_ID.clone(), value);
+            }
+            Id::made(&bytes)
+        });
+        let span = request_span(request_id.as_str(), &req);
+        let inner = {
+            let _entered = span.enter();
+            self.inner.call(req)
+        };
+        ContractFuture {
+            inner,
+            span,
+            request_id,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`Contract`].
+    pub struct ContractFuture<F> {
+        #[pin]
+        inner: F,
+        span: tracing::Span,
+        request_id: Id,
+    }
+}
+
+impl<F, ResB, E> Future for ContractFuture<F>
+where
+    F: Future<Output = Result<Response<ResB>, E>>,
+{
+    type Output = Result<Response<EnvelopeBody<ResB>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let _entered = this.span.enter();
+        let response = match this.inner.poll(cx) {
+            Poll::Ready(Ok(r)) => r,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        };
+        let id = this.request_id.as_str();
+        let mut response = rewrite(response, id);
+        if !response.headers().contains_key(&*names::REQUEST_ID) {
+            // Kept ids passed `check_id`, made ones are `req_` and hex digits.
+            if let Ok(value) = HeaderValue::from_str(id) {
+                response
+                    .headers_mut()
+                    .insert(names::REQUEST_ID.clone(), value);
+            }
+        }
+        Poll::Ready(Ok(response))
     }
 }
 
@@ -115,6 +227,11 @@ impl Id {
             }
             _ => Id::Heap(id.into()),
         }
+    }
+
+    /// A made id's 28 bytes.
+    fn made(bytes: &[u8; 28]) -> Id {
+        Id::new(std::str::from_utf8(bytes).unwrap_or("-"))
     }
 
     fn as_str(&self) -> &str {
@@ -345,5 +462,113 @@ mod tests {
         }
         assert!(matches!(Id::new(&"r".repeat(48)), Id::Inline { .. }));
         assert!(matches!(Id::new(&"r".repeat(49)), Id::Heap(_)));
+    }
+
+    /// An inner service answering `status` with `content_type` (and its own id when
+    /// `own_id`), echoing the id its request carried in `seen`.
+    fn inner(
+        status: u16,
+        content_type: &'static str,
+        own_id: bool,
+    ) -> impl Service<
+        Request<()>,
+        Response = Response<Full<Bytes>>,
+        Error = std::convert::Infallible,
+        Future = std::future::Ready<Result<Response<Full<Bytes>>, std::convert::Infallible>>,
+    > + Clone {
+        tower::service_fn(move |req: Request<()>| {
+            let mut response = Response::new(Full::new(Bytes::from_static(b"{\"a\":1}")));
+            *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+            if let Some(seen) = req.headers().get("x-request-id") {
+                response.headers_mut().insert("seen", seen.clone());
+            }
+            if own_id {
+                response
+                    .headers_mut()
+                    .insert("x-request-id", HeaderValue::from_static("req_own"));
+            }
+            std::future::ready(Ok(response))
+        })
+    }
+
+    /// Status, headers (a made id written as `made`) and body, after `service`.
+    fn outcome<S, B>(mut service: S, id: Option<&[u8]>) -> (u16, Vec<(String, String)>, Vec<u8>)
+    where
+        S: Service<Request<()>, Response = Response<B>>,
+        S::Error: std::fmt::Debug,
+        B: http_body::Body,
+        B::Error: std::fmt::Debug,
+    {
+        use http_body_util::BodyExt;
+        let mut req = Request::new(());
+        if let Some(id) = id {
+            req.headers_mut()
+                .insert("x-request-id", HeaderValue::from_bytes(id).unwrap());
+        }
+        let response = crate::block_on(service.call(req)).unwrap();
+        let status = response.status().as_u16();
+        // An id made by the layer (`req_` and 24 hex digits) differs from run to run.
+        let made = |v: &str| {
+            v.len() == 28 && v.starts_with("req_") && v[4..].bytes().all(|b| b.is_ascii_hexdigit())
+        };
+        let mut headers: Vec<(String, String)> = response
+            .headers()
+            .iter()
+            .map(|(n, v)| {
+                let v = v.to_str().unwrap_or("?");
+                (n.to_string(), if made(v) { "made" } else { v }.to_owned())
+            })
+            .collect();
+        // Whether the handler saw the id the response carries, compared before the made
+        // ids are blanked.
+        let agree = response.headers().get("seen") == response.headers().get("x-request-id");
+        headers.push(("agree".to_owned(), agree.to_string()));
+        headers.sort();
+        let body = crate::block_on(response.into_body().collect())
+            .unwrap()
+            .to_bytes();
+        (status, headers, body.to_vec())
+    }
+
+    #[test]
+    fn the_contract_layer_answers_as_request_ids_outside_envelopes_do() {
+        let ids: [Option<&[u8]>; 4] = [None, Some(b"client-42"), Some(b"a b"), Some(b"req_\xe9")];
+        let mut compared = 0;
+        for (status, content_type) in [
+            (200, "text/plain"),
+            (404, "text/plain"),
+            (413, "text/html"),
+            (500, "text/plain"),
+            (429, "application/json"),
+            (503, "application/json; charset=utf-8"),
+        ] {
+            for own_id in [false, true] {
+                for id in ids {
+                    let service = inner(status, content_type, own_id);
+                    let fused = outcome(ContractLayer::default().layer(service.clone()), id);
+                    let two = outcome(
+                        super::super::RequestIdLayer::default().layer(EnvelopeLayer.layer(service)),
+                        id,
+                    );
+                    assert_eq!(fused, two, "{status} {content_type} {own_id} {id:?}");
+                    // The handler saw the id the response carries (own ids aside).
+                    if !own_id {
+                        let get = |name: &str| {
+                            fused
+                                .1
+                                .iter()
+                                .find(|(n, _)| n == name)
+                                .map(|(_, v)| v.clone())
+                        };
+                        assert_eq!(get("seen"), get("x-request-id"));
+                    }
+                    compared += 1;
+                }
+            }
+        }
+        assert_eq!(compared, 6 * 2 * 4);
     }
 }

@@ -26,8 +26,8 @@ pub use crate::names::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED};
 pub use caller::{Account, AccountStatus, TierLimits};
 #[cfg(feature = "tower")]
 pub use envelope::{
-    Envelope, EnvelopeBody, EnvelopeFuture, EnvelopeLayer, OutageAnswer, PanicEnvelope, Panicked,
-    envelope, is_json,
+    Contract, ContractFuture, ContractLayer, Envelope, EnvelopeBody, EnvelopeFuture, EnvelopeLayer,
+    OutageAnswer, PanicEnvelope, Panicked, envelope, is_json,
 };
 #[cfg(feature = "tower")]
 pub use request_id::{

@@ -34,7 +34,7 @@ impl Default for MakeReqId {
 
 impl MakeReqId {
     /// The next id's 28 bytes: `req_` and 24 lowercase hex digits.
-    fn next_bytes(&self) -> [u8; 28] {
+    pub(crate) fn next_bytes(&self) -> [u8; 28] {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let seed = self
             .state

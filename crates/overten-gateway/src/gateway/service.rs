@@ -287,7 +287,8 @@ async fn admit(
         admission.as_ref().err(),
         timer.seconds(),
     );
-    if admission.is_ok() {
+    // The clock is read only when an outage is on (`succeeded` does nothing otherwise).
+    if admission.is_ok() && config.outage.is_down() {
         config.outage.succeeded(Instant::now());
     }
     Some(admission)
