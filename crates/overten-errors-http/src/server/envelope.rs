@@ -466,32 +466,36 @@ mod tests {
 
     /// An inner service answering `status` with `content_type` (and its own id when
     /// `own_id`), echoing the id its request carried in `seen`.
-    fn inner(
+    #[derive(Clone, Copy)]
+    struct Inner {
         status: u16,
         content_type: &'static str,
         own_id: bool,
-    ) -> impl Service<
-        Request<()>,
-        Response = Response<Full<Bytes>>,
-        Error = std::convert::Infallible,
-        Future = std::future::Ready<Result<Response<Full<Bytes>>, std::convert::Infallible>>,
-    > + Clone {
-        tower::service_fn(move |req: Request<()>| {
+    }
+
+    impl Service<Request<()>> for Inner {
+        type Response = Response<Full<Bytes>>;
+        type Error = std::convert::Infallible;
+        type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, req: Request<()>) -> Self::Future {
             let mut response = Response::new(Full::new(Bytes::from_static(b"{\"a\":1}")));
-            *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
+            *response.status_mut() = http::StatusCode::from_u16(self.status).unwrap();
             response
                 .headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+                .insert(CONTENT_TYPE, HeaderValue::from_static(self.content_type));
             if let Some(seen) = req.headers().get("x-request-id") {
                 response.headers_mut().insert("seen", seen.clone());
             }
-            if own_id {
+            if self.own_id {
                 response
                     .headers_mut()
                     .insert("x-request-id", HeaderValue::from_static("req_own"));
             }
             std::future::ready(Ok(response))
-        })
+        }
     }
 
     /// Status, headers (a made id written as `made`) and body, after `service`.
@@ -547,8 +551,12 @@ mod tests {
         ] {
             for own_id in [false, true] {
                 for id in ids {
-                    let service = inner(status, content_type, own_id);
-                    let fused = outcome(ContractLayer::default().layer(service.clone()), id);
+                    let service = Inner {
+                        status,
+                        content_type,
+                        own_id,
+                    };
+                    let fused = outcome(ContractLayer::default().layer(service), id);
                     let two = outcome(
                         super::super::RequestIdLayer::default().layer(EnvelopeLayer.layer(service)),
                         id,
