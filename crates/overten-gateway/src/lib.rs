@@ -14,7 +14,7 @@
 //!
 //! | feature | adds | pulls in |
 //! |---|---|---|
-//! | (default) | the layers above on the memory stores, [`stack`] | `overten-errors-http` (`tower`), `tower-layer`, `tower-service`, `tower-http`, `tracing`, `sha2` |
+//! | (default) | the layers above on the memory stores, [`stack`] | `overten-errors-http` (`tower`), `tower-layer`, `tower-service`, `tracing`, `sha2` |
 //! | `axum` | the gateway sets axum's `DefaultBodyLimit` to the caller's tier's upload limit | `axum` |
 //! | `redis` | `RedisStore`: counts, permits, idempotency records and tasks shared by a fleet, on one node, a Cluster or Sentinel (turns on `tokio`) | `redis` (tokio, cluster, sentinel) |
 //! | `tokio` | `Tasks::spawn`: a task's work on the tokio runtime | `tokio` (`rt`, `time`, `sync`) |
@@ -74,26 +74,20 @@ pub use tasks::{
     TaskRun, Tasks,
 };
 
-use overten_errors_http::server::{ContractLayer, PanicEnvelope};
+use overten_errors_http::server::ContractLayer;
 
 /// The recommended server stack, outermost first: `ContractLayer` (request ids: drop an
 /// invalid incoming id, make one, copy it onto the response; one span per request;
 /// envelopes for framework-made errors; one log line per 5xx with the request id and the
-/// cause chain), `gateway`, then tower-http's `CatchPanicLayer` with `PanicEnvelope` (a
-/// panic is a 500 envelope and one log line; inside the gateway, so that its response
-/// carries `X-RateLimit-*` like every other and its permit goes back when the response is
-/// sent). Put your routes (and a timeout, or the idempotency layer) inside.
-pub type ServerStack = tower_layer::Stack<
-    tower_http::catch_panic::CatchPanicLayer<PanicEnvelope>,
-    tower_layer::Stack<GatewayLayer, ContractLayer>,
->;
+/// cause chain), then `gateway`, which answers a panic of what it wraps with a 500
+/// envelope (`PanicEnvelope`'s: its text logged once, never sent) carrying `X-RateLimit-*`
+/// like every response, the run's permit given back. Put your routes (and a timeout, or the
+/// idempotency layer) inside.
+pub type ServerStack = tower_layer::Stack<GatewayLayer, ContractLayer>;
 
 /// [`ServerStack`] around `gateway`: `.layer(stack(gateway))` on an axum `Router`.
 pub fn stack(gateway: GatewayLayer) -> ServerStack {
-    tower_layer::Stack::new(
-        tower_http::catch_panic::CatchPanicLayer::custom(PanicEnvelope),
-        tower_layer::Stack::new(gateway, ContractLayer::default()),
-    )
+    tower_layer::Stack::new(gateway, ContractLayer::default())
 }
 
 /// Polls a future that needs no runtime (every wait in it is ready) to completion.

@@ -396,16 +396,32 @@ impl tower_http::catch_panic::ResponseForPanic for PanicEnvelope {
         &mut self,
         err: Box<dyn std::any::Any + Send + 'static>,
     ) -> Response<Full<Bytes>> {
-        let text = if let Some(s) = err.downcast_ref::<&str>() {
+        crate::server::response::answer(PanicEnvelope::error(&*err), |b| Full::new(Bytes::from(b)))
+    }
+}
+
+impl PanicEnvelope {
+    /// The error a panic is answered with: 500 `internal_error`, the panic's text (from
+    /// its payload, as `std::panic::catch_unwind` gives it) kept as the cause for the log
+    /// line only.
+    ///
+    /// ```
+    /// use overten_errors_http::server::PanicEnvelope;
+    /// let payload = std::panic::catch_unwind(|| panic!("secret detail")).unwrap_err();
+    /// let err = PanicEnvelope::error(&*payload);
+    /// assert_eq!(err.status(), 500);
+    /// assert!(!err.message().contains("secret detail"));
+    /// assert!(std::error::Error::source(&err).unwrap().to_string().contains("secret detail"));
+    /// ```
+    pub fn error(payload: &(dyn std::any::Any + Send)) -> ApiError {
+        let text = if let Some(s) = payload.downcast_ref::<&str>() {
             (*s).to_owned()
-        } else if let Some(s) = err.downcast_ref::<String>() {
+        } else if let Some(s) = payload.downcast_ref::<String>() {
             s.clone()
         } else {
             "a value that is not text".to_owned()
         };
-        crate::server::response::answer(ApiError::internal(Panicked(text)), |b| {
-            Full::new(Bytes::from(b))
-        })
+        ApiError::internal(Panicked(text))
     }
 }
 

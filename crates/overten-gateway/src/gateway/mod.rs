@@ -65,9 +65,14 @@ type IsRun = Arc<dyn Fn(&Method, &Uri) -> bool + Send + Sync>;
 /// with a warning. An account lookup that fails is always a 503: a key that cannot be
 /// checked is never let through.
 ///
-/// The recommended stack, outermost first, is [`crate::stack`]: request ids, the
-/// envelope layer (span, envelopes, one log line per 5xx), tower-http's catch-panic with
-/// [`PanicEnvelope`](overten_errors_http::server::PanicEnvelope), then this layer.
+/// A panic of the service this layer wraps (in its `call`, or while its future is polled)
+/// is answered here: the 500 `internal_error` envelope of
+/// [`PanicEnvelope`](overten_errors_http::server::PanicEnvelope) (the panic's text is the
+/// error's cause, logged once by the envelope layer, never sent), stamped with
+/// `X-RateLimit-*` like every response; the run's permit goes back at once.
+///
+/// The recommended stack, outermost first, is [`crate::stack`]: request ids, the request
+/// span and envelopes in one layer (`ContractLayer`), then this layer.
 ///
 /// ```
 /// use std::sync::Arc;

@@ -2,6 +2,7 @@
 //! service.
 
 use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -80,9 +81,14 @@ where
         let state = match now {
             Ok(admitted) => {
                 let (req, after) = pass(head, body, admitted, started);
-                State::Inner {
-                    future: inner.call(req),
-                    after: Some(after),
+                match catch_unwind(AssertUnwindSafe(|| inner.call(req))) {
+                    Ok(future) => State::Inner {
+                        future: Unwinding { inner: future },
+                        after: Some(after),
+                    },
+                    Err(payload) => State::Answer {
+                        response: Some(panicked(&*payload, after)),
+                    },
                 }
             }
             Err(Stop::Refused(refused)) => State::Answer {
@@ -115,7 +121,7 @@ pin_project_lite::pin_project! {
     enum State<F, B, E> {
         Inner {
             #[pin]
-            future: F,
+            future: Unwinding<F>,
             after: Option<After>,
         },
         Answer {
@@ -143,13 +149,15 @@ where
         match self.project().state.project() {
             StateProj::Inner { future, after } => {
                 let response = match future.poll(cx) {
-                    Poll::Ready(Ok(response)) => response,
-                    Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
+                    Poll::Ready(Ok(Ok(response))) => Ok(response),
+                    Poll::Ready(Ok(Err(err))) => return Poll::Ready(Err(err)),
+                    Poll::Ready(Err(payload)) => Err(payload),
                     Poll::Pending => return Poll::Pending,
                 };
-                Poll::Ready(Ok(match after.take() {
-                    Some(after) => finish(response, after),
-                    None => polled_again(),
+                Poll::Ready(Ok(match (after.take(), response) {
+                    (Some(after), Ok(response)) => finish(response, after),
+                    (Some(after), Err(payload)) => panicked(&*payload, after),
+                    (None, _) => polled_again(),
                 }))
             }
             StateProj::Answer { response } => {
@@ -158,6 +166,37 @@ where
             StateProj::Waiting { future } => future.as_mut().poll(cx),
         }
     }
+}
+
+pin_project_lite::pin_project! {
+    /// The inner service's future, a panic while it is polled caught: `Err` with the
+    /// panic's payload.
+    struct Unwinding<F> {
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F: Future> Future for Unwinding<F> {
+    type Output = Result<F::Output, Box<dyn std::any::Any + Send>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = self.project().inner;
+        match catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(payload) => Poll::Ready(Err(payload)),
+        }
+    }
+}
+
+/// The answer to a panic of the inner service: the 500 envelope of
+/// [`PanicEnvelope`](overten_errors_http::server::PanicEnvelope) (its text is the error's
+/// cause, for the log line only), stamped like every response; the run is over, so its
+/// permit goes back now.
+fn panicked<B>(payload: &(dyn std::any::Any + Send), after: After) -> Response<GatewayBody<B>> {
+    let err = overten_errors_http::server::PanicEnvelope::error(payload);
+    complete(answer(err), after)
 }
 
 /// The answer of a future polled again after it finished (a caller's mistake): a 500
@@ -608,8 +647,14 @@ where
     let (req, after) = pass(head, body, admitted, started);
     // If the inner service fails or this future is dropped (the client went away), the
     // permit is dropped with it and goes back.
-    let response = inner.call(req).await?;
-    Ok(finish(response, after))
+    let future = match catch_unwind(AssertUnwindSafe(|| inner.call(req))) {
+        Ok(future) => future,
+        Err(payload) => return Ok(panicked(&*payload, after)),
+    };
+    match (Unwinding { inner: future }).await {
+        Ok(response) => Ok(finish(response?, after)),
+        Err(payload) => Ok(panicked(&*payload, after)),
+    }
 }
 
 /// The answer to a request the gate refused, marked and recorded.
@@ -681,25 +726,32 @@ fn pass<ReqB>(
 
 /// The inner service's response, stamped, with the permit held by its body until the body
 /// ends.
-fn finish<ResB>(response: Response<ResB>, after: After) -> Response<GatewayBody<ResB>> {
-    let After {
-        stamp,
-        permit,
-        upload,
-        tier,
-        local,
-        method,
-        started,
-    } = after;
-    let mut response = if framework_too_large(&response) {
+fn finish<ResB>(response: Response<ResB>, mut after: After) -> Response<GatewayBody<ResB>> {
+    let response = if framework_too_large(&response) {
         // A body that streamed past the limit, refused by the framework (axum's
         // extractors) in its own words: the same envelope as an announced one.
         // The handler has returned: its run, and its permit, end here.
         drop(response);
-        answer(ApiError::upload_too_large(Some(tier), upload))
+        answer(ApiError::upload_too_large(Some(after.tier), after.upload))
     } else {
+        let permit = after.permit.take();
         response.map(|body| GatewayBody::inner(body, permit))
     };
+    complete(response, after)
+}
+
+/// A response of an admitted request, stamped (`X-RateLimit-*`, the degraded mode's
+/// scope) and recorded. A permit still in `after` goes back when this returns.
+fn complete<B>(mut response: Response<GatewayBody<B>>, after: After) -> Response<GatewayBody<B>> {
+    let After {
+        stamp,
+        permit,
+        tier,
+        local,
+        method,
+        started,
+        upload: _,
+    } = after;
     if let Some(rate_limit) = &stamp {
         set_rate_limit_headers(response.headers_mut(), rate_limit);
     }
@@ -707,6 +759,8 @@ fn finish<ResB>(response: Response<ResB>, after: After) -> Response<GatewayBody<
         mark_local(&mut response);
     }
     record(&method, &response, Some(tier), started);
+    // A run the response does not hold (a panic, a refused upload) is over.
+    drop(permit);
     response
 }
 
@@ -921,5 +975,57 @@ mod tests {
                 .1
                 .contains(&("x-ratelimit-remaining".into(), "4".into()))
         );
+    }
+
+    /// An inner service that panics in `call` (`in_call`) or when its future is polled.
+    #[derive(Clone)]
+    struct Panics {
+        in_call: bool,
+    }
+
+    impl Service<Request<Limited<String>>> for Panics {
+        type Response = Response<String>;
+        type Error = Infallible;
+        type Future =
+            std::pin::Pin<Box<dyn Future<Output = Result<Response<String>, Infallible>> + Send>>;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, _: Request<Limited<String>>) -> Self::Future {
+            assert!(!self.in_call, "secret: call");
+            Box::pin(std::future::poll_fn(
+                |_| -> Poll<Result<Response<String>, Infallible>> { panic!("secret: poll") },
+            ))
+        }
+    }
+
+    #[test]
+    fn a_panic_in_call_or_poll_is_a_stamped_500_and_its_permit_goes_back() {
+        let waits = Arc::new(Waits {
+            inner: MemoryStore::new(),
+            admits: AtomicUsize::new(0),
+        });
+        let at_once = Arc::new(MemoryStore::new());
+        let hash = KeyHash::of("sk_live_pro");
+        for in_call in [true, false] {
+            for (store, held) in [
+                (Arc::clone(&at_once) as Arc<dyn Store>, &*at_once),
+                (Arc::clone(&waits) as Arc<dyn Store>, &waits.inner),
+            ] {
+                let mut service = layer(Arc::new(accounts()), store).layer(Panics { in_call });
+                let req = Request::post("/v1/excel/generate")
+                    .header("authorization", "Bearer sk_live_pro")
+                    .body(String::new())
+                    .unwrap();
+                let response = block_on(service.call(req)).unwrap();
+                assert_eq!(response.status(), 500);
+                let err = response.extensions().get::<ApiError>().unwrap();
+                assert_eq!(err.wire_code(), "internal_error");
+                assert!(!err.message().contains("secret"));
+                assert!(response.headers().contains_key("x-ratelimit-remaining"));
+                assert_eq!(held.runs(&hash), 0, "the permit went back ({in_call})");
+            }
+        }
+        assert_eq!(waits.admits.load(Ordering::SeqCst), 2);
     }
 }
