@@ -69,15 +69,7 @@ where
         // Stores that answer at once (the memory stores) are asked here, without a boxed
         // future; any other store says so before it is touched, and the request takes the
         // boxed path below.
-        let now = {
-            let gate = std::pin::pin!(gate(&self.config, &head, Mode::Now));
-            let mut cx = Context::from_waker(std::task::Waker::noop());
-            match gate.poll(&mut cx) {
-                Poll::Ready(outcome) => outcome,
-                // Cannot happen: in `Mode::Now` no step waits. Take the boxed path.
-                Poll::Pending => Err(Stop::Later),
-            }
-        };
+        let now = gate_now(&self.config, &head);
         let state = match now {
             Ok(admitted) => {
                 let (req, after) = pass(head, body, admitted, started);
@@ -258,14 +250,14 @@ fn too_large(account: &Account, limit: u64) -> ApiError {
     ApiError::upload_too_large(Some(account.tier), limit)
 }
 
-/// Step 2: the key's account, if it may use this path. A lookup that fails is a 503
-/// whatever the policy: a key that cannot be checked is never let through.
-async fn account(config: &Config, hash: &KeyHash, path: &str, mode: Mode) -> Result<Account, Stop> {
-    let found = match (config.accounts.resolve_now(hash), mode) {
-        (Some(found), _) => found,
-        (None, Mode::Now) => return Err(Stop::Later),
-        (None, Mode::Wait) => config.accounts.resolve(hash).await,
-    };
+/// Step 2: the key's account (as the resolver found it), if it may use this path. A
+/// lookup that fails is a 503 whatever the policy: a key that cannot be checked is never
+/// let through.
+fn checked(
+    config: &Config,
+    found: Result<Option<Account>, StoreError>,
+    path: &str,
+) -> Result<Account, Stop> {
     let account = match found {
         Ok(Some(account)) => account,
         Ok(None) => return Err(ApiError::from(ErrorCode::InvalidApiKey).into()),
@@ -307,19 +299,12 @@ fn announced_over(head: &http::request::Parts, limit: u64) -> bool {
         .is_some_and(|n| n > limit)
 }
 
-/// The store's admission, timed (feature `metrics`); a success ends an outage. `None`: the
-/// store cannot answer at once (`Mode::Now`), and was not touched.
-async fn admit(
+/// After the store's admission: timed (feature `metrics`); a success ends an outage.
+fn admitted_by_store(
     config: &Config,
-    ask: Admit<'_>,
-    mode: Mode,
-) -> Option<Result<Admission, StoreError>> {
-    let timer = crate::metrics::Timer::start();
-    let admission = match (config.store.admit_now(&ask), mode) {
-        (Some(admission), _) => admission,
-        (None, Mode::Now) => return None,
-        (None, Mode::Wait) => config.store.admit(ask).await,
-    };
+    timer: crate::metrics::Timer,
+    admission: &Result<Admission, StoreError>,
+) {
     crate::metrics::store_call(
         "gateway",
         "admit",
@@ -330,7 +315,6 @@ async fn admit(
     if admission.is_ok() && config.outage.is_down() {
         config.outage.succeeded(Instant::now());
     }
-    Some(admission)
 }
 
 /// The 429 of a key over its rate limit (`count` requests in the window ending at `reset`).
@@ -428,46 +412,175 @@ struct Counted {
     local: bool,
 }
 
-/// Steps 1 to 4 of the module docs: the admitted request, or the error to answer.
-async fn gate(config: &Config, head: &http::request::Parts, mode: Mode) -> Result<Admitted, Stop> {
+/// The clock's reading for one request: the second, its window and the window's end.
+#[derive(Clone, Copy)]
+struct Now {
+    now: u64,
+    window: u64,
+    reset: u64,
+}
+
+/// Step 1: one well-formed key, known from here on by its hash; the clock read once.
+fn start(config: &Config, head: &http::request::Parts) -> Result<(KeyHash, Now), Stop> {
     let now = unix_seconds((config.clock)());
     let window = now / RATE_LIMIT_WINDOW_SECONDS;
     let reset = window
         .saturating_add(1)
         .saturating_mul(RATE_LIMIT_WINDOW_SECONDS);
-
-    // 1. One well-formed key.
     let key = overten_errors_http::live_api_key(&head.headers)
         .ok_or_else(|| ApiError::from(ErrorCode::InvalidApiKey))?;
-    let hash = KeyHash::of(key);
+    Ok((KeyHash::of(key), Now { now, window, reset }))
+}
 
-    let account = account(config, &hash, head.uri.path(), mode).await?;
+/// What step 3 asks of the store, once the account is known.
+struct Plan {
+    account: Account,
+    limits: TierLimits,
+    announced_too_large: bool,
+    is_run: bool,
+}
+
+/// Step 3 before any store call: the tier's limits, a body announced too large (it asks
+/// no permit: it is answered 413 once counted), whether it is a run; a key already over
+/// its limit in this window, as this replica saw, is answered 429 here, with no store call.
+fn plan(
+    config: &Config,
+    head: &http::request::Parts,
+    hash: &KeyHash,
+    account: Account,
+    t: Now,
+) -> Result<Plan, Stop> {
     let tier = account.tier;
-    let shared_limits = config.limits_of(tier);
-
-    // 3. Count, and a permit for a run, in one store call. A body announced too large
-    // asks no permit: it is answered 413 once counted.
-    let announced_too_large = announced_over(head, shared_limits.upload_bytes);
-    // Already over its limit in this window, as this replica saw: the same 429, no store
-    // call.
-    let shared_limit = shared_limits.requests_per_minute;
+    let limits = config.limits_of(tier);
+    let announced_too_large = announced_over(head, limits.upload_bytes);
+    let limit = limits.requests_per_minute;
     if config
         .near
         .as_ref()
-        .is_some_and(|near| near.is_over(&hash, window, shared_limit))
+        .is_some_and(|near| near.is_over(hash, t.window, limit))
     {
         crate::metrics::rate_limited("rate", tier, true);
-        let count = u64::from(shared_limit) + 1;
-        return Err(Refused::of(over_limit(shared_limit, count, reset, now), tier, false).into());
+        let count = u64::from(limit) + 1;
+        return Err(Refused::of(over_limit(limit, count, t.reset, t.now), tier, false).into());
     }
     let is_run = !announced_too_large && (config.is_run)(&head.method, &head.uri);
-    let Some(counted) = count(config, &hash, window, shared_limits, is_run, mode)
-        .await
-        .map_err(|stop| match stop {
-            Stop::Refused(refused) => Stop::Refused(Refused::of(refused.err, tier, false)),
-            Stop::Later => Stop::Later,
-        })?
-    else {
+    Ok(Plan {
+        account,
+        limits,
+        announced_too_large,
+        is_run,
+    })
+}
+
+/// The store call of step 3 for `limits`: the count, and a permit for a run.
+fn ask<'a>(
+    config: &Config,
+    hash: &'a KeyHash,
+    window: u64,
+    limits: &TierLimits,
+    is_run: bool,
+) -> (Admit<'a>, Option<RunAsk>) {
+    let run = is_run.then(|| RunAsk::new(PermitId::new(), limits.concurrent_runs, config.lease));
+    let mut admit = Admit::new(
+        hash,
+        window,
+        RATE_LIMIT_WINDOW_SECONDS,
+        limits.requests_per_minute,
+    );
+    if let Some(run) = run {
+        admit = admit.with_run(run);
+    }
+    (admit, run)
+}
+
+/// Whether the shared store is asked. In degraded mode, while the store is down, one
+/// request a second probes it; the others are counted locally at once. In `Mode::Now` an
+/// outage in degraded mode stops for the waiting path, before the probe's turn is taken.
+fn asks_shared(config: &Config, mode: Mode) -> Result<bool, Stop> {
+    let down = config.local.is_some()
+        && matches!(config.on_store_error, StoreFailure::Local { .. })
+        && config.outage.is_down();
+    if down && mode == Mode::Now {
+        return Err(Stop::Later);
+    }
+    Ok(!(down && !config.probe_due()))
+}
+
+/// Where the request was counted, from the shared store's answer (`None`: not asked):
+/// there; or, when it failed or was not asked, what the policy says: an error to answer,
+/// `None` to pass uncounted, or (degraded mode) the count of this replica's own store
+/// against its share of the limits.
+fn counted(
+    config: &Config,
+    shared: Option<(Result<Admission, StoreError>, Option<RunAsk>)>,
+    hash: &KeyHash,
+    window: u64,
+    plan: &Plan,
+) -> Result<Option<Counted>, ApiError> {
+    let failure = match shared {
+        Some((Ok(admission), run)) => {
+            return Ok(Some(Counted {
+                store: Arc::clone(&config.store),
+                limits: plan.limits,
+                admission,
+                run,
+                local: false,
+            }));
+        }
+        Some((Err(err), _)) => Some(err),
+        None => None,
+    };
+    let local = match (config.on_store_error, &config.local) {
+        (StoreFailure::Local { replicas }, Some(local)) => Some((replicas.max(1), local)),
+        _ => None,
+    };
+    let Some((replicas, store)) = local else {
+        let Some(err) = failure else {
+            return Ok(None);
+        };
+        return match store_failed(config, err) {
+            Some(answer) => Err(answer),
+            None => Ok(None),
+        };
+    };
+    if let Some(err) = failure {
+        config.outage.failed(&err, Instant::now());
+    }
+    let share = |n: u32| (n / replicas).max(1);
+    let limits = plan
+        .limits
+        .requests_per_minute(share(plan.limits.requests_per_minute))
+        .concurrent_runs(share(plan.limits.concurrent_runs));
+    let (admit_local, run) = ask(config, hash, window, &limits, plan.is_run);
+    match store.admit_here(&admit_local) {
+        Ok(admission) => Ok(Some(Counted {
+            store: Arc::clone(store) as Arc<dyn Store>,
+            limits,
+            admission,
+            run,
+            local: true,
+        })),
+        Err(err) => Err(unavailable(config.on_store_error.retry_after(), err)),
+    }
+}
+
+/// Steps 3 (after the store) and 4: the admitted request, or the error to answer.
+fn admitted(
+    config: &Config,
+    plan: Plan,
+    hash: KeyHash,
+    t: Now,
+    counted: Result<Option<Counted>, ApiError>,
+) -> Result<Admitted, Stop> {
+    let Plan {
+        account,
+        limits: shared_limits,
+        announced_too_large,
+        is_run: _,
+    } = plan;
+    let tier = account.tier;
+    let counted = counted.map_err(|err| Refused::of(err, tier, false))?;
+    let Some(counted) = counted else {
         // The store failed and the policy lets the request pass uncounted.
         if announced_too_large {
             let err = too_large(&account, shared_limits.upload_bytes);
@@ -494,14 +607,14 @@ async fn gate(config: &Config, head: &http::request::Parts, mode: Mode) -> Resul
     let rate_limit = RateLimit {
         limit,
         remaining: limit.saturating_sub(u32::try_from(admission.count).unwrap_or(u32::MAX)),
-        reset,
+        reset: t.reset,
     };
     if admission.count > u64::from(limit) {
         if let Some(near) = config.near.as_ref().filter(|_| !local) {
-            near.went_over(&hash, window, limit);
+            near.went_over(&hash, t.window, limit);
         }
         crate::metrics::rate_limited("rate", tier, false);
-        return Err(refused(over_limit(limit, admission.count, reset, now)));
+        return Err(refused(over_limit(limit, admission.count, t.reset, t.now)));
     }
     if announced_too_large {
         return Err(refused(
@@ -534,88 +647,50 @@ async fn gate(config: &Config, head: &http::request::Parts, mode: Mode) -> Resul
     })
 }
 
-/// Counts the request (and asks a permit for a run) in the shared store; when it fails,
-/// what the policy says: an error to answer, `None` to pass uncounted, or (degraded mode)
-/// the count of this replica's own store against its share of the limits.
-async fn count(
-    config: &Config,
-    hash: &KeyHash,
-    window: u64,
-    limits: TierLimits,
-    is_run: bool,
-    mode: Mode,
-) -> Result<Option<Counted>, Stop> {
-    let ask = |limits: &TierLimits| {
-        let run =
-            is_run.then(|| RunAsk::new(PermitId::new(), limits.concurrent_runs, config.lease));
-        let mut admit = Admit::new(
-            hash,
-            window,
-            RATE_LIMIT_WINDOW_SECONDS,
-            limits.requests_per_minute,
-        );
-        if let Some(run) = run {
-            admit = admit.with_run(run);
-        }
-        (admit, run)
-    };
-    let local = match (config.on_store_error, &config.local) {
-        (StoreFailure::Local { replicas }, Some(local)) => Some((replicas.max(1), local)),
-        _ => None,
-    };
-    // In degraded mode, while the store is down, one request a second probes it; the
-    // others are counted locally at once. (An outage takes the waiting path: the probe's
-    // turn is taken only where the probe can wait.)
-    let down = local.is_some() && config.outage.is_down();
-    if down && mode == Mode::Now {
-        return Err(Stop::Later);
-    }
-    let skip = down && !config.probe_due();
-    let failure = if skip {
-        None
+/// Steps 1 to 4 of the module docs with stores that answer at once, without a future:
+/// the admitted request, the error to answer, or `Stop::Later` (before any store was
+/// touched) when a store must be waited for.
+fn gate_now(config: &Config, head: &http::request::Parts) -> Result<Admitted, Stop> {
+    let (hash, t) = start(config, head)?;
+    let found = config.accounts.resolve_now(&hash).ok_or(Stop::Later)?;
+    let account = checked(config, found, head.uri.path())?;
+    let plan = plan(config, head, &hash, account, t)?;
+    let shared = if asks_shared(config, Mode::Now)? {
+        let (admit, run) = ask(config, &hash, t.window, &plan.limits, plan.is_run);
+        let timer = crate::metrics::Timer::start();
+        let admission = config.store.admit_now(&admit).ok_or(Stop::Later)?;
+        admitted_by_store(config, timer, &admission);
+        Some((admission, run))
     } else {
-        let (admit_shared, run) = ask(&limits);
-        match admit(config, admit_shared, mode).await {
-            None => return Err(Stop::Later),
-            Some(Ok(admission)) => {
-                return Ok(Some(Counted {
-                    store: Arc::clone(&config.store),
-                    limits,
-                    admission,
-                    run,
-                    local: false,
-                }));
-            }
-            Some(Err(err)) => Some(err),
-        }
+        None
     };
-    let Some((replicas, store)) = local else {
-        let Some(err) = failure else {
-            return Ok(None);
-        };
-        return match store_failed(config, err) {
-            Some(answer) => Err(answer.into()),
-            None => Ok(None),
-        };
+    let counted = counted(config, shared, &hash, t.window, &plan);
+    admitted(config, plan, hash, t, counted)
+}
+
+/// The same, waiting for the stores.
+async fn gate(config: &Config, head: &http::request::Parts) -> Result<Admitted, Stop> {
+    let (hash, t) = start(config, head)?;
+    let found = match config.accounts.resolve_now(&hash) {
+        Some(found) => found,
+        None => config.accounts.resolve(&hash).await,
     };
-    if let Some(err) = failure {
-        config.outage.failed(&err, Instant::now());
-    }
-    let share = |n: u32| (n / replicas).max(1);
-    let limits = limits
-        .requests_per_minute(share(limits.requests_per_minute))
-        .concurrent_runs(share(limits.concurrent_runs));
-    let (admit_local, run) = ask(&limits);
-    match store.admit_here(&admit_local) {
-        Ok(admission) => Ok(Some(Counted {
-            store: Arc::clone(store) as Arc<dyn Store>,
-            limits,
-            admission,
-            run,
-            local: true,
-        })),
-        Err(err) => Err(unavailable(config.on_store_error.retry_after(), err).into()),
-    }
+    let account = checked(config, found, head.uri.path())?;
+    let plan = plan(config, head, &hash, account, t)?;
+    let shared = if asks_shared(config, Mode::Wait)? {
+        let (admit, run) = ask(config, &hash, t.window, &plan.limits, plan.is_run);
+        let timer = crate::metrics::Timer::start();
+        let admission = match config.store.admit_now(&admit) {
+            Some(admission) => admission,
+            None => config.store.admit(admit).await,
+        };
+        admitted_by_store(config, timer, &admission);
+        Some((admission, run))
+    } else {
+        None
+    };
+    let counted = counted(config, shared, &hash, t.window, &plan);
+    admitted(config, plan, hash, t, counted)
 }
 
 /// The boxed path: the gate waits for its stores, then the inner service.
@@ -629,7 +704,7 @@ where
     S: Service<Request<Limited<ReqB>>, Response = Response<ResB>>,
 {
     let (head, body) = req.into_parts();
-    let admitted = match gate(&config, &head, Mode::Wait).await {
+    let admitted = match gate(&config, &head).await {
         Ok(admitted) => admitted,
         Err(Stop::Refused(refused)) => return Ok(refuse(refused, &head.method, started)),
         // `Mode::Wait` never stops for later; were it to, the request is not let through.
