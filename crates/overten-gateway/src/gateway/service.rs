@@ -84,7 +84,7 @@ where
                 }
             }
             Err(Stop::Refused(refused)) => State::Answer {
-                response: Some(refuse(refused, &head.method, started)),
+                response: Some(refuse(*refused, &head.method, started)),
             },
             Err(Stop::Later) => State::Waiting {
                 future: Box::pin(handle(
@@ -385,21 +385,21 @@ enum Mode {
 
 /// Why the gate did not admit a request.
 enum Stop {
-    /// Answered here.
-    Refused(Refused),
+    /// Answered here (boxed: the error is large, and refusals are the rarer path).
+    Refused(Box<Refused>),
     /// A store cannot answer at once (`Mode::Now` only): nothing was counted.
     Later,
 }
 
 impl From<Refused> for Stop {
     fn from(refused: Refused) -> Stop {
-        Stop::Refused(refused)
+        Stop::Refused(Box::new(refused))
     }
 }
 
 impl From<ApiError> for Stop {
     fn from(err: ApiError) -> Stop {
-        Stop::Refused(err.into())
+        Refused::from(err).into()
     }
 }
 
@@ -414,14 +414,14 @@ struct Counted {
 
 /// The clock's reading for one request: the second, its window and the window's end.
 #[derive(Clone, Copy)]
-struct Now {
+struct Tick {
     now: u64,
     window: u64,
     reset: u64,
 }
 
 /// Step 1: one well-formed key, known from here on by its hash; the clock read once.
-fn start(config: &Config, head: &http::request::Parts) -> Result<(KeyHash, Now), Stop> {
+fn start(config: &Config, head: &http::request::Parts) -> Result<(KeyHash, Tick), Stop> {
     let now = unix_seconds((config.clock)());
     let window = now / RATE_LIMIT_WINDOW_SECONDS;
     let reset = window
@@ -429,7 +429,7 @@ fn start(config: &Config, head: &http::request::Parts) -> Result<(KeyHash, Now),
         .saturating_mul(RATE_LIMIT_WINDOW_SECONDS);
     let key = overten_errors_http::live_api_key(&head.headers)
         .ok_or_else(|| ApiError::from(ErrorCode::InvalidApiKey))?;
-    Ok((KeyHash::of(key), Now { now, window, reset }))
+    Ok((KeyHash::of(key), Tick { now, window, reset }))
 }
 
 /// What step 3 asks of the store, once the account is known.
@@ -448,7 +448,7 @@ fn plan(
     head: &http::request::Parts,
     hash: &KeyHash,
     account: Account,
-    t: Now,
+    t: Tick,
 ) -> Result<Plan, Stop> {
     let tier = account.tier;
     let limits = config.limits_of(tier);
@@ -503,7 +503,7 @@ fn asks_shared(config: &Config, mode: Mode) -> Result<bool, Stop> {
     if down && mode == Mode::Now {
         return Err(Stop::Later);
     }
-    Ok(!(down && !config.probe_due()))
+    Ok(!down || config.probe_due())
 }
 
 /// Where the request was counted, from the shared store's answer (`None`: not asked):
@@ -516,7 +516,7 @@ fn counted(
     hash: &KeyHash,
     window: u64,
     plan: &Plan,
-) -> Result<Option<Counted>, ApiError> {
+) -> Result<Option<Counted>, Box<ApiError>> {
     let failure = match shared {
         Some((Ok(admission), run)) => {
             return Ok(Some(Counted {
@@ -539,7 +539,7 @@ fn counted(
             return Ok(None);
         };
         return match store_failed(config, err) {
-            Some(answer) => Err(answer),
+            Some(answer) => Err(Box::new(answer)),
             None => Ok(None),
         };
     };
@@ -560,7 +560,10 @@ fn counted(
             run,
             local: true,
         })),
-        Err(err) => Err(unavailable(config.on_store_error.retry_after(), err)),
+        Err(err) => Err(Box::new(unavailable(
+            config.on_store_error.retry_after(),
+            err,
+        ))),
     }
 }
 
@@ -569,8 +572,8 @@ fn admitted(
     config: &Config,
     plan: Plan,
     hash: KeyHash,
-    t: Now,
-    counted: Result<Option<Counted>, ApiError>,
+    t: Tick,
+    counted: Result<Option<Counted>, Box<ApiError>>,
 ) -> Result<Admitted, Stop> {
     let Plan {
         account,
@@ -579,7 +582,7 @@ fn admitted(
         is_run: _,
     } = plan;
     let tier = account.tier;
-    let counted = counted.map_err(|err| Refused::of(err, tier, false))?;
+    let counted = counted.map_err(|err| Refused::of(*err, tier, false))?;
     let Some(counted) = counted else {
         // The store failed and the policy lets the request pass uncounted.
         if announced_too_large {
@@ -602,7 +605,7 @@ fn admitted(
         run,
         local,
     } = counted;
-    let refused = |err: ApiError| Stop::Refused(Refused::of(err, tier, local));
+    let refused = |err: ApiError| Stop::from(Refused::of(err, tier, local));
     let limit = limits.requests_per_minute;
     let rate_limit = RateLimit {
         limit,
@@ -706,7 +709,7 @@ where
     let (head, body) = req.into_parts();
     let admitted = match gate(&config, &head).await {
         Ok(admitted) => admitted,
-        Err(Stop::Refused(refused)) => return Ok(refuse(refused, &head.method, started)),
+        Err(Stop::Refused(refused)) => return Ok(refuse(*refused, &head.method, started)),
         // `Mode::Wait` never stops for later; were it to, the request is not let through.
         Err(Stop::Later) => {
             let err = ApiError::new(
