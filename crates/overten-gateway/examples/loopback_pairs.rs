@@ -8,6 +8,9 @@
 //! ```text
 //! cargo run --release -p overten-gateway --features axum --example loopback_pairs -- 20000
 //! ```
+//!
+//! `ONLY=i` sends to contender `i` alone (for a profiler); `VARIANT` (below) swaps the full
+//! stack for one of its parts.
 
 #![allow(
     clippy::unwrap_used,
@@ -62,8 +65,7 @@ fn layered() -> Router {
             Tier::Enterprise,
             TierLimits::of(Tier::Enterprise).requests_per_minute(u32::MAX),
         )
-        .with_clock(ticking)
-        .near_cache(std::env::var_os("NO_NEAR").is_none());
+        .with_clock(ticking);
     match std::env::var("VARIANT").as_deref() {
         Ok("gateway") => routes().layer(gateway),
         Ok("noop") => routes().layer(tower::util::MapResponseLayer::new(
@@ -99,12 +101,6 @@ fn main() {
             urls.push(format!("http://{}/ok", listener.local_addr().unwrap()));
             tokio::spawn(async move { axum::serve(listener, app).await });
         }
-        if std::env::var_os("SHOW").is_some() {
-            for url in &urls {
-                println!("{url}");
-            }
-            tokio::time::sleep(std::time::Duration::from_secs(30)).await;
-        }
         let client = reqwest::Client::new();
         let send = |url: &str| {
             let request = client
@@ -124,9 +120,8 @@ fn main() {
         // `ONLY=i`: send to contender `i` alone (for a profiler).
         let only: Option<usize> = std::env::var("ONLY").ok().and_then(|v| v.parse().ok());
         if only.is_some() {
-            for round in 0..rounds {
-                let i = only.unwrap_or(0) % urls.len();
-                let _ = round;
+            let i = only.unwrap_or(0) % urls.len();
+            for _ in 0..rounds {
                 send(&urls[i]).await;
             }
             return;
@@ -136,9 +131,6 @@ fn main() {
             // A different contender goes first each round.
             for k in 0..urls.len() {
                 let i = (round + k) % urls.len();
-                if only.is_some_and(|only| only != i) {
-                    continue;
-                }
                 let t = Instant::now();
                 send(&urls[i]).await;
                 times[i].push(t.elapsed().as_secs_f64() * 1e6);

@@ -78,38 +78,6 @@ fn main() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
-    if std::env::var_os("SIZES").is_some() {
-        use tower::{Layer, Service};
-        let accounts = MemoryAccounts::new()
-            .with_key("sk_live_bench", Account::new("org_bench", Tier::Enterprise));
-        let gateway = GatewayLayer::new(Arc::new(accounts), Arc::new(MemoryStore::new()));
-        let req = || {
-            http::Request::get("/ok")
-                .header("authorization", "Bearer sk_live_bench")
-                .body(Body::empty())
-                .unwrap()
-        };
-        let mut router = routes();
-        eprintln!(
-            "router future: {} bytes",
-            std::mem::size_of_val(&router.call(req()))
-        );
-        let mut layered = stack(gateway.clone()).layer(routes());
-        eprintln!(
-            "stack(router) future: {} bytes",
-            std::mem::size_of_val(&layered.call(req()))
-        );
-        let mut gw = tower::Layer::layer(&gateway, routes());
-        eprintln!(
-            "gateway(router) future: {} bytes",
-            std::mem::size_of_val(&gw.call(req()))
-        );
-        eprintln!(
-            "request: {} bytes, response: {} bytes",
-            std::mem::size_of::<http::Request<Body>>(),
-            std::mem::size_of::<http::Response<Body>>()
-        );
-    }
     rt.block_on(async {
         for _ in 0..count {
             let req = http::Request::get("/ok")

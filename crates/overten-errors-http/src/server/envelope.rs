@@ -138,18 +138,18 @@ where
         let kept = req
             .headers()
             .get(&*names::REQUEST_ID)
-            .and_then(|v| v.to_str().ok())
-            .filter(|id| check_id(id).is_ok())
-            .map(Id::new);
+            .filter(|v| v.to_str().is_ok_and(|id| check_id(id).is_ok()))
+            .cloned();
         let request_id = kept.unwrap_or_else(|| {
-            let bytes = self.make.next_bytes();
-            // `req_` and hex digits: always a valid header value.
-            if let Ok(value) = HeaderValue::from_bytes(&bytes) {
-                req.headers_mut().insert(names::REQUEST_ID.clone(), value);
-            }
-            Id::made(&bytes)
+            // One allocation, shared by the request's header and the response's.
+            let made = HeaderValue::from_maybe_shared(Bytes::from_owner(self.make.next_bytes()))
+                // `req_` and hex digits: always a valid header value.
+                .unwrap_or_else(|_| HeaderValue::from_static("-"));
+            req.headers_mut()
+                .insert(names::REQUEST_ID.clone(), made.clone());
+            made
         });
-        let span = request_span(request_id.as_str(), &req);
+        let span = request_span(request_id.to_str().unwrap_or("-"), &req);
         let inner = {
             let _entered = span.enter();
             self.inner.call(req)
@@ -168,7 +168,8 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: F,
         span: tracing::Span,
-        request_id: Id,
+        // Visible ASCII: a kept id passed `check_id`, a made one is `req_` and hex digits.
+        request_id: HeaderValue,
     }
 }
 
@@ -186,15 +187,11 @@ where
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
             Poll::Pending => return Poll::Pending,
         };
-        let id = this.request_id.as_str();
-        let mut response = rewrite(response, id);
+        let mut response = rewrite(response, this.request_id.to_str().unwrap_or("-"));
         if !response.headers().contains_key(&*names::REQUEST_ID) {
-            // Kept ids passed `check_id`, made ones are `req_` and hex digits.
-            if let Ok(value) = HeaderValue::from_str(id) {
-                response
-                    .headers_mut()
-                    .insert(names::REQUEST_ID.clone(), value);
-            }
+            response
+                .headers_mut()
+                .insert(names::REQUEST_ID.clone(), this.request_id.clone());
         }
         Poll::Ready(Ok(response))
     }
@@ -227,11 +224,6 @@ impl Id {
             }
             _ => Id::Heap(id.into()),
         }
-    }
-
-    /// A made id's 28 bytes.
-    fn made(bytes: &[u8; 28]) -> Id {
-        Id::new(std::str::from_utf8(bytes).unwrap_or("-"))
     }
 
     fn as_str(&self) -> &str {

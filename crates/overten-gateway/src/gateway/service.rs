@@ -65,17 +65,16 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let started = crate::metrics::Timer::start();
-        let (head, body) = req.into_parts();
         // Stores that answer at once (the memory stores) are asked here, without a boxed
         // future; any other store says so before it is touched, and the request takes the
         // boxed path below.
-        let now = gate_now(&self.config, &head);
+        let now = gate_now(&self.config, Head::of(&req));
         let state = match now {
             Ok(admitted) => {
-                let (req, after) = pass(head, body, admitted, started);
+                let (req, after) = pass(req, admitted, started);
                 match catch_unwind(AssertUnwindSafe(|| inner.call(req))) {
                     Ok(future) => State::Inner {
-                        future: Unwinding { inner: future },
+                        future,
                         after: Some(after),
                     },
                     Err(payload) => State::Answer {
@@ -84,15 +83,10 @@ where
                 }
             }
             Err(Stop::Refused(refused)) => State::Answer {
-                response: Some(refuse(*refused, &head.method, started)),
+                response: Some(refuse(*refused, req.method(), started)),
             },
             Err(Stop::Later) => State::Waiting {
-                future: Box::pin(handle(
-                    Arc::clone(&self.config),
-                    inner,
-                    Request::from_parts(head, body),
-                    started,
-                )),
+                future: Box::pin(handle(Arc::clone(&self.config), inner, req, started)),
             },
         };
         GatewayFuture { state }
@@ -113,7 +107,7 @@ pin_project_lite::pin_project! {
     enum State<F, B, E> {
         Inner {
             #[pin]
-            future: Unwinding<F>,
+            future: F,
             after: Option<After>,
         },
         Answer {
@@ -140,11 +134,12 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
             StateProj::Inner { future, after } => {
-                let response = match future.poll(cx) {
-                    Poll::Ready(Ok(Ok(response))) => Ok(response),
-                    Poll::Ready(Ok(Err(err))) => return Poll::Ready(Err(err)),
-                    Poll::Ready(Err(payload)) => Err(payload),
-                    Poll::Pending => return Poll::Pending,
+                // A panic while the inner future is polled is caught here.
+                let response = match catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
+                    Ok(Poll::Ready(Ok(response))) => Ok(response),
+                    Ok(Poll::Ready(Err(err))) => return Poll::Ready(Err(err)),
+                    Ok(Poll::Pending) => return Poll::Pending,
+                    Err(payload) => Err(payload),
                 };
                 Poll::Ready(Ok(match (after.take(), response) {
                     (Some(after), Ok(response)) => finish(response, after),
@@ -290,8 +285,26 @@ fn checked(
     Ok(account)
 }
 
+/// The parts of a request the gate reads, borrowed (the request is not taken apart).
+#[derive(Clone, Copy)]
+struct Head<'a> {
+    method: &'a http::Method,
+    uri: &'a http::Uri,
+    headers: &'a http::HeaderMap,
+}
+
+impl<'a> Head<'a> {
+    fn of<B>(req: &'a Request<B>) -> Head<'a> {
+        Head {
+            method: req.method(),
+            uri: req.uri(),
+            headers: req.headers(),
+        }
+    }
+}
+
 /// Whether the request announces a body over `limit` bytes.
-fn announced_over(head: &http::request::Parts, limit: u64) -> bool {
+fn announced_over(head: Head<'_>, limit: u64) -> bool {
     head.headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -421,13 +434,13 @@ struct Tick {
 }
 
 /// Step 1: one well-formed key, known from here on by its hash; the clock read once.
-fn start(config: &Config, head: &http::request::Parts) -> Result<(KeyHash, Tick), Stop> {
+fn start(config: &Config, head: Head<'_>) -> Result<(KeyHash, Tick), Stop> {
     let now = unix_seconds((config.clock)());
     let window = now / RATE_LIMIT_WINDOW_SECONDS;
     let reset = window
         .saturating_add(1)
         .saturating_mul(RATE_LIMIT_WINDOW_SECONDS);
-    let key = overten_errors_http::live_api_key(&head.headers)
+    let key = overten_errors_http::live_api_key(head.headers)
         .ok_or_else(|| ApiError::from(ErrorCode::InvalidApiKey))?;
     Ok((KeyHash::of(key), Tick { now, window, reset }))
 }
@@ -445,7 +458,7 @@ struct Plan {
 /// its limit in this window, as this replica saw, is answered 429 here, with no store call.
 fn plan(
     config: &Config,
-    head: &http::request::Parts,
+    head: Head<'_>,
     hash: &KeyHash,
     account: Account,
     t: Tick,
@@ -463,7 +476,7 @@ fn plan(
         let count = u64::from(limit) + 1;
         return Err(Refused::of(over_limit(limit, count, t.reset, t.now), tier, false).into());
     }
-    let is_run = !announced_too_large && (config.is_run)(&head.method, &head.uri);
+    let is_run = !announced_too_large && (config.is_run)(head.method, head.uri);
     Ok(Plan {
         account,
         limits,
@@ -653,7 +666,7 @@ fn admitted(
 /// Steps 1 to 4 of the module docs with stores that answer at once, without a future:
 /// the admitted request, the error to answer, or `Stop::Later` (before any store was
 /// touched) when a store must be waited for.
-fn gate_now(config: &Config, head: &http::request::Parts) -> Result<Admitted, Stop> {
+fn gate_now(config: &Config, head: Head<'_>) -> Result<Admitted, Stop> {
     let (hash, t) = start(config, head)?;
     let found = config.accounts.resolve_now(&hash).ok_or(Stop::Later)?;
     let account = checked(config, found, head.uri.path())?;
@@ -672,7 +685,7 @@ fn gate_now(config: &Config, head: &http::request::Parts) -> Result<Admitted, St
 }
 
 /// The same, waiting for the stores.
-async fn gate(config: &Config, head: &http::request::Parts) -> Result<Admitted, Stop> {
+async fn gate(config: &Config, head: Head<'_>) -> Result<Admitted, Stop> {
     let (hash, t) = start(config, head)?;
     let found = match config.accounts.resolve_now(&hash) {
         Some(found) => found,
@@ -706,11 +719,10 @@ async fn handle<S, ReqB, ResB>(
 where
     S: Service<Request<Limited<ReqB>>, Response = Response<ResB>>,
 {
-    let (head, body) = req.into_parts();
-    let admitted = match gate(&config, &head).await {
+    let admitted = match gate(&config, Head::of(&req)).await {
         Ok(admitted) => admitted,
-        Err(Stop::Refused(refused)) => return Ok(refuse(*refused, &head.method, started)),
-        // `Mode::Wait` never stops for later; were it to, the request is not let through.
+        Err(Stop::Refused(refused)) => return Ok(refuse(*refused, req.method(), started)),
+        // `gate` never stops for later; were it to, the request is not let through.
         Err(Stop::Later) => {
             let err = ApiError::new(
                 ErrorCode::ServiceUnavailable,
@@ -719,10 +731,10 @@ where
             .with_retry_after(RetryAfter::Seconds(
                 config.on_store_error.retry_after().as_secs().max(1),
             ));
-            return Ok(refuse(Refused::from(err), &head.method, started));
+            return Ok(refuse(Refused::from(err), req.method(), started));
         }
     };
-    let (req, after) = pass(head, body, admitted, started);
+    let (req, after) = pass(req, admitted, started);
     // If the inner service fails or this future is dropped (the client went away), the
     // permit is dropped with it and goes back.
     let future = match catch_unwind(AssertUnwindSafe(|| inner.call(req))) {
@@ -768,8 +780,7 @@ struct After {
 /// Step 5: the request passed on, with the account, the key's hash, the tier's limits and
 /// the permit in its extensions, and its body limited to the tier's upload limit.
 fn pass<ReqB>(
-    mut head: http::request::Parts,
-    body: ReqB,
+    mut req: Request<ReqB>,
     admitted: Admitted,
     started: crate::metrics::Timer,
 ) -> (Request<Limited<ReqB>>, After) {
@@ -780,25 +791,23 @@ fn pass<ReqB>(
         upload,
         tier: admitted.account.tier,
         local: admitted.local,
-        method: head.method.clone(),
+        method: req.method().clone(),
         started,
     };
-    head.extensions.insert(admitted.account);
-    head.extensions.insert(admitted.hash);
-    head.extensions.insert(admitted.limits);
+    let extensions = req.extensions_mut();
+    extensions.insert(admitted.account);
+    extensions.insert(admitted.hash);
+    extensions.insert(admitted.limits);
     if let Some(permit) = admitted.permit {
-        head.extensions.insert(permit);
+        extensions.insert(permit);
     }
+    let limit = usize::try_from(upload).unwrap_or(usize::MAX);
     #[cfg_attr(not(feature = "axum"), allow(unused_mut))]
-    let mut req = Request::from_parts(
-        head,
-        Limited::new(body, usize::try_from(upload).unwrap_or(usize::MAX)),
-    );
+    let mut req = req.map(|body| Limited::new(body, limit));
     // axum's extractors cap a body at 2 MB of their own unless told otherwise: the tier's
     // limit is the one that holds.
     #[cfg(feature = "axum")]
-    axum::extract::DefaultBodyLimit::max(usize::try_from(upload).unwrap_or(usize::MAX))
-        .apply(&mut req);
+    axum::extract::DefaultBodyLimit::max(limit).apply(&mut req);
     (req, after)
 }
 
