@@ -97,7 +97,7 @@ where
         let Some(account) = self.state.accounts.read().unwrap().get(&hash).cloned() else {
             return FloorFuture::Refused { status: 401 };
         };
-        let limits = TierLimits::of(account.tier).requests_per_minute(u32::MAX);
+        let limits = TierLimits::of(account.tier);
         let now = ticking()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
