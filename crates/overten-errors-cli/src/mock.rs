@@ -175,7 +175,7 @@ impl Stores {
 }
 
 /// The app: routes of `overten_errors_http::mock::Routes` behind the server stack
-/// (request ids, envelopes and logs, the gateway, catch-panic), the idempotency layer and
+/// (request ids, envelopes and logs, the gateway and its panic answer), the idempotency layer and
 /// the sync ceiling, with error injection.
 pub(crate) fn app(
     tier: Tier,

@@ -141,10 +141,7 @@ where
             .filter(|v| v.to_str().is_ok_and(|id| check_id(id).is_ok()))
             .cloned();
         let request_id = kept.unwrap_or_else(|| {
-            // One allocation, shared by the request's header and the response's.
-            let made = HeaderValue::from_maybe_shared(Bytes::from_owner(self.make.next_bytes()))
-                // `req_` and hex digits: always a valid header value.
-                .unwrap_or_else(|_| HeaderValue::from_static("-"));
+            let made = super::request_id::made_id(&self.make);
             req.headers_mut()
                 .insert(names::REQUEST_ID.clone(), made.clone());
             made

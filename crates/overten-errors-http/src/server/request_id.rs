@@ -115,7 +115,7 @@ where
 /// It does what tower-http's `SetRequestIdLayer` and `PropagateRequestIdLayer` do behind
 /// [`SanitizeRequestIdLayer`] (which stay usable, with [`MakeReqId`]), in one service and
 /// one future, and without tower-http's `RequestId` extensions: at most one allocation a
-/// request (the made id's header value) where the three layers took five.
+/// request (a made id's bytes, shared by the request's header and the response's).
 #[derive(Debug, Clone, Default)]
 pub struct RequestIdLayer {
     make: MakeReqId,
@@ -158,14 +158,12 @@ where
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
         let id = match req.headers().get(&*names::REQUEST_ID) {
             // The client's own: the response echoes the same value (a shared copy).
-            Some(value) if valid_id(value) => Id::Kept(value.clone()),
+            Some(value) if valid_id(value) => value.clone(),
             _ => {
-                let bytes = self.make.next_bytes();
-                // `req_` and hex digits: always a valid header value.
-                if let Ok(value) = HeaderValue::from_bytes(&bytes) {
-                    req.headers_mut().insert(names::REQUEST_ID.clone(), value);
-                }
-                Id::Made(bytes)
+                let made = made_id(&self.make);
+                req.headers_mut()
+                    .insert(names::REQUEST_ID.clone(), made.clone());
+                made
             }
         };
         RequestIdFuture {
@@ -175,11 +173,12 @@ where
     }
 }
 
-/// The id a response gets: the request's own, or the 28 bytes of the one made for it.
-#[derive(Debug)]
-enum Id {
-    Kept(HeaderValue),
-    Made([u8; 28]),
+/// A new id as a header value: one allocation, shared by the request's header and the
+/// response's.
+pub(crate) fn made_id(make: &MakeReqId) -> HeaderValue {
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(make.next_bytes()))
+        // `req_` and hex digits: always a valid header value.
+        .unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
 pin_project_lite::pin_project! {
@@ -187,7 +186,7 @@ pin_project_lite::pin_project! {
     pub struct RequestIdFuture<F> {
         #[pin]
         inner: F,
-        id: Option<Id>,
+        id: Option<HeaderValue>,
     }
 }
 
@@ -204,12 +203,7 @@ where
             other => return other,
         };
         if !response.headers().contains_key(&*names::REQUEST_ID) {
-            let value = match this.id.take() {
-                Some(Id::Kept(value)) => Some(value),
-                Some(Id::Made(bytes)) => HeaderValue::from_bytes(&bytes).ok(),
-                None => None,
-            };
-            if let Some(value) = value {
+            if let Some(value) = this.id.take() {
                 response
                     .headers_mut()
                     .insert(names::REQUEST_ID.clone(), value);
