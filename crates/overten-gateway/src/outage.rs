@@ -136,6 +136,15 @@ impl Outage {
     pub(crate) fn is_down(&self) -> bool {
         self.down.load(Ordering::Relaxed)
     }
+
+    /// The failures of the outage going on (0 when none is).
+    #[cfg(test)]
+    pub(crate) fn failures(&self) -> u64 {
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .failures
+    }
 }
 
 #[cfg(test)]

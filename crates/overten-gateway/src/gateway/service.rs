@@ -1017,6 +1017,8 @@ mod tests {
             .map(|_| send("POST", "/v1/excel/generate", Some("sk_live_pro")))
             .collect();
         out.extend(held.iter().map(seen));
+        // A `GET` while both permits are held: not a run, asks none.
+        out.push(seen(&send("GET", "/v1/files", Some("sk_live_pro"))));
         drop(held);
         out.push(seen(&send(
             "POST",
@@ -1045,12 +1047,14 @@ mod tests {
         assert_eq!(
             statuses,
             [
-                200, 200, 200, 200, 200, 429, 429, 429, 429, 429, 200, 200, 429, 200, 401, 401, 403
+                200, 200, 200, 200, 200, 429, 429, 429, 429, 429, 200, 200, 429, 200, 200, 401,
+                401, 403
             ]
         );
         // Asked once a request that reaches it: the five admitted free requests, the sixth
-        // (over: the near-cache answers the next four), four runs. Never twice.
-        assert_eq!(waits.admits.load(Ordering::SeqCst), 6 + 4);
+        // (over: the near-cache answers the next four), four runs, the pro `GET`. Never
+        // twice.
+        assert_eq!(waits.admits.load(Ordering::SeqCst), 6 + 4 + 1);
         // 1_700_000_010 is in the window ending at 1_700_000_040.
         assert!(
             at_once[0]
@@ -1114,5 +1118,123 @@ mod tests {
             }
         }
         assert_eq!(waits.admits.load(Ordering::SeqCst), 2);
+    }
+
+    /// A shared store that is down (every admission fails) until `up` is set, and must be
+    /// waited for (as Redis); counts the admissions asked of it.
+    struct Flaky {
+        inner: MemoryStore,
+        up: std::sync::atomic::AtomicBool,
+        admits: AtomicUsize,
+    }
+
+    impl Flaky {
+        fn down() -> Arc<Flaky> {
+            Arc::new(Flaky {
+                inner: MemoryStore::new(),
+                up: std::sync::atomic::AtomicBool::new(false),
+                admits: AtomicUsize::new(0),
+            })
+        }
+    }
+
+    impl Store for Flaky {
+        fn admit<'a>(&'a self, admit: Admit<'a>) -> BoxFuture<'a, Result<Admission, StoreError>> {
+            self.admits.fetch_add(1, Ordering::SeqCst);
+            if self.up.load(Ordering::SeqCst) {
+                self.inner.admit(admit)
+            } else {
+                Box::pin(std::future::ready(Err(StoreError::Timeout(
+                    std::time::Duration::from_millis(250),
+                ))))
+            }
+        }
+        fn release(&self, key: &KeyHash, permit: PermitId) {
+            self.inner.release(key, permit);
+        }
+        fn renew<'a>(
+            &'a self,
+            key: &'a KeyHash,
+            permit: PermitId,
+            lease: std::time::Duration,
+        ) -> BoxFuture<'a, Result<bool, StoreError>> {
+            self.inner.renew(key, permit, lease)
+        }
+    }
+
+    fn get(service: &mut Gateway<Ok200>, key: Option<&str>) -> Response<GatewayBody<String>> {
+        let mut req = Request::get("/v1/files");
+        if let Some(key) = key {
+            req = req.header("authorization", format!("Bearer {key}"));
+        }
+        block_on(service.call(req.body(String::new()).unwrap())).unwrap()
+    }
+
+    fn header<'a, B>(response: &'a Response<B>, name: &str) -> Option<&'a str> {
+        response.headers().get(name).map(|v| v.to_str().unwrap())
+    }
+
+    #[test]
+    fn degraded_mode_counts_a_share_locally_probes_once_a_second_and_ends_with_the_outage() {
+        let flaky = Flaky::down();
+        let layer = layer(Arc::new(accounts()), Arc::clone(&flaky) as Arc<dyn Store>)
+            .with_limits(
+                Tier::Free,
+                TierLimits::of(Tier::Free).requests_per_minute(6),
+            )
+            .on_store_error(StoreFailure::local(2));
+        // The first probe is due at once (as if the layer had been up for a while).
+        let mut config = (*layer.config).clone();
+        config.epoch = Instant::now()
+            .checked_sub(std::time::Duration::from_secs(5))
+            .unwrap();
+        let config = Arc::new(config);
+        let mut service = Gateway::new(Ok200, Arc::clone(&config));
+        // Down: each request counted here against this replica's share, 6 / 2 = 3.
+        let answers: Vec<_> = (0..5)
+            .map(|_| get(&mut service, Some("sk_live_free")))
+            .collect();
+        let statuses: Vec<u16> = answers.iter().map(|r| r.status().as_u16()).collect();
+        assert_eq!(statuses, [200, 200, 200, 429, 429]);
+        for r in &answers {
+            assert_eq!(header(r, "x-ratelimit-scope"), Some("replica"));
+            assert_eq!(header(r, "x-ratelimit-limit"), Some("3"));
+        }
+        assert_eq!(header(&answers[0], "x-ratelimit-remaining"), Some("2"));
+        // Asked by the first request (which found it down) and by the one probe due; the
+        // others were counted here at once.
+        let asked = flaky.admits.load(Ordering::SeqCst);
+        assert!((2..4).contains(&asked), "the store was asked {asked} times");
+        assert!(config.outage.is_down());
+        // Back: the next probe (a second later) is counted in the shared store and ends
+        // the outage; what follows is shared again.
+        flaky.up.store(true, Ordering::SeqCst);
+        std::thread::sleep(std::time::Duration::from_millis(1_100));
+        for _ in 0..2 {
+            let r = get(&mut service, Some("sk_live_free"));
+            assert_eq!(r.status(), 200);
+            assert_eq!(header(&r, "x-ratelimit-scope"), None);
+            assert_eq!(header(&r, "x-ratelimit-limit"), Some("6"));
+        }
+        assert!(!config.outage.is_down());
+    }
+
+    #[test]
+    fn an_outage_under_the_default_policy_is_one_outage_and_its_503s_are_marked() {
+        let flaky = Flaky::down();
+        let layer = layer(Arc::new(accounts()), Arc::clone(&flaky) as Arc<dyn Store>);
+        let mut service = layer.layer(Ok200);
+        for _ in 0..3 {
+            let r = get(&mut service, Some("sk_live_free"));
+            assert_eq!(r.status(), 503);
+            assert!(r.extensions().get::<OutageAnswer>().is_some());
+            assert_eq!(header(&r, "x-ratelimit-scope"), None);
+        }
+        let r = get(&mut service, None);
+        assert_eq!(r.status(), 401);
+        assert!(r.extensions().get::<OutageAnswer>().is_none());
+        // Three failures of one outage, not three outages.
+        assert_eq!(layer.config.outage.failures(), 3);
+        assert!(layer.config.outage.is_down());
     }
 }
