@@ -311,4 +311,32 @@ mod tests {
         let response = send(Some("req_from_the_handler"), &[]);
         assert_eq!(response.headers()["x-request-id"], "req_from_the_handler");
     }
+
+    #[test]
+    fn the_standalone_pieces_still_do_their_part() {
+        // `MakeReqId` as tower-http's id maker: an id that follows the rule.
+        let mut make = MakeReqId::default();
+        let id = make.make_request_id(&Request::new(())).unwrap();
+        let id = id.header_value().to_str().unwrap();
+        assert_eq!((id.len(), check_id(id)), (28, Ok(id)));
+        // `SanitizeRequestIdLayer`: a valid id passes, an invalid one is dropped.
+        for (incoming, kept) in [(&b"client-42"[..], true), (&b"a b"[..], false)] {
+            let inner = tower::service_fn(|req: Request<()>| {
+                std::future::ready(Ok::<_, std::convert::Infallible>(answer(None, &req)))
+            });
+            let mut req = Request::new(());
+            req.headers_mut()
+                .insert("x-request-id", HeaderValue::from_bytes(incoming).unwrap());
+            let mut future = std::pin::pin!(SanitizeRequestIdLayer.layer(inner).call(req));
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            let Poll::Ready(Ok(response)) = future.as_mut().poll(&mut cx) else {
+                panic!("the inner service answers at once");
+            };
+            assert_eq!(
+                response.headers().contains_key("seen"),
+                kept,
+                "{incoming:?}"
+            );
+        }
+    }
 }
