@@ -19,7 +19,6 @@ use std::sync::OnceLock;
 
 use axum::Router;
 use axum::body::Body;
-use axum::routing::{get, post};
 use http::Request;
 use overten_errors::Tier;
 use overten_gateway::{Account, GatewayLayer, MemoryAccounts, MemoryStore, Store, stack};
@@ -85,40 +84,6 @@ impl Drop for RedisServer {
     }
 }
 
-/// The floor for the contract's headers: a handler that writes `X-Request-Id` and the three
-/// `X-RateLimit-*` headers itself (fixed values), with no layer.
-fn hand() -> Router {
-    Router::new().route(
-        "/ok",
-        get(|| async {
-            (
-                [
-                    ("x-request-id", "req_0123456789abcdef01234567"),
-                    ("x-ratelimit-limit", "600"),
-                    ("x-ratelimit-remaining", "599"),
-                    ("x-ratelimit-reset", "1700000040"),
-                ],
-                r#"{"success":true}"#,
-            )
-        }),
-    )
-}
-
-/// A clock one second further on at every read: the limiter's windows roll over every 60
-/// requests, so a keyed run never reaches the tier's limit and every request is counted.
-fn ticking() -> std::time::SystemTime {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NOW: AtomicU64 = AtomicU64::new(1_700_000_000);
-    std::time::SystemTime::UNIX_EPOCH
-        + std::time::Duration::from_secs(NOW.fetch_add(1, Ordering::Relaxed))
-}
-
-fn routes() -> Router {
-    Router::new()
-        .route("/ok", get(|| async { r#"{"success":true}"# }))
-        .route("/run", post(|| async { r#"{"success":true}"# }))
-}
-
 /// The full stack on `store`; the bench's key is an enterprise account with the page's
 /// limits (600 a minute). The clock ticks a second a request, so a window holds 60 requests
 /// and every request is admitted and counted. (Rounds before 2026-12-03 set the limit to
@@ -130,8 +95,12 @@ fn layered_on(store: std::sync::Arc<dyn Store>) -> Router {
     routes().layer(stack(gateway))
 }
 
+#[path = "support/apps.rs"]
+mod apps;
 #[path = "support/floor.rs"]
 mod floor;
+
+use apps::{hand, routes, ticking};
 
 fn floored() -> Router {
     routes().layer(floor::layer())

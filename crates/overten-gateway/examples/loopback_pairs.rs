@@ -22,40 +22,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
-use axum::routing::get;
 use overten_errors::Tier;
 use overten_gateway::{Account, GatewayLayer, MemoryAccounts, MemoryStore, stack};
 
+#[path = "../benches/support/apps.rs"]
+mod apps;
 #[path = "../benches/support/floor.rs"]
 mod floor;
 
-fn routes() -> Router {
-    Router::new().route("/ok", get(|| async { r#"{"success":true}"# }))
-}
-
-fn hand() -> Router {
-    Router::new().route(
-        "/ok",
-        get(|| async {
-            (
-                [
-                    ("x-request-id", "req_0123456789abcdef01234567"),
-                    ("x-ratelimit-limit", "600"),
-                    ("x-ratelimit-remaining", "599"),
-                    ("x-ratelimit-reset", "1700000040"),
-                ],
-                r#"{"success":true}"#,
-            )
-        }),
-    )
-}
-
-fn ticking() -> std::time::SystemTime {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NOW: AtomicU64 = AtomicU64::new(1_700_000_000);
-    std::time::SystemTime::UNIX_EPOCH
-        + std::time::Duration::from_secs(NOW.fetch_add(1, Ordering::Relaxed))
-}
+use apps::{hand, routes, ticking};
 
 fn layered() -> Router {
     let accounts = MemoryAccounts::new()

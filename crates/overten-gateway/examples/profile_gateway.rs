@@ -18,28 +18,18 @@
 )]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
 
-use axum::Router;
 use axum::body::Body;
-use axum::routing::get;
 use overten_errors::Tier;
 use overten_gateway::{Account, GatewayLayer, MemoryAccounts, MemoryStore, stack};
 use tower::ServiceExt;
 
+#[path = "../benches/support/apps.rs"]
+mod apps;
 #[path = "../benches/support/floor.rs"]
 mod floor;
 
-/// A second further on at every read: no window reaches the enterprise tier's 600.
-fn ticking() -> SystemTime {
-    static NOW: AtomicU64 = AtomicU64::new(1_700_000_000);
-    SystemTime::UNIX_EPOCH + Duration::from_secs(NOW.fetch_add(1, Ordering::Relaxed))
-}
-
-fn routes() -> Router {
-    Router::new().route("/ok", get(|| async { r#"{"success":true}"# }))
-}
+use apps::{routes, ticking};
 
 fn main() {
     let which = std::env::args()

@@ -98,7 +98,7 @@ where
             return FloorFuture::Refused { status: 401 };
         };
         let limits = TierLimits::of(account.tier);
-        let now = ticking()
+        let now = crate::apps::ticking()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_secs();
@@ -139,15 +139,6 @@ where
             id,
         }
     }
-}
-
-/// A clock one second further on at every read, as the stack's in the benchmark: windows
-/// roll over every 60 requests.
-fn ticking() -> std::time::SystemTime {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NOW: AtomicU64 = AtomicU64::new(1_700_000_000);
-    std::time::SystemTime::UNIX_EPOCH
-        + std::time::Duration::from_secs(NOW.fetch_add(1, Ordering::Relaxed))
 }
 
 /// The floor as a layer for `Router::layer`.

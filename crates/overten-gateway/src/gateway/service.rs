@@ -918,30 +918,6 @@ mod tests {
         }
     }
 
-    /// A store that answers only through `admit` (as Redis does), counting its calls.
-    struct Waits {
-        inner: MemoryStore,
-        admits: AtomicUsize,
-    }
-
-    impl Store for Waits {
-        fn admit<'a>(&'a self, admit: Admit<'a>) -> BoxFuture<'a, Result<Admission, StoreError>> {
-            self.admits.fetch_add(1, Ordering::SeqCst);
-            self.inner.admit(admit)
-        }
-        fn release(&self, key: &KeyHash, permit: PermitId) {
-            self.inner.release(key, permit);
-        }
-        fn renew<'a>(
-            &'a self,
-            key: &'a KeyHash,
-            permit: PermitId,
-            lease: std::time::Duration,
-        ) -> BoxFuture<'a, Result<bool, StoreError>> {
-            self.inner.renew(key, permit, lease)
-        }
-    }
-
     /// Accounts that answer only through `resolve`.
     struct WaitingAccounts(MemoryAccounts);
 
@@ -1034,10 +1010,7 @@ mod tests {
     #[test]
     fn stores_that_answer_at_once_and_stores_that_are_waited_for_answer_alike() {
         let at_once = replay(&layer(Arc::new(accounts()), Arc::new(MemoryStore::new())));
-        let waits = Arc::new(Waits {
-            inner: MemoryStore::new(),
-            admits: AtomicUsize::new(0),
-        });
+        let waits = Flaky::up();
         let waited = replay(&layer(
             Arc::new(WaitingAccounts(accounts())),
             Arc::clone(&waits) as Arc<dyn Store>,
@@ -1092,10 +1065,7 @@ mod tests {
 
     #[test]
     fn a_panic_in_call_or_poll_is_a_stamped_500_and_its_permit_goes_back() {
-        let waits = Arc::new(Waits {
-            inner: MemoryStore::new(),
-            admits: AtomicUsize::new(0),
-        });
+        let waits = Flaky::up();
         let at_once = Arc::new(MemoryStore::new());
         let hash = KeyHash::of("sk_live_pro");
         for in_call in [true, false] {
@@ -1120,8 +1090,8 @@ mod tests {
         assert_eq!(waits.admits.load(Ordering::SeqCst), 2);
     }
 
-    /// A shared store that is down (every admission fails) until `up` is set, and must be
-    /// waited for (as Redis); counts the admissions asked of it.
+    /// A shared store that answers only through `admit` (it must be waited for, as Redis),
+    /// down (every admission fails) while `up` is not set; counts the admissions asked of it.
     struct Flaky {
         inner: MemoryStore,
         up: std::sync::atomic::AtomicBool,
@@ -1135,6 +1105,12 @@ mod tests {
                 up: std::sync::atomic::AtomicBool::new(false),
                 admits: AtomicUsize::new(0),
             })
+        }
+
+        fn up() -> Arc<Flaky> {
+            let store = Flaky::down();
+            store.up.store(true, Ordering::SeqCst);
+            store
         }
     }
 
