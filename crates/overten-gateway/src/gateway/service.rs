@@ -1167,9 +1167,11 @@ mod tests {
         let config = Arc::new(config);
         let mut service = Gateway::new(Ok200, Arc::clone(&config));
         // Down: each request counted here against this replica's share, 6 / 2 = 3.
+        let started = Instant::now();
         let answers: Vec<_> = (0..5)
             .map(|_| get(&mut service, Some("sk_live_free")))
             .collect();
+        let took = started.elapsed().as_secs();
         let statuses: Vec<u16> = answers.iter().map(|r| r.status().as_u16()).collect();
         assert_eq!(statuses, [200, 200, 200, 429, 429]);
         for r in &answers {
@@ -1177,10 +1179,17 @@ mod tests {
             assert_eq!(header(r, "x-ratelimit-limit"), Some("3"));
         }
         assert_eq!(header(&answers[0], "x-ratelimit-remaining"), Some("2"));
-        // Asked by the first request (which found it down) and by the one probe due; the
-        // others were counted here at once.
+        // Asked by the first request (which found it down) and by the one probe due (one
+        // more a second, should a loaded machine make the five requests slow); the others
+        // were counted here at once.
         let asked = flaky.admits.load(Ordering::SeqCst);
-        assert!((2..4).contains(&asked), "the store was asked {asked} times");
+        let most = usize::try_from(took)
+            .unwrap_or(usize::MAX)
+            .saturating_add(2);
+        assert!(
+            (2..=most).contains(&asked) && asked < 5,
+            "the store was asked {asked} times in {took} s"
+        );
         assert!(config.outage.is_down());
         // Back: the next probe (a second later) is counted in the shared store and ends
         // the outage; what follows is shared again.
