@@ -202,6 +202,16 @@ struct ClaimGuard {
     armed: bool,
 }
 
+impl ClaimGuard {
+    /// Gives the claim back now and waits for the store to have it (bounded by the store's
+    /// timeout); the guard is then spent. Cancelled half-way, the drop gives it back again
+    /// (a release is token-checked, so twice is harmless).
+    async fn give_back(&mut self) {
+        self.store.give_back(&self.key, self.token).await;
+        self.armed = false;
+    }
+}
+
 impl Drop for ClaimGuard {
     fn drop(&mut self) {
         if self.armed {
@@ -377,7 +387,9 @@ where
     let response = inner.call(request).await?;
     let status = response.status();
     if status.is_server_error() || status == http::StatusCode::REQUEST_TIMEOUT {
-        // The guard gives the key back: the client's retry runs.
+        // The key goes back before the answer does: the client's retry (or its resubmission
+        // as a task after a 408), sent the moment it reads this, finds the key free.
+        guard.give_back().await;
         return Ok(response.map(IdempotencyBody::inner));
     }
     let (parts, body) = response.into_parts();
@@ -399,7 +411,8 @@ where
                 }
             }
             Some(Err(error)) => {
-                // Not kept; the key goes back with the guard.
+                // Not kept: the key goes back.
+                guard.give_back().await;
                 let prefix = buf.freeze();
                 return Ok(Response::from_parts(
                     parts,
@@ -441,9 +454,9 @@ where
         Err(error) => {
             config.outage.failed(&error, std::time::Instant::now());
             tracing::debug!(%error, "idempotency record not saved: the key is given back");
+            guard.give_back().await;
         }
     }
-    drop(guard);
     let body = if too_large {
         IdempotencyBody::prefixed(buf, body)
     } else {

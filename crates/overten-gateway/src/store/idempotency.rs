@@ -204,6 +204,18 @@ pub trait IdempotencyStore: Send + Sync + 'static {
     /// Gives a claim back (the request failed with a 5xx, was cancelled, or panicked), so a
     /// retry runs. Never blocks; if it fails, the claim expires with its lease.
     fn release(&self, key: &RecordKey, token: ClaimToken);
+
+    /// Gives a claim back and resolves once the store has it back (or failed to: the claim
+    /// then expires with its lease), within the store's own timeout. The idempotency layer
+    /// awaits it before it answers a response it does not keep (a 5xx, a 408), so the
+    /// client's retry, sent the moment the answer arrives, finds the key free on every
+    /// replica. The default calls [`release`](Self::release): right for a store whose release
+    /// is done when it returns (the per-process one); a store whose release goes over the
+    /// network overrides it.
+    fn give_back<'a>(&'a self, key: &'a RecordKey, token: ClaimToken) -> BoxFuture<'a, ()> {
+        self.release(key, token);
+        Box::pin(std::future::ready(()))
+    }
 }
 
 #[derive(Debug)]
@@ -490,6 +502,9 @@ impl<S: IdempotencyStore + ?Sized> IdempotencyStore for Arc<S> {
     }
     fn release(&self, key: &RecordKey, token: ClaimToken) {
         (**self).release(key, token);
+    }
+    fn give_back<'a>(&'a self, key: &'a RecordKey, token: ClaimToken) -> BoxFuture<'a, ()> {
+        (**self).give_back(key, token)
     }
 }
 

@@ -57,6 +57,19 @@ impl RedisStore {
     fn record_key(&self, key: &RecordKey) -> String {
         format!("{}idem:{}", self.prefix, key.hex())
     }
+
+    /// Deletes a claim still held by `token`, within the store's timeout.
+    async fn release_record(&self, record: String, token: ClaimToken) {
+        let mut invocation = RELEASE.prepare_invoke();
+        invocation.key(record).arg(token.hex());
+        let released: Result<i64, _> = self
+            .bounded(|mut conn| async move { invocation.invoke_async(&mut conn).await })
+            .await;
+        if let Err(error) = released {
+            // At debug: an outage is logged once by the layers that saw it.
+            tracing::debug!(%error, "idempotency claim not released: it expires with its lease");
+        }
+    }
 }
 
 /// Reads a record: `P`, `D` or `L`, the fingerprint, then the claim's token, the encoded
@@ -150,17 +163,11 @@ impl IdempotencyStore for RedisStore {
         };
         let store = self.clone();
         let record = self.record_key(key);
-        handle.spawn(async move {
-            let mut invocation = RELEASE.prepare_invoke();
-            invocation.key(record).arg(token.hex());
-            let released: Result<i64, _> = store
-                .bounded(|mut conn| async move { invocation.invoke_async(&mut conn).await })
-                .await;
-            if let Err(error) = released {
-                // At debug: an outage is logged once by the layers that saw it.
-                tracing::debug!(%error, "idempotency claim not released: it expires with its lease");
-            }
-        });
+        handle.spawn(async move { store.release_record(record, token).await });
+    }
+
+    fn give_back<'a>(&'a self, key: &'a RecordKey, token: ClaimToken) -> BoxFuture<'a, ()> {
+        Box::pin(self.release_record(self.record_key(key), token))
     }
 }
 
