@@ -207,25 +207,34 @@ fn extras(root: &Path, files: &BTreeMap<PathBuf, String>) -> Vec<PathBuf> {
 
 /// Compares `docs/` under `root` with [`generate`]: empty when up to date.
 pub fn check(root: &Path) -> Vec<Problem> {
-    let files = generate();
+    check_files(root, &generate())
+}
+
+/// [`check`] against files already generated (one generation serves many checks: the
+/// storm study makes a generation take seconds).
+pub fn check_files(root: &Path, files: &BTreeMap<PathBuf, String>) -> Vec<Problem> {
     let mut problems = Vec::new();
-    for (path, want) in &files {
+    for (path, want) in files {
         match std::fs::read_to_string(root.join(path)) {
             Ok(have) if normalise(&have) == *want => {}
             Ok(_) => problems.push(Problem::Stale(path.clone())),
             Err(_) => problems.push(Problem::Missing(path.clone())),
         }
     }
-    problems.extend(extras(root, &files).into_iter().map(Problem::Extra));
+    problems.extend(extras(root, files).into_iter().map(Problem::Extra));
     problems
 }
 
 /// Writes every generated file under `root` that differs, removes ones no longer
 /// generated, and reports what it did.
 pub fn write(root: &Path) -> std::io::Result<Vec<String>> {
-    let files = generate();
+    write_files(root, &generate())
+}
+
+/// [`write`] with files already generated.
+pub fn write_files(root: &Path, files: &BTreeMap<PathBuf, String>) -> std::io::Result<Vec<String>> {
     let mut report = Vec::new();
-    for (path, want) in &files {
+    for (path, want) in files {
         let full = root.join(path);
         if std::fs::read_to_string(&full).is_ok_and(|have| normalise(&have) == *want) {
             continue;
@@ -236,7 +245,7 @@ pub fn write(root: &Path) -> std::io::Result<Vec<String>> {
         std::fs::write(&full, want)?;
         report.push(format!("wrote {}", path.display()));
     }
-    for extra in extras(root, &files) {
+    for extra in extras(root, files) {
         std::fs::remove_file(root.join(&extra))?;
         report.push(format!("removed {}", extra.display()));
     }

@@ -7,10 +7,27 @@
     reason = "tests fail loudly on broken fixtures"
 )]
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::OnceLock;
 
 use overten_errors::{ErrorCode, STATUSES, Tier};
-use xtask::{Problem, check, generate, workspace_root, write};
+use xtask::{Problem, generate, workspace_root};
+
+/// One generation shared by the tests (each takes seconds: the storm study); the
+/// determinism test makes a second one of its own to compare.
+fn generated() -> &'static BTreeMap<PathBuf, String> {
+    static FILES: OnceLock<BTreeMap<PathBuf, String>> = OnceLock::new();
+    FILES.get_or_init(generate)
+}
+
+fn check(root: &std::path::Path) -> Vec<Problem> {
+    xtask::check_files(root, generated())
+}
+
+fn write(root: &std::path::Path) -> std::io::Result<Vec<String>> {
+    xtask::write_files(root, generated())
+}
 
 #[test]
 fn docs_are_up_to_date() {
@@ -71,9 +88,9 @@ fn check_names_stale_missing_and_extra_files_and_write_repairs_them() {
 
 #[test]
 fn generation_is_deterministic_and_marked() {
-    let (a, b) = (generate(), generate());
-    assert_eq!(a, b);
-    for (path, text) in &a {
+    let (a, b) = (generated(), generate());
+    assert_eq!(*a, b);
+    for (path, text) in a {
         if path.starts_with("crates") || path.to_string_lossy().starts_with("python/LICENSE") {
             // Verbatim copies into the packages: identical to their source, no note.
             let source = if path.starts_with("crates/overten-errors-schema/tests") {
@@ -103,7 +120,7 @@ fn generation_is_deterministic_and_marked() {
 
 #[test]
 fn errors_md_holds_every_row_of_the_page() {
-    let md = generate()[&PathBuf::from("docs/errors.md")].replace("\\*", "*");
+    let md = generated()[&PathBuf::from("docs/errors.md")].replace("\\*", "*");
     for s in STATUSES {
         let row = format!("| {} | {} | {} |", s.status, s.category, s.scenario);
         assert!(md.contains(&row), "{row}");
@@ -169,7 +186,7 @@ fn every_number_in_docs_is_exact_in_javascript() {
     }
     let mut bad = Vec::new();
     let mut files = 0;
-    for (path, text) in generate() {
+    for (path, text) in generated() {
         if path.extension().is_some_and(|e| e == "json") {
             let value: serde_json::Value = serde_json::from_str(&text).unwrap();
             walk(&value, &path.display().to_string(), &mut bad);
