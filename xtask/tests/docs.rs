@@ -188,7 +188,7 @@ fn every_number_in_docs_is_exact_in_javascript() {
     let mut files = 0;
     for (path, text) in generated() {
         if path.extension().is_some_and(|e| e == "json") {
-            let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+            let value: serde_json::Value = serde_json::from_str(text).unwrap();
             walk(&value, &path.display().to_string(), &mut bad);
             files += 1;
         }
