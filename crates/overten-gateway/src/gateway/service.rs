@@ -61,9 +61,6 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        // The service that was polled ready serves this request; a clone waits for the next.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
         let started = crate::metrics::Timer::start();
         // Stores that answer at once (the memory stores) are asked here, without a boxed
         // future; any other store says so before it is touched, and the request takes the
@@ -72,7 +69,8 @@ where
         let state = match now {
             Ok(admitted) => {
                 let (req, after) = pass(req, admitted, started);
-                match catch_unwind(AssertUnwindSafe(|| inner.call(req))) {
+                // Called now: the service polled ready serves it, no clone needed.
+                match catch_unwind(AssertUnwindSafe(|| self.inner.call(req))) {
                     Ok(future) => State::Inner {
                         future,
                         after: Some(after),
@@ -85,9 +83,15 @@ where
             Err(Stop::Refused(refused)) => State::Answer {
                 response: Some(refuse(*refused, req.method(), started)),
             },
-            Err(Stop::Later) => State::Waiting {
-                future: Box::pin(handle(Arc::clone(&self.config), inner, req, started)),
-            },
+            Err(Stop::Later) => {
+                // Called later, from the future: the service polled ready goes with it, and
+                // a clone waits for the next request.
+                let clone = self.inner.clone();
+                let inner = std::mem::replace(&mut self.inner, clone);
+                State::Waiting {
+                    future: Box::pin(handle(Arc::clone(&self.config), inner, req, started)),
+                }
+            }
         };
         GatewayFuture { state }
     }
