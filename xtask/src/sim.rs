@@ -380,6 +380,8 @@ struct LimitPacing {
     /// Only windows this client's own successes spent are paced by the limit; a 429 holds
     /// the key as the default pacer does.
     own_only: bool,
+    /// After a 429, the first slot's spread (ms); `None`: the whole window.
+    spread_429_ms: Option<f64>,
     active: bool,
     next_slot: u64,
     interval: u64,
@@ -458,7 +460,7 @@ impl Policy for Ours {
                     // backlog starts within the first interval. Spent by others (a 429 came
                     // first: a shared key): anywhere in the next window.
                     let phase = if r.status == 429 {
-                        WINDOW_MS
+                        lp.spread_429_ms.unwrap_or(WINDOW_MS)
                     } else {
                         WINDOW_MS / f64::from(rl.limit.max(1))
                     };
@@ -642,8 +644,12 @@ pub const VARIANT_LIMIT_PACING: &str = "overten (limit pacing, variant)";
 /// the key is held as the default holds it (until the reset, spread like a named wait).
 pub const VARIANT_LIMIT_PACING_OWN: &str = "overten (limit pacing of own windows, variant)";
 
+/// [`VARIANT_LIMIT_PACING`] with a 429's first slot spread over 30 s, not the window.
+pub const VARIANT_LIMIT_PACING_30: &str = "overten (limit pacing, 429 spread 30 s, variant)";
+
 /// Every variant `cargo xtask simulate --held-out --variant NAME` runs.
 pub const VARIANTS: &[&str] = &[
+    VARIANT_LIMIT_PACING_30,
     VARIANT_LIMIT_PACING_OWN,
     VARIANT_LIMIT_PACING,
     VARIANT_WINDOW_SPREAD,
@@ -697,6 +703,13 @@ fn policy(name: &str) -> Box<dyn Policy> {
         }),
         VARIANT_LIMIT_PACING => Box::new(Ours {
             limit_pacing: Some(LimitPacing::default()),
+            ..Ours::with(Some(RetryBudget::default()))
+        }),
+        VARIANT_LIMIT_PACING_30 => Box::new(Ours {
+            limit_pacing: Some(LimitPacing {
+                spread_429_ms: Some(30_000.0),
+                ..LimitPacing::default()
+            }),
             ..Ours::with(Some(RetryBudget::default()))
         }),
         VARIANT_LIMIT_PACING_OWN => Box::new(Ours {
