@@ -327,6 +327,8 @@ trait Policy {
     fn ticket(&mut self) -> Option<RetryTicket> {
         None
     }
+    /// An attempt goes out at `now_ms`.
+    fn sent(&mut self, _now_ms: u64) {}
 }
 
 #[allow(
@@ -382,6 +384,15 @@ struct LimitPacing {
     own_only: bool,
     /// After a 429, the first slot's spread (ms); `None`: the whole window.
     spread_429_ms: Option<f64>,
+    /// With `own_only`: a key seen used by others (a response's used count, `Limit -
+    /// Remaining`, above this client's own attempts in that window) is paced as the full
+    /// variant paces it after a 429 (the first slot anywhere in the next window).
+    shared_aware: bool,
+    /// Seen used by others (sticky).
+    shared: bool,
+    /// This client's attempts in the minute `sent_window`.
+    sent: u32,
+    sent_window: u64,
     active: bool,
     next_slot: u64,
     interval: u64,
@@ -444,7 +455,14 @@ impl Policy for Ours {
     }
     fn observe(&mut self, r: &Resp, now_ms: u64, rng: &mut SplitMix64) {
         if let Some(lp) = &mut self.limit_pacing {
-            if lp.own_only && r.status == 429 {
+            if let Some(rl) = r.rate_limit.filter(|_| lp.shared_aware) {
+                let window = (rl.reset * 1000).saturating_sub(1) / 60_000;
+                let own = if window == lp.sent_window { lp.sent } else { 0 };
+                if rl.limit.saturating_sub(rl.remaining) > own {
+                    lp.shared = true;
+                }
+            }
+            if lp.own_only && r.status == 429 && !lp.shared {
                 if let Some(rl) = r.rate_limit.filter(|rl| rl.remaining == 0) {
                     let now = SystemTime::UNIX_EPOCH + Duration::from_millis(now_ms);
                     self.pacer.observe(&rl, now, &self.policy, rng);
@@ -490,6 +508,16 @@ impl Policy for Ours {
     }
     fn ticket(&mut self) -> Option<RetryTicket> {
         self.ticket.take()
+    }
+    fn sent(&mut self, now_ms: u64) {
+        if let Some(lp) = &mut self.limit_pacing {
+            let window = now_ms / 60_000;
+            if lp.sent_window != window {
+                lp.sent_window = window;
+                lp.sent = 0;
+            }
+            lp.sent += 1;
+        }
     }
     fn holds_once(&self) -> bool {
         self.limit_pacing.is_some()
@@ -647,8 +675,14 @@ pub const VARIANT_LIMIT_PACING_OWN: &str = "overten (limit pacing of own windows
 /// [`VARIANT_LIMIT_PACING`] with a 429's first slot spread over 30 s, not the window.
 pub const VARIANT_LIMIT_PACING_30: &str = "overten (limit pacing, 429 spread 30 s, variant)";
 
+/// [`VARIANT_LIMIT_PACING_OWN`] that paces a key seen shared (used by others) as
+/// [`VARIANT_LIMIT_PACING`] does after a 429.
+pub const VARIANT_LIMIT_PACING_SHARED: &str =
+    "overten (limit pacing of own windows, shared keys spread, variant)";
+
 /// Every variant `cargo xtask simulate --held-out --variant NAME` runs.
 pub const VARIANTS: &[&str] = &[
+    VARIANT_LIMIT_PACING_SHARED,
     VARIANT_LIMIT_PACING_30,
     VARIANT_LIMIT_PACING_OWN,
     VARIANT_LIMIT_PACING,
@@ -708,6 +742,14 @@ fn policy(name: &str) -> Box<dyn Policy> {
         VARIANT_LIMIT_PACING_30 => Box::new(Ours {
             limit_pacing: Some(LimitPacing {
                 spread_429_ms: Some(30_000.0),
+                ..LimitPacing::default()
+            }),
+            ..Ours::with(Some(RetryBudget::default()))
+        }),
+        VARIANT_LIMIT_PACING_SHARED => Box::new(Ours {
+            limit_pacing: Some(LimitPacing {
+                own_only: true,
+                shared_aware: true,
                 ..LimitPacing::default()
             }),
             ..Ours::with(Some(RetryBudget::default()))
@@ -935,6 +977,7 @@ pub fn run(fleet: Fleet, scenario: &Scenario, model: ServerModel, policy_name: &
             }
         }
         e.attempts += 1;
+        policies[e.client as usize].sent(e.at);
         attempts_total += 1;
         load[sec] += 1;
         let t = e.at / 1000;
