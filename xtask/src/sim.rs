@@ -378,6 +378,10 @@ struct Ours {
 
 /// The state of [`VARIANT_LIMIT_PACING`].
 #[derive(Debug, Clone, Copy, Default)]
+#[allow(
+    clippy::struct_excessive_bools,
+    reason = "a study's switches and its state, side by side"
+)]
 struct LimitPacing {
     /// Only windows this client's own successes spent are paced by the limit; a 429 holds
     /// the key as the default pacer does.
