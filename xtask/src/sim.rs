@@ -378,25 +378,12 @@ struct Ours {
 
 /// The state of [`VARIANT_LIMIT_PACING`].
 #[derive(Debug, Clone, Copy, Default)]
-#[allow(
-    clippy::struct_excessive_bools,
-    reason = "a study's switches and its state, side by side"
-)]
 struct LimitPacing {
     /// Only windows this client's own successes spent are paced by the limit; a 429 holds
     /// the key as the default pacer does.
     own_only: bool,
     /// After a 429, the first slot's spread (ms); `None`: the whole window.
     spread_429_ms: Option<f64>,
-    /// With `own_only`: a key seen used by others (a response's used count, `Limit -
-    /// Remaining`, above this client's own attempts in that window) is paced as the full
-    /// variant paces it after a 429 (the first slot anywhere in the next window).
-    shared_aware: bool,
-    /// Seen used by others (sticky).
-    shared: bool,
-    /// This client's attempts in the minute `sent_window`.
-    sent: u32,
-    sent_window: u64,
     active: bool,
     next_slot: u64,
     interval: u64,
@@ -458,15 +445,16 @@ impl Policy for Ours {
         }
     }
     fn observe(&mut self, r: &Resp, now_ms: u64, rng: &mut SplitMix64) {
-        if let Some(lp) = &mut self.limit_pacing {
-            if let Some(rl) = r.rate_limit.filter(|_| lp.shared_aware) {
-                let window = (rl.reset * 1000).saturating_sub(1) / 60_000;
-                let own = if window == lp.sent_window { lp.sent } else { 0 };
-                if rl.limit.saturating_sub(rl.remaining) > own {
-                    lp.shared = true;
-                }
+        if self.pacer.is_slotted() {
+            if let Some(rl) = r.rate_limit {
+                let now = SystemTime::UNIX_EPOCH + Duration::from_millis(now_ms);
+                self.pacer
+                    .observe_response(&rl, r.status, now, &self.policy, rng);
             }
-            if lp.own_only && r.status == 429 && !lp.shared {
+            return;
+        }
+        if let Some(lp) = &mut self.limit_pacing {
+            if lp.own_only && r.status == 429 {
                 if let Some(rl) = r.rate_limit.filter(|rl| rl.remaining == 0) {
                     let now = SystemTime::UNIX_EPOCH + Duration::from_millis(now_ms);
                     self.pacer.observe(&rl, now, &self.policy, rng);
@@ -514,20 +502,22 @@ impl Policy for Ours {
         self.ticket.take()
     }
     fn sent(&mut self, now_ms: u64) {
-        if let Some(lp) = &mut self.limit_pacing {
-            let window = now_ms / 60_000;
-            if lp.sent_window != window {
-                lp.sent_window = window;
-                lp.sent = 0;
-            }
-            lp.sent += 1;
+        if self.pacer.is_slotted() {
+            self.pacer
+                .sent(SystemTime::UNIX_EPOCH + Duration::from_millis(now_ms));
         }
     }
     fn holds_once(&self) -> bool {
-        self.limit_pacing.is_some()
+        self.pacer.is_slotted() || self.limit_pacing.is_some()
     }
     fn recheck(&mut self, now_ms: u64, rng: &mut SplitMix64) -> Option<u64> {
         let now = SystemTime::UNIX_EPOCH + Duration::from_millis(now_ms);
+        if self.pacer.is_slotted() {
+            return self
+                .pacer
+                .recheck(now, &self.policy)
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        }
         match &self.limit_pacing {
             Some(lp) if now_ms < lp.spent_until => self.hold(now_ms, rng),
             Some(lp) if lp.own_only => self
@@ -538,6 +528,13 @@ impl Policy for Ours {
         }
     }
     fn hold(&mut self, now_ms: u64, _rng: &mut SplitMix64) -> Option<u64> {
+        if self.pacer.is_slotted() {
+            let now = SystemTime::UNIX_EPOCH + Duration::from_millis(now_ms);
+            return self
+                .pacer
+                .take(now, &self.policy)
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        }
         if let Some(lp) = &mut self.limit_pacing {
             if lp.own_only {
                 let now = SystemTime::UNIX_EPOCH + Duration::from_millis(now_ms);
@@ -679,8 +676,8 @@ pub const VARIANT_LIMIT_PACING_OWN: &str = "overten (limit pacing of own windows
 /// [`VARIANT_LIMIT_PACING`] with a 429's first slot spread over 30 s, not the window.
 pub const VARIANT_LIMIT_PACING_30: &str = "overten (limit pacing, 429 spread 30 s, variant)";
 
-/// [`VARIANT_LIMIT_PACING_OWN`] that paces a key seen shared (used by others) as
-/// [`VARIANT_LIMIT_PACING`] does after a 429.
+/// The library's slot mode, `Pacer::slotted` (own windows paced by the limit; a key seen
+/// shared spread over the next window after a 429), run as the library runs it.
 pub const VARIANT_LIMIT_PACING_SHARED: &str =
     "overten (limit pacing of own windows, shared keys spread, variant)";
 
@@ -751,11 +748,7 @@ fn policy(name: &str) -> Box<dyn Policy> {
             ..Ours::with(Some(RetryBudget::default()))
         }),
         VARIANT_LIMIT_PACING_SHARED => Box::new(Ours {
-            limit_pacing: Some(LimitPacing {
-                own_only: true,
-                shared_aware: true,
-                ..LimitPacing::default()
-            }),
+            pacer: overten_errors::Pacer::slotted(),
             ..Ours::with(Some(RetryBudget::default()))
         }),
         VARIANT_LIMIT_PACING_OWN => Box::new(Ours {

@@ -75,7 +75,8 @@ pub use server::mock;
 pub use client::{
     Attempt, BodyIssue, Diagnostics, GaveUp, HeaderError, MAX_BODY_BYTES, MAX_REQUEST_ID_BYTES,
     Received, Retrier, classify, classify_parts, classify_response, observe_rate_limit,
-    rate_limit_headers, read_body_limited, request_id_header, retry_after_header,
+    observe_rate_limit_of, rate_limit_headers, read_body_limited, request_id_header,
+    retry_after_header,
 };
 pub use names::{
     IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, RATE_LIMIT_LIMIT, RATE_LIMIT_REMAINING, RATE_LIMIT_RESET,

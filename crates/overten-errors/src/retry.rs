@@ -996,7 +996,33 @@ impl RetryPolicy {
 pub struct Pacer {
     /// Unix milliseconds until which requests are held (0: none).
     until_ms: AtomicU64,
+    /// Slot mode ([`Pacer::slotted`]); `None`: the hold alone.
+    slots: Option<std::sync::Mutex<Slots>>,
 }
+
+/// The state of a slotted [`Pacer`]: the key's requests go one per `interval` from
+/// `next_ms`, and none before `spent_until_ms`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Slots {
+    /// Requests are taking slots.
+    active: bool,
+    /// Unix ms of the next free slot.
+    next_ms: u64,
+    /// `window / Limit`, ms.
+    interval_ms: u64,
+    /// The latest reset of a window seen spent, Unix ms: no slot before it.
+    spent_until_ms: u64,
+    /// Seen used by others: a response's used count (`Limit - Remaining`) above this
+    /// process's own attempts in that window. Sticky.
+    shared: bool,
+    /// The window (Unix ms / window length) of `sent`, and this process's attempts in it.
+    sent_window: u64,
+    sent: u64,
+}
+
+/// The rate-limit window, ms (the page's per-minute limits; the gateway's windows start on
+/// the Unix minute).
+const WINDOW_MS: u64 = crate::RATE_LIMIT_WINDOW_SECONDS * 1000;
 
 fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
@@ -1008,6 +1034,170 @@ impl Pacer {
     pub const fn new() -> Pacer {
         Pacer {
             until_ms: AtomicU64::new(0),
+            slots: None,
+        }
+    }
+
+    /// A pacer in slot mode (a study of issue 27, not yet the default: `docs/retry.md`
+    /// describes the default's hold). Once a window is spent, the key's requests take slots
+    /// one `window / Limit` apart instead of leaving together at the reset:
+    ///
+    /// - a response that is not a 429 with `Remaining: 0` (this process's own requests
+    ///   spent the window) puts the first slot at the reset plus a uniform point of one
+    ///   interval;
+    /// - a 429 holds the key as the default does (until the reset, spread), unless the key
+    ///   was seen shared (a response other than a 429 whose used count, `Limit -
+    ///   Remaining`, is above the attempts this process [`sent`](Pacer::sent) in that
+    ///   window; it stays shared): then its first slot is a uniform point of the whole next
+    ///   window, so that the clients sharing it do not meet at the reset;
+    /// - a request ([`take`](Pacer::take)) takes the next slot, never before the latest reset
+    ///   seen spent; after its wait, [`recheck`](Pacer::recheck) holds it again if its window
+    ///   was seen spent meanwhile; a response with room ends the slots once no slot is due.
+    ///
+    /// Slots further than `max_wait` away are not waited (the request is sent at once).
+    ///
+    /// ```
+    /// use std::time::{Duration, SystemTime};
+    /// use overten_errors::{Pacer, RateLimit, RetryPolicy};
+    /// let (policy, now) = (RetryPolicy::default(), SystemTime::UNIX_EPOCH + Duration::from_secs(1_000));
+    /// let pacer = Pacer::slotted();
+    /// pacer.sent(now);
+    /// // Its own request spent a 10-a-minute window ending at 1,020 s.
+    /// let spent = RateLimit { limit: 10, remaining: 0, reset: 1_020 };
+    /// pacer.observe_response(&spent, 200, now, &policy, &mut || 0);
+    /// assert_eq!(pacer.take(now, &policy), Some(Duration::from_secs(20)));
+    /// assert_eq!(pacer.take(now, &policy), Some(Duration::from_secs(26)));
+    /// ```
+    pub fn slotted() -> Pacer {
+        Pacer {
+            until_ms: AtomicU64::new(0),
+            slots: Some(std::sync::Mutex::new(Slots::default())),
+        }
+    }
+
+    /// Whether this pacer is in slot mode ([`Pacer::slotted`]).
+    pub fn is_slotted(&self) -> bool {
+        self.slots.is_some()
+    }
+
+    /// Whether requests at `now_ms` may still be held: a hold not yet over, or slots in use
+    /// (a pacer that may not is dropped first when [`Pacers`] makes room).
+    fn holds_at(&self, now_ms: u64) -> bool {
+        self.until_ms.load(Ordering::Acquire) > now_ms
+            || self
+                .slots()
+                .is_some_and(|s| s.active || s.spent_until_ms > now_ms)
+    }
+
+    fn slots(&self) -> Option<std::sync::MutexGuard<'_, Slots>> {
+        self.slots
+            .as_ref()
+            .map(|m| m.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    /// Counts an attempt sent at `now` with this key (slot mode: to tell a shared key from
+    /// one this process spends alone). Nothing in hold mode.
+    pub fn sent(&self, now: SystemTime) {
+        if let Some(mut slots) = self.slots() {
+            let window = unix_ms(now) / WINDOW_MS;
+            if slots.sent_window != window {
+                slots.sent_window = window;
+                slots.sent = 0;
+            }
+            slots.sent = slots.sent.saturating_add(1);
+        }
+    }
+
+    /// Reads a response's rate-limit snapshot with its status: [`observe`](Pacer::observe)
+    /// in hold mode; the rules of [`slotted`](Pacer::slotted) in slot mode.
+    pub fn observe_response<R: RandomSource + ?Sized>(
+        &self,
+        rate_limit: &crate::RateLimit,
+        status: u16,
+        now: SystemTime,
+        policy: &RetryPolicy,
+        rng: &mut R,
+    ) {
+        let Some(mut slots) = self.slots() else {
+            self.observe(rate_limit, now, policy, rng);
+            return;
+        };
+        let now_ms = unix_ms(now);
+        let reset_ms = rate_limit.reset.saturating_mul(1000);
+        let window = reset_ms.saturating_sub(1) / WINDOW_MS;
+        let own = if window == slots.sent_window {
+            slots.sent
+        } else {
+            0
+        };
+        // A 429's count says nothing: the gateway's Remaining stops at 0, and a process
+        // that restarted may meet its own key spent.
+        if status != 429 && u64::from(rate_limit.limit.saturating_sub(rate_limit.remaining)) > own {
+            slots.shared = true;
+        }
+        if status == 429 && !slots.shared {
+            drop(slots);
+            self.observe(rate_limit, now, policy, rng);
+            return;
+        }
+        if rate_limit.remaining != 0 {
+            if slots.active && slots.next_ms <= now_ms {
+                slots.active = false;
+            }
+            return;
+        }
+        let wait = reset_ms.saturating_sub(now_ms);
+        if wait == 0 || wait > policy.max_wait_ms {
+            return;
+        }
+        let interval = (WINDOW_MS / u64::from(rate_limit.limit.max(1))).max(1);
+        let phase = if status == 429 { WINDOW_MS } else { interval };
+        slots.spent_until_ms = slots.spent_until_ms.max(reset_ms);
+        if !slots.active || slots.next_ms < reset_ms {
+            #[allow(
+                clippy::cast_possible_truncation,
+                clippy::cast_sign_loss,
+                clippy::cast_precision_loss,
+                reason = "a uniform point of at most one window, in ms"
+            )]
+            let point = ((phase as f64 * unit(rng)).floor() as u64).min(phase - 1);
+            slots.next_ms = slots.next_ms.max(reset_ms + point);
+        }
+        slots.active = true;
+        slots.interval_ms = interval;
+    }
+
+    /// How long a request about to be sent at `now` waits, taking its slot in slot mode
+    /// (the hold of a 429 first); [`hold`](Pacer::hold) in hold mode. `None`: sent at once.
+    pub fn take(&self, now: SystemTime, policy: &RetryPolicy) -> Option<Duration> {
+        if let Some(held) = self.hold(now, policy) {
+            return Some(held);
+        }
+        let mut slots = self.slots()?;
+        let now_ms = unix_ms(now);
+        if !slots.active && now_ms >= slots.spent_until_ms {
+            return None;
+        }
+        let slot = slots.next_ms.max(now_ms).max(slots.spent_until_ms);
+        let left = slot - now_ms;
+        if left > policy.max_wait_ms {
+            return None;
+        }
+        slots.next_ms = slot.saturating_add(slots.interval_ms);
+        (left > 0).then(|| Duration::from_millis(left))
+    }
+
+    /// For a request whose wait from [`take`](Pacer::take) ended at `now`: how long it
+    /// waits again (its window was seen spent meanwhile, or a 429's hold came), taking a
+    /// new slot only then; [`hold`](Pacer::hold) in hold mode.
+    pub fn recheck(&self, now: SystemTime, policy: &RetryPolicy) -> Option<Duration> {
+        let spent = self
+            .slots()
+            .is_some_and(|slots| unix_ms(now) < slots.spent_until_ms);
+        if spent {
+            self.take(now, policy)
+        } else {
+            self.hold(now, policy)
         }
     }
 
@@ -1024,6 +1214,7 @@ impl Pacer {
     pub fn holding(until: SystemTime) -> Pacer {
         Pacer {
             until_ms: AtomicU64::new(unix_ms(until)),
+            slots: None,
         }
     }
 
@@ -1090,6 +1281,8 @@ impl Pacer {
 #[derive(Debug)]
 pub struct Pacers {
     keyless: std::sync::Arc<Pacer>,
+    /// New keys' pacers are in slot mode.
+    slotted: bool,
     keys: std::sync::Mutex<std::collections::HashMap<u128, std::sync::Arc<Pacer>>>,
     hashers: (
         std::collections::hash_map::RandomState,
@@ -1112,9 +1305,18 @@ impl Pacers {
         Pacers::with_keyless(std::sync::Arc::new(Pacer::new()))
     }
 
+    /// Pacers in slot mode ([`Pacer::slotted`]), the keyless one included.
+    pub fn slotted() -> Pacers {
+        Pacers {
+            slotted: true,
+            ..Pacers::with_keyless(std::sync::Arc::new(Pacer::slotted()))
+        }
+    }
+
     /// Pacers whose requests without a key share `keyless`.
     pub fn with_keyless(keyless: std::sync::Arc<Pacer>) -> Pacers {
         Pacers {
+            slotted: keyless.is_slotted(),
             keyless,
             keys: std::sync::Mutex::new(std::collections::HashMap::new()),
             hashers: Default::default(),
@@ -1144,14 +1346,24 @@ impl Pacers {
         if let Some(pacer) = keys.get(&id) {
             return std::sync::Arc::clone(pacer);
         }
+        let fresh = || {
+            if self.slotted {
+                Pacer::slotted()
+            } else {
+                Pacer::new()
+            }
+        };
         if keys.len() >= Self::MAX_KEYS {
             let now = unix_ms(now);
-            keys.retain(|_, p| p.until_ms.load(Ordering::Acquire) > now);
+            keys.retain(|_, p| p.holds_at(now));
             if keys.len() >= Self::MAX_KEYS {
-                return std::sync::Arc::new(Pacer::new());
+                return std::sync::Arc::new(fresh());
             }
         }
-        std::sync::Arc::clone(keys.entry(id).or_default())
+        std::sync::Arc::clone(
+            keys.entry(id)
+                .or_insert_with(|| std::sync::Arc::new(fresh())),
+        )
     }
 
     /// Keys tracked.

@@ -510,6 +510,42 @@ pub fn observe_rate_limit<R: RandomSource + ?Sized>(
     }
 }
 
+/// [`observe_rate_limit`] with the response's status, for a pacer in slot mode
+/// ([`Pacer::slotted`]: it reads every response's window, and a 429 apart): a pacer in
+/// hold mode reads it exactly as [`observe_rate_limit`] does.
+///
+/// ```
+/// use std::time::{Duration, SystemTime};
+/// use http::{HeaderMap, HeaderValue, StatusCode};
+/// use overten_errors::{Pacer, RetryPolicy};
+/// let mut headers = HeaderMap::new();
+/// headers.insert("x-ratelimit-limit", HeaderValue::from_static("10"));
+/// headers.insert("x-ratelimit-remaining", HeaderValue::from_static("0"));
+/// headers.insert("x-ratelimit-reset", HeaderValue::from_static("1020"));
+/// let now = || SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+/// let (pacer, policy) = (Pacer::slotted(), RetryPolicy::default());
+/// pacer.sent(now());
+/// overten_errors_http::observe_rate_limit_of(&pacer, StatusCode::OK, &headers, now, &policy, &mut || 0);
+/// assert_eq!(pacer.take(now(), &policy), Some(Duration::from_secs(20)));
+/// assert_eq!(pacer.take(now(), &policy), Some(Duration::from_secs(26)));
+/// ```
+pub fn observe_rate_limit_of<R: RandomSource + ?Sized>(
+    pacer: &Pacer,
+    status: http::StatusCode,
+    headers: &HeaderMap,
+    now: impl FnOnce() -> SystemTime,
+    policy: &RetryPolicy,
+    rng: &mut R,
+) {
+    if !pacer.is_slotted() {
+        observe_rate_limit(pacer, headers, now, policy, rng);
+        return;
+    }
+    if let Ok(Some(rate_limit)) = rate_limit_headers(headers) {
+        pacer.observe_response(&rate_limit, status.as_u16(), now(), policy, rng);
+    }
+}
+
 type RateLimitResult = Result<Option<RateLimit>, (&'static HeaderName, HeaderError)>;
 
 /// Reads `X-RateLimit-Limit`, `-Remaining` and `-Reset` together: all three or none.

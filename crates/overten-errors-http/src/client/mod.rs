@@ -15,8 +15,8 @@ pub use crate::runtime::TokioSleep;
 pub use crate::runtime::{Sleep, process_seed};
 pub use classify::{
     BodyIssue, Diagnostics, HeaderError, MAX_BODY_BYTES, MAX_REQUEST_ID_BYTES, Received, classify,
-    classify_parts, classify_response, observe_rate_limit, rate_limit_headers, read_body_limited,
-    request_id_header, retry_after_header,
+    classify_parts, classify_response, observe_rate_limit, observe_rate_limit_of,
+    rate_limit_headers, read_body_limited, request_id_header, retry_after_header,
 };
 #[cfg(feature = "reqwest")]
 pub use reqwest::{

@@ -445,9 +445,11 @@ impl<S: Sleep + 'static> RetryMiddleware<S> {
                 );
             }
             let replay = req.try_clone();
+            self.retrier.sent_on(&pacer);
             let answered = next.clone().run(req, extensions).await;
             if let Ok(response) = &answered {
-                self.retrier.observe_on(&pacer, response.headers());
+                self.retrier
+                    .observe_status_on(&pacer, response.status(), response.headers());
             }
             match answered {
                 Ok(response)

@@ -161,13 +161,54 @@ impl<S: Sleep> Retrier<S> {
         });
     }
 
-    /// [`Retrier::pace`] on `pacer` (from [`Retrier::pacer_for`]).
+    /// [`Retrier::observe_on`] with the response's status: what a pacer in slot mode
+    /// ([`Pacer::slotted`]) needs (a hold-mode pacer reads it as `observe_on` does).
+    pub fn observe_status_on(
+        &self,
+        pacer: &Pacer,
+        status: http::StatusCode,
+        headers: &http::HeaderMap,
+    ) {
+        super::classify::observe_rate_limit_of(
+            pacer,
+            status,
+            headers,
+            &self.clock,
+            &self.policy,
+            &mut || self.draw(),
+        );
+    }
+
+    /// Counts an attempt about to be sent with `pacer`'s key (slot mode: how a shared key is
+    /// told from one this process spends alone; nothing in hold mode, no clock read).
+    pub fn sent_on(&self, pacer: &Pacer) {
+        if pacer.is_slotted() {
+            pacer.sent((self.clock)());
+        }
+    }
+
+    /// [`Retrier::pace`] on `pacer` (from [`Retrier::pacer_for`]). In slot mode the request
+    /// takes its slot ([`Pacer::take`]) and, after its wait, waits again while its window
+    /// was seen spent meanwhile ([`Pacer::recheck`], at most four more waits).
     pub async fn pace_on(&self, pacer: &Pacer) -> Option<Duration> {
-        // A key never held needs no clock read (the common case, on every request).
-        pacer.held_until()?;
-        let hold = pacer.hold((self.clock)(), &self.policy)?;
-        self.sleep.sleep(hold).await;
-        Some(hold)
+        if !pacer.is_slotted() {
+            // A key never held needs no clock read (the common case, on every request).
+            pacer.held_until()?;
+            let hold = pacer.hold((self.clock)(), &self.policy)?;
+            self.sleep.sleep(hold).await;
+            return Some(hold);
+        }
+        let mut wait = pacer.take((self.clock)(), &self.policy)?;
+        let mut total = Duration::ZERO;
+        for _ in 0..5 {
+            self.sleep.sleep(wait).await;
+            total = total.saturating_add(wait);
+            match pacer.recheck((self.clock)(), &self.policy) {
+                Some(again) => wait = again,
+                None => break,
+            }
+        }
+        Some(total)
     }
 
     /// Reads a response's `X-RateLimit-*` (of any response) for a loop that names no key:
@@ -439,6 +480,101 @@ mod tests {
         assert_eq!(block_on(r.pace_key(Some("sk_live_b"))), None);
         assert!(Arc::ptr_eq(&r.pacer_for(None), r.pacer()));
         assert!(format!("{r:?}").contains("keys_paced: 2"), "a and b");
+    }
+
+    /// Slot mode through the retrier: a clock that the sleeps move forward, two keys, and
+    /// the status read with the window.
+    #[test]
+    fn slotted_pacers_give_a_spent_keys_requests_slots_and_leave_other_keys_alone() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        const T0: u64 = 1_713_312_300_000; // ms; the window ends 30 s later
+        let clock = Arc::new(AtomicU64::new(T0));
+        let (advanced, read) = (Arc::clone(&clock), Arc::clone(&clock));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let logged = Arc::clone(&log);
+        let sleep = move |wait: Duration| {
+            logged.lock().unwrap().push(wait);
+            advanced.fetch_add(u64::try_from(wait.as_millis()).unwrap(), Ordering::SeqCst);
+            std::future::ready(())
+        };
+        let now =
+            move || SystemTime::UNIX_EPOCH + Duration::from_millis(read.load(Ordering::SeqCst));
+        let retrier = Retrier::new(RetryPolicy::default(), sleep)
+            .with_seed(7)
+            .with_clock(now)
+            .with_pacers(Arc::new(Pacers::slotted()));
+        let window_to = |remaining: &str, reset: &str| {
+            let mut h = http::HeaderMap::new();
+            for (k, v) in [
+                ("x-ratelimit-limit", "10"),
+                ("x-ratelimit-remaining", remaining),
+                ("x-ratelimit-reset", reset),
+            ] {
+                h.insert(k, v.parse().unwrap());
+            }
+            h
+        };
+        let window = |remaining: &str| window_to(remaining, "1713312330");
+        let a = retrier.pacer_for(Some("sk_live_a"));
+        assert!(a.is_slotted());
+        // Key a's own ten requests spend its window (the last success says Remaining: 0).
+        for left in (0..10).rev() {
+            assert_eq!(block_on(retrier.pace_on(&a)), None);
+            retrier.sent_on(&a);
+            retrier.observe_status_on(&a, http::StatusCode::OK, &window(&left.to_string()));
+        }
+        // Its next three requests take slots 6 s apart from the reset (30 s; the first
+        // within one interval of it); key b is not held at all.
+        let b = retrier.pacer_for(Some("sk_live_b"));
+        assert_eq!(block_on(retrier.pace_on(&b)), None);
+        let first = block_on(retrier.pace_on(&a)).unwrap();
+        assert!(
+            first >= Duration::from_secs(30) && first < Duration::from_secs(36),
+            "{first:?}"
+        );
+        let second = block_on(retrier.pace_on(&a)).unwrap();
+        assert_eq!(
+            second,
+            Duration::from_secs(6),
+            "one slot later, from the first's end"
+        );
+        assert_eq!(log.lock().unwrap().len(), 2);
+        // A 429 on a key never seen shared holds it as the default does: hold mode's wait.
+        let c = retrier.pacer_for(Some("sk_live_c"));
+        retrier.sent_on(&c);
+        // (The clock is past the first window now: the next one's reset.)
+        retrier.observe_status_on(
+            &c,
+            http::StatusCode::TOO_MANY_REQUESTS,
+            &window_to("0", "1713312390"),
+        );
+        let held = c.hold(now_of(&clock), retrier.policy()).unwrap();
+        assert_eq!(block_on(retrier.pace_on(&c)), Some(held));
+        // Three requests of key d counted as sent explain the three used its next response
+        // reports: not shared, so its 429 is a hold too (the same wait for two requests).
+        // Uncounted, the three would be someone else's and the 429 would give slots.
+        let d = retrier.pacer_for(Some("sk_live_d"));
+        for _ in 0..3 {
+            retrier.sent_on(&d);
+        }
+        // The window the clock is in now: it ends on the next minute.
+        let secs = now_of(&clock)
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let reset = (secs / 60 * 60 + 60).to_string();
+        let next = |remaining| window_to(remaining, &reset);
+        retrier.observe_status_on(&d, http::StatusCode::OK, &next("7"));
+        retrier.observe_status_on(&d, http::StatusCode::TOO_MANY_REQUESTS, &next("0"));
+        let at = now_of(&clock);
+        let first = d.take(at, retrier.policy());
+        assert!(first.is_some());
+        assert_eq!(d.take(at, retrier.policy()), first);
+    }
+
+    fn now_of(clock: &std::sync::atomic::AtomicU64) -> SystemTime {
+        SystemTime::UNIX_EPOCH
+            + Duration::from_millis(clock.load(std::sync::atomic::Ordering::SeqCst))
     }
 
     #[test]

@@ -1,0 +1,292 @@
+//! `Pacer::slotted`, the slot mode under study for issue 27, against its rules as its
+//! documentation states them (expected values worked out by hand from those rules: a
+//! window of 60 s, `interval = 60000 / Limit` ms, a first slot at the reset plus a uniform
+//! point of one interval, or of the whole window after a 429 on a key seen shared).
+
+#![allow(clippy::unwrap_used, reason = "tests fail loudly")]
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use overten_errors::{Pacer, RateLimit, RetryPolicy};
+
+const T0: u64 = 1_000_000; // Unix seconds: a window boundary (T0 % 60 == 40, see `at`)
+
+fn at(ms_after_t0: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_millis(T0 * 1000 + ms_after_t0)
+}
+
+fn rl(limit: u32, remaining: u32, reset_after_t0_s: u64) -> RateLimit {
+    RateLimit {
+        limit,
+        remaining,
+        reset: T0 + reset_after_t0_s,
+    }
+}
+
+fn low() -> impl FnMut() -> u64 {
+    || 0
+}
+
+fn high() -> impl FnMut() -> u64 {
+    || u64::MAX
+}
+
+fn ms(d: Option<Duration>) -> Option<u64> {
+    d.map(|d| u64::try_from(d.as_millis()).unwrap())
+}
+
+#[test]
+fn a_window_its_own_requests_spent_gives_slots_one_interval_apart() {
+    let policy = RetryPolicy::default();
+    // T0 = 1,000,000 s; the window ends at the next minute, 1,000,020 s (20 s ahead).
+    assert_eq!((T0 + 20) % 60, 0);
+    let pacer = Pacer::slotted();
+    pacer.sent(at(0));
+    pacer.observe_response(&rl(10, 0, 20), 200, at(0), &policy, &mut low());
+    // 10 a minute: 6,000 ms apart, the first at the reset (the draw at its low end).
+    assert_eq!(ms(pacer.take(at(0), &policy)), Some(20_000));
+    assert_eq!(ms(pacer.take(at(0), &policy)), Some(26_000));
+    assert_eq!(ms(pacer.take(at(1_000), &policy)), Some(31_000));
+    // At the draw's high end, the first slot is one millisecond short of an interval late.
+    let late = Pacer::slotted();
+    late.sent(at(0));
+    late.observe_response(&rl(10, 0, 20), 200, at(0), &policy, &mut high());
+    assert_eq!(ms(late.take(at(0), &policy)), Some(25_999));
+    // 60 a minute: one a second.
+    let pro = Pacer::slotted();
+    pro.sent(at(0));
+    pro.observe_response(&rl(60, 0, 20), 200, at(0), &policy, &mut low());
+    assert_eq!(ms(pro.take(at(0), &policy)), Some(20_000));
+    assert_eq!(ms(pro.take(at(0), &policy)), Some(21_000));
+}
+
+#[test]
+fn room_ends_the_slots_only_once_no_slot_is_due() {
+    let policy = RetryPolicy::default();
+    let pacer = Pacer::slotted();
+    pacer.sent(at(0));
+    pacer.observe_response(&rl(10, 0, 20), 200, at(0), &policy, &mut low());
+    assert_eq!(ms(pacer.take(at(0), &policy)), Some(20_000));
+    // The next slot is at 26 s: room seen at 21 s keeps the slots going.
+    pacer.sent(at(20_000));
+    pacer.observe_response(&rl(10, 9, 80), 200, at(21_000), &policy, &mut low());
+    assert_eq!(ms(pacer.take(at(21_000), &policy)), Some(5_000));
+    // Room seen at 40 s, past the next slot (32 s): requests go at once again.
+    pacer.observe_response(&rl(10, 8, 80), 200, at(40_000), &policy, &mut low());
+    assert_eq!(pacer.take(at(40_000), &policy), None);
+    assert_eq!(pacer.take(at(40_000), &policy), None);
+}
+
+#[test]
+fn a_429_on_a_key_used_alone_holds_it_as_the_default_does() {
+    let policy = RetryPolicy::default();
+    let slotted = Pacer::slotted();
+    let default = Pacer::new();
+    // Ten attempts of its own in the window, then a 429: nobody else used the key.
+    for _ in 0..10 {
+        slotted.sent(at(0));
+    }
+    slotted.observe_response(&rl(10, 0, 20), 429, at(1_000), &policy, &mut high());
+    default.observe_response(&rl(10, 0, 20), 429, at(1_000), &policy, &mut high());
+    let held = ms(default.take(at(1_000), &policy));
+    assert!(held.is_some());
+    assert_eq!(ms(slotted.take(at(1_000), &policy)), held);
+    // A hold, not slots: every request leaves together.
+    assert_eq!(ms(slotted.take(at(1_000), &policy)), held);
+}
+
+#[test]
+fn a_key_seen_shared_spreads_its_429s_over_the_next_window() {
+    let policy = RetryPolicy::default();
+    // A response says 7 of 10 were used, and this process sent none: others use the key.
+    let pacer = Pacer::slotted();
+    pacer.observe_response(&rl(10, 3, 20), 200, at(0), &policy, &mut low());
+    assert_eq!(pacer.take(at(0), &policy), None, "room: sent at once");
+    pacer.sent(at(0));
+    // Then a 429: the first slot anywhere in the next window (here its middle).
+    let mut half = || 1u64 << 63;
+    pacer.observe_response(&rl(10, 0, 20), 429, at(2_000), &policy, &mut half);
+    assert_eq!(ms(pacer.take(at(2_000), &policy)), Some(18_000 + 30_000));
+    assert_eq!(ms(pacer.take(at(2_000), &policy)), Some(18_000 + 36_000));
+    // Shared is sticky: a 429 two windows later spreads too (low end: at its reset).
+    pacer.observe_response(&rl(10, 0, 140), 429, at(130_000), &policy, &mut low());
+    assert_eq!(ms(pacer.take(at(130_000), &policy)), Some(10_000));
+}
+
+#[test]
+fn only_this_windows_own_attempts_explain_its_used_count() {
+    let policy = RetryPolicy::default();
+    // Seven attempts in the previous minute (T0 - 50 s is in the window ending at T0 - 40 s).
+    let pacer = Pacer::slotted();
+    for _ in 0..7 {
+        pacer.sent(SystemTime::UNIX_EPOCH + Duration::from_secs(T0 - 50));
+    }
+    // This window's used count (7) is not this process's: shared.
+    pacer.observe_response(&rl(10, 3, 20), 200, at(0), &policy, &mut low());
+    pacer.observe_response(&rl(10, 0, 20), 429, at(1_000), &policy, &mut low());
+    assert_eq!(ms(pacer.take(at(1_000), &policy)), Some(19_000), "a slot");
+    assert_eq!(
+        ms(pacer.take(at(1_000), &policy)),
+        Some(25_000),
+        "then the next"
+    );
+    // The same seven in this window explain the used count of 7: not shared. Three more of
+    // its own spend the window; a 429 on the eleventh is then a hold, as on a key used
+    // alone.
+    let alone = Pacer::slotted();
+    for _ in 0..7 {
+        alone.sent(at(0));
+    }
+    alone.observe_response(&rl(10, 3, 20), 200, at(0), &policy, &mut low());
+    for _ in 0..4 {
+        alone.sent(at(500));
+    }
+    alone.observe_response(&rl(10, 0, 20), 429, at(1_000), &policy, &mut low());
+    let first = alone.take(at(1_000), &policy);
+    assert!(first.is_some());
+    assert_eq!(
+        first,
+        alone.take(at(1_000), &policy),
+        "a hold, the same for all"
+    );
+}
+
+#[test]
+fn a_waiting_request_whose_window_was_seen_spent_waits_again() {
+    let policy = RetryPolicy::default();
+    let pacer = Pacer::slotted();
+    pacer.sent(at(0));
+    pacer.observe_response(&rl(10, 0, 20), 200, at(0), &policy, &mut low());
+    assert_eq!(ms(pacer.take(at(0), &policy)), Some(20_000));
+    assert_eq!(ms(pacer.take(at(0), &policy)), Some(26_000));
+    // The first wakes at 20 s: nothing new, it goes.
+    assert_eq!(pacer.recheck(at(20_000), &policy), None);
+    // Then the next window is seen spent (its reset at 80 s) before the second wakes.
+    pacer.sent(at(20_000));
+    pacer.observe_response(&rl(10, 0, 80), 200, at(21_000), &policy, &mut low());
+    let again = ms(pacer.recheck(at(26_000), &policy)).unwrap();
+    assert!(again >= 54_000, "not before the reset at 80 s: {again}");
+}
+
+#[test]
+fn resets_passed_or_past_max_wait_and_far_slots_are_not_waited() {
+    let policy = RetryPolicy::builder()
+        .max_wait(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let pacer = Pacer::slotted();
+    pacer.sent(at(0));
+    // A reset already passed, or further than max_wait: nothing.
+    pacer.observe_response(&rl(10, 0, 0), 200, at(500), &policy, &mut low());
+    pacer.observe_response(&rl(10, 0, 80), 200, at(0), &policy, &mut low());
+    assert_eq!(pacer.take(at(500), &policy), None);
+    // A reset 20 s ahead: slots at 20, 26, ... 56 s; the next, 62 s, is past max_wait
+    // from now, so it is not waited, and not taken: a request 3 s later finds it.
+    pacer.observe_response(&rl(10, 0, 20), 200, at(0), &policy, &mut low());
+    for k in 0..7 {
+        assert_eq!(ms(pacer.take(at(0), &policy)), Some(20_000 + k * 6_000));
+    }
+    assert_eq!(pacer.take(at(0), &policy), None);
+    assert_eq!(ms(pacer.take(at(3_000), &policy)), Some(59_000));
+}
+
+#[test]
+fn hold_mode_is_the_default_pacer() {
+    let policy = RetryPolicy::default();
+    let pacer = Pacer::new();
+    pacer.sent(at(0));
+    pacer.observe_response(&rl(10, 0, 20), 200, at(0), &policy, &mut low());
+    let held = ms(pacer.hold(at(0), &policy));
+    assert_eq!(held, Some(20_000));
+    assert_eq!(ms(pacer.take(at(0), &policy)), held);
+    assert_eq!(
+        ms(pacer.take(at(0), &policy)),
+        held,
+        "no slots: all together"
+    );
+    assert_eq!(ms(pacer.recheck(at(0), &policy)), held);
+    assert_eq!(pacer.recheck(at(20_000), &policy), None);
+}
+
+#[test]
+fn threads_taking_slots_never_share_one() {
+    let policy = RetryPolicy::default();
+    let pacer = Arc::new(Pacer::slotted());
+    pacer.sent(at(0));
+    pacer.observe_response(&rl(60, 0, 20), 200, at(0), &policy, &mut low());
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let pacer = Arc::clone(&pacer);
+            std::thread::spawn(move || {
+                (0..50)
+                    .map(|_| ms(pacer.take(at(0), &policy)).unwrap())
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut all: Vec<u64> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    all.sort_unstable();
+    let want: Vec<u64> = (0..200).map(|i| 20_000 + i * 1_000).collect();
+    assert_eq!(all, want);
+}
+
+#[test]
+fn a_first_429_says_nothing_about_sharing() {
+    let policy = RetryPolicy::default();
+    // A process that restarted meets its own key spent: one attempt of its own, a 429
+    // whose count (10 of 10) is not all its own. Held as the default holds, not slotted.
+    let pacer = Pacer::slotted();
+    pacer.sent(at(0));
+    pacer.observe_response(&rl(10, 0, 20), 429, at(0), &policy, &mut high());
+    let held = pacer.take(at(0), &policy);
+    assert!(held.is_some());
+    assert_eq!(
+        pacer.take(at(0), &policy),
+        held,
+        "a hold: the same for every request"
+    );
+}
+
+#[test]
+fn slot_boundaries() {
+    let policy = RetryPolicy::builder()
+        .max_wait(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    // A reset exactly max_wait ahead is paced; a slot exactly max_wait ahead is waited.
+    let pacer = Pacer::slotted();
+    pacer.sent(at(0));
+    pacer.observe_response(&rl(10, 0, 60), 200, at(0), &policy, &mut low());
+    assert_eq!(ms(pacer.take(at(0), &policy)), Some(60_000));
+    // A request at its slot's very moment goes at once, and the next slot moves on.
+    let pacer = Pacer::slotted();
+    pacer.sent(at(0));
+    pacer.observe_response(&rl(10, 0, 20), 200, at(0), &policy, &mut low());
+    assert_eq!(pacer.take(at(20_000), &policy), None);
+    assert_eq!(ms(pacer.take(at(20_000), &policy)), Some(6_000));
+}
+
+#[test]
+fn a_window_seen_spent_twice_keeps_its_slots_and_a_later_one_moves_them() {
+    let policy = RetryPolicy::default();
+    let pacer = Pacer::slotted();
+    pacer.sent(at(0));
+    pacer.observe_response(&rl(10, 0, 20), 200, at(0), &policy, &mut low());
+    // The same window again, drawn high: the first slot stays at the reset.
+    pacer.observe_response(&rl(10, 0, 20), 200, at(100), &policy, &mut high());
+    assert_eq!(ms(pacer.take(at(1_000), &policy)), Some(19_000));
+    pacer.observe_response(&rl(10, 0, 20), 200, at(1_000), &policy, &mut high());
+    assert_eq!(ms(pacer.take(at(1_000), &policy)), Some(25_000));
+    // The next window seen spent while slots are pending (the next at 32 s): slots move to
+    // its reset (80 s) plus this draw (high: 5,999 ms).
+    pacer.sent(at(20_000));
+    pacer.observe_response(&rl(10, 0, 80), 200, at(21_000), &policy, &mut high());
+    assert_eq!(
+        ms(pacer.take(at(21_000), &policy)),
+        Some(80_000 + 5_999 - 21_000)
+    );
+}
