@@ -762,6 +762,63 @@ async fn a_spent_window_holds_only_its_own_key() {
     .await;
 }
 
+/// Slot mode through the middleware (opt-in, `Pacers::slotted`): after its own success
+/// said `Remaining: 0` (10 a minute), the key's next requests go one slot (6 s) apart from
+/// the reset, not together; another key is not held. The clock moves with each sleep.
+#[tokio::test]
+async fn slotted_pacers_space_a_spent_keys_requests_one_slot_apart() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let spent = || {
+        let mut r = Response::new(br#"{"success":true}"#.to_vec());
+        for (k, v) in [
+            ("x-ratelimit-limit", "10".to_owned()),
+            ("x-ratelimit-remaining", "0".to_owned()),
+            ("x-ratelimit-reset", (NOW + 15).to_string()),
+        ] {
+            r.headers_mut().insert(k, v.parse().unwrap());
+        }
+        r
+    };
+    let (addr, _) = server(vec![("/a", vec![spent()])]).await;
+    let clock = Arc::new(AtomicU64::new(NOW * 1000));
+    let (advanced, read) = (Arc::clone(&clock), Arc::clone(&clock));
+    let sleeps = Sleeps::default();
+    let log = Arc::clone(&sleeps);
+    let retrier = Retrier::new(RetryPolicy::default(), move |wait: Duration| {
+        log.lock().unwrap().push(wait);
+        advanced.fetch_add(u64::try_from(wait.as_millis()).unwrap(), Ordering::SeqCst);
+        std::future::ready(())
+    })
+    .with_clock(move || SystemTime::UNIX_EPOCH + Duration::from_millis(read.load(Ordering::SeqCst)))
+    .with_seed(7)
+    .with_pacers(Arc::new(overten_errors::Pacers::slotted()));
+    let http = client(RetryMiddleware::new(retrier));
+    within(async {
+        let send = |path: &'static str, key: &'static str| {
+            http.get(format!("http://{addr}{path}"))
+                .bearer_auth(key)
+                .send()
+        };
+        assert_eq!(send("/a", "sk_live_a").await.unwrap().status(), 200);
+        assert_eq!(send("/b", "sk_live_b").await.unwrap().status(), 200);
+        assert!(sleeps.lock().unwrap().is_empty());
+        for _ in 0..3 {
+            assert_eq!(send("/b", "sk_live_a").await.unwrap().status(), 200);
+        }
+        let waits = sleeps.lock().unwrap().clone();
+        assert_eq!(waits.len(), 3, "{waits:?}");
+        // The first slot: the reset (15 s) plus a point of one interval; then 6 s each.
+        assert!(
+            waits[0] >= Duration::from_secs(15) && waits[0] < Duration::from_secs(21),
+            "{waits:?}"
+        );
+        assert_eq!(waits[1..], [Duration::from_secs(6), Duration::from_secs(6)]);
+        assert_eq!(send("/b", "sk_live_b").await.unwrap().status(), 200);
+        assert_eq!(sleeps.lock().unwrap().len(), 3, "key b is not held");
+    })
+    .await;
+}
+
 /// A client whose budget pays one retry (5 tokens) and whose waits end only when the test
 /// adds permits to the gate.
 fn gated() -> (
