@@ -718,23 +718,25 @@ async fn what_is_not_retried_is_not_charged_and_gets_are_sent_without_a_key() {
     .await;
 }
 
+/// A success whose window (10 a minute) is spent: `Remaining: 0`, the reset 15 s ahead.
+fn spent_success() -> Reply {
+    let mut r = Response::new(br#"{"success":true}"#.to_vec());
+    for (k, v) in [
+        ("x-ratelimit-limit", "10".to_owned()),
+        ("x-ratelimit-remaining", "0".to_owned()),
+        ("x-ratelimit-reset", (NOW + 15).to_string()),
+    ] {
+        r.headers_mut().insert(k, v.parse().unwrap());
+    }
+    r
+}
+
 /// Issue 27's defect: a spent window held every key of the client. Two keys through one
 /// client: the key whose window is spent waits for its reset; the other key's requests,
 /// and requests with no key, go at once.
 #[tokio::test]
 async fn a_spent_window_holds_only_its_own_key() {
-    let spent = || {
-        let mut r = Response::new(br#"{"success":true}"#.to_vec());
-        for (k, v) in [
-            ("x-ratelimit-limit", "10".to_owned()),
-            ("x-ratelimit-remaining", "0".to_owned()),
-            ("x-ratelimit-reset", (NOW + 15).to_string()),
-        ] {
-            r.headers_mut().insert(k, v.parse().unwrap());
-        }
-        r
-    };
-    let (addr, _) = server(vec![("/a", vec![spent()])]).await;
+    let (addr, _) = server(vec![("/a", vec![spent_success()])]).await;
     let sleeps = Sleeps::default();
     let http = client(RetryMiddleware::new(retrier(&sleeps)));
     within(async {
@@ -768,18 +770,7 @@ async fn a_spent_window_holds_only_its_own_key() {
 #[tokio::test]
 async fn slotted_pacers_space_a_spent_keys_requests_one_slot_apart() {
     use std::sync::atomic::{AtomicU64, Ordering};
-    let spent = || {
-        let mut r = Response::new(br#"{"success":true}"#.to_vec());
-        for (k, v) in [
-            ("x-ratelimit-limit", "10".to_owned()),
-            ("x-ratelimit-remaining", "0".to_owned()),
-            ("x-ratelimit-reset", (NOW + 15).to_string()),
-        ] {
-            r.headers_mut().insert(k, v.parse().unwrap());
-        }
-        r
-    };
-    let (addr, _) = server(vec![("/a", vec![spent()])]).await;
+    let (addr, _) = server(vec![("/a", vec![spent_success()])]).await;
     let clock = Arc::new(AtomicU64::new(NOW * 1000));
     let (advanced, read) = (Arc::clone(&clock), Arc::clone(&clock));
     let sleeps = Sleeps::default();

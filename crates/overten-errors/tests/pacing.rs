@@ -32,6 +32,15 @@ fn high() -> impl FnMut() -> u64 {
     || u64::MAX
 }
 
+/// A slotted pacer whose own request (sent at 0) spent a 10-a-minute window ending at 20 s,
+/// the first slot's draw at its low end.
+fn own_spent(policy: &RetryPolicy) -> Pacer {
+    let pacer = Pacer::slotted();
+    pacer.sent(at(0));
+    pacer.observe_response(&rl(10, 0, 20), 200, at(0), policy, &mut low());
+    pacer
+}
+
 fn ms(d: Option<Duration>) -> Option<u64> {
     d.map(|d| u64::try_from(d.as_millis()).unwrap())
 }
@@ -41,9 +50,7 @@ fn a_window_its_own_requests_spent_gives_slots_one_interval_apart() {
     let policy = RetryPolicy::default();
     // T0 = 1,000,000 s; the window ends at the next minute, 1,000,020 s (20 s ahead).
     assert_eq!((T0 + 20) % 60, 0);
-    let pacer = Pacer::slotted();
-    pacer.sent(at(0));
-    pacer.observe_response(&rl(10, 0, 20), 200, at(0), &policy, &mut low());
+    let pacer = own_spent(&policy);
     // 10 a minute: 6,000 ms apart, the first at the reset (the draw at its low end).
     assert_eq!(ms(pacer.take(at(0), &policy)), Some(20_000));
     assert_eq!(ms(pacer.take(at(0), &policy)), Some(26_000));
@@ -64,9 +71,7 @@ fn a_window_its_own_requests_spent_gives_slots_one_interval_apart() {
 #[test]
 fn room_ends_the_slots_only_once_no_slot_is_due() {
     let policy = RetryPolicy::default();
-    let pacer = Pacer::slotted();
-    pacer.sent(at(0));
-    pacer.observe_response(&rl(10, 0, 20), 200, at(0), &policy, &mut low());
+    let pacer = own_spent(&policy);
     assert_eq!(ms(pacer.take(at(0), &policy)), Some(20_000));
     // The next slot is at 26 s: room seen at 21 s keeps the slots going.
     pacer.sent(at(20_000));
@@ -155,9 +160,7 @@ fn only_this_windows_own_attempts_explain_its_used_count() {
 #[test]
 fn a_waiting_request_whose_window_was_seen_spent_waits_again() {
     let policy = RetryPolicy::default();
-    let pacer = Pacer::slotted();
-    pacer.sent(at(0));
-    pacer.observe_response(&rl(10, 0, 20), 200, at(0), &policy, &mut low());
+    let pacer = own_spent(&policy);
     assert_eq!(ms(pacer.take(at(0), &policy)), Some(20_000));
     assert_eq!(ms(pacer.take(at(0), &policy)), Some(26_000));
     // The first wakes at 20 s: nothing new, it goes.
@@ -263,9 +266,7 @@ fn slot_boundaries() {
     pacer.observe_response(&rl(10, 0, 60), 200, at(0), &policy, &mut low());
     assert_eq!(ms(pacer.take(at(0), &policy)), Some(60_000));
     // A request at its slot's very moment goes at once, and the next slot moves on.
-    let pacer = Pacer::slotted();
-    pacer.sent(at(0));
-    pacer.observe_response(&rl(10, 0, 20), 200, at(0), &policy, &mut low());
+    let pacer = own_spent(&policy);
     assert_eq!(pacer.take(at(20_000), &policy), None);
     assert_eq!(ms(pacer.take(at(20_000), &policy)), Some(6_000));
 }
@@ -273,9 +274,7 @@ fn slot_boundaries() {
 #[test]
 fn a_window_seen_spent_twice_keeps_its_slots_and_a_later_one_moves_them() {
     let policy = RetryPolicy::default();
-    let pacer = Pacer::slotted();
-    pacer.sent(at(0));
-    pacer.observe_response(&rl(10, 0, 20), 200, at(0), &policy, &mut low());
+    let pacer = own_spent(&policy);
     // The same window again, drawn high: the first slot stays at the reset.
     pacer.observe_response(&rl(10, 0, 20), 200, at(100), &policy, &mut high());
     assert_eq!(ms(pacer.take(at(1_000), &policy)), Some(19_000));
