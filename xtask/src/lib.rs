@@ -231,7 +231,7 @@ pub fn write(root: &Path) -> std::io::Result<Vec<String>> {
     write_files(root, &generate())
 }
 
-/// [`write`] with files already generated.
+/// [`write()`] with files already generated.
 pub fn write_files(root: &Path, files: &BTreeMap<PathBuf, String>) -> std::io::Result<Vec<String>> {
     let mut report = Vec::new();
     for (path, want) in files {

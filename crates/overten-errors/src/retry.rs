@@ -1313,7 +1313,8 @@ impl Pacers {
         }
     }
 
-    /// Pacers whose requests without a key share `keyless`.
+    /// Pacers whose requests without a key share `keyless`; each key's pacer is in
+    /// `keyless`'s mode (hold, or slots: [`Pacer::slotted`]).
     pub fn with_keyless(keyless: std::sync::Arc<Pacer>) -> Pacers {
         Pacers {
             slotted: keyless.is_slotted(),
