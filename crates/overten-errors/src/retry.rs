@@ -1080,13 +1080,14 @@ impl Pacer {
         self.slots.is_some()
     }
 
-    /// Whether requests at `now_ms` may still be held: a hold not yet over, or slots in use
-    /// (a pacer that may not is dropped first when [`Pacers`] makes room).
+    /// Whether requests at `now_ms` may still be held: a hold not yet over, a window seen
+    /// spent not yet reset, or a slot still ahead (a pacer that may not is dropped first
+    /// when [`Pacers`] makes room; its slots, if any, are all due).
     fn holds_at(&self, now_ms: u64) -> bool {
         self.until_ms.load(Ordering::Acquire) > now_ms
             || self
                 .slots()
-                .is_some_and(|s| s.active || s.spent_until_ms > now_ms)
+                .is_some_and(|s| s.spent_until_ms > now_ms || (s.active && s.next_ms > now_ms))
     }
 
     fn slots(&self) -> Option<std::sync::MutexGuard<'_, Slots>> {
@@ -1307,10 +1308,7 @@ impl Pacers {
 
     /// Pacers in slot mode ([`Pacer::slotted`]), the keyless one included.
     pub fn slotted() -> Pacers {
-        Pacers {
-            slotted: true,
-            ..Pacers::with_keyless(std::sync::Arc::new(Pacer::slotted()))
-        }
+        Pacers::with_keyless(std::sync::Arc::new(Pacer::slotted()))
     }
 
     /// Pacers whose requests without a key share `keyless`; each key's pacer is in
@@ -1473,5 +1471,68 @@ mod pacers_tests {
                 .is_some(),
             "a holding key is kept"
         );
+    }
+
+    #[test]
+    fn a_pacer_holds_until_its_last_moment_and_not_at_it() {
+        let policy = RetryPolicy::default();
+        let held = Pacer::holding(at(1_000));
+        assert!(held.holds_at(999_999) && !held.holds_at(1_000_000));
+        assert!(
+            !Pacer::new().is_slotted() && !Pacers::new().for_key(Some("k"), at(0)).is_slotted()
+        );
+        // Slots: the window seen spent resets at 1,020 s, the first slot is then, the next
+        // (after one is taken) at 1,026 s.
+        let slotted = Pacer::slotted();
+        slotted.sent(at(1_000));
+        let spent = crate::RateLimit {
+            limit: 10,
+            remaining: 0,
+            reset: 1_020,
+        };
+        slotted.observe_response(&spent, 200, at(1_000), &policy, &mut || 0);
+        assert!(slotted.holds_at(1_019_999) && !slotted.holds_at(1_020_000));
+        assert!(slotted.take(at(1_000), &policy).is_some());
+        assert!(slotted.holds_at(1_025_999) && !slotted.holds_at(1_026_000));
+    }
+
+    #[test]
+    fn slotted_keys_are_kept_while_a_slot_or_a_spent_window_is_ahead() {
+        let pacers = Pacers::slotted();
+        let policy = RetryPolicy::default();
+        // 1,020 s is a window's end. Odd keys spend their own window (10 a minute) and
+        // take two slots (1,020 and 1,026 s; the next at 1,032 s); even keys are idle.
+        for i in 0..Pacers::MAX_KEYS {
+            let pacer = pacers.for_key(Some(&format!("k{i}")), at(1_000));
+            assert!(pacer.is_slotted());
+            if i % 2 == 1 {
+                pacer.sent(at(1_000));
+                let spent = crate::RateLimit {
+                    limit: 10,
+                    remaining: 0,
+                    reset: 1_020,
+                };
+                pacer.observe_response(&spent, 200, at(1_000), &policy, &mut || 0);
+                assert!(pacer.take(at(1_000), &policy).is_some());
+                assert!(pacer.take(at(1_000), &policy).is_some());
+            }
+        }
+        // Full: the idle keys make room, the slotted ones stay.
+        let _ = pacers.for_key(Some("new"), at(1_001));
+        assert_eq!(pacers.len(), Pacers::MAX_KEYS / 2 + 1);
+        // At 1,031 s the window has reset but a slot (1,032 s) is still ahead: kept. At
+        // 1,032 s every slot is due: the next full map drops them.
+        for i in 0..Pacers::MAX_KEYS / 2 - 1 {
+            let _ = pacers.for_key(Some(&format!("fill{i}")), at(1_001));
+        }
+        assert_eq!(pacers.len(), Pacers::MAX_KEYS);
+        let _ = pacers.for_key(Some("one more"), at(1_031));
+        assert_eq!(pacers.len(), Pacers::MAX_KEYS / 2 + 1, "slots ahead: kept");
+        for i in 0..Pacers::MAX_KEYS / 2 - 1 {
+            let _ = pacers.for_key(Some(&format!("fill again {i}")), at(1_031));
+        }
+        assert_eq!(pacers.len(), Pacers::MAX_KEYS);
+        let _ = pacers.for_key(Some("last"), at(1_032));
+        assert_eq!(pacers.len(), 1, "every slot due: all make room");
     }
 }
