@@ -289,3 +289,82 @@ fn a_window_seen_spent_twice_keeps_its_slots_and_a_later_one_moves_them() {
         Some(80_000 + 5_999 - 21_000)
     );
 }
+
+mod hostile {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Sent,
+        Observe {
+            limit: u32,
+            remaining: u32,
+            reset_in_s: i64,
+            status: u16,
+            draw: u64,
+        },
+        Take,
+        Recheck,
+        Advance(u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            Just(Op::Sent),
+            (
+                prop_oneof![Just(0u32), Just(1), 1..100u32, Just(u32::MAX)],
+                prop_oneof![Just(0u32), 0..20u32, Just(u32::MAX)],
+                prop_oneof![-100..400i64, Just(i64::MAX / 2_000)],
+                prop_oneof![Just(200u16), Just(429), Just(503)],
+                any::<u64>(),
+            )
+                .prop_map(|(limit, remaining, reset_in_s, status, draw)| Op::Observe {
+                    limit,
+                    remaining,
+                    reset_in_s,
+                    status,
+                    draw,
+                }),
+            Just(Op::Take),
+            Just(Op::Recheck),
+            (0..20_000u64).prop_map(Op::Advance),
+        ]
+    }
+
+    proptest! {
+        /// Whatever a server says (any limit, count, reset, status, in any order), a slotted
+        /// pacer never panics and never asks a request to wait past `max_wait`.
+        #[test]
+        fn a_hostile_server_never_makes_a_slotted_pacer_wait_past_max_wait(
+            ops in proptest::collection::vec(op(), 1..200)
+        ) {
+            let policy = RetryPolicy::default();
+            let max_wait = policy.max_wait();
+            let pacer = Pacer::slotted();
+            let mut now_ms = 0u64;
+            for op in ops {
+                let now = at(now_ms);
+                match op {
+                    Op::Sent => pacer.sent(now),
+                    Op::Observe { limit, remaining, reset_in_s, status, draw } => {
+                        let reset = (T0 + now_ms / 1000).saturating_add_signed(reset_in_s);
+                        let window = RateLimit { limit, remaining, reset };
+                        pacer.observe_response(&window, status, now, &policy, &mut || draw);
+                    }
+                    Op::Take => {
+                        if let Some(wait) = pacer.take(now, &policy) {
+                            prop_assert!(wait <= max_wait && wait > Duration::ZERO);
+                        }
+                    }
+                    Op::Recheck => {
+                        if let Some(wait) = pacer.recheck(now, &policy) {
+                            prop_assert!(wait <= max_wait && wait > Duration::ZERO);
+                        }
+                    }
+                    Op::Advance(ms) => now_ms += ms,
+                }
+            }
+        }
+    }
+}
