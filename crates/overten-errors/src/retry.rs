@@ -1282,8 +1282,6 @@ impl Pacer {
 #[derive(Debug)]
 pub struct Pacers {
     keyless: std::sync::Arc<Pacer>,
-    /// New keys' pacers are in slot mode.
-    slotted: bool,
     keys: std::sync::Mutex<std::collections::HashMap<u128, std::sync::Arc<Pacer>>>,
     hashers: (
         std::collections::hash_map::RandomState,
@@ -1315,7 +1313,6 @@ impl Pacers {
     /// `keyless`'s mode (hold, or slots: [`Pacer::slotted`]).
     pub fn with_keyless(keyless: std::sync::Arc<Pacer>) -> Pacers {
         Pacers {
-            slotted: keyless.is_slotted(),
             keyless,
             keys: std::sync::Mutex::new(std::collections::HashMap::new()),
             hashers: Default::default(),
@@ -1345,8 +1342,9 @@ impl Pacers {
         if let Some(pacer) = keys.get(&id) {
             return std::sync::Arc::clone(pacer);
         }
+        // New keys' pacers take the keyless one's mode.
         let fresh = || {
-            if self.slotted {
+            if self.keyless.is_slotted() {
                 Pacer::slotted()
             } else {
                 Pacer::new()
@@ -1397,7 +1395,10 @@ mod pacers_tests {
             remaining: 0,
             reset,
         };
-        pacer.observe(&spent, at(now), &RetryPolicy::default(), &mut || 0);
+        // One attempt of its own, then its success says the window is spent: a hold in
+        // hold mode, slots (the first at the reset, the draw at its low end) in slot mode.
+        pacer.sent(at(now));
+        pacer.observe_response(&spent, 200, at(now), &RetryPolicy::default(), &mut || 0);
     }
 
     #[test]
@@ -1484,13 +1485,7 @@ mod pacers_tests {
         // Slots: the window seen spent resets at 1,020 s, the first slot is then, the next
         // (after one is taken) at 1,026 s.
         let slotted = Pacer::slotted();
-        slotted.sent(at(1_000));
-        let spent = crate::RateLimit {
-            limit: 10,
-            remaining: 0,
-            reset: 1_020,
-        };
-        slotted.observe_response(&spent, 200, at(1_000), &policy, &mut || 0);
+        spend(&slotted, 1_000, 1_020);
         assert!(slotted.holds_at(1_019_999) && !slotted.holds_at(1_020_000));
         assert!(slotted.take(at(1_000), &policy).is_some());
         assert!(slotted.holds_at(1_025_999) && !slotted.holds_at(1_026_000));
@@ -1506,13 +1501,7 @@ mod pacers_tests {
             let pacer = pacers.for_key(Some(&format!("k{i}")), at(1_000));
             assert!(pacer.is_slotted());
             if i % 2 == 1 {
-                pacer.sent(at(1_000));
-                let spent = crate::RateLimit {
-                    limit: 10,
-                    remaining: 0,
-                    reset: 1_020,
-                };
-                pacer.observe_response(&spent, 200, at(1_000), &policy, &mut || 0);
+                spend(&pacer, 1_000, 1_020);
                 assert!(pacer.take(at(1_000), &policy).is_some());
                 assert!(pacer.take(at(1_000), &policy).is_some());
             }

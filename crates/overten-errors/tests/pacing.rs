@@ -41,6 +41,14 @@ fn own_spent(policy: &RetryPolicy) -> Pacer {
     pacer
 }
 
+/// The default policy but for a `max_wait` of 60 s, to reach it with a few slots.
+fn minute_max_wait() -> RetryPolicy {
+    RetryPolicy::builder()
+        .max_wait(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
 fn ms(d: Option<Duration>) -> Option<u64> {
     d.map(|d| u64::try_from(d.as_millis()).unwrap())
 }
@@ -174,10 +182,7 @@ fn a_waiting_request_whose_window_was_seen_spent_waits_again() {
 
 #[test]
 fn resets_passed_or_past_max_wait_and_far_slots_are_not_waited() {
-    let policy = RetryPolicy::builder()
-        .max_wait(Duration::from_secs(60))
-        .build()
-        .unwrap();
+    let policy = minute_max_wait();
     let pacer = Pacer::slotted();
     pacer.sent(at(0));
     // A reset already passed, or further than max_wait: nothing.
@@ -256,10 +261,7 @@ fn a_first_429_says_nothing_about_sharing() {
 
 #[test]
 fn slot_boundaries() {
-    let policy = RetryPolicy::builder()
-        .max_wait(Duration::from_secs(60))
-        .build()
-        .unwrap();
+    let policy = minute_max_wait();
     // A reset exactly max_wait ahead is paced; a slot exactly max_wait ahead is waited.
     let pacer = Pacer::slotted();
     pacer.sent(at(0));
