@@ -8,7 +8,7 @@ use overten_errors::{
     ApiError, Code, ErrorCode, Failed, Pacer, RateLimit, RetryAfter, RetryBudget, RetryPolicy,
     TaskError, TaskFailure,
 };
-use overten_errors_http::{Received, classify, into_response, observe_rate_limit};
+use overten_errors_http::{Received, classify, into_response};
 use serde_json::{Value, json};
 
 /// The "now" most fixtures assume: Sun, 06 Nov 1994 08:49:37 GMT (RFC 9110's sample).
@@ -25,9 +25,54 @@ enum Kind {
     Transport { sent: bool, replay_safe: bool },
     /// A success to `attempt`: what the budget holds after it.
     Success,
-    /// Pacing: a response read for its `X-RateLimit-*` (the key held until
-    /// `held_until_ms` before it, if ever), then how long a request sent at `now` waits.
-    Pacing { held_until_ms: Option<u64> },
+    /// Pacing: a response read for its `X-RateLimit-*` by the key's pacer (held until
+    /// `held_until_ms` before it, if ever; the key seen shared or not; `sent_in_window`
+    /// attempts of this process counted at `now`), then how long the key's next three
+    /// requests, each sent at `now`, wait.
+    Pacing(PacingState),
+}
+
+/// A pacing fixture's pacer before the response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct PacingState {
+    pub(crate) held_until_ms: Option<u64>,
+    pub(crate) seen_shared: bool,
+    pub(crate) sent_in_window: u32,
+}
+
+/// How many requests a pacing fixture's `waits_ms` lists.
+pub(crate) const PACED_REQUESTS: usize = 3;
+
+/// A pacing fixture's procedure (`docs/README.md`): a default pacer in `state`, the response
+/// read at `now` with one draw from `rng`, then the whole wait ([`Pacer::wait_at`]) of each
+/// of the key's next [`PACED_REQUESTS`] requests, sent at `now` one after another, in ms.
+pub(crate) fn pacing_waits(
+    held_until_ms: Option<u64>,
+    seen_shared: bool,
+    sent_in_window: u32,
+    status: StatusCode,
+    headers: &HeaderMap,
+    now: SystemTime,
+    rng: &mut dyn overten_errors::RandomSource,
+) -> Vec<Option<u64>> {
+    let policy = RetryPolicy::default();
+    let pacer = held_until_ms.map_or_else(Pacer::new, |ms| {
+        Pacer::holding(SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
+    });
+    if seen_shared {
+        pacer.mark_shared();
+    }
+    for _ in 0..sent_in_window {
+        pacer.sent(now);
+    }
+    overten_errors_http::observe_rate_limit_of(&pacer, status, headers, || now, &policy, rng);
+    (0..PACED_REQUESTS)
+        .map(|_| {
+            pacer
+                .wait_at(now, &policy)
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        })
+        .collect()
 }
 
 impl Kind {
@@ -37,7 +82,7 @@ impl Kind {
             Kind::TaskFailure => "task_failure",
             Kind::Transport { .. } => "transport_failure",
             Kind::Success => "success",
-            Kind::Pacing { .. } => "pacing",
+            Kind::Pacing(_) => "pacing",
         }
     }
 }
@@ -149,10 +194,10 @@ impl Fixture {
         description: &str,
         status: u16,
         headers: &[(&str, &str)],
-        held_until_ms: Option<u64>,
+        state: PacingState,
     ) -> Fixture {
         let mut f = Fixture::raw(name, description, status, headers, "");
-        f.kind = Kind::Pacing { held_until_ms };
+        f.kind = Kind::Pacing(state);
         f
     }
 
@@ -200,26 +245,36 @@ impl Fixture {
         map
     }
 
-    /// A pacing fixture's hold for a request sent at `now`, in ms, with the spread's draw
-    /// at its two extremes: one number when they agree, else the range; `null` for none.
-    fn hold_ms(&self, held_until_ms: Option<u64>) -> Value {
-        let policy = RetryPolicy::default();
+    /// A pacing fixture's waits, in ms, with the draw at its two extremes: for each request
+    /// one number (or `null`) when they agree, else the range, `min_ms` at `r = 0`.
+    fn waits_ms(&self, state: PacingState) -> Vec<Value> {
         let headers = self.header_map();
-        let hold = |bits: u64| {
-            let pacer = held_until_ms.map_or_else(Pacer::new, |ms| {
-                Pacer::holding(SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
-            });
-            observe_rate_limit(&pacer, &headers, || at(self.now), &policy, &mut move || {
-                bits
-            });
-            pacer
-                .hold(at(self.now), &policy)
-                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::OK);
+        let waits = |bits: u64| {
+            pacing_waits(
+                state.held_until_ms,
+                state.seen_shared,
+                state.sent_in_window,
+                status,
+                &headers,
+                at(self.now),
+                &mut move || bits,
+            )
         };
-        match (hold(0), hold(u64::MAX)) {
-            (Some(a), Some(b)) if a != b => json!({"min_ms": a.min(b), "max_ms": a.max(b)}),
-            (a, _) => json!(a),
-        }
+        waits(0)
+            .into_iter()
+            .zip(waits(u64::MAX))
+            .map(|(lo, hi)| match (lo, hi) {
+                (Some(a), Some(b)) if a != b => {
+                    assert!(a < b, "{}: the low draw waits longer", self.name);
+                    json!({"min_ms": a, "max_ms": b})
+                }
+                (a, b) => {
+                    assert_eq!(a, b, "{}: one draw holds, the other not", self.name);
+                    json!(a)
+                }
+            })
+            .collect()
     }
 
     fn budget(&self) -> RetryBudget {
@@ -240,14 +295,13 @@ impl Fixture {
                     &mut move || bits,
                     Some(&budget),
                 ),
-                Kind::Http | Kind::TaskFailure | Kind::Success | Kind::Pacing { .. } => policy
-                    .explain(
-                        &received.error,
-                        self.attempt,
-                        at(self.now),
-                        &mut move || bits,
-                        Some(&budget),
-                    ),
+                Kind::Http | Kind::TaskFailure | Kind::Success | Kind::Pacing(_) => policy.explain(
+                    &received.error,
+                    self.attempt,
+                    at(self.now),
+                    &mut move || bits,
+                    Some(&budget),
+                ),
             }
         };
         let (lo, hi) = (decide(0), decide(u64::MAX));
@@ -300,11 +354,17 @@ impl Fixture {
                 "expect": { "budget_tokens": budget.tokens() },
             });
         }
-        if let Kind::Pacing { held_until_ms } = self.kind {
-            let mut request = json!({"now_unix": self.now, "attempt": self.attempt});
-            if let Some(ms) = held_until_ms {
+        if let Kind::Pacing(state) = self.kind {
+            let mut request = json!({
+                "now_unix": self.now,
+                "attempt": self.attempt,
+                "sent_in_window": state.sent_in_window,
+                "seen_shared": state.seen_shared,
+            });
+            if let Some(ms) = state.held_until_ms {
                 request["held_until_unix_ms"] = json!(ms);
             }
+            let waits = self.waits_ms(state);
             return json!({
                 "name": self.name,
                 "description": self.description,
@@ -315,7 +375,7 @@ impl Fixture {
                     "headers": self.headers,
                     "body": self.body,
                 },
-                "expect": { "hold_ms": self.hold_ms(held_until_ms) },
+                "expect": { "hold_ms": waits[0], "waits_ms": waits },
             });
         }
         if let Kind::Transport { sent, replay_safe } = self.kind {
@@ -1011,15 +1071,15 @@ fn edge_cases() -> Vec<Fixture> {
 }
 
 /// Pacing (`docs/retry.md`, *Pacing*): a response read for its `X-RateLimit-*`, then the
-/// wait of the key's next request, sent at the same moment.
+/// waits of the key's next three requests, sent at the same moment.
 #[allow(clippy::too_many_lines, reason = "one fixture after another")]
 fn pacing() -> Vec<Fixture> {
     let json_type = ("content-type", "application/json");
     let reset = |secs: i64| (i128::from(NOW) + i128::from(secs)).to_string();
-    let window = |remaining: &str, reset: &str| {
+    let window_of = |limit: &str, remaining: &str, reset: &str| {
         vec![
             json_type,
-            ("x-ratelimit-limit", "60"),
+            ("x-ratelimit-limit", limit),
             ("x-ratelimit-remaining", remaining),
             ("x-ratelimit-reset", reset),
         ]
@@ -1027,132 +1087,193 @@ fn pacing() -> Vec<Fixture> {
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect::<Vec<_>>()
     };
-    let pairs = |v: &[(String, String)]| -> Vec<(String, String)> { v.to_vec() };
+    let window = |remaining: &str, reset: &str| window_of("60", remaining, reset);
     let fixture = |name: &str,
                    description: &str,
                    status: u16,
                    headers: Vec<(String, String)>,
-                   held: Option<u64>| {
+                   state: PacingState| {
         let borrowed: Vec<(&str, &str)> = headers
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        Fixture::pacing(name, description, status, &borrowed, held)
+        Fixture::pacing(name, description, status, &borrowed, state)
     };
     let ms = |secs: i64| u64::try_from((i128::from(NOW) + i128::from(secs)) * 1000).unwrap_or(0);
+    // Its own 60 attempts in the window (the limit): nobody else used the key.
+    let own = PacingState {
+        sent_in_window: 60,
+        ..PacingState::default()
+    };
+    let held = |secs: i64| PacingState {
+        held_until_ms: Some(ms(secs)),
+        ..own
+    };
     let in_18 = reset(18);
     let mut duplicate = window("0", &in_18);
     duplicate.push(("x-ratelimit-remaining".to_owned(), "5".to_owned()));
     let mut limited = window("0", &in_18);
     limited.push(("retry-after".to_owned(), "18".to_owned()));
+    let just_json = || vec![(json_type.0.to_owned(), json_type.1.to_owned())];
     vec![
         fixture(
             "pacing-window-spent",
-            "Remaining 0 on a success: the key's next request waits until the reset, 18 s, lengthened by up to half of it (spread), one draw.",
+            "Remaining 0 on a success, the key's 60 attempts all this process's: its next requests take slots one interval (60 s / Limit = 1 s) apart, the first at the reset (18 s) plus a uniform point of one interval, one draw.",
             200,
             window("0", &in_18),
-            None,
+            own,
+        ),
+        fixture(
+            "pacing-slot-interval-from-limit",
+            "Limit 10: the slots are 6 s apart (60 s / 10), the first within 6 s of the reset (18 s).",
+            200,
+            window_of("10", "0", &in_18),
+            PacingState {
+                sent_in_window: 10,
+                ..own
+            },
+        ),
+        fixture(
+            "pacing-window-spent-by-others",
+            "Remaining 0 on a success after one attempt of this process's: 59 were someone else's (the key is seen shared), but a success still means slots from the reset, as for pacing-window-spent.",
+            200,
+            window("0", &in_18),
+            PacingState {
+                sent_in_window: 1,
+                ..own
+            },
         ),
         fixture(
             "pacing-window-left",
             "Remaining 1: nothing is held.",
             200,
             window("1", &in_18),
-            None,
+            own,
         ),
         fixture(
             "pacing-on-an-error",
-            "Remaining 0 on a 429 holds the key too: every response is read for X-RateLimit-*.",
+            "A 429 (Remaining 0) on a key never seen shared holds it until the reset, 18 s, lengthened by up to half of it (spread), one draw: every request leaves then.",
+            429,
+            limited.clone(),
+            own,
+        ),
+        fixture(
+            "pacing-first-429-says-nothing",
+            "A 429 after one attempt of this process's: its count (60 used) is not read as sharing (the gateway's Remaining stops at 0, and a restarted process meets its own key spent), so it is a hold, as pacing-on-an-error.",
+            429,
+            limited.clone(),
+            PacingState {
+                sent_in_window: 1,
+                ..own
+            },
+        ),
+        fixture(
+            "pacing-429-on-a-shared-key",
+            "A 429 on a key seen shared: its requests take slots 1 s apart from a uniform point of the whole next window (the reset, 18 s, plus up to 60 s), so that the clients sharing it do not meet at the reset.",
             429,
             limited,
-            None,
+            PacingState {
+                seen_shared: true,
+                sent_in_window: 1,
+                ..own
+            },
         ),
         fixture(
             "pacing-reset-passed",
             "Remaining 0 with a reset already passed: nothing is held.",
             200,
             window("0", &reset(-2)),
-            None,
+            own,
         ),
         fixture(
             "pacing-reset-now",
             "Remaining 0 with the reset at this very second (w = 0): nothing is held.",
             200,
             window("0", &reset(0)),
-            None,
+            own,
         ),
         fixture(
             "pacing-reset-past-max-wait",
             "Remaining 0 with the reset 301 s away, past max_wait (300 s): nothing is held; the request is sent and a 429 is decided by the steps.",
             200,
             window("0", &reset(301)),
-            None,
+            own,
         ),
         fixture(
             "pacing-reset-at-max-wait",
-            "Remaining 0 with the reset exactly max_wait (300 s) away: held 300 s, the spread cut at max_wait.",
+            "Remaining 0 with the reset exactly max_wait (300 s) away: the first slot is the reset at the draw's low end, and a slot past max_wait is not taken: each request waits all of max_wait, 300 s.",
             200,
             window("0", &reset(300)),
-            None,
+            own,
+        ),
+        fixture(
+            "pacing-no-slot-within-max-wait",
+            "Limit 1 a minute, spent by its own request, the reset 250 s away: slots are 60 s apart, the first within 60 s of the reset; a request whose slot would be past max_wait (300 s) takes none and waits all of max_wait.",
+            200,
+            window_of("1", "0", &reset(250)),
+            PacingState {
+                sent_in_window: 1,
+                ..own
+            },
         ),
         fixture(
             "pacing-remaining-trimmed",
-            "Remaining \" 0\\t\" is 0 once trimmed: held as for 0.",
+            "Remaining \" 0\\t\" is 0 once trimmed: paced as for 0.",
             200,
             window(" 0\t", &in_18),
-            None,
+            own,
         ),
         fixture(
             "pacing-partial-headers",
             "Remaining 0 without X-RateLimit-Limit: the three are not read whole, so nothing is held.",
             200,
-            pairs(&window("0", &in_18))
+            window("0", &in_18)
                 .into_iter()
                 .filter(|(k, _)| k != "x-ratelimit-limit")
                 .collect(),
-            None,
+            own,
         ),
         fixture(
             "pacing-duplicate-remaining",
             "X-RateLimit-Remaining sent twice with different values (0, then 5): not read, so nothing is held.",
             200,
             duplicate,
-            None,
+            own,
         ),
         fixture(
             "pacing-earlier-hold-kept",
-            "The key is held 60 s more; a spent window resetting in 18 s never shortens that hold.",
+            "The key is held 60 s more; a spent window resetting in 18 s never shortens that hold, and its slots are all past when the hold ends.",
             200,
             window("0", &in_18),
-            Some(ms(60)),
+            held(60),
         ),
         fixture(
-            "pacing-later-hold-extends",
-            "The key is held 5 s more; a spent window resetting in 18 s holds it longer.",
+            "pacing-hold-then-slot",
+            "The key is held 5 s more, and its own requests spent the window resetting in 18 s: each request waits out the hold, finds the window still spent and takes its slot (18 s plus a point of one interval, then 1 s apart).",
             200,
             window("0", &in_18),
-            Some(ms(5)),
+            held(5),
         ),
         fixture(
             "pacing-hold-outlives-the-response",
-            "The key is held 10 s more; a response with budget left does not lift the hold.",
+            "The key is held 10 s more; a response with requests left does not lift the hold.",
             200,
             window("5", &in_18),
-            Some(ms(10)),
+            held(10),
         ),
         fixture(
             "pacing-hold-passed",
             "A hold that ended a second ago holds nothing.",
             200,
-            vec![(json_type.0.to_owned(), json_type.1.to_owned())],
-            Some(ms(-1)),
+            just_json(),
+            held(-1),
         ),
         fixture(
             "pacing-hold-past-max-wait",
             "A hold 400 s away, past max_wait: the request is sent at once (a 429 is then decided by the steps).",
             200,
-            vec![(json_type.0.to_owned(), json_type.1.to_owned())],
-            Some(ms(400)),
+            just_json(),
+            held(400),
         ),
     ]
 }

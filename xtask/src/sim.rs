@@ -354,7 +354,8 @@ fn unit(rng: &mut SplitMix64) -> f64 {
 struct Ours {
     policy: RetryPolicy,
     budget: Option<RetryBudget>,
-    /// The client's key's pacer (`docs/retry.md`, *Pacing*).
+    /// The client's key's pacer (`docs/retry.md`, *Pacing*): the default's slot mode, or
+    /// hold mode for the variants that model the previous default or their own pacing.
     pacer: overten_errors::Pacer,
     /// Whether a success after retries returns the retry's cost (this workspace's rule
     /// since the simulation; the previous default returned 1).
@@ -676,14 +677,13 @@ pub const VARIANT_LIMIT_PACING_OWN: &str = "overten (limit pacing of own windows
 /// [`VARIANT_LIMIT_PACING`] with a 429's first slot spread over 30 s, not the window.
 pub const VARIANT_LIMIT_PACING_30: &str = "overten (limit pacing, 429 spread 30 s, variant)";
 
-/// The library's slot mode, `Pacer::slotted` (own windows paced by the limit; a key seen
-/// shared spread over the next window after a 429), run as the library runs it.
-pub const VARIANT_LIMIT_PACING_SHARED: &str =
-    "overten (limit pacing of own windows, shared keys spread, variant)";
+/// The default before slot pacing: `Pacer::hold_only`, a spent window holds the key until
+/// its reset (spread by one draw) and its held requests leave together.
+pub const VARIANT_HOLD_PACING: &str = "overten (hold pacing, previous default)";
 
 /// Every variant `cargo xtask simulate --held-out --variant NAME` runs.
 pub const VARIANTS: &[&str] = &[
-    VARIANT_LIMIT_PACING_SHARED,
+    VARIANT_HOLD_PACING,
     VARIANT_LIMIT_PACING_30,
     VARIANT_LIMIT_PACING_OWN,
     VARIANT_LIMIT_PACING,
@@ -723,6 +723,14 @@ impl Ours {
             limit_pacing: None,
         }
     }
+
+    /// [`Ours::with`] paced in hold mode (`Pacer::hold_only`, the previous default).
+    fn holding(budget: Option<RetryBudget>) -> Ours {
+        Ours {
+            pacer: overten_errors::Pacer::hold_only(),
+            ..Ours::with(budget)
+        }
+    }
 }
 
 fn policy(name: &str) -> Box<dyn Policy> {
@@ -730,33 +738,30 @@ fn policy(name: &str) -> Box<dyn Policy> {
         "overten (default + budget)" => Box::new(Ours::with(Some(RetryBudget::default()))),
         VARIANT_WINDOW_SPREAD => Box::new(Ours {
             window_spread: true,
-            ..Ours::with(Some(RetryBudget::default()))
+            ..Ours::holding(Some(RetryBudget::default()))
         }),
         VARIANT_OLDEST_FIRST => Box::new(Ours {
             newest_first: false,
-            ..Ours::with(Some(no_storm_wait()))
+            ..Ours::holding(Some(no_storm_wait()))
         }),
         VARIANT_LIMIT_PACING => Box::new(Ours {
             limit_pacing: Some(LimitPacing::default()),
-            ..Ours::with(Some(RetryBudget::default()))
+            ..Ours::holding(Some(RetryBudget::default()))
         }),
         VARIANT_LIMIT_PACING_30 => Box::new(Ours {
             limit_pacing: Some(LimitPacing {
                 spread_429_ms: Some(30_000.0),
                 ..LimitPacing::default()
             }),
-            ..Ours::with(Some(RetryBudget::default()))
+            ..Ours::holding(Some(RetryBudget::default()))
         }),
-        VARIANT_LIMIT_PACING_SHARED => Box::new(Ours {
-            pacer: overten_errors::Pacer::slotted(),
-            ..Ours::with(Some(RetryBudget::default()))
-        }),
+        VARIANT_HOLD_PACING => Box::new(Ours::holding(Some(RetryBudget::default()))),
         VARIANT_LIMIT_PACING_OWN => Box::new(Ours {
             limit_pacing: Some(LimitPacing {
                 own_only: true,
                 ..LimitPacing::default()
             }),
-            ..Ours::with(Some(RetryBudget::default()))
+            ..Ours::holding(Some(RetryBudget::default()))
         }),
         VARIANT_NO_STORM_WAIT => Box::new(Ours::with(Some(no_storm_wait()))),
         "overten (default, no budget)" => Box::new(Ours::with(None)),

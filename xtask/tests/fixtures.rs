@@ -14,7 +14,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use overten_errors::{
     ApiError, Pacer, RandomSource, RetryBudget, RetryPolicy, SplitMix64, TaskFailure,
 };
-use overten_errors_http::{Diagnostics, Received, classify, observe_rate_limit};
+use overten_errors_http::{Diagnostics, Received, classify, observe_rate_limit_of};
 use serde_json::Value;
 
 fn received(f: &Value) -> Received {
@@ -44,9 +44,10 @@ fn headers_of(resp: &Value) -> HeaderMap {
     headers
 }
 
-/// A pacing fixture: the key's hold for a request sent at `now_unix`, after the response
-/// is read, with the spread's draws from `rng`.
-fn pacing_hold(f: &Value, rng: &mut dyn RandomSource) -> Value {
+/// A pacing fixture as `docs/README.md` states it: a default pacer in the request's state,
+/// the response read with its status and the draws from `rng`, then the whole wait of each
+/// of the key's next three requests, sent at `now_unix` one after another (ms or null).
+fn pacing_waits(f: &Value, rng: &mut dyn RandomSource) -> Vec<Value> {
     let request = &f["request"];
     let now = SystemTime::UNIX_EPOCH + Duration::from_secs(request["now_unix"].as_u64().unwrap());
     let pacer = request["held_until_unix_ms"]
@@ -54,28 +55,57 @@ fn pacing_hold(f: &Value, rng: &mut dyn RandomSource) -> Value {
         .map_or_else(Pacer::new, |ms| {
             Pacer::holding(SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
         });
+    if request["seen_shared"].as_bool().unwrap() {
+        pacer.mark_shared();
+    }
+    for _ in 0..request["sent_in_window"].as_u64().unwrap() {
+        pacer.sent(now);
+    }
     let policy = RetryPolicy::default();
-    observe_rate_limit(&pacer, &headers_of(&f["response"]), || now, &policy, rng);
-    serde_json::json!(pacer.hold(now, &policy).map(|d| d.as_millis()))
+    let status =
+        StatusCode::from_u16(u16::try_from(f["response"]["status"].as_u64().unwrap()).unwrap())
+            .unwrap();
+    observe_rate_limit_of(
+        &pacer,
+        status,
+        &headers_of(&f["response"]),
+        || now,
+        &policy,
+        rng,
+    );
+    (0..3)
+        .map(|_| serde_json::json!(pacer.wait_at(now, &policy).map(|d| d.as_millis())))
+        .collect()
 }
 
 fn replay_pacing(f: &Value, name: &str) {
-    let want = &f["expect"]["hold_ms"];
-    if let (Some(lo), Some(hi)) = (want["min_ms"].as_u64(), want["max_ms"].as_u64()) {
-        // The range's ends are the draws r = 0 and r = 2^64 - 1 (docs/README.md).
-        assert_eq!(pacing_hold(f, &mut || 0), lo, "{name} at r = 0");
-        assert_eq!(
-            pacing_hold(f, &mut || u64::MAX),
-            hi,
-            "{name} at r = 2^64 - 1"
-        );
-        for seed in 0..50 {
-            let ms = pacing_hold(f, &mut SplitMix64::new(seed)).as_u64().unwrap();
-            assert!((lo..=hi).contains(&ms), "{name}: {ms} not in {lo}..={hi}");
-        }
-    } else {
-        for seed in 0..50 {
-            assert_eq!(&pacing_hold(f, &mut SplitMix64::new(seed)), want, "{name}");
+    let wants = f["expect"]["waits_ms"].as_array().unwrap();
+    assert_eq!(wants.len(), 3, "{name}");
+    assert_eq!(
+        f["expect"]["hold_ms"], wants[0],
+        "{name}: hold_ms is the first wait"
+    );
+    let at_low = pacing_waits(f, &mut || 0);
+    let at_high = pacing_waits(f, &mut || u64::MAX);
+    let drawn: Vec<Vec<Value>> = (0..50)
+        .map(|seed| pacing_waits(f, &mut SplitMix64::new(seed)))
+        .collect();
+    for (i, want) in wants.iter().enumerate() {
+        if let (Some(lo), Some(hi)) = (want["min_ms"].as_u64(), want["max_ms"].as_u64()) {
+            // The range's ends are the draws r = 0 and r = 2^64 - 1 (docs/README.md).
+            assert_eq!(at_low[i], lo, "{name} [{i}] at r = 0");
+            assert_eq!(at_high[i], hi, "{name} [{i}] at r = 2^64 - 1");
+            for waits in &drawn {
+                let ms = waits[i].as_u64().unwrap();
+                assert!(
+                    (lo..=hi).contains(&ms),
+                    "{name} [{i}]: {ms} not in {lo}..={hi}"
+                );
+            }
+        } else {
+            for waits in &drawn {
+                assert_eq!(&waits[i], want, "{name} [{i}]");
+            }
         }
     }
 }

@@ -9,7 +9,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use overten_errors::{
     ApiError, Decision, Pacer, RetryBudget, RetryPolicy, SplitMix64, TaskFailure,
 };
-use overten_errors_http::{Diagnostics, Received, classify, observe_rate_limit, process_seed};
+use overten_errors_http::{Diagnostics, Received, classify, observe_rate_limit_of, process_seed};
 use serde_json::{Value, json};
 
 /// The most bytes read from stdin or a fixture file.
@@ -84,9 +84,11 @@ struct Case {
     decision: Option<Decision>,
     /// For a `success` fixture: the budget's tokens after the success.
     budget_tokens: Option<u32>,
-    /// For a `pacing` fixture: how long the key's next request waits, in ms, or `null`
-    /// when it is not held.
+    /// For a `pacing` fixture: how long in all the key's next request waits, in ms, or
+    /// `null` when it is sent at once.
     hold_ms: Option<Value>,
+    /// For a `pacing` fixture: the same for each of the key's next three requests.
+    waits_ms: Option<Vec<Value>>,
     expect: Option<Value>,
 }
 
@@ -239,8 +241,10 @@ fn headers_of(v: &Value) -> Result<HeaderMap, String> {
     Ok(headers)
 }
 
-/// A `pacing` fixture: the response read for its `X-RateLimit-*` after the earlier hold,
-/// if any, then the hold of a request sent at `now`.
+/// A `pacing` fixture (`docs/README.md`): a default pacer held until the earlier hold, if
+/// any, marked shared if the key was seen shared, with `sent_in_window` attempts counted at
+/// `now`; the response read with its status; then the whole wait of each of the key's next
+/// three requests, sent at `now` one after another.
 fn pacing_case(
     f: &Value,
     now: u64,
@@ -248,7 +252,8 @@ fn pacing_case(
     rng: &mut Draws,
     expect: Option<Value>,
 ) -> Result<Case, String> {
-    let held_until = match f["request"].get("held_until_unix_ms") {
+    let request = &f["request"];
+    let held_until = match request.get("held_until_unix_ms") {
         None => None,
         Some(v) => Some(integer(
             v,
@@ -257,22 +262,48 @@ fn pacing_case(
             MAX_NOW.saturating_mul(1000),
         )?),
     };
+    let sent_in_window = match request.get("sent_in_window") {
+        None => 0,
+        Some(v) => integer(v, "request.sent_in_window", 0, u64::from(u32::MAX))?,
+    };
+    let seen_shared = match request.get("seen_shared") {
+        None => false,
+        Some(v) => boolean(v, "request.seen_shared")?,
+    };
     let resp = &f["response"];
-    integer(&resp["status"], "response.status", 100, 999)?;
+    let status = integer(&resp["status"], "response.status", 100, 999)?;
     string(&resp["body"], "response.body")?;
     let headers = headers_of(&resp["headers"])?;
+    let status = u16::try_from(status)
+        .ok()
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .ok_or_else(|| "response.status: not an HTTP status".to_owned())?;
     let pacer = held_until.map_or_else(Pacer::new, |ms| {
         Pacer::holding(SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
     });
-    observe_rate_limit(&pacer, &headers, || time_of(now), policy, rng);
-    let hold = pacer
-        .hold(time_of(now), policy)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    if seen_shared {
+        pacer.mark_shared();
+    }
+    // At most the limit's worth matters; a count past any limit is not looped over.
+    for _ in 0..sent_in_window.min(u64::from(u16::MAX)) {
+        pacer.sent(time_of(now));
+    }
+    observe_rate_limit_of(&pacer, status, &headers, || time_of(now), policy, rng);
+    let waits: Vec<Value> = (0..3)
+        .map(|_| {
+            json!(
+                pacer
+                    .wait_at(time_of(now), policy)
+                    .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            )
+        })
+        .collect();
     Ok(Case {
         received: None,
         decision: None,
         budget_tokens: None,
-        hold_ms: Some(json!(hold)),
+        hold_ms: waits.first().cloned(),
+        waits_ms: Some(waits),
         expect,
     })
 }
@@ -325,6 +356,7 @@ fn fixture_case(f: &Value, o: &Overrides) -> Result<Case, String> {
             decision: None,
             budget_tokens: Some(budget.tokens()),
             hold_ms: None,
+            waits_ms: None,
             expect,
         });
     }
@@ -340,6 +372,7 @@ fn fixture_case(f: &Value, o: &Overrides) -> Result<Case, String> {
             decision: Some(decision),
             budget_tokens: None,
             hold_ms: None,
+            waits_ms: None,
             expect,
         });
     }
@@ -373,6 +406,7 @@ fn fixture_case(f: &Value, o: &Overrides) -> Result<Case, String> {
         decision: Some(decision),
         budget_tokens: None,
         hold_ms: None,
+        waits_ms: None,
         expect,
     })
 }
@@ -421,6 +455,9 @@ fn report(case: &Case) -> Value {
     if let Some(hold) = &case.hold_ms {
         out["hold_ms"] = hold.clone();
     }
+    if let Some(waits) = &case.waits_ms {
+        out["waits_ms"] = json!(waits);
+    }
     if let Some(expect) = &case.expect {
         let mut differs: Vec<String> = Vec::new();
         if case.decision.is_some() {
@@ -436,6 +473,19 @@ fn report(case: &Case) -> Value {
         }
         if case.hold_ms.is_some() && !hold_conforms(&out["hold_ms"], &expect["hold_ms"]) {
             differs.push("hold_ms".to_owned());
+        }
+        // waits_ms is judged when the fixture states it (fixtures from before it did not).
+        if let (Some(waits), Some(want)) = (&case.waits_ms, expect.get("waits_ms")) {
+            let same = want.as_array().is_some_and(|want| {
+                want.len() == waits.len()
+                    && waits
+                        .iter()
+                        .zip(want)
+                        .all(|(got, want)| hold_conforms(got, want))
+            });
+            if !same {
+                differs.push("waits_ms".to_owned());
+            }
         }
         // Every field the client's report has (`Received::report`, the one list of them),
         // but the diagnostics' texts, which a fixture does not carry.
@@ -481,6 +531,10 @@ fn text(case: &Case, out: &Value) -> String {
     match case.hold_ms.as_ref().map(Value::as_u64) {
         Some(Some(ms)) => {
             let _ = writeln!(s, "hold:        the key's next request waits {ms} ms");
+            if let Some(waits) = &case.waits_ms {
+                let shown: Vec<String> = waits.iter().map(Value::to_string).collect();
+                let _ = writeln!(s, "next three:  {} ms", shown.join(", "));
+            }
         }
         Some(None) => {
             let _ = writeln!(
@@ -536,6 +590,7 @@ pub(crate) fn main(fixture: Option<&Path>, as_json: bool, o: &Overrides) -> Exit
                     decision: Some(decision),
                     budget_tokens: None,
                     hold_ms: None,
+                    waits_ms: None,
                     expect: None,
                 }
             }),

@@ -133,7 +133,8 @@ status_mismatch, header_problems, step, action), `diagnostics` (each problem's t
 null), and for a fixture with `expect`: `expect`, `conforms` and `differs` (the fields that
 differ). docs/schema/classify-output.schema.json describes it; a `success` fixture prints
 `budget_tokens`, the budget after the success, and a `pacing` fixture `hold_ms`, how long
-the key's next request waits (null: sent at once; docs/retry.md, Pacing).
+in all the key's next request waits (null: sent at once; docs/retry.md, Pacing), and
+`waits_ms`, the same for its next three requests (slots one interval apart).
 
 A fixture follows docs/schema/fixture.schema.json and is read strictly: a field of the wrong type or out of range (an attempt of \"5\",
 5.0, -1, 0 or 2^32, a negative or string budget field, a now_unix missing or past

@@ -235,12 +235,31 @@ fn pacing_fixtures_are_judged_on_the_hold_and_read_strictly() {
     assert_eq!(rc, Some(0));
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["hold_ms"], 18_000, "{v}");
+    // Slots one interval (1 s, Limit 60) apart: the draw at 0 puts the first at the reset.
+    assert_eq!(
+        v["waits_ms"],
+        serde_json::json!([18_000, 19_000, 20_000]),
+        "{v}"
+    );
     assert_eq!(v["conforms"], true);
+    // Waits all together (the previous default's hold), or too few, do not conform.
+    for wrong in [
+        serde_json::json!([18_000, 18_000, 18_000]),
+        serde_json::json!([18_000, 19_000]),
+        serde_json::json!("18000"),
+    ] {
+        let mut g = f.clone();
+        g["expect"]["waits_ms"] = wrong.clone();
+        let (rc, out, _) = classify(&g, &["--json", "--random", "0"]);
+        assert_eq!(rc, Some(1), "{wrong}: {out}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["differs"], serde_json::json!(["waits_ms"]), "{wrong}");
+    }
     // A wrong hold, or none where one is due, does not conform.
     for wrong in [
         serde_json::json!(null),
         serde_json::json!(17_999),
-        serde_json::json!({"min_ms": 27_001, "max_ms": 30_000}),
+        serde_json::json!({"min_ms": 18_001, "max_ms": 30_000}),
     ] {
         let mut g = f.clone();
         g["expect"]["hold_ms"] = wrong.clone();
@@ -254,7 +273,22 @@ fn pacing_fixtures_are_judged_on_the_hold_and_read_strictly() {
     assert_eq!(classify(&g, &[]).0, Some(0));
     g["expect"]["hold_ms"] = serde_json::json!(18_000);
     assert_eq!(classify(&g, &[]).0, Some(1));
-    // The earlier hold is read as strictly as every other field.
+    // The pacer's state is read as strictly as every other field.
+    let base = fixture("pacing-429-on-a-shared-key");
+    for (field, bad) in [
+        ("sent_in_window", serde_json::json!(-1)),
+        ("sent_in_window", serde_json::json!("1")),
+        ("sent_in_window", serde_json::json!(4_294_967_296_u64)),
+        ("seen_shared", serde_json::json!("true")),
+        ("seen_shared", serde_json::json!(1)),
+    ] {
+        let mut g = base.clone();
+        g["request"][field] = bad.clone();
+        let (rc, _, err) = classify(&g, &[]);
+        assert_eq!(rc, Some(2), "{bad}: {err}");
+        assert!(err.contains(&format!("request.{field}")), "{bad}: {err}");
+        assert!(!fixture_schema().is_valid(&g), "{bad} passes the schema");
+    }
     let base = fixture("pacing-earlier-hold-kept");
     for bad in [
         serde_json::json!("784111837000"),

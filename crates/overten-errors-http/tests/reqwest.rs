@@ -100,6 +100,23 @@ fn retrier(sleeps: &Sleeps) -> Retrier<impl overten_errors_http::Sleep + use<>> 
     .with_seed(7)
 }
 
+/// [`retrier`] on a clock that starts at `NOW` and that each sleep moves forward, as time
+/// moves for a paced request.
+fn moving_retrier(sleeps: &Sleeps) -> Retrier<impl overten_errors_http::Sleep + use<>> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let clock = Arc::new(AtomicU64::new(NOW * 1000));
+    let (advanced, read) = (Arc::clone(&clock), clock);
+    let log = Arc::clone(sleeps);
+    let exact = RetryPolicy::builder().wait_spread(0.0).build().unwrap();
+    Retrier::new(exact, move |d: Duration| {
+        log.lock().unwrap().push(d);
+        advanced.fetch_add(u64::try_from(d.as_millis()).unwrap(), Ordering::SeqCst);
+        std::future::ready(())
+    })
+    .with_clock(move || SystemTime::UNIX_EPOCH + Duration::from_millis(read.load(Ordering::SeqCst)))
+    .with_seed(7)
+}
+
 fn client(
     middleware: RetryMiddleware<impl overten_errors_http::Sleep + 'static>,
 ) -> ClientWithMiddleware {
@@ -202,21 +219,18 @@ async fn every_advice_path() {
         assert!((Duration::from_secs(30)..=Duration::from_secs(60)).contains(&last_sleep()));
         let slept = sleeps.lock().unwrap().len();
         assert_eq!(slept, 4);
-        // The reset, through a client of its own: its spent window holds that client's
-        // requests until the reset, and this test's clock never moves.
+        // The reset, through a client of its own whose clock the sleeps move: the 429's
+        // spent window holds the key until the reset, which the decision's wait reaches.
         let reset_sleeps: Sleeps = Arc::default();
-        let held = client(RetryMiddleware::new(retrier(&reset_sleeps)));
+        let held = client(RetryMiddleware::new(moving_retrier(&reset_sleeps)));
         let reset = held
             .get(format!("http://{addr}/reset"))
             .send()
             .await
             .unwrap();
         assert_eq!(reset.status(), 200);
-        // The decision's 5 s, then the pacer's hold for the retry: never earlier than reset.
-        assert_eq!(
-            *reset_sleeps.lock().unwrap(),
-            vec![Duration::from_secs(5); 2]
-        );
+        // The decision's 5 s; the pacer's hold ends with it (the reset), so no more.
+        assert_eq!(*reset_sleeps.lock().unwrap(), vec![Duration::from_secs(5)]);
 
         // 408: surfaced, body intact, with the advice to resubmit async; no sleep.
         let r = get("/async").await;
@@ -738,7 +752,7 @@ fn spent_success() -> Reply {
 async fn a_spent_window_holds_only_its_own_key() {
     let (addr, _) = server(vec![("/a", vec![spent_success()])]).await;
     let sleeps = Sleeps::default();
-    let http = client(RetryMiddleware::new(retrier(&sleeps)));
+    let http = client(RetryMiddleware::new(moving_retrier(&sleeps)));
     within(async {
         let send = |path: &'static str, key: Option<&'static str>| {
             let mut request = http.get(format!("http://{addr}{path}"));
@@ -757,14 +771,20 @@ async fn a_spent_window_holds_only_its_own_key() {
             "{:?}",
             sleeps.lock().unwrap()
         );
-        // The spent key: held until its reset, 15 s.
+        // The spent key: its next request takes the first slot, within one interval (6 s,
+        // 10 a minute) of the reset, 15 s ahead.
         assert_eq!(send("/b", Some("sk_live_a")).await.unwrap().status(), 200);
-        assert_eq!(*sleeps.lock().unwrap(), [Duration::from_secs(15)]);
+        let waits = sleeps.lock().unwrap().clone();
+        assert_eq!(waits.len(), 1, "{waits:?}");
+        assert!(
+            (Duration::from_secs(15)..Duration::from_secs(21)).contains(&waits[0]),
+            "{waits:?}"
+        );
     })
     .await;
 }
 
-/// Slot mode through the middleware (opt-in, `Pacers::slotted`): after its own success
+/// Slot mode through the middleware (the default): after its own success
 /// said `Remaining: 0` (10 a minute), the key's next requests go one slot (6 s) apart from
 /// the reset, not together; another key is not held. The clock moves with each sleep.
 #[tokio::test]
@@ -782,7 +802,7 @@ async fn slotted_pacers_space_a_spent_keys_requests_one_slot_apart() {
     })
     .with_clock(move || SystemTime::UNIX_EPOCH + Duration::from_millis(read.load(Ordering::SeqCst)))
     .with_seed(7)
-    .with_pacers(Arc::new(overten_errors::Pacers::slotted()));
+    .with_pacers(Arc::new(overten_errors::Pacers::new()));
     let http = client(RetryMiddleware::new(retrier));
     within(async {
         let send = |path: &'static str, key: &'static str| {

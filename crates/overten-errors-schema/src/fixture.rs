@@ -167,6 +167,8 @@ fn request() -> Value {
             "now_unix": {"type": "integer", "minimum": 0, "maximum": 253_402_300_799_u64, "description": "The clock, in Unix seconds (at most 9999-12-31T23:59:59Z)."},
             "attempt": {"type": "integer", "minimum": 0, "maximum": u32::MAX, "description": "The attempt that just failed (or succeeded, for kind success); the first request is 1, and 0 is read as 1."},
             "held_until_unix_ms": {"type": "integer", "minimum": 0, "maximum": 253_402_300_799_000_u64, "description": "For kind pacing: the moment, in Unix milliseconds, until which the key was held before this response; absent when it was never held."},
+            "sent_in_window": {"type": "integer", "minimum": 0, "maximum": u32::MAX, "description": "For kind pacing: the attempts this process sent with the key in the window of now_unix before the response (counted at now_unix); absent: 0."},
+            "seen_shared": {"type": "boolean", "description": "For kind pacing: whether the key was seen shared before this response (docs/retry.md, Pacing); absent: false."},
             "budget": {
                 "type": "object",
                 "description": "The client's retry budget before the decision.",
@@ -191,7 +193,7 @@ fn request() -> Value {
 /// hold falls in.
 fn hold_ms() -> Value {
     json!({
-        "description": "How long the key's next request, sent at now_unix, waits (docs/retry.md, Pacing): milliseconds; null when it is not held; {min_ms, max_ms} when the spread's draw decides.",
+        "description": "How long in all the key's next request, sent at now_unix, waits (docs/retry.md, Pacing): milliseconds; null when it is sent at once; {min_ms, max_ms} when the draw decides.",
         "oneOf": [
             {"type": "integer", "minimum": 1},
             {"type": "null"},
@@ -292,8 +294,17 @@ pub fn fixture_schema() -> Value {
                     "required": ["response"],
                     "properties": {"expect": {
                         "type": "object",
-                        "properties": {"hold_ms": hold_ms()},
-                        "required": ["hold_ms"],
+                        "properties": {
+                            "hold_ms": hold_ms(),
+                            "waits_ms": {
+                                "type": "array",
+                                "description": "How long in all each of the key's next three requests waits, each sent at now_unix after the one before took its slot: as hold_ms (whose value is the first).",
+                                "items": hold_ms(),
+                                "minItems": 3,
+                                "maxItems": 3,
+                            },
+                        },
+                        "required": ["hold_ms", "waits_ms"],
                     }},
                 },
             },
@@ -328,7 +339,11 @@ pub fn classify_output_schema() -> Value {
     );
     props.insert(
         "hold_ms".into(),
-        json!({"type": ["integer", "null"], "minimum": 1, "description": "For a pacing fixture: how long the key's next request waits, in ms; null when it is not held."}),
+        json!({"type": ["integer", "null"], "minimum": 1, "description": "For a pacing fixture: how long in all the key's next request waits, in ms; null when it is sent at once."}),
+    );
+    props.insert(
+        "waits_ms".into(),
+        json!({"type": "array", "items": {"type": ["integer", "null"], "minimum": 1}, "minItems": 3, "maxItems": 3, "description": "For a pacing fixture: how long in all each of the key's next three requests waits, in ms (the first is hold_ms)."}),
     );
     props.insert(
         "diagnostics".into(),
@@ -376,7 +391,7 @@ pub fn classify_output_schema() -> Value {
             {"description": "A response or a failed task was read and decided.", "required": read_required.iter().copied().chain(["step", "action"]).collect::<Vec<_>>()},
             {"description": "A transport failure was decided.", "required": ["step", "action"], "not": {"required": ["status"]}},
             {"description": "A success fixture.", "required": ["budget_tokens"], "not": {"required": ["action"]}},
-            {"description": "A pacing fixture.", "required": ["hold_ms"], "not": {"required": ["action"]}},
+            {"description": "A pacing fixture.", "required": ["hold_ms", "waits_ms"], "not": {"required": ["action"]}},
         ],
         "dependentRequired": {"expect": ["conforms", "differs"], "conforms": ["expect", "differs"]},
     })

@@ -976,33 +976,55 @@ impl RetryPolicy {
     }
 }
 
-/// Holds a key's requests while its rate-limit window is spent (`docs/retry.md`, *Pacing*):
-/// after a response whose `X-RateLimit-Remaining` is 0, the key's next requests wait until
-/// `X-RateLimit-Reset`, spread like a wait the server named, instead of earning a 429. One
-/// `Pacer` serves every client of a key in a process (share it); it only reads and writes
-/// one atomic, so holding costs nothing when no window is spent.
+/// Paces a key's requests to its rate limit (`docs/retry.md`, *Pacing*), so that a client
+/// does not earn a 429 once it has seen the key's window spent. One `Pacer` serves every
+/// request of a key in a process (share it; [`Pacers`] keeps one per key).
+///
+/// By default ([`Pacer::new`]) it is in slot mode: once a window is spent, the key's
+/// requests take slots one `window / X-RateLimit-Limit` apart instead of leaving together
+/// at the reset:
+///
+/// - a response that is not a 429 with `Remaining: 0` (this process's own requests spent
+///   the window) puts the first slot at the reset plus a uniform point of one interval;
+/// - a 429 holds the key until the reset, spread like a wait the server named (the hold of
+///   [`observe`](Pacer::observe)), unless the key was seen shared (a response other than a
+///   429 whose used count, `Limit - Remaining`, is above the attempts this process
+///   [`sent`](Pacer::sent) in that window; it stays shared): then its first slot is a
+///   uniform point of the whole next window, so that the clients sharing it do not meet
+///   at the reset;
+/// - a request ([`take`](Pacer::take)) takes the next slot, never before the latest reset
+///   seen spent; after its wait, [`recheck`](Pacer::recheck) holds it again if its window
+///   was seen spent meanwhile; a response with room ends the slots once no slot is due;
+/// - when no slot is free within `max_wait`, a request waits all of `max_wait` and takes
+///   no slot (a request is never paced longer, and its wait never shrinks as its slot
+///   moves away); a reset further than `max_wait` starts no slots at all.
+///
+/// [`Pacer::hold_only`] is the previous default: a spent window holds the key until its
+/// reset (spread), and every held request leaves then.
 ///
 /// ```
 /// use std::time::{Duration, SystemTime};
 /// use overten_errors::{Pacer, RateLimit, RetryPolicy};
-/// let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+/// let (policy, now) = (RetryPolicy::default(), SystemTime::UNIX_EPOCH + Duration::from_secs(1_000));
 /// let pacer = Pacer::new();
-/// let spent = RateLimit { limit: 60, remaining: 0, reset: 1_020 };
-/// pacer.observe(&spent, now, &RetryPolicy::default(), &mut || 0);
-/// assert_eq!(pacer.hold(now, &RetryPolicy::default()), Some(Duration::from_secs(20)));
-/// assert_eq!(pacer.hold(now + Duration::from_secs(21), &RetryPolicy::default()), None);
+/// pacer.sent(now);
+/// // Its own request spent a 10-a-minute window ending at 1,020 s.
+/// let spent = RateLimit { limit: 10, remaining: 0, reset: 1_020 };
+/// pacer.observe_response(&spent, 200, now, &policy, &mut || 0);
+/// assert_eq!(pacer.take(now, &policy), Some(Duration::from_secs(20)));
+/// assert_eq!(pacer.take(now, &policy), Some(Duration::from_secs(26)));
 /// ```
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Pacer {
     /// Unix milliseconds until which requests are held (0: none).
     until_ms: AtomicU64,
-    /// Slot mode ([`Pacer::slotted`]); `None`: the hold alone.
+    /// Slot mode (the default); `None`: the hold alone ([`Pacer::hold_only`]).
     slots: Option<std::sync::Mutex<Slots>>,
 }
 
 /// The state of a slotted [`Pacer`]: the key's requests go one per `interval` from
 /// `next_ms`, and none before `spent_until_ms`.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Slots {
     /// Requests are taking slots.
     active: bool,
@@ -1020,6 +1042,25 @@ struct Slots {
     sent: u64,
 }
 
+impl Slots {
+    /// No window seen spent, no slot.
+    const IDLE: Slots = Slots {
+        active: false,
+        next_ms: 0,
+        interval_ms: 0,
+        spent_until_ms: 0,
+        shared: false,
+        sent_window: 0,
+        sent: 0,
+    };
+}
+
+impl Default for Pacer {
+    fn default() -> Self {
+        Pacer::new()
+    }
+}
+
 /// The rate-limit window, ms (the page's per-minute limits; the gateway's windows start on
 /// the Unix minute).
 const WINDOW_MS: u64 = crate::RATE_LIMIT_WINDOW_SECONDS * 1000;
@@ -1030,52 +1071,38 @@ fn unix_ms(t: SystemTime) -> u64 {
 }
 
 impl Pacer {
-    /// No hold.
+    /// A pacer in slot mode (the default: see [`Pacer`]), nothing held.
     pub const fn new() -> Pacer {
+        Pacer {
+            until_ms: AtomicU64::new(0),
+            slots: Some(std::sync::Mutex::new(Slots::IDLE)),
+        }
+    }
+
+    /// The previous default, hold mode: a spent window (any response with `Remaining: 0`)
+    /// holds every request of the key until its reset, spread by one draw, and they all
+    /// leave then ([`observe`](Pacer::observe), [`hold`](Pacer::hold)); [`take`](Pacer::take)
+    /// and [`recheck`](Pacer::recheck) read the hold alone, [`sent`](Pacer::sent) does
+    /// nothing.
+    pub const fn hold_only() -> Pacer {
         Pacer {
             until_ms: AtomicU64::new(0),
             slots: None,
         }
     }
 
-    /// A pacer in slot mode (a study of issue 27, not yet the default: `docs/retry.md`
-    /// describes the default's hold). Once a window is spent, the key's requests take slots
-    /// one `window / Limit` apart instead of leaving together at the reset:
-    ///
-    /// - a response that is not a 429 with `Remaining: 0` (this process's own requests
-    ///   spent the window) puts the first slot at the reset plus a uniform point of one
-    ///   interval;
-    /// - a 429 holds the key as the default does (until the reset, spread), unless the key
-    ///   was seen shared (a response other than a 429 whose used count, `Limit -
-    ///   Remaining`, is above the attempts this process [`sent`](Pacer::sent) in that
-    ///   window; it stays shared): then its first slot is a uniform point of the whole next
-    ///   window, so that the clients sharing it do not meet at the reset;
-    /// - a request ([`take`](Pacer::take)) takes the next slot, never before the latest reset
-    ///   seen spent; after its wait, [`recheck`](Pacer::recheck) holds it again if its window
-    ///   was seen spent meanwhile; a response with room ends the slots once no slot is due.
-    ///
-    /// Slots further than `max_wait` away are not waited (the request is sent at once).
-    ///
-    /// ```
-    /// use std::time::{Duration, SystemTime};
-    /// use overten_errors::{Pacer, RateLimit, RetryPolicy};
-    /// let (policy, now) = (RetryPolicy::default(), SystemTime::UNIX_EPOCH + Duration::from_secs(1_000));
-    /// let pacer = Pacer::slotted();
-    /// pacer.sent(now);
-    /// // Its own request spent a 10-a-minute window ending at 1,020 s.
-    /// let spent = RateLimit { limit: 10, remaining: 0, reset: 1_020 };
-    /// pacer.observe_response(&spent, 200, now, &policy, &mut || 0);
-    /// assert_eq!(pacer.take(now, &policy), Some(Duration::from_secs(20)));
-    /// assert_eq!(pacer.take(now, &policy), Some(Duration::from_secs(26)));
-    /// ```
-    pub fn slotted() -> Pacer {
-        Pacer {
-            until_ms: AtomicU64::new(0),
-            slots: Some(std::sync::Mutex::new(Slots::default())),
+    /// Marks the key as shared by other processes (slot mode; nothing in hold mode), as if
+    /// a response had reported more requests used than this process sent: a 429 then
+    /// spreads the key's requests over the next window instead of holding them until its
+    /// reset. For a key the caller knows is shared (workers of one service), and for the
+    /// `pacing` fixtures' `seen_shared`.
+    pub fn mark_shared(&self) {
+        if let Some(mut slots) = self.slots() {
+            slots.shared = true;
         }
     }
 
-    /// Whether this pacer is in slot mode ([`Pacer::slotted`]).
+    /// Whether this pacer is in slot mode (the default; not [`Pacer::hold_only`]).
     pub fn is_slotted(&self) -> bool {
         self.slots.is_some()
     }
@@ -1110,7 +1137,7 @@ impl Pacer {
     }
 
     /// Reads a response's rate-limit snapshot with its status: [`observe`](Pacer::observe)
-    /// in hold mode; the rules of [`slotted`](Pacer::slotted) in slot mode.
+    /// in hold mode; the rules of slot mode ([`Pacer`]) otherwise.
     pub fn observe_response<R: RandomSource + ?Sized>(
         &self,
         rate_limit: &crate::RateLimit,
@@ -1182,10 +1209,45 @@ impl Pacer {
         let slot = slots.next_ms.max(now_ms).max(slots.spent_until_ms);
         let left = slot - now_ms;
         if left > policy.max_wait_ms {
-            return None;
+            // No slot within max_wait: wait all of max_wait, taking no slot (a request is
+            // never paced longer, and waits never shrink as its slot moves away).
+            return (policy.max_wait_ms > 0).then(|| Duration::from_millis(policy.max_wait_ms));
         }
         slots.next_ms = slot.saturating_add(slots.interval_ms);
         (left > 0).then(|| Duration::from_millis(left))
+    }
+
+    /// The most waits one request makes while pacing: its slot (or hold), then at most
+    /// four more when its window was seen spent meanwhile ([`recheck`](Pacer::recheck)).
+    pub const MAX_WAITS: usize = 5;
+
+    /// How long in all a request about to be sent at `now` waits, as a client paces it:
+    /// [`take`](Pacer::take), then, at the end of each wait, [`recheck`](Pacer::recheck),
+    /// at most [`MAX_WAITS`](Pacer::MAX_WAITS) waits (the clock is assumed to move by the
+    /// waits alone: what the `pacing` fixtures state). `None`: sent at once.
+    ///
+    /// ```
+    /// use std::time::{Duration, SystemTime};
+    /// use overten_errors::{Pacer, RetryPolicy};
+    /// let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+    /// let pacer = Pacer::holding(now + Duration::from_secs(5));
+    /// assert_eq!(pacer.wait_at(now, &RetryPolicy::default()), Some(Duration::from_secs(5)));
+    /// assert_eq!(Pacer::new().wait_at(now, &RetryPolicy::default()), None);
+    /// ```
+    pub fn wait_at(&self, now: SystemTime, policy: &RetryPolicy) -> Option<Duration> {
+        let mut wait = self.take(now, policy)?;
+        let mut total = Duration::ZERO;
+        for _ in 0..Self::MAX_WAITS {
+            total = total.saturating_add(wait);
+            match now
+                .checked_add(total)
+                .and_then(|at| self.recheck(at, policy))
+            {
+                Some(again) => wait = again,
+                None => break,
+            }
+        }
+        Some(total)
     }
 
     /// For a request whose wait from [`take`](Pacer::take) ended at `now`: how long it
@@ -1202,8 +1264,9 @@ impl Pacer {
         }
     }
 
-    /// A pacer already holding until `until` (a hold carried over, or a fixture's earlier
-    /// hold); a moment at or before the Unix epoch holds nothing.
+    /// A pacer (in slot mode, as [`Pacer::new`]) already holding until `until` (a hold
+    /// carried over, or a fixture's earlier hold); a moment at or before the Unix epoch
+    /// holds nothing.
     ///
     /// ```
     /// use std::time::{Duration, SystemTime};
@@ -1211,12 +1274,12 @@ impl Pacer {
     /// let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
     /// let pacer = Pacer::holding(now + Duration::from_secs(5));
     /// assert_eq!(pacer.hold(now, &RetryPolicy::default()), Some(Duration::from_secs(5)));
+    /// assert_eq!(pacer.take(now, &RetryPolicy::default()), Some(Duration::from_secs(5)));
     /// ```
     pub fn holding(until: SystemTime) -> Pacer {
-        Pacer {
-            until_ms: AtomicU64::new(unix_ms(until)),
-            slots: None,
-        }
+        let pacer = Pacer::new();
+        pacer.until_ms.store(unix_ms(until), Ordering::Release);
+        pacer
     }
 
     /// Reads a response's rate-limit snapshot (of any response, success or not): with
@@ -1299,18 +1362,18 @@ impl Pacers {
     /// The most keys tracked at once.
     pub const MAX_KEYS: usize = 1024;
 
-    /// No key tracked.
+    /// No key tracked; every pacer in slot mode (the default, [`Pacer::new`]).
     pub fn new() -> Pacers {
         Pacers::with_keyless(std::sync::Arc::new(Pacer::new()))
     }
 
-    /// Pacers in slot mode ([`Pacer::slotted`]), the keyless one included.
-    pub fn slotted() -> Pacers {
-        Pacers::with_keyless(std::sync::Arc::new(Pacer::slotted()))
+    /// No key tracked; every pacer in hold mode (the previous default, [`Pacer::hold_only`]).
+    pub fn hold_only() -> Pacers {
+        Pacers::with_keyless(std::sync::Arc::new(Pacer::hold_only()))
     }
 
     /// Pacers whose requests without a key share `keyless`; each key's pacer is in
-    /// `keyless`'s mode (hold, or slots: [`Pacer::slotted`]).
+    /// `keyless`'s mode (slots, or hold: [`Pacer::hold_only`]).
     pub fn with_keyless(keyless: std::sync::Arc<Pacer>) -> Pacers {
         Pacers {
             keyless,
@@ -1345,9 +1408,9 @@ impl Pacers {
         // New keys' pacers take the keyless one's mode.
         let fresh = || {
             if self.keyless.is_slotted() {
-                Pacer::slotted()
-            } else {
                 Pacer::new()
+            } else {
+                Pacer::hold_only()
             }
         };
         if keys.len() >= Self::MAX_KEYS {
@@ -1407,15 +1470,15 @@ mod pacers_tests {
         let policy = RetryPolicy::default();
         spend(&pacers.for_key(Some("sk_live_a"), at(1_000)), 1_000, 1_015);
         let a = pacers.for_key(Some("sk_live_a"), at(1_000));
-        assert_eq!(a.hold(at(1_000), &policy), Some(Duration::from_secs(15)));
+        assert_eq!(a.take(at(1_000), &policy), Some(Duration::from_secs(15)));
         assert_eq!(
             pacers
                 .for_key(Some("sk_live_b"), at(1_000))
-                .hold(at(1_000), &policy),
+                .take(at(1_000), &policy),
             None
         );
         assert_eq!(
-            pacers.for_key(None, at(1_000)).hold(at(1_000), &policy),
+            pacers.for_key(None, at(1_000)).take(at(1_000), &policy),
             None
         );
         // The keyless pacer is one, shared by every request without a key.
@@ -1423,13 +1486,13 @@ mod pacers_tests {
         assert!(
             pacers
                 .for_key(None, at(1_000))
-                .hold(at(1_000), &policy)
+                .take(at(1_000), &policy)
                 .is_some()
         );
         assert_eq!(
             pacers
                 .for_key(Some("sk_live_b"), at(1_000))
-                .hold(at(1_000), &policy),
+                .take(at(1_000), &policy),
             None
         );
         assert_eq!(pacers.len(), 2, "a and b; the keyless one is not counted");
@@ -1458,7 +1521,7 @@ mod pacers_tests {
         assert_eq!(
             pacers
                 .for_key(Some("new"), at(1_001))
-                .hold(at(1_001), &policy),
+                .take(at(1_001), &policy),
             None
         );
         // 20 s later half the keys no longer hold: they make room, the rest are kept.
@@ -1468,7 +1531,7 @@ mod pacers_tests {
         assert!(
             pacers
                 .for_key(Some("k1"), later)
-                .hold(later, &policy)
+                .take(later, &policy)
                 .is_some(),
             "a holding key is kept"
         );
@@ -1480,11 +1543,15 @@ mod pacers_tests {
         let held = Pacer::holding(at(1_000));
         assert!(held.holds_at(999_999) && !held.holds_at(1_000_000));
         assert!(
-            !Pacer::new().is_slotted() && !Pacers::new().for_key(Some("k"), at(0)).is_slotted()
+            Pacer::new().is_slotted()
+                && Pacer::default().is_slotted()
+                && Pacers::new().for_key(Some("k"), at(0)).is_slotted()
+                && !Pacer::hold_only().is_slotted()
+                && !Pacers::hold_only().for_key(Some("k"), at(0)).is_slotted()
         );
         // Slots: the window seen spent resets at 1,020 s, the first slot is then, the next
         // (after one is taken) at 1,026 s.
-        let slotted = Pacer::slotted();
+        let slotted = Pacer::new();
         spend(&slotted, 1_000, 1_020);
         assert!(slotted.holds_at(1_019_999) && !slotted.holds_at(1_020_000));
         assert!(slotted.take(at(1_000), &policy).is_some());
@@ -1493,7 +1560,7 @@ mod pacers_tests {
 
     #[test]
     fn slotted_keys_are_kept_while_a_slot_or_a_spent_window_is_ahead() {
-        let pacers = Pacers::slotted();
+        let pacers = Pacers::new();
         let policy = RetryPolicy::default();
         // 1,020 s is a window's end. Odd keys spend their own window (10 a minute) and
         // take two slots (1,020 and 1,026 s; the next at 1,032 s); even keys are idle.

@@ -1,4 +1,4 @@
-//! `Pacer::slotted`, the slot mode under study for issue 27, against its rules as its
+//! `Pacer`'s slot mode, the default since issue 27, against its rules as its
 //! documentation states them (expected values worked out by hand from those rules: a
 //! window of 60 s, `interval = 60000 / Limit` ms, a first slot at the reset plus a uniform
 //! point of one interval, or of the whole window after a 429 on a key seen shared).
@@ -35,7 +35,7 @@ fn high() -> impl FnMut() -> u64 {
 /// A slotted pacer whose own request (sent at 0) spent a 10-a-minute window ending at 20 s,
 /// the first slot's draw at its low end.
 fn own_spent(policy: &RetryPolicy) -> Pacer {
-    let pacer = Pacer::slotted();
+    let pacer = Pacer::new();
     pacer.sent(at(0));
     pacer.observe_response(&rl(10, 0, 20), 200, at(0), policy, &mut low());
     pacer
@@ -64,12 +64,12 @@ fn a_window_its_own_requests_spent_gives_slots_one_interval_apart() {
     assert_eq!(ms(pacer.take(at(0), &policy)), Some(26_000));
     assert_eq!(ms(pacer.take(at(1_000), &policy)), Some(31_000));
     // At the draw's high end, the first slot is one millisecond short of an interval late.
-    let late = Pacer::slotted();
+    let late = Pacer::new();
     late.sent(at(0));
     late.observe_response(&rl(10, 0, 20), 200, at(0), &policy, &mut high());
     assert_eq!(ms(late.take(at(0), &policy)), Some(25_999));
     // 60 a minute: one a second.
-    let pro = Pacer::slotted();
+    let pro = Pacer::new();
     pro.sent(at(0));
     pro.observe_response(&rl(60, 0, 20), 200, at(0), &policy, &mut low());
     assert_eq!(ms(pro.take(at(0), &policy)), Some(20_000));
@@ -92,10 +92,10 @@ fn room_ends_the_slots_only_once_no_slot_is_due() {
 }
 
 #[test]
-fn a_429_on_a_key_used_alone_holds_it_as_the_default_does() {
+fn a_429_on_a_key_used_alone_holds_it_as_hold_mode_does() {
     let policy = RetryPolicy::default();
-    let slotted = Pacer::slotted();
-    let default = Pacer::new();
+    let slotted = Pacer::new();
+    let default = Pacer::hold_only();
     // Ten attempts of its own in the window, then a 429: nobody else used the key.
     for _ in 0..10 {
         slotted.sent(at(0));
@@ -113,7 +113,7 @@ fn a_429_on_a_key_used_alone_holds_it_as_the_default_does() {
 fn a_key_seen_shared_spreads_its_429s_over_the_next_window() {
     let policy = RetryPolicy::default();
     // A response says 7 of 10 were used, and this process sent none: others use the key.
-    let pacer = Pacer::slotted();
+    let pacer = Pacer::new();
     pacer.observe_response(&rl(10, 3, 20), 200, at(0), &policy, &mut low());
     assert_eq!(pacer.take(at(0), &policy), None, "room: sent at once");
     pacer.sent(at(0));
@@ -131,7 +131,7 @@ fn a_key_seen_shared_spreads_its_429s_over_the_next_window() {
 fn only_this_windows_own_attempts_explain_its_used_count() {
     let policy = RetryPolicy::default();
     // Seven attempts in the previous minute (T0 - 50 s is in the window ending at T0 - 40 s).
-    let pacer = Pacer::slotted();
+    let pacer = Pacer::new();
     for _ in 0..7 {
         pacer.sent(SystemTime::UNIX_EPOCH + Duration::from_secs(T0 - 50));
     }
@@ -147,7 +147,7 @@ fn only_this_windows_own_attempts_explain_its_used_count() {
     // The same seven in this window explain the used count of 7: not shared. Three more of
     // its own spend the window; a 429 on the eleventh is then a hold, as on a key used
     // alone.
-    let alone = Pacer::slotted();
+    let alone = Pacer::new();
     for _ in 0..7 {
         alone.sent(at(0));
     }
@@ -181,9 +181,9 @@ fn a_waiting_request_whose_window_was_seen_spent_waits_again() {
 }
 
 #[test]
-fn resets_passed_or_past_max_wait_and_far_slots_are_not_waited() {
+fn resets_passed_or_past_max_wait_are_not_waited_and_a_request_without_a_slot_waits_max_wait() {
     let policy = minute_max_wait();
-    let pacer = Pacer::slotted();
+    let pacer = Pacer::new();
     pacer.sent(at(0));
     // A reset already passed, or further than max_wait: nothing.
     pacer.observe_response(&rl(10, 0, 0), 200, at(500), &policy, &mut low());
@@ -195,14 +195,24 @@ fn resets_passed_or_past_max_wait_and_far_slots_are_not_waited() {
     for k in 0..7 {
         assert_eq!(ms(pacer.take(at(0), &policy)), Some(20_000 + k * 6_000));
     }
-    assert_eq!(pacer.take(at(0), &policy), None);
+    // The next, 62 s, is past max_wait from now: not taken, and the request waits all of
+    // max_wait (60 s), no more: it is then sent without a slot.
+    assert_eq!(ms(pacer.take(at(0), &policy)), Some(60_000));
+    assert_eq!(ms(pacer.recheck(at(0), &policy)), Some(60_000));
+    // 3 s later the 62 s slot is within max_wait: taken; then 68 s is not, at 7 s.
     assert_eq!(ms(pacer.take(at(3_000), &policy)), Some(59_000));
+    assert_eq!(ms(pacer.take(at(7_000), &policy)), Some(60_000));
+    // Past the reset too: at 20 s the slots 68, 74 and 80 s are taken, 86 s is not.
+    for slot in [68_000, 74_000, 80_000] {
+        assert_eq!(ms(pacer.take(at(20_000), &policy)), Some(slot - 20_000));
+    }
+    assert_eq!(ms(pacer.take(at(20_000), &policy)), Some(60_000));
 }
 
 #[test]
-fn hold_mode_is_the_default_pacer() {
+fn hold_only_is_the_previous_default() {
     let policy = RetryPolicy::default();
-    let pacer = Pacer::new();
+    let pacer = Pacer::hold_only();
     pacer.sent(at(0));
     pacer.observe_response(&rl(10, 0, 20), 200, at(0), &policy, &mut low());
     let held = ms(pacer.hold(at(0), &policy));
@@ -220,7 +230,7 @@ fn hold_mode_is_the_default_pacer() {
 #[test]
 fn threads_taking_slots_never_share_one() {
     let policy = RetryPolicy::default();
-    let pacer = Arc::new(Pacer::slotted());
+    let pacer = Arc::new(Pacer::new());
     pacer.sent(at(0));
     pacer.observe_response(&rl(60, 0, 20), 200, at(0), &policy, &mut low());
     let handles: Vec<_> = (0..4)
@@ -247,7 +257,7 @@ fn a_first_429_says_nothing_about_sharing() {
     let policy = RetryPolicy::default();
     // A process that restarted meets its own key spent: one attempt of its own, a 429
     // whose count (10 of 10) is not all its own. Held as the default holds, not slotted.
-    let pacer = Pacer::slotted();
+    let pacer = Pacer::new();
     pacer.sent(at(0));
     pacer.observe_response(&rl(10, 0, 20), 429, at(0), &policy, &mut high());
     let held = pacer.take(at(0), &policy);
@@ -263,7 +273,7 @@ fn a_first_429_says_nothing_about_sharing() {
 fn slot_boundaries() {
     let policy = minute_max_wait();
     // A reset exactly max_wait ahead is paced; a slot exactly max_wait ahead is waited.
-    let pacer = Pacer::slotted();
+    let pacer = Pacer::new();
     pacer.sent(at(0));
     pacer.observe_response(&rl(10, 0, 60), 200, at(0), &policy, &mut low());
     assert_eq!(ms(pacer.take(at(0), &policy)), Some(60_000));
@@ -343,7 +353,7 @@ mod hostile {
         ) {
             let policy = RetryPolicy::default();
             let max_wait = policy.max_wait();
-            let pacer = Pacer::slotted();
+            let pacer = Pacer::new();
             let mut now_ms = 0u64;
             for op in ops {
                 let now = at(now_ms);
@@ -369,4 +379,47 @@ mod hostile {
             }
         }
     }
+}
+
+#[test]
+fn a_key_marked_shared_spreads_its_first_429_and_hold_mode_ignores_the_mark() {
+    let policy = RetryPolicy::default();
+    let pacer = Pacer::new();
+    pacer.mark_shared();
+    // Ten of its own attempts, then a 429: marked shared, so not a hold but slots from a
+    // uniform point of the next window (here its middle), one interval (6 s) apart.
+    for _ in 0..10 {
+        pacer.sent(at(0));
+    }
+    let mut half = || 1u64 << 63;
+    pacer.observe_response(&rl(10, 0, 20), 429, at(1_000), &policy, &mut half);
+    assert_eq!(ms(pacer.take(at(1_000), &policy)), Some(19_000 + 30_000));
+    assert_eq!(ms(pacer.take(at(1_000), &policy)), Some(19_000 + 36_000));
+    let hold = Pacer::hold_only();
+    hold.mark_shared();
+    hold.observe_response(&rl(10, 0, 20), 429, at(1_000), &policy, &mut half);
+    let held = ms(hold.take(at(1_000), &policy));
+    assert_eq!(
+        ms(hold.take(at(1_000), &policy)),
+        held,
+        "a hold all the same"
+    );
+}
+
+#[test]
+fn wait_at_is_the_whole_wait_of_a_paced_request() {
+    let policy = RetryPolicy::default();
+    // Held 5 s by an earlier hold; its own request spent the window ending at 20 s:
+    // a request waits out the hold, then finds the window spent and takes its slot (20 s,
+    // the draw low), 20 s in all; the next takes the slot after (26 s).
+    let pacer = Pacer::holding(at(5_000));
+    pacer.sent(at(0));
+    pacer.observe_response(&rl(10, 0, 20), 200, at(0), &policy, &mut low());
+    assert_eq!(ms(pacer.wait_at(at(0), &policy)), Some(20_000));
+    assert_eq!(ms(pacer.wait_at(at(0), &policy)), Some(26_000));
+    // Nothing held, nothing spent: sent at once.
+    assert_eq!(Pacer::new().wait_at(at(0), &policy), None);
+    // A hold alone is waited once: at its end nothing holds.
+    let held = Pacer::holding(at(10_000));
+    assert_eq!(ms(held.wait_at(at(0), &policy)), Some(10_000));
 }

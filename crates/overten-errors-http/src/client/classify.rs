@@ -523,7 +523,7 @@ pub fn observe_rate_limit<R: RandomSource + ?Sized>(
 /// headers.insert("x-ratelimit-remaining", HeaderValue::from_static("0"));
 /// headers.insert("x-ratelimit-reset", HeaderValue::from_static("1020"));
 /// let now = || SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
-/// let (pacer, policy) = (Pacer::slotted(), RetryPolicy::default());
+/// let (pacer, policy) = (Pacer::new(), RetryPolicy::default());
 /// pacer.sent(now());
 /// overten_errors_http::observe_rate_limit_of(&pacer, StatusCode::OK, &headers, now, &policy, &mut || 0);
 /// assert_eq!(pacer.take(now(), &policy), Some(Duration::from_secs(20)));

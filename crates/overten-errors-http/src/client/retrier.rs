@@ -200,7 +200,7 @@ impl<S: Sleep> Retrier<S> {
         }
         let mut wait = pacer.take((self.clock)(), &self.policy)?;
         let mut total = Duration::ZERO;
-        for _ in 0..5 {
+        for _ in 0..Pacer::MAX_WAITS {
             self.sleep.sleep(wait).await;
             total = total.saturating_add(wait);
             match pacer.recheck((self.clock)(), &self.policy) {
@@ -436,59 +436,18 @@ mod tests {
         })
     }
 
-    #[test]
-    fn each_key_has_its_own_pacer_and_clones_share_them() {
-        fn now() -> SystemTime {
-            SystemTime::UNIX_EPOCH + Duration::from_secs(1_713_312_300)
-        }
-        let mut spent = http::HeaderMap::new();
-        for (k, v) in [
-            ("x-ratelimit-limit", "10"),
-            ("x-ratelimit-remaining", "0"),
-            ("x-ratelimit-reset", "1713312330"),
-        ] {
-            spent.insert(k, v.parse().unwrap());
-        }
-        let (log, sleep) = recorder();
-        let exact = RetryPolicy::builder().wait_spread(0.0).build().unwrap();
-        let r = Retrier::new(exact, sleep).with_clock(now);
-        r.observe_key(Some("sk_live_a"), &spent);
-        assert_eq!(block_on(r.pace_key(Some("sk_live_b"))), None);
-        assert_eq!(
-            block_on(r.pace_key(None)),
-            None,
-            "no key: the keyless pacer"
-        );
-        assert_eq!(block_on(r.pace()), None);
-        assert_eq!(
-            block_on(r.pace_key(Some("sk_live_a"))),
-            Some(Duration::from_secs(30))
-        );
-        assert_eq!(*log.lock().unwrap(), [Duration::from_secs(30)]);
-        // Another retrier sharing the pacers sees the same hold; one that does not, none.
-        let (_, sleep) = recorder();
-        let shared = Retrier::new(RetryPolicy::default(), sleep)
-            .with_clock(now)
-            .with_pacers(Arc::clone(r.pacers()));
-        assert!(block_on(shared.pace_key(Some("sk_live_a"))).is_some());
-        let (_, sleep) = recorder();
-        let alone = Retrier::new(RetryPolicy::default(), sleep).with_clock(now);
-        assert_eq!(block_on(alone.pace_key(Some("sk_live_a"))), None);
-        // The keyless loop's hold holds no key.
-        r.observe(&spent);
-        assert!(block_on(r.pace()).is_some());
-        assert_eq!(block_on(r.pace_key(Some("sk_live_b"))), None);
-        assert!(Arc::ptr_eq(&r.pacer_for(None), r.pacer()));
-        assert!(format!("{r:?}").contains("keys_paced: 2"), "a and b");
-    }
-
-    /// Slot mode through the retrier: a clock that the sleeps move forward, two keys, and
-    /// the status read with the window.
-    #[test]
-    fn slotted_pacers_give_a_spent_keys_requests_slots_and_leave_other_keys_alone() {
+    /// A clock (Unix ms) that starts at `start_ms`, and a sleep that records each wait and
+    /// moves that clock forward by it: time as a paced request sees it.
+    fn moving_clock(
+        start_ms: u64,
+    ) -> (
+        Arc<Mutex<Vec<Duration>>>,
+        impl Fn(Duration) -> std::future::Ready<()> + Send + Sync,
+        impl Fn() -> SystemTime + Send + Sync + Clone + 'static,
+        Arc<std::sync::atomic::AtomicU64>,
+    ) {
         use std::sync::atomic::{AtomicU64, Ordering};
-        const T0: u64 = 1_713_312_300_000; // ms; the window ends 30 s later
-        let clock = Arc::new(AtomicU64::new(T0));
+        let clock = Arc::new(AtomicU64::new(start_ms));
         let (advanced, read) = (Arc::clone(&clock), Arc::clone(&clock));
         let log = Arc::new(Mutex::new(Vec::new()));
         let logged = Arc::clone(&log);
@@ -499,10 +458,66 @@ mod tests {
         };
         let now =
             move || SystemTime::UNIX_EPOCH + Duration::from_millis(read.load(Ordering::SeqCst));
+        (log, sleep, now, clock)
+    }
+
+    #[test]
+    fn each_key_has_its_own_pacer_and_clones_share_them() {
+        let mut spent = http::HeaderMap::new();
+        for (k, v) in [
+            ("x-ratelimit-limit", "10"),
+            ("x-ratelimit-remaining", "0"),
+            ("x-ratelimit-reset", "1713312330"),
+        ] {
+            spent.insert(k, v.parse().unwrap());
+        }
+        let (log, sleep, now, _) = moving_clock(1_713_312_300_000);
+        let exact = RetryPolicy::builder().wait_spread(0.0).build().unwrap();
+        let r = Retrier::new(exact, sleep).with_clock(now.clone());
+        r.observe_key(Some("sk_live_a"), &spent);
+        assert_eq!(block_on(r.pace_key(Some("sk_live_b"))), None);
+        assert_eq!(
+            block_on(r.pace_key(None)),
+            None,
+            "no key: the keyless pacer"
+        );
+        assert_eq!(block_on(r.pace()), None);
+        // Another retrier sharing the pacers sees the same hold; one that does not, none.
+        let policy = RetryPolicy::default();
+        let (_, sleep) = recorder();
+        let shared = Retrier::new(RetryPolicy::default(), sleep)
+            .with_clock(now.clone())
+            .with_pacers(Arc::clone(r.pacers()));
+        let seen = |r: &Retrier<_>| r.pacer_for(Some("sk_live_a")).hold(now(), &policy);
+        assert_eq!(seen(&shared), Some(Duration::from_secs(30)));
+        let (_, sleep) = recorder();
+        let alone = Retrier::new(RetryPolicy::default(), sleep).with_clock(now.clone());
+        assert_eq!(seen(&alone), None);
+        assert_eq!(
+            block_on(r.pace_key(Some("sk_live_a"))),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(*log.lock().unwrap(), [Duration::from_secs(30)]);
+        // The keyless loop's hold holds no key.
+        spent.insert("x-ratelimit-reset", "1713312345".parse().unwrap());
+        r.observe(&spent);
+        assert_eq!(block_on(r.pace()), Some(Duration::from_secs(15)));
+        assert_eq!(block_on(r.pace_key(Some("sk_live_b"))), None);
+        assert!(Arc::ptr_eq(&r.pacer_for(None), r.pacer()));
+        assert!(format!("{r:?}").contains("keys_paced: 2"), "a and b");
+    }
+
+    /// Slot mode through the retrier: a clock that the sleeps move forward, two keys, and
+    /// the status read with the window.
+    #[test]
+    fn slotted_pacers_give_a_spent_keys_requests_slots_and_leave_other_keys_alone() {
+        use std::sync::atomic::Ordering;
+        const T0: u64 = 1_713_312_300_000; // ms; the window ends 30 s later
+        let (log, sleep, now, clock) = moving_clock(T0);
         let retrier = Retrier::new(RetryPolicy::default(), sleep)
             .with_seed(7)
             .with_clock(now)
-            .with_pacers(Arc::new(Pacers::slotted()));
+            .with_pacers(Arc::new(Pacers::new()));
         let window_to = |remaining: &str, reset: &str| {
             let mut h = http::HeaderMap::new();
             for (k, v) in [
@@ -633,38 +648,48 @@ mod tests {
 
     #[test]
     fn pace_waits_out_a_hold_and_nothing_else() {
-        fn now() -> SystemTime {
-            SystemTime::UNIX_EPOCH + Duration::from_secs(1_000)
-        }
-        let (log, sleep) = recorder();
-        let free = Retrier::new(RetryPolicy::default(), sleep).with_clock(now);
+        let (log, sleep, now, _) = moving_clock(1_000_000);
+        let free = Retrier::new(RetryPolicy::default(), sleep).with_clock(now.clone());
         assert_eq!(block_on(free.pace()), None);
         assert!(log.lock().unwrap().is_empty());
-        let (log, sleep) = recorder();
+        let (log, sleep, now, _) = moving_clock(1_000_000);
         let held = Retrier::new(RetryPolicy::default(), sleep)
-            .with_clock(now)
+            .with_clock(now.clone())
             .with_pacer(Arc::new(Pacer::holding(now() + Duration::from_secs(5))));
         assert_eq!(block_on(held.pace()), Some(Duration::from_secs(5)));
         assert_eq!(*log.lock().unwrap(), vec![Duration::from_secs(5)]);
         // A hold past max_wait is not waited.
-        let (log, sleep) = recorder();
+        let (log, sleep, now, _) = moving_clock(1_000_000);
         let far = Retrier::new(RetryPolicy::default(), sleep)
-            .with_clock(now)
+            .with_clock(now.clone())
             .with_pacer(Arc::new(Pacer::holding(now() + Duration::from_secs(301))));
         assert_eq!(block_on(far.pace()), None);
         assert!(log.lock().unwrap().is_empty());
+        // Hold mode waits once, whatever the clock says after it.
+        let (log, sleep) = recorder();
+        let frozen = Retrier::new(RetryPolicy::default(), sleep)
+            .with_clock(|| SystemTime::UNIX_EPOCH + Duration::from_secs(1_000))
+            .with_pacer(Arc::new(Pacer::hold_only()));
+        frozen.pacer().observe(
+            &overten_errors::RateLimit {
+                limit: 10,
+                remaining: 0,
+                reset: 1_005,
+            },
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_000),
+            &RetryPolicy::builder().wait_spread(0.0).build().unwrap(),
+            &mut || 0,
+        );
+        assert_eq!(block_on(frozen.pace()), Some(Duration::from_secs(5)));
+        assert_eq!(*log.lock().unwrap(), vec![Duration::from_secs(5)]);
     }
 
     #[test]
     fn a_clock_the_caller_moves_ends_a_hold() {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        let secs = Arc::new(AtomicU64::new(1_000));
-        let clock = Arc::clone(&secs);
+        use std::sync::atomic::Ordering;
         let policy = RetryPolicy::builder().wait_spread(0.0).build().unwrap();
-        let (log, sleep) = recorder();
-        let r = Retrier::new(policy, sleep).with_clock(move || {
-            SystemTime::UNIX_EPOCH + Duration::from_secs(clock.load(Ordering::SeqCst))
-        });
+        let (log, sleep, now, secs) = moving_clock(1_000_000);
+        let r = Retrier::new(policy, sleep).with_clock(now);
         let mut h = http::HeaderMap::new();
         for (k, v) in [
             ("x-ratelimit-limit", "60"),
@@ -675,9 +700,9 @@ mod tests {
         }
         r.observe(&h);
         assert_eq!(block_on(r.pace()), Some(Duration::from_secs(20)));
-        secs.store(1_015, Ordering::SeqCst);
+        secs.store(1_015_000, Ordering::SeqCst);
         assert_eq!(block_on(r.pace()), Some(Duration::from_secs(5)));
-        secs.store(1_020, Ordering::SeqCst);
+        secs.store(1_020_000, Ordering::SeqCst);
         assert_eq!(block_on(r.pace()), None);
         assert_eq!(
             *log.lock().unwrap(),
