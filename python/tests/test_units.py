@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from overten_errors import Pacers, Policy, PolicyError, RetryBudget, bearer_key
+from overten_errors import Pacer, Pacers, Policy, PolicyError, RetryBudget, bearer_key
 from overten_errors.reading import RateLimit
 
 
@@ -82,3 +82,70 @@ def test_bearer_keys_are_read_as_the_gateway_reads_them() -> None:
     assert bearer_key(["Bearer a b"]) is None
     assert bearer_key(["Bearer a", "Bearer a"]) is None
     assert bearer_key([]) is None and bearer_key(["Bearer "]) is None
+
+
+def test_slot_mode_spaces_a_spent_keys_requests_by_its_limit() -> None:
+    # Worked by hand from docs/retry.md, Pacing: 10 a minute is one slot per 6 s; its own
+    # request spent the window ending at 1,020 s; the draw at its low end.
+    policy = Policy()
+    pacer = Pacer()
+    pacer.sent(1_000_000)
+    pacer.observe_response(SPENT, 200, 1_000_000, policy, lambda: 0)
+    assert [pacer.take(1_000_000, policy) for _ in range(3)] == [20_000, 26_000, 32_000]
+    # The previous default: one hold, every request together.
+    hold = Pacer(hold_only=True)
+    hold.sent(1_000_000)
+    hold.observe_response(SPENT, 200, 1_000_000, policy, lambda: 0)
+    assert [hold.take(1_000_000, policy) for _ in range(3)] == [20_000] * 3
+    # A 429 on a key used alone is a hold; on a key seen shared, slots over the next window.
+    alone = Pacer()
+    alone.sent(1_000_000)
+    alone.observe_response(SPENT, 429, 1_000_000, policy, lambda: 2**63)
+    first = alone.take(1_000_000, policy)
+    assert first is not None and alone.take(1_000_000, policy) == first
+    shared = Pacer()
+    shared.observe_response(
+        RateLimit(limit=10, remaining=3, reset=1_020), 200, 999_000, policy, lambda: 0
+    )
+    shared.observe_response(SPENT, 429, 1_000_000, policy, lambda: 2**63)
+    assert shared.take(1_000_000, policy) == 20_000 + 30_000
+    assert shared.take(1_000_000, policy) == 20_000 + 36_000
+    # No slot within max_wait: all of max_wait, no slot taken.
+    minute = Policy(max_wait_ms=60_000)
+    far = Pacer()
+    far.sent(1_000_000)
+    far.observe_response(SPENT, 200, 1_000_000, minute, lambda: 0)
+    assert [far.take(1_000_000, minute) for _ in range(8)] == [
+        20_000,
+        26_000,
+        32_000,
+        38_000,
+        44_000,
+        50_000,
+        56_000,
+        60_000,
+    ]
+
+
+def test_threads_taking_slots_never_share_one() -> None:
+    policy = Policy()
+    pacer = Pacer()
+    pacer.sent(1_000_000)
+    pacer.observe_response(
+        RateLimit(limit=600, remaining=0, reset=1_020), 200, 1_000_000, policy, lambda: 0
+    )
+    got: list[int | None] = []
+    lock = threading.Lock()
+
+    def take() -> None:
+        for _ in range(50):
+            w = pacer.take(1_000_000, policy)
+            with lock:
+                got.append(w)
+
+    threads = [threading.Thread(target=take) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(w for w in got if w is not None) == [20_000 + 100 * i for i in range(200)]

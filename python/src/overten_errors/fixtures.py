@@ -91,21 +91,31 @@ def check(fixture: dict[str, Any], policy: Policy | None = None) -> list[str]:
         return ["a header value holds a control character: not a fixture"]
     if kind == "pacing":
         now_ms = request["now_unix"] * 1000
-        want = expect["hold_ms"]
+        wants = expect.get("waits_ms", [expect["hold_ms"]])
+        if wants[0] != expect["hold_ms"]:
+            errors.append("hold_ms is not the first of waits_ms")
         rate_limit = rate_limit_of(fixture["response"]["headers"])
         for bits in DRAWS:
-            pacer = Pacer(request.get("held_until_unix_ms", 0))
-            pacer.observe(rate_limit, now_ms, p, _fixed(bits))
-            got = pacer.hold_ms(now_ms, p)
-            if isinstance(want, dict):
-                if got is None or not want["min_ms"] <= got <= want["max_ms"]:
-                    errors.append(f"hold_ms: got {got!r}, want {want!r}")
-                if bits == 0 and got != want["min_ms"]:
-                    errors.append(f"hold_ms at r = 0: got {got!r}")
-                if bits == 2**64 - 1 and got != want["max_ms"]:
-                    errors.append(f"hold_ms at r = 2^64 - 1: got {got!r}")
-            elif got != want:
-                errors.append(f"hold_ms: got {got!r}, want {want!r}")
+            pacer = Pacer(
+                request.get("held_until_unix_ms", 0), shared=request.get("seen_shared", False)
+            )
+            for _ in range(request.get("sent_in_window", 0)):
+                pacer.sent(now_ms)
+            pacer.observe_response(
+                rate_limit, fixture["response"]["status"], now_ms, p, _fixed(bits)
+            )
+            for i, want in enumerate(wants):
+                got = pacer.wait_at(now_ms, p)
+                what = f"waits_ms[{i}]"
+                if isinstance(want, dict):
+                    if got is None or not want["min_ms"] <= got <= want["max_ms"]:
+                        errors.append(f"{what}: got {got!r}, want {want!r}")
+                    if bits == 0 and got != want["min_ms"]:
+                        errors.append(f"{what} at r = 0: got {got!r}")
+                    if bits == 2**64 - 1 and got != want["max_ms"]:
+                        errors.append(f"{what} at r = 2^64 - 1: got {got!r}")
+                elif got != want:
+                    errors.append(f"{what}: got {got!r}, want {want!r}")
         return errors
     if kind == "success":
         budget = _budget(request["budget"])

@@ -4,6 +4,7 @@ budget and one pacer per key, shared by every thread and asyncio task of a clien
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 import secrets
 import threading
@@ -11,6 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ._catalog import LIMITS
 from .decision import (
     Decision,
     Draw,
@@ -20,30 +22,89 @@ from .decision import (
     decide_transport,
     reserve,
 )
-from .policy import Policy
+from .policy import Policy, unit
 from .reading import RateLimit, Received
+
+_WINDOW_MS = LIMITS.rate_limit_window_ms
+
+#: The most waits one request makes while pacing (its slot or hold, then re-checks).
+MAX_WAITS = 5
 
 
 class Pacer:
-    """One API key's pacing (`docs/retry.md`, *Pacing*): after a response with
-    `X-RateLimit-Remaining: 0`, the key's next requests wait until the reset, spread by one
-    draw. A later hold never shortens an earlier one."""
+    """One API key's pacing (`docs/retry.md`, *Pacing*). By default in slot mode: once the
+    key's window is spent, its requests take slots one `window / X-RateLimit-Limit` apart
+    instead of leaving together at the reset; a 429 on a key never seen shared holds it
+    until the reset (spread, one draw). `Pacer(hold_only=True)` is the previous default:
+    every held request leaves at the reset. Safe to share between threads."""
 
-    __slots__ = ("_lock", "_until_ms")
+    __slots__ = (
+        "_active",
+        "_hold_only",
+        "_interval_ms",
+        "_lock",
+        "_next_ms",
+        "_sent",
+        "_sent_window",
+        "_shared",
+        "_spent_until_ms",
+        "_until_ms",
+    )
 
-    def __init__(self, until_ms: int = 0) -> None:
+    def __init__(self, until_ms: int = 0, *, shared: bool = False, hold_only: bool = False) -> None:
         self._until_ms = until_ms
         self._lock = threading.Lock()
+        self._hold_only = hold_only
+        self._active = False
+        self._next_ms = 0
+        self._interval_ms = 0
+        self._spent_until_ms = 0
+        self._shared = shared and not hold_only
+        self._sent_window = 0
+        self._sent = 0
 
     @property
     def until_ms(self) -> int:
         """When the hold ends, in Unix ms (0: never held)."""
         return self._until_ms
 
+    @property
+    def hold_only(self) -> bool:
+        """Whether this pacer is in hold mode (the previous default)."""
+        return self._hold_only
+
+    def holds_at(self, now_ms: int) -> bool:
+        """Whether requests at `now_ms` may still be held (a hold, a spent window or a
+        slot ahead): a pacer that may not is dropped first when `Pacers` makes room."""
+        with self._lock:
+            return (
+                self._until_ms > now_ms
+                or self._spent_until_ms > now_ms
+                or (self._active and self._next_ms > now_ms)
+            )
+
+    def mark_shared(self) -> None:
+        """Marks the key as shared by other processes (slot mode only)."""
+        if not self._hold_only:
+            with self._lock:
+                self._shared = True
+
+    def sent(self, now_ms: int) -> None:
+        """Counts an attempt sent at `now_ms` with this key (slot mode)."""
+        if self._hold_only:
+            return
+        window = now_ms // _WINDOW_MS
+        with self._lock:
+            if self._sent_window != window:
+                self._sent_window = window
+                self._sent = 0
+            self._sent += 1
+
     def observe(
         self, rate_limit: RateLimit | None, now_ms: int, policy: Policy, draw: Draw
     ) -> None:
-        """Reads one response's rate-limit headers (any response, success or not)."""
+        """Hold mode's reading of a response's rate-limit headers (any response): with
+        Remaining 0, the key is held until the reset, spread by one draw."""
         if rate_limit is None or rate_limit.remaining != 0:
             return
         wait = max(0, rate_limit.reset * 1000 - now_ms)
@@ -53,25 +114,111 @@ class Pacer:
         with self._lock:
             self._until_ms = max(self._until_ms, until)
 
+    def observe_response(
+        self,
+        rate_limit: RateLimit | None,
+        status: int,
+        now_ms: int,
+        policy: Policy,
+        draw: Draw,
+    ) -> None:
+        """Reads a response's rate-limit headers with its status: `observe` in hold mode,
+        slot mode's rules otherwise (`docs/retry.md`, *Pacing*)."""
+        if rate_limit is None:
+            return
+        if self._hold_only:
+            self.observe(rate_limit, now_ms, policy, draw)
+            return
+        reset_ms = rate_limit.reset * 1000
+        with self._lock:
+            window = max(0, reset_ms - 1) // _WINDOW_MS
+            own = self._sent if window == self._sent_window else 0
+            if status != 429 and max(0, rate_limit.limit - rate_limit.remaining) > own:
+                self._shared = True
+            shared = self._shared
+        if status == 429 and not shared:
+            self.observe(rate_limit, now_ms, policy, draw)
+            return
+        with self._lock:
+            if rate_limit.remaining != 0:
+                if self._active and self._next_ms <= now_ms:
+                    self._active = False
+                return
+            wait = max(0, reset_ms - now_ms)
+            if wait == 0 or wait > policy.max_wait_ms:
+                return
+            interval = max(1, _WINDOW_MS // max(1, rate_limit.limit))
+            phase = _WINDOW_MS if status == 429 else interval
+            self._spent_until_ms = max(self._spent_until_ms, reset_ms)
+            if not self._active or self._next_ms < reset_ms:
+                point = min(math.floor(phase * unit(draw())), phase - 1)
+                self._next_ms = max(self._next_ms, reset_ms + point)
+            self._active = True
+            self._interval_ms = interval
+
     def hold_ms(self, now_ms: int, policy: Policy) -> int | None:
-        """How long a request sent at `now_ms` waits first; None when the key is not held or
-        the hold is more than `max_wait_ms` away."""
+        """How long a request sent at `now_ms` waits for the hold alone; None when the key
+        is not held or the hold is more than `max_wait_ms` away."""
         left = self._until_ms - now_ms
         return left if 0 < left <= policy.max_wait_ms else None
 
+    def take(self, now_ms: int, policy: Policy) -> int | None:
+        """How long a request about to be sent at `now_ms` waits, taking its slot in slot
+        mode (a hold first); None: sent at once."""
+        held = self.hold_ms(now_ms, policy)
+        if held is not None:
+            return held
+        if self._hold_only:
+            return None
+        with self._lock:
+            if not self._active and now_ms >= self._spent_until_ms:
+                return None
+            slot = max(self._next_ms, now_ms, self._spent_until_ms)
+            left = slot - now_ms
+            if left > policy.max_wait_ms:
+                # No slot within max_wait: all of max_wait, no slot taken.
+                return policy.max_wait_ms if policy.max_wait_ms > 0 else None
+            self._next_ms = slot + self._interval_ms
+            return left if left > 0 else None
+
+    def recheck(self, now_ms: int, policy: Policy) -> int | None:
+        """For a request whose wait ended at `now_ms`: how long it waits again (its window
+        seen spent meanwhile: a new slot; or a hold)."""
+        with self._lock:
+            spent = not self._hold_only and now_ms < self._spent_until_ms
+        return self.take(now_ms, policy) if spent else self.hold_ms(now_ms, policy)
+
+    def wait_at(self, now_ms: int, policy: Policy) -> int | None:
+        """How long in all a request about to be sent at `now_ms` waits: `take`, then
+        `recheck` at the end of each wait, at most `MAX_WAITS` waits (the clock moved by
+        the waits alone). None: sent at once."""
+        wait = self.take(now_ms, policy)
+        if wait is None:
+            return None
+        total = 0
+        for _ in range(MAX_WAITS):
+            total += wait
+            again = self.recheck(now_ms + total, policy)
+            if again is None:
+                break
+            wait = again
+        return total
+
 
 class Pacers:
-    """One `Pacer` per API key, keyed by a keyed BLAKE2b hash of the key (the key itself is
-    never kept); requests without a key share one. At most `MAX_KEYS` keys are tracked: past
+    """One `Pacer` per API key (slot mode; `Pacers(hold_only=True)`: the previous default),
+    keyed by a keyed BLAKE2b hash of the key (the key itself is never kept); requests
+    without a key share one. At most `MAX_KEYS` keys are tracked: past
     that, keys that hold nothing are dropped, and if every one holds, a new key is not paced
     until there is room (the steps still decide its 429s)."""
 
     MAX_KEYS = 1024
 
-    def __init__(self) -> None:
+    def __init__(self, *, hold_only: bool = False) -> None:
+        self._hold_only = hold_only
         self._secret = secrets.token_bytes(32)
         self._keys: dict[bytes, Pacer] = {}
-        self._keyless = Pacer()
+        self._keyless = Pacer(hold_only=hold_only)
         self._lock = threading.Lock()
 
     def _id(self, key: str) -> bytes:
@@ -88,10 +235,10 @@ class Pacers:
             if pacer is not None:
                 return pacer
             if len(self._keys) >= self.MAX_KEYS:
-                self._keys = {k: p for k, p in self._keys.items() if p.until_ms > now_ms}
+                self._keys = {k: p for k, p in self._keys.items() if p.holds_at(now_ms)}
                 if len(self._keys) >= self.MAX_KEYS:
-                    return Pacer()
-            pacer = self._keys[ident] = Pacer()
+                    return Pacer(hold_only=self._hold_only)
+            pacer = self._keys[ident] = Pacer(hold_only=self._hold_only)
             return pacer
 
     def __len__(self) -> int:
@@ -193,11 +340,20 @@ class Retrier:
         """The pacer of an API key (None: requests without one)."""
         return self.pacers.for_key(key, self.clock())
 
-    def observe(self, pacer: Pacer, rate_limit: RateLimit | None) -> None:
-        """Pacing's reading of any response's `X-RateLimit-*`."""
-        if rate_limit is not None and rate_limit.remaining == 0:
-            pacer.observe(rate_limit, self.clock(), self.policy, self.draw)
+    def observe(self, pacer: Pacer, rate_limit: RateLimit | None, status: int) -> None:
+        """Pacing's reading of any response's `X-RateLimit-*`, with its status."""
+        if rate_limit is not None:
+            pacer.observe_response(rate_limit, status, self.clock(), self.policy, self.draw)
 
-    def hold_ms(self, pacer: Pacer) -> int | None:
-        """How long a request of this pacer's key waits before it is sent."""
-        return pacer.hold_ms(self.clock(), self.policy)
+    def sent(self, pacer: Pacer) -> None:
+        """Counts an attempt about to be sent with this pacer's key."""
+        if not pacer.hold_only:
+            pacer.sent(self.clock())
+
+    def take_ms(self, pacer: Pacer) -> int | None:
+        """How long a request of this pacer's key waits before it is sent (its slot)."""
+        return pacer.take(self.clock(), self.policy)
+
+    def recheck_ms(self, pacer: Pacer) -> int | None:
+        """After that wait: how long it waits again (its window seen spent meanwhile)."""
+        return pacer.recheck(self.clock(), self.policy)

@@ -25,7 +25,7 @@ from ._catalog import LIMITS
 from .decision import RETRY_CANCELLED, Decision, RetryTicket, decide
 from .errors import TransportError, UnexpectedResponse
 from .reading import Received, classify, rate_limit_of
-from .retrier import Outcome, Retrier, bearer_key
+from .retrier import MAX_WAITS, Outcome, Retrier, bearer_key
 
 #: Request extension: the number of this request's first attempt (a resubmission is the
 #: next attempt after the request it resubmits).
@@ -55,13 +55,6 @@ def _prepare(request: httpx.Request) -> tuple[str | None, bool, bool, int]:
     if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 1:
         attempt = 1
     return key, replay_safe, replayable, attempt
-
-
-def _may_be_spent(headers: httpx.Headers) -> bool:
-    # Only a spent window holds anything, and a Remaining that reads as 0 holds a "0": one
-    # lookup settles nearly every response before the three headers are read.
-    remaining = headers.get("x-ratelimit-remaining")
-    return remaining is not None and "0" in remaining
 
 
 def _sent(error: httpx.TransportError) -> bool:
@@ -147,9 +140,14 @@ def attempts(retrier: Retrier, request: httpx.Request) -> Flow[httpx.Response]:
     key, replay_safe, replayable, attempt = _prepare(request)
     pacer = r.pacer(key)
     while True:
-        hold = r.hold_ms(pacer)
-        if hold:
-            yield Sleep(hold)
+        # Its slot (or hold), then again while its window was seen spent meanwhile.
+        wait = r.take_ms(pacer)
+        for _ in range(MAX_WAITS):
+            if not wait:
+                break
+            yield Sleep(wait)
+            wait = r.recheck_ms(pacer)
+        r.sent(pacer)
         try:
             response: httpx.Response = yield Send(request)
         except httpx.TransportError as e:
@@ -164,8 +162,10 @@ def attempts(retrier: Retrier, request: httpx.Request) -> Flow[httpx.Response]:
                 d = RETRY_CANCELLED
             e.overten_outcome = Outcome(d, attempt, None)  # type: ignore[attr-defined]
             raise
-        if _may_be_spent(response.headers):
-            r.observe(pacer, rate_limit_of(response.headers))
+        # Every response's window: a spent one paces the key, one with room ends its
+        # slots, and its used count tells a shared key.
+        if "x-ratelimit-remaining" in response.headers:
+            r.observe(pacer, rate_limit_of(response.headers), response.status_code)
         if response.status_code < 400:
             if 200 <= response.status_code < 300:
                 r.on_success(attempt)

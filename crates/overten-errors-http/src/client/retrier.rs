@@ -511,7 +511,6 @@ mod tests {
     /// the status read with the window.
     #[test]
     fn slotted_pacers_give_a_spent_keys_requests_slots_and_leave_other_keys_alone() {
-        use std::sync::atomic::Ordering;
         const T0: u64 = 1_713_312_300_000; // ms; the window ends 30 s later
         let (log, sleep, now, clock) = moving_clock(T0);
         let retrier = Retrier::new(RetryPolicy::default(), sleep)
