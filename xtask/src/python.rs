@@ -90,8 +90,8 @@ pub(crate) fn module(catalog: &Value, not_replay_safe: &str, not_an_error: &str)
          `cargo xtask docs --check` fails when it is stale.\"\"\"\n\n\
          from __future__ import annotations\n\n\
          from typing import Final\n\n\
-         from ._types import (\n    BudgetSettings,\n    Code,\n    Limits,\n    PollNumbers,\n    \
-         PolicyNumbers,\n    Rule,\n    Status,\n    StatusRule,\n    Tier,\n)\n\n",
+         from ._types import (\n    BudgetSettings,\n    Code,\n    Limits,\n    PacingNumbers,\n    \
+         PollNumbers,\n    PolicyNumbers,\n    Rule,\n    Status,\n    StatusRule,\n    Tier,\n)\n\n",
     );
     let _ = writeln!(
         out,
@@ -247,6 +247,11 @@ fn numbers(out: &mut String, catalog: &Value) {
             ],
             ""
         )
+    );
+    let _ = writeln!(
+        out,
+        "#: The default pacing (`docs/retry.md`, *Pacing*).\nPACING: Final = {}\n",
+        call("PacingNumbers", &catalog["pacing"], &["mode", "max_waits"], "")
     );
     let poll = PollSchedule::default();
     let _ = writeln!(

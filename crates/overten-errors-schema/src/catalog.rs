@@ -32,6 +32,8 @@ pub struct Catalog {
     pub backoff: BackoffDefaults,
     /// The default retry budget (token bucket).
     pub retry_budget: BudgetDefaults,
+    /// The default pacing (`docs/retry.md`, *Pacing*).
+    pub pacing: PacingDefaults,
     /// The other numbers the page states.
     pub limits: Limits,
 }
@@ -156,6 +158,27 @@ pub struct BudgetDefaults {
     pub storm_wait_max_ms: u64,
 }
 
+/// The default pacing of a key's requests (`docs/retry.md`, *Pacing*).
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct PacingDefaults {
+    /// `slots`: once a window is spent, a key's requests go one `window / Limit` apart
+    /// (the default since issue 27); `hold`: every held request goes at the reset.
+    pub mode: PacingMode,
+    /// The most waits one request makes while pacing (its slot or hold, then re-checks).
+    pub max_waits: u32,
+}
+
+/// How a spent window paces a key's requests.
+#[derive(Debug, Clone, Copy, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PacingMode {
+    /// One `window / Limit` apart from the reset (spread over the next window after a 429
+    /// on a key seen shared).
+    Slots,
+    /// All at the reset, spread by one draw.
+    Hold,
+}
+
 /// The page's other numbers, and the bounds both sides apply to text on the wire.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct Limits {
@@ -257,6 +280,14 @@ pub fn catalog() -> Catalog {
             retried_success_refill: budget.retry_cost(),
             storm_wait_min_ms: millis(budget.storm_wait().0),
             storm_wait_max_ms: millis(budget.storm_wait().1),
+        },
+        pacing: PacingDefaults {
+            mode: if overten_errors::Pacer::new().is_slotted() {
+                PacingMode::Slots
+            } else {
+                PacingMode::Hold
+            },
+            max_waits: u32::try_from(overten_errors::Pacer::MAX_WAITS).unwrap_or(u32::MAX),
         },
         limits: Limits {
             sync_timeout_ms: SYNC_TIMEOUT_SECONDS * 1000,

@@ -11,6 +11,7 @@ from ._types import (
     BudgetSettings,
     Code,
     Limits,
+    PacingNumbers,
     PollNumbers,
     PolicyNumbers,
     Rule,
@@ -268,6 +269,12 @@ BUDGET: Final = BudgetSettings(
     success_refill=1,
     storm_wait_min_ms=15000,
     storm_wait_max_ms=30000,
+)
+
+#: The default pacing (`docs/retry.md`, *Pacing*).
+PACING: Final = PacingNumbers(
+    mode="slots",
+    max_waits=5,
 )
 
 #: The default poll schedule (`docs/retry.md`, *Polling a task*).

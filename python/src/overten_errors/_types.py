@@ -105,6 +105,14 @@ class PolicyNumbers:
 
 
 @dataclass(frozen=True, slots=True)
+class PacingNumbers:
+    """The default pacing (`docs/retry.md`, *Pacing*), as generated."""
+
+    mode: str
+    max_waits: int
+
+
+@dataclass(frozen=True, slots=True)
 class PollNumbers:
     """The default poll schedule's numbers, as generated."""
 

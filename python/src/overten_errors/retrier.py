@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ._catalog import LIMITS
+from ._catalog import LIMITS, PACING
 from .decision import (
     Decision,
     Draw,
@@ -28,7 +28,7 @@ from .reading import RateLimit, Received
 _WINDOW_MS = LIMITS.rate_limit_window_ms
 
 #: The most waits one request makes while pacing (its slot or hold, then re-checks).
-MAX_WAITS = 5
+MAX_WAITS = PACING.max_waits
 
 
 class Pacer:
@@ -51,7 +51,9 @@ class Pacer:
         "_until_ms",
     )
 
-    def __init__(self, until_ms: int = 0, *, shared: bool = False, hold_only: bool = False) -> None:
+    def __init__(
+        self, until_ms: int = 0, *, shared: bool = False, hold_only: bool = PACING.mode == "hold"
+    ) -> None:
         self._until_ms = until_ms
         self._lock = threading.Lock()
         self._hold_only = hold_only
@@ -214,7 +216,7 @@ class Pacers:
 
     MAX_KEYS = 1024
 
-    def __init__(self, *, hold_only: bool = False) -> None:
+    def __init__(self, *, hold_only: bool = PACING.mode == "hold") -> None:
         self._hold_only = hold_only
         self._secret = secrets.token_bytes(32)
         self._keys: dict[bytes, Pacer] = {}
