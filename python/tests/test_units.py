@@ -99,10 +99,16 @@ def test_slot_mode_spaces_a_spent_keys_requests_by_its_limit() -> None:
     assert [hold.take(1_000_000, policy) for _ in range(3)] == [20_000] * 3
     # A 429 on a key used alone is a hold; on a key seen shared, slots over the next window.
     alone = Pacer()
-    alone.sent(1_000_000)
+    for _ in range(10):
+        alone.sent(1_000_000)
     alone.observe_response(SPENT, 429, 1_000_000, policy, lambda: 2**63)
     first = alone.take(1_000_000, policy)
     assert first is not None and alone.take(1_000_000, policy) == first
+    # One attempt of its own and a 429 reporting ten used: others use the key.
+    by_others = Pacer()
+    by_others.sent(1_000_000)
+    by_others.observe_response(SPENT, 429, 1_000_000, policy, lambda: 2**63)
+    assert by_others.take(1_000_000, policy) == 20_000 + 30_000
     shared = Pacer()
     shared.observe_response(
         RateLimit(limit=10, remaining=3, reset=1_020), 200, 999_000, policy, lambda: 0

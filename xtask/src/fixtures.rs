@@ -1152,14 +1152,14 @@ fn pacing() -> Vec<Fixture> {
         ),
         fixture(
             "pacing-on-an-error",
-            "A 429 (Remaining 0) on a key never seen shared holds it until the reset, 18 s, lengthened by up to half of it (spread), one draw: every request leaves then.",
+            "A 429 (Remaining 0) on a key never seen shared, whose 60 used are this process's 60 attempts, holds it until the reset, 18 s, lengthened by up to half of it (spread), one draw: every request leaves then.",
             429,
             limited.clone(),
             own,
         ),
         fixture(
-            "pacing-first-429-says-nothing",
-            "A 429 after one attempt of this process's: its count (60 used) is not read as sharing (the gateway's Remaining stops at 0, and a restarted process meets its own key spent), so it is a hold, as pacing-on-an-error.",
+            "pacing-429-on-a-window-spent-by-others",
+            "A 429 after one attempt of this process's: 60 used, 59 not its own, so the key is seen shared and its requests take slots 1 s apart from a uniform point of the whole next window (the reset, 18 s, plus up to 60 s), as pacing-429-on-a-shared-key.",
             429,
             limited.clone(),
             PacingState {

@@ -251,7 +251,12 @@ fn numbers(out: &mut String, catalog: &Value) {
     let _ = writeln!(
         out,
         "#: The default pacing (`docs/retry.md`, *Pacing*).\nPACING: Final = {}\n",
-        call("PacingNumbers", &catalog["pacing"], &["mode", "max_waits"], "")
+        call(
+            "PacingNumbers",
+            &catalog["pacing"],
+            &["mode", "max_waits"],
+            ""
+        )
     );
     let poll = PollSchedule::default();
     let _ = writeln!(

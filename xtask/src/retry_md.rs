@@ -121,7 +121,10 @@ pub(crate) fn retry_md() -> String {
             "rate_limit_window_ms",
             (overten_errors::RATE_LIMIT_WINDOW_SECONDS * 1000).to_string(),
         ),
-        ("max_pacing_waits", overten_errors::Pacer::MAX_WAITS.to_string()),
+        (
+            "max_pacing_waits",
+            overten_errors::Pacer::MAX_WAITS.to_string(),
+        ),
         (
             "rate_limit_default_wait_ms",
             (RATE_LIMIT_DEFAULT_WAIT_SECONDS * 1000).to_string(),

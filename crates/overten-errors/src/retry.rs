@@ -987,8 +987,8 @@ impl RetryPolicy {
 /// - a response that is not a 429 with `Remaining: 0` (this process's own requests spent
 ///   the window) puts the first slot at the reset plus a uniform point of one interval;
 /// - a 429 holds the key until the reset, spread like a wait the server named (the hold of
-///   [`observe`](Pacer::observe)), unless the key was seen shared (a response other than a
-///   429 whose used count, `Limit - Remaining`, is above the attempts this process
+///   [`observe`](Pacer::observe)), unless the key was seen shared (a response, a 429
+///   included, whose used count, `Limit - Remaining`, is above the attempts this process
 ///   [`sent`](Pacer::sent) in that window; it stays shared): then its first slot is a
 ///   uniform point of the whole next window, so that the clients sharing it do not meet
 ///   at the reset;
@@ -1158,9 +1158,11 @@ impl Pacer {
         } else {
             0
         };
-        // A 429's count says nothing: the gateway's Remaining stops at 0, and a process
-        // that restarted may meet its own key spent.
-        if status != 429 && u64::from(rate_limit.limit.saturating_sub(rate_limit.remaining)) > own {
+        // More used than this process sent in the window: others use the key. A 429 counts
+        // too (its Remaining is 0: the whole limit used); a process that restarted within
+        // the window and meets its own earlier requests' 429 is read as shared as well:
+        // its next requests then spread over the next window (measured: issue 27).
+        if u64::from(rate_limit.limit.saturating_sub(rate_limit.remaining)) > own {
             slots.shared = true;
         }
         if status == 429 && !slots.shared {

@@ -253,17 +253,29 @@ fn threads_taking_slots_never_share_one() {
 }
 
 #[test]
-fn a_first_429_says_nothing_about_sharing() {
+fn a_429_on_a_window_this_process_did_not_spend_marks_the_key_shared() {
     let policy = RetryPolicy::default();
-    // A process that restarted meets its own key spent: one attempt of its own, a 429
-    // whose count (10 of 10) is not all its own. Held as the default holds, not slotted.
+    // One attempt of its own, a 429 whose count (10 of 10) is not all its own: others used
+    // the key, so its requests take slots from a uniform point of the next window (the draw
+    // high: 59,999 ms past the reset at 20 s), 6 s apart.
     let pacer = Pacer::new();
     pacer.sent(at(0));
     pacer.observe_response(&rl(10, 0, 20), 429, at(0), &policy, &mut high());
-    let held = pacer.take(at(0), &policy);
+    assert_eq!(ms(pacer.take(at(0), &policy)), Some(20_000 + 59_999));
+    assert_eq!(
+        ms(pacer.take(at(0), &policy)),
+        Some(20_000 + 59_999 + 6_000)
+    );
+    // Ten of its own explain the ten used: a hold (every request together), not slots.
+    let alone = Pacer::new();
+    for _ in 0..10 {
+        alone.sent(at(0));
+    }
+    alone.observe_response(&rl(10, 0, 20), 429, at(0), &policy, &mut high());
+    let held = alone.take(at(0), &policy);
     assert!(held.is_some());
     assert_eq!(
-        pacer.take(at(0), &policy),
+        alone.take(at(0), &policy),
         held,
         "a hold: the same for every request"
     );

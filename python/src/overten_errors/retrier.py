@@ -135,7 +135,7 @@ class Pacer:
         with self._lock:
             window = max(0, reset_ms - 1) // _WINDOW_MS
             own = self._sent if window == self._sent_window else 0
-            if status != 429 and max(0, rate_limit.limit - rate_limit.remaining) > own:
+            if max(0, rate_limit.limit - rate_limit.remaining) > own:
                 self._shared = True
             shared = self._shared
         if status == 429 and not shared:

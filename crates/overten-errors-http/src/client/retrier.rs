@@ -553,37 +553,38 @@ mod tests {
             "one slot later, from the first's end"
         );
         assert_eq!(log.lock().unwrap().len(), 2);
-        // A 429 on a key never seen shared holds it as the default does: hold mode's wait.
+        // The window the clock is in when called: it ends on the next minute.
+        let next = |remaining| {
+            let secs = now_of(&clock)
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+            window_to(remaining, &(secs / 60 * 60 + 60).to_string())
+        };
+        // A 429 on a key whose ten used are this process's ten attempts in that window holds
+        // it: hold mode's wait.
         let c = retrier.pacer_for(Some("sk_live_c"));
-        retrier.sent_on(&c);
-        // (The clock is past the first window now: the next one's reset.)
-        retrier.observe_status_on(
-            &c,
-            http::StatusCode::TOO_MANY_REQUESTS,
-            &window_to("0", "1713312390"),
-        );
+        for _ in 0..10 {
+            retrier.sent_on(&c);
+        }
+        retrier.observe_status_on(&c, http::StatusCode::TOO_MANY_REQUESTS, &next("0"));
         let held = c.hold(now_of(&clock), retrier.policy()).unwrap();
         assert_eq!(block_on(retrier.pace_on(&c)), Some(held));
         // Three requests of key d counted as sent explain the three used its next response
-        // reports: not shared, so its 429 is a hold too (the same wait for two requests).
-        // Uncounted, the three would be someone else's and the 429 would give slots.
+        // reports: not shared. Its 429 then reports ten used, seven not its own: shared,
+        // so its requests take slots (two requests, two waits one interval apart).
         let d = retrier.pacer_for(Some("sk_live_d"));
         for _ in 0..3 {
             retrier.sent_on(&d);
         }
-        // The window the clock is in now: it ends on the next minute.
-        let secs = now_of(&clock)
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
-        let reset = (secs / 60 * 60 + 60).to_string();
-        let next = |remaining| window_to(remaining, &reset);
         retrier.observe_status_on(&d, http::StatusCode::OK, &next("7"));
         retrier.observe_status_on(&d, http::StatusCode::TOO_MANY_REQUESTS, &next("0"));
         let at = now_of(&clock);
-        let first = d.take(at, retrier.policy());
-        assert!(first.is_some());
-        assert_eq!(d.take(at, retrier.policy()), first);
+        let first = d.take(at, retrier.policy()).unwrap();
+        assert_eq!(
+            d.take(at, retrier.policy()),
+            Some(first + Duration::from_secs(6))
+        );
     }
 
     fn now_of(clock: &std::sync::atomic::AtomicU64) -> SystemTime {
