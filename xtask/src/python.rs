@@ -118,6 +118,16 @@ pub(crate) fn module(catalog: &Value, not_replay_safe: &str, not_an_error: &str)
     );
 
     numbers(&mut out, catalog);
+    let _ = writeln!(
+        out,
+        "#: The default pacing (`docs/retry.md`, *Pacing*).\nPACING: Final = {}\n",
+        call(
+            "PacingNumbers",
+            &catalog["pacing"],
+            &["mode", "max_waits"],
+            ""
+        )
+    );
     out
 }
 
@@ -245,16 +255,6 @@ fn numbers(out: &mut String, catalog: &Value) {
                 "storm_wait_min_ms",
                 "storm_wait_max_ms",
             ],
-            ""
-        )
-    );
-    let _ = writeln!(
-        out,
-        "#: The default pacing (`docs/retry.md`, *Pacing*).\nPACING: Final = {}\n",
-        call(
-            "PacingNumbers",
-            &catalog["pacing"],
-            &["mode", "max_waits"],
             ""
         )
     );

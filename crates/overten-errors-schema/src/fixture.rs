@@ -189,6 +189,32 @@ fn request() -> Value {
     })
 }
 
+/// What a pacing fixture holds besides the common fields.
+fn pacing_case() -> Value {
+    json!({
+        "if": {"properties": {"kind": {"const": "pacing"}}},
+        "then": {
+            "required": ["response"],
+            "properties": {"expect": {
+                "type": "object",
+                "properties": {"hold_ms": hold_ms(), "waits_ms": waits_ms()},
+                "required": ["hold_ms", "waits_ms"],
+            }},
+        },
+    })
+}
+
+/// A pacing fixture's expected waits: one per request of the key's next three.
+fn waits_ms() -> Value {
+    json!({
+        "type": "array",
+        "description": "How long in all each of the key's next three requests waits, each sent at now_unix after the one before took its slot: as hold_ms (whose value is the first).",
+        "items": hold_ms(),
+        "minItems": 3,
+        "maxItems": 3,
+    })
+}
+
 /// A pacing fixture's expected hold: milliseconds, `null` for none, or the range a spread
 /// hold falls in.
 fn hold_ms() -> Value {
@@ -288,26 +314,7 @@ pub fn fixture_schema() -> Value {
                     }},
                 },
             },
-            {
-                "if": {"properties": {"kind": {"const": "pacing"}}},
-                "then": {
-                    "required": ["response"],
-                    "properties": {"expect": {
-                        "type": "object",
-                        "properties": {
-                            "hold_ms": hold_ms(),
-                            "waits_ms": {
-                                "type": "array",
-                                "description": "How long in all each of the key's next three requests waits, each sent at now_unix after the one before took its slot: as hold_ms (whose value is the first).",
-                                "items": hold_ms(),
-                                "minItems": 3,
-                                "maxItems": 3,
-                            },
-                        },
-                        "required": ["hold_ms", "waits_ms"],
-                    }},
-                },
-            },
+            pacing_case(),
             {
                 "if": {"properties": {"kind": {"const": "success"}}},
                 "then": {

@@ -407,12 +407,12 @@ fn a_key_marked_shared_spreads_its_first_429_and_hold_mode_ignores_the_mark() {
     pacer.observe_response(&rl(10, 0, 20), 429, at(1_000), &policy, &mut half);
     assert_eq!(ms(pacer.take(at(1_000), &policy)), Some(19_000 + 30_000));
     assert_eq!(ms(pacer.take(at(1_000), &policy)), Some(19_000 + 36_000));
-    let hold = Pacer::hold_only();
-    hold.mark_shared();
-    hold.observe_response(&rl(10, 0, 20), 429, at(1_000), &policy, &mut half);
-    let held = ms(hold.take(at(1_000), &policy));
+    let hold_mode = Pacer::hold_only();
+    hold_mode.mark_shared();
+    hold_mode.observe_response(&rl(10, 0, 20), 429, at(1_000), &policy, &mut half);
+    let held = ms(hold_mode.take(at(1_000), &policy));
     assert_eq!(
-        ms(hold.take(at(1_000), &policy)),
+        ms(hold_mode.take(at(1_000), &policy)),
         held,
         "a hold all the same"
     );

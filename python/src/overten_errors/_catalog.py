@@ -271,12 +271,6 @@ BUDGET: Final = BudgetSettings(
     storm_wait_max_ms=30000,
 )
 
-#: The default pacing (`docs/retry.md`, *Pacing*).
-PACING: Final = PacingNumbers(
-    mode="slots",
-    max_waits=5,
-)
-
 #: The default poll schedule (`docs/retry.md`, *Polling a task*).
 POLL: Final = PollNumbers(
     first_ms=1000,
@@ -294,3 +288,9 @@ UNKNOWN_TASK_CODE_STATUS: Final = 500
 
 #: The largest task body (a result included) a client reads.
 MAX_TASK_BODY_BYTES: Final = 16777216
+#: The default pacing (`docs/retry.md`, *Pacing*).
+PACING: Final = PacingNumbers(
+    mode="slots",
+    max_waits=5,
+)
+

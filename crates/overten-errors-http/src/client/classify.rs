@@ -474,7 +474,8 @@ fn remaining_may_be_zero(headers: &HeaderMap) -> bool {
         .is_some_and(|(_, v)| number::<u64>(v).is_ok_and(|n| n == 0))
 }
 
-/// Pacing's reading of a response, success or not (`docs/retry.md`, *Pacing*): when its
+/// Hold mode's reading of a response, success or not (`docs/retry.md`, *Pacing*, the
+/// previous default; slot pacing needs the status too: [`observe_rate_limit_of`]): when its
 /// three `X-RateLimit-*` headers, read whole as [`rate_limit_headers`] reads them, say
 /// `Remaining` 0, `pacer` holds the key until the reset, spread with one draw from `rng`
 /// ([`Pacer::observe`]). `now` is read only then. [`crate::Retrier::observe`] calls this
@@ -510,9 +511,9 @@ pub fn observe_rate_limit<R: RandomSource + ?Sized>(
     }
 }
 
-/// [`observe_rate_limit`] with the response's status, for a pacer in slot mode
-/// ([`Pacer::slotted`]: it reads every response's window, and a 429 apart): a pacer in
-/// hold mode reads it exactly as [`observe_rate_limit`] does.
+/// Pacing's reading of a response with its status (`docs/retry.md`, *Pacing*): a pacer in
+/// slot mode (the default) reads every response's window, a 429's apart; a
+/// [`Pacer::hold_only`] pacer reads it exactly as [`observe_rate_limit`] does.
 ///
 /// ```
 /// use std::time::{Duration, SystemTime};

@@ -436,12 +436,12 @@ impl<S: Sleep + 'static> RetryMiddleware<S> {
             .get::<Resubmission>()
             .map_or(1, |r| r.attempts.saturating_add(1));
         loop {
-            // A spent rate-limit window holds the key's requests until its reset.
+            // A spent rate-limit window paces the key's requests: each takes its slot.
             if let Some(hold) = self.retrier.pace_on(&pacer).await {
                 tracing::info!(
                     http.request.resend_count = attempt - 1,
                     hold_ms = u64::try_from(hold.as_millis()).unwrap_or(u64::MAX),
-                    "held until the rate-limit window resets"
+                    "paced: waited for the key's slot in its rate-limit window"
                 );
             }
             let replay = req.try_clone();

@@ -154,15 +154,18 @@ impl<S: Sleep> Retrier<S> {
         }
     }
 
-    /// [`Retrier::observe`] into `pacer` (from [`Retrier::pacer_for`]).
+    /// [`Retrier::observe`] into `pacer` (from [`Retrier::pacer_for`]). Without the
+    /// response's status a spent window is read as a hold ([`Pacer::observe`], the
+    /// previous default); a loop that has the status calls
+    /// [`Retrier::observe_status_on`], which slot pacing needs.
     pub fn observe_on(&self, pacer: &Pacer, headers: &http::HeaderMap) {
         super::classify::observe_rate_limit(pacer, headers, &self.clock, &self.policy, &mut || {
             self.draw()
         });
     }
 
-    /// [`Retrier::observe_on`] with the response's status: what a pacer in slot mode
-    /// ([`Pacer::slotted`]) needs (a hold-mode pacer reads it as `observe_on` does).
+    /// [`Retrier::observe_on`] with the response's status: what a pacer in slot mode (the
+    /// default) needs (a [`Pacer::hold_only`] pacer reads it as `observe_on` does).
     pub fn observe_status_on(
         &self,
         pacer: &Pacer,
@@ -438,6 +441,7 @@ mod tests {
 
     /// A clock (Unix ms) that starts at `start_ms`, and a sleep that records each wait and
     /// moves that clock forward by it: time as a paced request sees it.
+    #[allow(clippy::type_complexity, reason = "a test helper's four parts, named where used")]
     fn moving_clock(
         start_ms: u64,
     ) -> (
