@@ -1213,7 +1213,7 @@ impl Pacer {
         if left > policy.max_wait_ms {
             // No slot within max_wait: wait all of max_wait, taking no slot (a request is
             // never paced longer, and waits never shrink as its slot moves away).
-            return (policy.max_wait_ms > 0).then(|| Duration::from_millis(policy.max_wait_ms));
+            return Some(Duration::from_millis(policy.max_wait_ms));
         }
         slots.next_ms = slot.saturating_add(slots.interval_ms);
         (left > 0).then(|| Duration::from_millis(left))

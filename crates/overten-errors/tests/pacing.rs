@@ -289,6 +289,15 @@ fn slot_boundaries() {
     pacer.sent(at(0));
     pacer.observe_response(&rl(10, 0, 60), 200, at(0), &policy, &mut low());
     assert_eq!(ms(pacer.take(at(0), &policy)), Some(60_000));
+    // That slot (60 s) was taken: a request one interval later finds the next, 66 s, which
+    // is max_wait ahead of it, and takes it too.
+    assert_eq!(ms(pacer.take(at(6_000), &policy)), Some(60_000));
+    assert_eq!(ms(pacer.take(at(12_000), &policy)), Some(60_000));
+    // The next, 78 s, is 66 s ahead of 12 s: not taken, max_wait waited; at 18 s it is.
+    assert_eq!(ms(pacer.take(at(12_000), &policy)), Some(60_000));
+    assert_eq!(ms(pacer.take(at(18_000), &policy)), Some(60_000));
+    assert_eq!(ms(pacer.take(at(18_000), &policy)), Some(60_000));
+    assert_eq!(ms(pacer.take(at(30_000), &policy)), Some(54_000), "84 s");
     // A request at its slot's very moment goes at once, and the next slot moves on.
     let pacer = own_spent(&policy);
     assert_eq!(pacer.take(at(20_000), &policy), None);

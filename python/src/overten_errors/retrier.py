@@ -179,7 +179,7 @@ class Pacer:
             left = slot - now_ms
             if left > policy.max_wait_ms:
                 # No slot within max_wait: all of max_wait, no slot taken.
-                return policy.max_wait_ms if policy.max_wait_ms > 0 else None
+                return policy.max_wait_ms
             self._next_ms = slot + self._interval_ms
             return left if left > 0 else None
 

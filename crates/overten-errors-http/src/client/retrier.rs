@@ -441,7 +441,10 @@ mod tests {
 
     /// A clock (Unix ms) that starts at `start_ms`, and a sleep that records each wait and
     /// moves that clock forward by it: time as a paced request sees it.
-    #[allow(clippy::type_complexity, reason = "a test helper's four parts, named where used")]
+    #[allow(
+        clippy::type_complexity,
+        reason = "a test helper's four parts, named where used"
+    )]
     fn moving_clock(
         start_ms: u64,
     ) -> (
