@@ -55,6 +55,9 @@ struct World {
     /// `RetryMiddleware` with the default policy, as a user runs it (a retry stays possible,
     /// so every attempt keeps a copy of the request).
     wrapped: reqwest_middleware::ClientWithMiddleware,
+    /// The same with the previous default's pacers (`Pacers::hold_only`): what slot pacing
+    /// (a count per attempt, every response's window read) costs against the hold.
+    wrapped_hold: reqwest_middleware::ClientWithMiddleware,
     /// `RetryMiddleware` with a policy of one attempt: a 429 is decided, then stopped.
     one_attempt: reqwest_middleware::ClientWithMiddleware,
     /// reqwest-middleware with one middleware that only passes the request on: what the
@@ -102,6 +105,13 @@ fn world() -> &'static World {
                     no_sleep as Sleeper,
                 )))
                 .build(),
+            wrapped_hold: reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+                .with(RetryMiddleware::new(
+                    Retrier::new(RetryPolicy::default(), no_sleep as Sleeper)
+                        .with_pacer(std::sync::Arc::new(overten_errors::Pacer::hold_only()))
+                        .with_pacers(std::sync::Arc::new(overten_errors::Pacers::hold_only())),
+                ))
+                .build(),
             one_attempt: reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
                 .with(RetryMiddleware::new(Retrier::new(
                     one_attempt,
@@ -143,6 +153,15 @@ fn middleware_success(w: &World) -> u16 {
     })
 }
 
+fn middleware_hold_success(w: &World) -> u16 {
+    w.rt.block_on(async {
+        let r = w.wrapped_hold.get(&w.ok).send().await.unwrap();
+        let status = r.status().as_u16();
+        r.bytes().await.unwrap();
+        status
+    })
+}
+
 fn bare_429(w: &World) -> Advice {
     w.rt.block_on(async {
         let r = w.bare.get(&w.limited).send().await.unwrap();
@@ -165,6 +184,7 @@ fn verify() {
     assert_eq!(bare_success(w), 200);
     assert_eq!(middleware_success(w), 200);
     assert_eq!(passthrough_success(w), 200);
+    assert_eq!(middleware_hold_success(w), 200);
     let stop = Advice::Stop(StopReason::AttemptsExhausted { attempts: 1 });
     assert_eq!(bare_429(w), stop);
     assert_eq!(middleware_429(w), stop);
@@ -184,6 +204,11 @@ mod success {
     #[divan::bench]
     fn retry_middleware() -> u16 {
         super::middleware_success(super::world())
+    }
+
+    #[divan::bench]
+    fn retry_middleware_hold_pacing() -> u16 {
+        super::middleware_hold_success(super::world())
     }
 
     #[divan::bench]
