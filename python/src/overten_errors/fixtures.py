@@ -95,11 +95,16 @@ def check(fixture: dict[str, Any], policy: Policy | None = None) -> list[str]:
         if wants[0] != expect["hold_ms"]:
             errors.append("hold_ms is not the first of waits_ms")
         rate_limit = rate_limit_of(fixture["response"]["headers"])
+        sent = request.get("sent_in_window", 0)
+        shared = request.get("seen_shared", False)
+        if not isinstance(sent, int) or isinstance(sent, bool) or not 0 <= sent < 2**32:
+            return ["request.sent_in_window: not an integer from 0 to 2^32 - 1"]
+        if not isinstance(shared, bool):
+            return ["request.seen_shared: not a boolean"]
         for bits in DRAWS:
-            pacer = Pacer(
-                request.get("held_until_unix_ms", 0), shared=request.get("seen_shared", False)
-            )
-            for _ in range(request.get("sent_in_window", 0)):
+            pacer = Pacer(request.get("held_until_unix_ms", 0), shared=shared)
+            # Past any limit the count changes nothing: a huge one is not looped over.
+            for _ in range(min(sent, 2**16 - 1)):
                 pacer.sent(now_ms)
             pacer.observe_response(
                 rate_limit, fixture["response"]["status"], now_ms, p, _fixed(bits)
