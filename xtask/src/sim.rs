@@ -308,17 +308,17 @@ trait Policy {
     fn success(&mut self, attempts: u32);
     /// Reads any response's rate-limit snapshot (for pacing).
     fn observe(&mut self, _resp: &Resp, _now_ms: u64, _rng: &mut SplitMix64) {}
-    /// How long a request about to be sent at `now_ms` is held first (pacing). A request
-    /// held once is sent when its hold ends, without asking again.
+    /// How long a request about to be sent at `now_ms` is held first (pacing).
     fn hold(&mut self, _now_ms: u64, _rng: &mut SplitMix64) -> Option<u64> {
         None
     }
-    /// Whether a request held once is sent when its hold ends without asking again.
-    fn holds_once(&self) -> bool {
-        false
+    /// The most pacing waits a request makes before it is sent: its hold, then
+    /// [`Policy::recheck`] at the end of each wait while that holds it again.
+    fn max_waits(&self) -> u8 {
+        1
     }
-    /// For a request held once, at the end of its hold: hold it again (a window it would
-    /// land in is known spent).
+    /// For a request at the end of a pacing wait: hold it again (a window it would land in
+    /// is known spent).
     fn recheck(&mut self, now_ms: u64, rng: &mut SplitMix64) -> Option<u64> {
         let _ = (now_ms, rng);
         None
@@ -371,24 +371,6 @@ struct Ours {
     newest_first: bool,
     /// The ticket of the retry last advised.
     ticket: Option<RetryTicket>,
-    /// A variant under study ([`VARIANT_LIMIT_PACING`]): once a window is spent, the key's
-    /// requests go one per `window / Limit`, the first at a uniform point of the first
-    /// interval after the reset, until no request waits and a response shows room.
-    limit_pacing: Option<LimitPacing>,
-}
-
-/// The state of [`VARIANT_LIMIT_PACING`].
-#[derive(Debug, Clone, Copy, Default)]
-struct LimitPacing {
-    /// Only windows this client's own successes spent are paced by the limit; a 429 holds
-    /// the key as the default pacer does.
-    own_only: bool,
-    /// After a 429, the first slot's spread (ms); `None`: the whole window.
-    spread_429_ms: Option<f64>,
-    active: bool,
-    next_slot: u64,
-    interval: u64,
-    spent_until: u64,
 }
 
 /// One window of the page's rate limits, in ms.
@@ -446,116 +428,49 @@ impl Policy for Ours {
         }
     }
     fn observe(&mut self, r: &Resp, now_ms: u64, rng: &mut SplitMix64) {
-        if self.pacer.is_slotted() {
-            if let Some(rl) = r.rate_limit {
-                let now = SystemTime::UNIX_EPOCH + Duration::from_millis(now_ms);
-                self.pacer
-                    .observe_response(&rl, r.status, now, &self.policy, rng);
+        let Some(rl) = r.rate_limit else { return };
+        if self.window_spread {
+            let reset = rl.reset * 1000;
+            // One draw per spent window: a later hold in the same window stays.
+            if rl.remaining == 0 && reset > now_ms && self.held_until < reset {
+                self.held_until = reset + ms(unit(rng) * WINDOW_MS);
             }
             return;
         }
-        if let Some(lp) = &mut self.limit_pacing {
-            if lp.own_only && r.status == 429 {
-                if let Some(rl) = r.rate_limit.filter(|rl| rl.remaining == 0) {
-                    let now = SystemTime::UNIX_EPOCH + Duration::from_millis(now_ms);
-                    self.pacer.observe(&rl, now, &self.policy, rng);
-                }
-                return;
-            }
-            if let Some(rl) = r.rate_limit {
-                let interval = (60_000 / u64::from(rl.limit.max(1))).max(1);
-                if rl.remaining == 0 {
-                    let reset = rl.reset * 1000;
-                    lp.spent_until = lp.spent_until.max(reset);
-                    // Spent by this client's own requests (a success said Remaining: 0): its
-                    // backlog starts within the first interval. Spent by others (a 429 came
-                    // first: a shared key): anywhere in the next window.
-                    let phase = if r.status == 429 {
-                        lp.spread_429_ms.unwrap_or(WINDOW_MS)
-                    } else {
-                        WINDOW_MS / f64::from(rl.limit.max(1))
-                    };
-                    if !lp.active || lp.next_slot < reset {
-                        lp.next_slot = lp.next_slot.max(reset + ms(unit(rng) * phase));
-                    }
-                    lp.active = true;
-                    lp.interval = interval;
-                } else if lp.active && lp.next_slot <= now_ms {
-                    lp.active = false;
-                }
-            }
-            return;
-        }
-        if let Some(rl) = r.rate_limit.filter(|rl| rl.remaining == 0) {
-            if self.window_spread {
-                let reset = rl.reset * 1000;
-                // One draw per spent window: a later hold in the same window stays.
-                if reset > now_ms && self.held_until < reset {
-                    self.held_until = reset + ms(unit(rng) * WINDOW_MS);
-                }
-                return;
-            }
-            let now = SystemTime::UNIX_EPOCH + Duration::from_millis(now_ms);
-            self.pacer.observe(&rl, now, &self.policy, rng);
-        }
+        // The library's reading: slots by default, the hold in hold mode.
+        let now = SystemTime::UNIX_EPOCH + Duration::from_millis(now_ms);
+        self.pacer
+            .observe_response(&rl, r.status, now, &self.policy, rng);
     }
     fn ticket(&mut self) -> Option<RetryTicket> {
         self.ticket.take()
     }
     fn sent(&mut self, now_ms: u64) {
-        if self.pacer.is_slotted() {
-            self.pacer
-                .sent(SystemTime::UNIX_EPOCH + Duration::from_millis(now_ms));
+        self.pacer
+            .sent(SystemTime::UNIX_EPOCH + Duration::from_millis(now_ms));
+    }
+    fn max_waits(&self) -> u8 {
+        // As the library's `Retrier::pace_on`: up to `Pacer::MAX_WAITS` in slot mode, one
+        // wait (the hold) in hold mode.
+        if self.pacer.is_slotted() && !self.window_spread {
+            u8::try_from(overten_errors::Pacer::MAX_WAITS).unwrap_or(u8::MAX)
+        } else {
+            1
         }
     }
-    fn holds_once(&self) -> bool {
-        self.pacer.is_slotted() || self.limit_pacing.is_some()
-    }
-    fn recheck(&mut self, now_ms: u64, rng: &mut SplitMix64) -> Option<u64> {
+    fn recheck(&mut self, now_ms: u64, _rng: &mut SplitMix64) -> Option<u64> {
         let now = SystemTime::UNIX_EPOCH + Duration::from_millis(now_ms);
-        if self.pacer.is_slotted() {
-            return self
-                .pacer
-                .recheck(now, &self.policy)
-                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        }
-        match &self.limit_pacing {
-            Some(lp) if now_ms < lp.spent_until => self.hold(now_ms, rng),
-            Some(lp) if lp.own_only => self
-                .pacer
-                .hold(now, &self.policy)
-                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-            _ => None,
-        }
+        self.pacer
+            .recheck(now, &self.policy)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
     }
     fn hold(&mut self, now_ms: u64, _rng: &mut SplitMix64) -> Option<u64> {
-        if self.pacer.is_slotted() {
-            let now = SystemTime::UNIX_EPOCH + Duration::from_millis(now_ms);
-            return self
-                .pacer
-                .take(now, &self.policy)
-                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        }
-        if let Some(lp) = &mut self.limit_pacing {
-            if lp.own_only {
-                let now = SystemTime::UNIX_EPOCH + Duration::from_millis(now_ms);
-                if let Some(d) = self.pacer.hold(now, &self.policy) {
-                    return Some(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-                }
-            }
-            if !lp.active && now_ms >= lp.spent_until {
-                return None;
-            }
-            let slot = lp.next_slot.max(now_ms).max(lp.spent_until);
-            lp.next_slot = slot + lp.interval;
-            return (slot > now_ms).then(|| slot - now_ms);
-        }
         if self.window_spread {
             return (self.held_until > now_ms).then(|| self.held_until - now_ms);
         }
         let now = SystemTime::UNIX_EPOCH + Duration::from_millis(now_ms);
         self.pacer
-            .hold(now, &self.policy)
+            .take(now, &self.policy)
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
     }
 }
@@ -665,18 +580,6 @@ pub const VARIANT_OLDEST_FIRST: &str = "overten (oldest-first budget, previous d
 /// whose `storm_wait` is 0), to measure what that wait adds.
 pub const VARIANT_NO_STORM_WAIT: &str = "overten (newest first, no storm wait, variant)";
 
-/// A variant under study: once a key's window is spent, its requests go one per
-/// `window / Limit` (the observed `X-RateLimit-Limit`), the first at a uniform point of the
-/// first interval after the reset, until none waits and a response shows room.
-pub const VARIANT_LIMIT_PACING: &str = "overten (limit pacing, variant)";
-
-/// [`VARIANT_LIMIT_PACING`] for windows the client's own successes spent only; after a 429
-/// the key is held as the default holds it (until the reset, spread like a named wait).
-pub const VARIANT_LIMIT_PACING_OWN: &str = "overten (limit pacing of own windows, variant)";
-
-/// [`VARIANT_LIMIT_PACING`] with a 429's first slot spread over 30 s, not the window.
-pub const VARIANT_LIMIT_PACING_30: &str = "overten (limit pacing, 429 spread 30 s, variant)";
-
 /// The default before slot pacing: `Pacer::hold_only`, a spent window holds the key until
 /// its reset (spread by one draw) and its held requests leave together.
 pub const VARIANT_HOLD_PACING: &str = "overten (hold pacing, previous default)";
@@ -684,9 +587,6 @@ pub const VARIANT_HOLD_PACING: &str = "overten (hold pacing, previous default)";
 /// Every variant `cargo xtask simulate --held-out --variant NAME` runs.
 pub const VARIANTS: &[&str] = &[
     VARIANT_HOLD_PACING,
-    VARIANT_LIMIT_PACING_30,
-    VARIANT_LIMIT_PACING_OWN,
-    VARIANT_LIMIT_PACING,
     VARIANT_WINDOW_SPREAD,
     VARIANT_OLDEST_FIRST,
     VARIANT_NO_STORM_WAIT,
@@ -720,7 +620,6 @@ impl Ours {
             held_until: 0,
             newest_first: true,
             ticket: None,
-            limit_pacing: None,
         }
     }
 
@@ -744,25 +643,7 @@ fn policy(name: &str) -> Box<dyn Policy> {
             newest_first: false,
             ..Ours::holding(Some(no_storm_wait()))
         }),
-        VARIANT_LIMIT_PACING => Box::new(Ours {
-            limit_pacing: Some(LimitPacing::default()),
-            ..Ours::holding(Some(RetryBudget::default()))
-        }),
-        VARIANT_LIMIT_PACING_30 => Box::new(Ours {
-            limit_pacing: Some(LimitPacing {
-                spread_429_ms: Some(30_000.0),
-                ..LimitPacing::default()
-            }),
-            ..Ours::holding(Some(RetryBudget::default()))
-        }),
         VARIANT_HOLD_PACING => Box::new(Ours::holding(Some(RetryBudget::default()))),
-        VARIANT_LIMIT_PACING_OWN => Box::new(Ours {
-            limit_pacing: Some(LimitPacing {
-                own_only: true,
-                ..LimitPacing::default()
-            }),
-            ..Ours::holding(Some(RetryBudget::default()))
-        }),
         VARIANT_NO_STORM_WAIT => Box::new(Ours::with(Some(no_storm_wait()))),
         "overten (default, no budget)" => Box::new(Ours::with(None)),
         "AWS SDK for Rust" => Box::new(Aws {
@@ -867,8 +748,8 @@ struct Event {
     attempts: u32,
     /// The index of the retry's ticket in the run's tickets (`u32::MAX`: none).
     ticket: u32,
-    /// Held once already: sent when the hold ends.
-    paced: bool,
+    /// Pacing waits made so far (the next send asks `recheck` below `max_waits`).
+    waits: u8,
 }
 
 /// The bounded queue: when the API is next free, in ms.
@@ -927,7 +808,7 @@ pub fn run(fleet: Fleet, scenario: &Scenario, model: ServerModel, policy_name: &
                 started: at,
                 attempts: 0,
                 ticket: NO_TICKET,
-                paced: false,
+                waits: 0,
             }));
         }
     }
@@ -953,22 +834,21 @@ pub fn run(fleet: Fleet, scenario: &Scenario, model: ServerModel, policy_name: &
             continue;
         }
         // A held key's request waits for its window's reset before it is sent.
-        let held = if e.paced {
-            policies[e.client as usize].recheck(e.at, &mut rng)
-        } else {
-            policies[e.client as usize].hold(e.at, &mut rng)
+        let policy = &mut policies[e.client as usize];
+        let held = match e.waits {
+            0 => policy.hold(e.at, &mut rng),
+            n if n < policy.max_waits() => policy.recheck(e.at, &mut rng),
+            _ => None,
         };
-        {
-            if let Some(hold) = held {
-                seq += 1;
-                e.at += hold;
-                e.seq = seq;
-                e.paced = policies[e.client as usize].holds_once();
-                queue.push(Reverse(e));
-                continue;
-            }
+        if let Some(hold) = held {
+            seq += 1;
+            e.at += hold;
+            e.seq = seq;
+            e.waits += 1;
+            queue.push(Reverse(e));
+            continue;
         }
-        e.paced = false;
+        e.waits = 0;
         // A retry waiting with a ticket is sent only if no newer retry took its tokens.
         if e.ticket != NO_TICKET {
             let ticket = tickets[e.ticket as usize].take();

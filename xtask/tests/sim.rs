@@ -164,8 +164,7 @@ fn window_spread_variant_on_rate_limits() {
             for policy in [
                 "overten (default + budget)",
                 xtask::sim::VARIANT_WINDOW_SPREAD,
-                xtask::sim::VARIANT_LIMIT_PACING,
-                xtask::sim::VARIANT_LIMIT_PACING_OWN,
+                xtask::sim::VARIANT_HOLD_PACING,
                 "no retries",
             ] {
                 let runs: Vec<_> = seeds
