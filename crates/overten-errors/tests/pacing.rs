@@ -35,9 +35,14 @@ fn high() -> impl FnMut() -> u64 {
 /// A slotted pacer whose own request (sent at 0) spent a 10-a-minute window ending at 20 s,
 /// the first slot's draw at its low end.
 fn own_spent(policy: &RetryPolicy) -> Pacer {
+    own_spent_until(policy, 20)
+}
+
+/// [`own_spent`] with the window ending `reset_after_t0_s` after `T0`.
+fn own_spent_until(policy: &RetryPolicy, reset_after_t0_s: u64) -> Pacer {
     let pacer = Pacer::new();
     pacer.sent(at(0));
-    pacer.observe_response(&rl(10, 0, 20), 200, at(0), policy, &mut low());
+    pacer.observe_response(&rl(10, 0, reset_after_t0_s), 200, at(0), policy, &mut low());
     pacer
 }
 
@@ -47,6 +52,24 @@ fn minute_max_wait() -> RetryPolicy {
         .max_wait(Duration::from_secs(60))
         .build()
         .unwrap()
+}
+
+/// `n` attempts of this process, sent at `t`.
+fn send(pacer: &Pacer, n: usize, t: SystemTime) {
+    for _ in 0..n {
+        pacer.sent(t);
+    }
+}
+
+/// A hold: two requests at `t` wait the same, some time (every request leaves together).
+fn held_alike(pacer: &Pacer, t: SystemTime, policy: &RetryPolicy) -> u64 {
+    let first = ms(pacer.take(t, policy)).unwrap();
+    assert_eq!(
+        ms(pacer.take(t, policy)),
+        Some(first),
+        "a hold: every request together"
+    );
+    first
 }
 
 fn ms(d: Option<Duration>) -> Option<u64> {
@@ -97,16 +120,12 @@ fn a_429_on_a_key_used_alone_holds_it_as_hold_mode_does() {
     let slotted = Pacer::new();
     let default = Pacer::hold_only();
     // Ten attempts of its own in the window, then a 429: nobody else used the key.
-    for _ in 0..10 {
-        slotted.sent(at(0));
-    }
+    send(&slotted, 10, at(0));
     slotted.observe_response(&rl(10, 0, 20), 429, at(1_000), &policy, &mut high());
     default.observe_response(&rl(10, 0, 20), 429, at(1_000), &policy, &mut high());
-    let held = ms(default.take(at(1_000), &policy));
-    assert!(held.is_some());
-    assert_eq!(ms(slotted.take(at(1_000), &policy)), held);
-    // A hold, not slots: every request leaves together.
-    assert_eq!(ms(slotted.take(at(1_000), &policy)), held);
+    // A hold, not slots, and hold mode's: every request leaves together.
+    let held = held_alike(&default, at(1_000), &policy);
+    assert_eq!(held_alike(&slotted, at(1_000), &policy), held);
 }
 
 #[test]
@@ -148,21 +167,11 @@ fn only_this_windows_own_attempts_explain_its_used_count() {
     // its own spend the window; a 429 on the eleventh is then a hold, as on a key used
     // alone.
     let alone = Pacer::new();
-    for _ in 0..7 {
-        alone.sent(at(0));
-    }
+    send(&alone, 7, at(0));
     alone.observe_response(&rl(10, 3, 20), 200, at(0), &policy, &mut low());
-    for _ in 0..4 {
-        alone.sent(at(500));
-    }
+    send(&alone, 4, at(500));
     alone.observe_response(&rl(10, 0, 20), 429, at(1_000), &policy, &mut low());
-    let first = alone.take(at(1_000), &policy);
-    assert!(first.is_some());
-    assert_eq!(
-        first,
-        alone.take(at(1_000), &policy),
-        "a hold, the same for all"
-    );
+    held_alike(&alone, at(1_000), &policy);
 }
 
 #[test]
@@ -268,26 +277,16 @@ fn a_429_on_a_window_this_process_did_not_spend_marks_the_key_shared() {
     );
     // Ten of its own explain the ten used: a hold (every request together), not slots.
     let alone = Pacer::new();
-    for _ in 0..10 {
-        alone.sent(at(0));
-    }
+    send(&alone, 10, at(0));
     alone.observe_response(&rl(10, 0, 20), 429, at(0), &policy, &mut high());
-    let held = alone.take(at(0), &policy);
-    assert!(held.is_some());
-    assert_eq!(
-        alone.take(at(0), &policy),
-        held,
-        "a hold: the same for every request"
-    );
+    held_alike(&alone, at(0), &policy);
 }
 
 #[test]
 fn slot_boundaries() {
     let policy = minute_max_wait();
     // A reset exactly max_wait ahead is paced; a slot exactly max_wait ahead is waited.
-    let pacer = Pacer::new();
-    pacer.sent(at(0));
-    pacer.observe_response(&rl(10, 0, 60), 200, at(0), &policy, &mut low());
+    let pacer = own_spent_until(&policy, 60);
     assert_eq!(ms(pacer.take(at(0), &policy)), Some(60_000));
     // That slot (60 s) was taken: a request one interval later finds the next, 66 s, which
     // is max_wait ahead of it, and takes it too.
@@ -409,9 +408,7 @@ fn a_key_marked_shared_spreads_its_first_429_and_hold_mode_ignores_the_mark() {
     pacer.mark_shared();
     // Ten of its own attempts, then a 429: marked shared, so not a hold but slots from a
     // uniform point of the next window (here its middle), one interval (6 s) apart.
-    for _ in 0..10 {
-        pacer.sent(at(0));
-    }
+    send(&pacer, 10, at(0));
     let mut half = || 1u64 << 63;
     pacer.observe_response(&rl(10, 0, 20), 429, at(1_000), &policy, &mut half);
     assert_eq!(ms(pacer.take(at(1_000), &policy)), Some(19_000 + 30_000));
@@ -419,12 +416,7 @@ fn a_key_marked_shared_spreads_its_first_429_and_hold_mode_ignores_the_mark() {
     let hold_mode = Pacer::hold_only();
     hold_mode.mark_shared();
     hold_mode.observe_response(&rl(10, 0, 20), 429, at(1_000), &policy, &mut half);
-    let held = ms(hold_mode.take(at(1_000), &policy));
-    assert_eq!(
-        ms(hold_mode.take(at(1_000), &policy)),
-        held,
-        "a hold all the same"
-    );
+    held_alike(&hold_mode, at(1_000), &policy);
 }
 
 #[test]
