@@ -104,11 +104,17 @@ def test_slot_mode_spaces_a_spent_keys_requests_by_its_limit() -> None:
     alone.observe_response(SPENT, 429, 1_000_000, policy, lambda: 2**63)
     first = alone.take(1_000_000, policy)
     assert first is not None and alone.take(1_000_000, policy) == first
+    assert not alone.is_shared
     # One attempt of its own and a 429 reporting ten used: others use the key.
     by_others = Pacer()
     by_others.sent(1_000_000)
+    assert not by_others.is_shared
     by_others.observe_response(SPENT, 429, 1_000_000, policy, lambda: 2**63)
+    assert by_others.is_shared
     assert by_others.take(1_000_000, policy) == 20_000 + 30_000
+    marked = Pacer(hold_only=True)
+    marked.mark_shared()
+    assert not marked.is_shared
     shared = Pacer()
     shared.observe_response(
         RateLimit(limit=10, remaining=3, reset=1_020), 200, 999_000, policy, lambda: 0
@@ -131,6 +137,39 @@ def test_slot_mode_spaces_a_spent_keys_requests_by_its_limit() -> None:
         56_000,
         60_000,
     ]
+
+
+def test_a_request_chasing_spent_windows_ends_its_last_wait_at_a_reset() -> None:
+    # As the Rust test of that name (worked by hand from docs/retry.md, Pacing): a shared
+    # key, each 429's draw at the middle (the next slot 30 s past the reset); before each
+    # wake, another request's 429 shows the window its slot is in spent.
+    policy = Policy()
+    pacer = Pacer(shared=True)
+    half = 2**63
+    t0 = 1_000_000_000
+
+    def rl(reset_s: int) -> RateLimit:
+        return RateLimit(limit=10, remaining=0, reset=t0 // 1000 + reset_s)
+
+    pacer.observe_response(rl(20), 429, t0, policy, lambda: half)
+    assert pacer.take(t0, policy) == 50_000
+    steps = [
+        (30_000, 80, 50_000, 60_000),
+        (90_000, 140, 110_000, 60_000),
+        (150_000, 200, 170_000, 60_000),
+        (210_000, 260, 230_000, 30_000),  # the next to last: to the reset at 260 s
+    ]
+    for waits, (seen, reset, wakes, after) in enumerate(steps, start=1):
+        pacer.observe_response(rl(reset), 429, t0 + seen, policy, lambda: half)
+        assert pacer.recheck_after(waits, t0 + wakes, policy) == after, waits
+    assert pacer.recheck_after(5, t0 + 260_000, policy) is None
+    assert pacer.recheck(t0 + 230_000, policy) == 60_000  # the last wait took no slot
+    # The last wait is the longer of the reset and a hold; hold mode has only its hold.
+    assert Pacer().recheck_after(4, t0, policy) is None
+    assert Pacer(t0 + 45_000).recheck_after(4, t0, policy) == 45_000
+    hold = Pacer(hold_only=True)
+    hold.observe(RateLimit(limit=10, remaining=0, reset=t0 // 1000 + 20), t0, policy, lambda: 0)
+    assert hold.recheck_after(4, t0, policy) == 20_000
 
 
 def test_threads_taking_slots_never_share_one() -> None:

@@ -89,10 +89,14 @@ impl Incident {
     }
 
     /// Whether every client shares one key.
-    fn shared(self) -> bool {
+    pub fn shared(self) -> bool {
         matches!(self, Incident::RateLimit { shared: true, .. })
     }
 }
+
+/// The shared-key scenarios' demand, as a multiple of the key's limit (at the page's 100
+/// clients: 0.15/min each on a free key, 0.9/min on a pro key).
+pub const SHARED_DEMAND: f64 = 1.5;
 
 /// A mixed fleet's demand, as a multiple of each key's limit.
 const MIXED_DEMAND: f64 = 1.25;
@@ -317,10 +321,10 @@ trait Policy {
     fn max_waits(&self) -> u8 {
         1
     }
-    /// For a request at the end of a pacing wait: hold it again (a window it would land in
-    /// is known spent).
-    fn recheck(&mut self, now_ms: u64, rng: &mut SplitMix64) -> Option<u64> {
-        let _ = (now_ms, rng);
+    /// For a request at the end of its `waits`-th pacing wait: hold it again (a window it
+    /// would land in is known spent).
+    fn recheck(&mut self, waits: u8, now_ms: u64, rng: &mut SplitMix64) -> Option<u64> {
+        let _ = (waits, now_ms, rng);
         None
     }
     /// The ticket of the retry `next` just advised, when the budget pays newest first.
@@ -351,6 +355,10 @@ fn unit(rng: &mut SplitMix64) -> f64 {
 }
 
 /// This workspace: `RetryPolicy::default()`, with or without a per-client `RetryBudget`.
+#[allow(
+    clippy::struct_excessive_bools,
+    reason = "each switch is one variant's departure from the default"
+)]
 struct Ours {
     policy: RetryPolicy,
     budget: Option<RetryBudget>,
@@ -371,6 +379,9 @@ struct Ours {
     newest_first: bool,
     /// The ticket of the retry last advised.
     ticket: Option<RetryTicket>,
+    /// A 429 on a key the pacer saw shared is retried as any 429 (the default); `false`:
+    /// it ends the request (a variant, to measure what those retries cost the window).
+    retry_shared_429: bool,
 }
 
 /// One window of the page's rate limits, in ms.
@@ -378,6 +389,9 @@ const WINDOW_MS: f64 = 60_000.0;
 
 impl Policy for Ours {
     fn next(&mut self, r: &Resp, attempts: u32, now_ms: u64, rng: &mut SplitMix64) -> Option<u64> {
+        if r.status == 429 && !self.retry_shared_429 && self.pacer.is_shared() {
+            return None;
+        }
         let code = r.code.map_or(Code::Missing, Code::parse);
         let mut err = ApiError::received(code, r.status, "simulated");
         if let Some(s) = r.retry_after {
@@ -458,10 +472,10 @@ impl Policy for Ours {
             1
         }
     }
-    fn recheck(&mut self, now_ms: u64, _rng: &mut SplitMix64) -> Option<u64> {
+    fn recheck(&mut self, waits: u8, now_ms: u64, _rng: &mut SplitMix64) -> Option<u64> {
         let now = SystemTime::UNIX_EPOCH + Duration::from_millis(now_ms);
         self.pacer
-            .recheck(now, &self.policy)
+            .recheck_after(usize::from(waits), now, &self.policy)
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
     }
     fn hold(&mut self, now_ms: u64, _rng: &mut SplitMix64) -> Option<u64> {
@@ -584,9 +598,14 @@ pub const VARIANT_NO_STORM_WAIT: &str = "overten (newest first, no storm wait, v
 /// its reset (spread by one draw) and its held requests leave together.
 pub const VARIANT_HOLD_PACING: &str = "overten (hold pacing, previous default)";
 
+/// A variant, not on the page: the default, except that a 429 on a key seen shared
+/// (`Pacer::is_shared`) ends its request instead of being retried.
+pub const VARIANT_NO_SHARED_RETRY: &str = "overten (no retry of a shared key's 429, variant)";
+
 /// Every variant `cargo xtask simulate --held-out --variant NAME` runs.
 pub const VARIANTS: &[&str] = &[
     VARIANT_HOLD_PACING,
+    VARIANT_NO_SHARED_RETRY,
     VARIANT_WINDOW_SPREAD,
     VARIANT_OLDEST_FIRST,
     VARIANT_NO_STORM_WAIT,
@@ -620,6 +639,7 @@ impl Ours {
             held_until: 0,
             newest_first: true,
             ticket: None,
+            retry_shared_429: true,
         }
     }
 
@@ -645,6 +665,10 @@ fn policy(name: &str) -> Box<dyn Policy> {
         }),
         VARIANT_HOLD_PACING => Box::new(Ours::holding(Some(RetryBudget::default()))),
         VARIANT_NO_STORM_WAIT => Box::new(Ours::with(Some(no_storm_wait()))),
+        VARIANT_NO_SHARED_RETRY => Box::new(Ours {
+            retry_shared_429: false,
+            ..Ours::with(Some(RetryBudget::default()))
+        }),
         "overten (default, no budget)" => Box::new(Ours::with(None)),
         "AWS SDK for Rust" => Box::new(Aws {
             tokens: 500,
@@ -821,8 +845,9 @@ pub fn run(fleet: Fleet, scenario: &Scenario, model: ServerModel, policy_name: &
     let mut latencies = Vec::new();
     let (mut within_10s, mut within_60s) = (0u64, 0u64);
     let (mut attempts_total, mut succeeded, mut in_run, mut rejected) = (0u64, 0u64, 0u64, 0u64);
-    // The window in which each client last saw `Remaining: 0` (u64::MAX: never).
-    let mut seen_spent = vec![u64::MAX; fleet.clients as usize];
+    // The window in which each client last saw `Remaining: 0` (u64::MAX: never), with the
+    // moment that response reached it (a request sent before then could not have known).
+    let mut seen_spent = vec![(u64::MAX, 0u64); fleet.clients as usize];
     let mut rejected_after_seen = 0u64;
     let mut server = Queue { free_at: 0.0 };
     // Tickets of retries waiting to be sent, and the slots free for reuse.
@@ -837,7 +862,7 @@ pub fn run(fleet: Fleet, scenario: &Scenario, model: ServerModel, policy_name: &
         let policy = &mut policies[e.client as usize];
         let held = match e.waits {
             0 => policy.hold(e.at, &mut rng),
-            n if n < policy.max_waits() => policy.recheck(e.at, &mut rng),
+            n if n < policy.max_waits() => policy.recheck(n, e.at, &mut rng),
             _ => None,
         };
         if let Some(hold) = held {
@@ -917,7 +942,8 @@ pub fn run(fleet: Fleet, scenario: &Scenario, model: ServerModel, policy_name: &
                     });
                 } else {
                     rejected += 1;
-                    if seen_spent[e.client as usize] == window {
+                    let (seen_window, seen_at) = seen_spent[e.client as usize];
+                    if seen_window == window && seen_at <= e.at {
                         rejected_after_seen += 1;
                     }
                     resp = Resp {
@@ -975,7 +1001,12 @@ pub fn run(fleet: Fleet, scenario: &Scenario, model: ServerModel, policy_name: &
         let policy = &mut policies[e.client as usize];
         policy.observe(&resp, done, &mut rng);
         if let Some(rl) = resp.rate_limit.filter(|rl| rl.remaining == 0) {
-            seen_spent[e.client as usize] = (rl.reset / 60).saturating_sub(1);
+            let window = (rl.reset / 60).saturating_sub(1);
+            let seen = &mut seen_spent[e.client as usize];
+            // The earliest arrival of a response saying this window is spent.
+            if seen.0 != window || done < seen.1 {
+                *seen = (window, done);
+            }
         }
         if resp.status == 200 {
             succeeded += 1;

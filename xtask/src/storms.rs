@@ -5,7 +5,9 @@ use std::fmt::Write as _;
 use plotters::prelude::*;
 
 use crate::GENERATED;
-use crate::sim::{Fleet, Incident, Outcome, POLICIES, Scenario, ServerModel, run, scenarios};
+use crate::sim::{
+    Fleet, Incident, Outcome, POLICIES, SHARED_DEMAND, Scenario, ServerModel, run, scenarios,
+};
 
 /// The fleet of the published figures (and of CI, which regenerates them).
 pub const FLEET: Fleet = Fleet {
@@ -92,6 +94,17 @@ fn svg_fallback(scenario: &Scenario) -> String {
         "<svg xmlns=\"http://www.w3.org/2000/svg\"><text>{}</text></svg>\n",
         scenario.name
     )
+}
+
+/// Slack for a peak compared with a multiple of a rate: a second of whole attempts that is
+/// exactly the multiple (9 attempts against 1.5 × 6/s) must meet it, though the rate, a sum
+/// of 100 clients' rates in `f64`, lands a few ulps under (5.99999999999999/s: 9 attempts
+/// read as 1.5000000000000024×).
+const RATIO_TOLERANCE: f64 = 1e-9;
+
+/// Whether a peak `ratio` meets `bound` (within [`RATIO_TOLERANCE`]).
+pub fn at_most(ratio: f64, bound: f64) -> bool {
+    ratio <= bound + RATIO_TOLERANCE
 }
 
 /// The seeds of every figure: each cell of the page is the range over these runs.
@@ -572,7 +585,7 @@ fn goals(
         &limits,
         &|o| o.peak_load,
         &|p| least(&|o: &Outcome| o.peak_load, p),
-        &|o, _| o <= 1.5,
+        &|o, _| at_most(o, 1.5),
         &|x| format!("{x:.1}×"),
     );
     judge(
@@ -580,7 +593,7 @@ fn goals(
         &limits,
         &|o| o.peak_over_limits.unwrap_or(f64::NAN),
         &|p| least(&|o: &Outcome| o.peak_over_limits.unwrap_or(f64::NAN), p),
-        &|o, _| o <= 1.5,
+        &|o, _| at_most(o, 1.5),
         &|x| format!("{x:.1}×"),
     );
     judge(
@@ -690,7 +703,32 @@ pub fn held_out(ours: &'static str) -> String {
         headroom: 4.0,
         horizon: 300,
     }];
-    let runs: [(&str, Fleet, &[Scenario], &[u64]); 5] = [
+    // One key shared by every client: on an API sized for more than that key (the page sets
+    // the API's capacity at 4x the fleet's demand, which for one free key is 1 request/s),
+    // and with demand at and under the key's limit (the page's is 1.5x).
+    let shared_page: Vec<&Scenario> = page.iter().filter(|s| s.incident.shared()).collect();
+    let mut shared_roomy = Vec::new();
+    let mut shared_demand = Vec::new();
+    for s in &shared_page {
+        for headroom in [8.0, 16.0] {
+            shared_roomy.push(Scenario {
+                name: format!("{}-capacity-{headroom}x", s.name),
+                headroom,
+                ..(*s).clone()
+            });
+        }
+        for demand in [0.8, 1.0] {
+            shared_demand.push(Scenario {
+                name: format!("{}-demand-{demand:.1}x", s.name),
+                rate_per_client: s.rate_per_client * demand / SHARED_DEMAND,
+                // The API's capacity stays the page's.
+                headroom: s.headroom * SHARED_DEMAND / demand,
+                ..(*s).clone()
+            });
+        }
+    }
+    let ten_seeds: Vec<u64> = SEEDS.iter().chain(&other_seeds).copied().collect();
+    let runs: [(&str, Fleet, &[Scenario], &[u64]); 7] = [
         (
             "the page's scenarios, seeds 5-9",
             FLEET,
@@ -717,6 +755,18 @@ pub fn held_out(ours: &'static str) -> String {
         ),
         ("lengths between the page's", FLEET, &lengths, &SEEDS),
         ("a fleet of mixed tiers", FLEET, &mixed, &SEEDS),
+        (
+            "one key shared, the API's capacity 8× and 16× the key's demand (the page: 4×), ten seeds",
+            FLEET,
+            &shared_roomy,
+            &ten_seeds,
+        ),
+        (
+            "one key shared, demand 0.8× and 1.0× the key's limit (the page: 1.5×), ten seeds",
+            FLEET,
+            &shared_demand,
+            &ten_seeds,
+        ),
     ];
     for (title, fleet, scenarios, seeds) in runs {
         let cells = study(fleet, scenarios, seeds, &policies);

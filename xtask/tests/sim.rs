@@ -214,3 +214,38 @@ fn window_spread_variant_on_rate_limits() {
         }
     }
 }
+
+/// A second of 9 attempts against 1.5 × a 6/s capacity meets "≤ 1.5×", though the capacity,
+/// 100 clients' 0.9/min summed in `f64` (the pro shared key's fleet) lands a few ulps under 6.
+#[test]
+fn a_peak_exactly_at_the_bound_meets_it() {
+    let capacity: f64 = (0..100).map(|_| 0.9 / 60.0).sum::<f64>() * 4.0;
+    assert!(capacity < 6.0, "the sum is inexact: {capacity}");
+    assert!(9.0 / capacity > 1.5);
+    assert!(xtask::storms::at_most(9.0 / capacity, 1.5));
+    assert!(!xtask::storms::at_most(10.0 / capacity, 1.5));
+    assert!(!xtask::storms::at_most(1.5001, 1.5));
+}
+
+/// The shared-key scenarios offer `SHARED_DEMAND` times the key's limit at the page's 100
+/// clients (the held-out sets scale their rates by it).
+#[test]
+fn shared_keys_are_offered_the_stated_demand() {
+    let shared: Vec<Scenario> = scenarios()
+        .into_iter()
+        .filter(|s| s.incident.shared())
+        .collect();
+    assert_eq!(shared.len(), 2);
+    for s in shared {
+        let limit = match s.incident {
+            xtask::sim::Incident::RateLimit { tier, .. } => f64::from(tier.requests_per_minute()),
+            _ => unreachable!("a shared scenario is a rate limit"),
+        };
+        let offered_per_minute = s.rate_per_client * 60.0 * 100.0;
+        assert!(
+            (offered_per_minute - limit * xtask::sim::SHARED_DEMAND).abs() < 1e-9,
+            "{}: {offered_per_minute}/min against a limit of {limit}",
+            s.name
+        );
+    }
+}

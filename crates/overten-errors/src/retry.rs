@@ -1102,6 +1102,15 @@ impl Pacer {
         }
     }
 
+    /// Whether the key was seen shared (slot mode; never in hold mode): a response reported
+    /// more of its window used than this process [`sent`](Pacer::sent) in it, or
+    /// [`mark_shared`](Pacer::mark_shared) said so. Sticky. For logs and metrics (a key
+    /// whose workers compete for one window), and for policies that treat a shared key's
+    /// 429s apart.
+    pub fn is_shared(&self) -> bool {
+        self.slots().is_some_and(|s| s.shared)
+    }
+
     /// Whether this pacer is in slot mode (the default; not [`Pacer::hold_only`]).
     pub fn is_slotted(&self) -> bool {
         self.slots.is_some()
@@ -1220,13 +1229,16 @@ impl Pacer {
     }
 
     /// The most waits one request makes while pacing: its slot (or hold), then at most
-    /// four more when its window was seen spent meanwhile ([`recheck`](Pacer::recheck)).
+    /// four more when its window was seen spent meanwhile
+    /// ([`recheck_after`](Pacer::recheck_after): new slots, the last one to the window's
+    /// reset).
     pub const MAX_WAITS: usize = 5;
 
     /// How long in all a request about to be sent at `now` waits, as a client paces it:
-    /// [`take`](Pacer::take), then, at the end of each wait, [`recheck`](Pacer::recheck),
-    /// at most [`MAX_WAITS`](Pacer::MAX_WAITS) waits (the clock is assumed to move by the
-    /// waits alone: what the `pacing` fixtures state). `None`: sent at once.
+    /// [`take`](Pacer::take), then, at the end of each wait,
+    /// [`recheck_after`](Pacer::recheck_after), at most [`MAX_WAITS`](Pacer::MAX_WAITS)
+    /// waits (the clock is assumed to move by the waits alone: what the `pacing` fixtures
+    /// state). `None`: sent at once.
     ///
     /// ```
     /// use std::time::{Duration, SystemTime};
@@ -1239,17 +1251,60 @@ impl Pacer {
     pub fn wait_at(&self, now: SystemTime, policy: &RetryPolicy) -> Option<Duration> {
         let mut wait = self.take(now, policy)?;
         let mut total = Duration::ZERO;
-        for _ in 0..Self::MAX_WAITS {
+        for waits in 1..=Self::MAX_WAITS {
             total = total.saturating_add(wait);
             match now
                 .checked_add(total)
-                .and_then(|at| self.recheck(at, policy))
+                .and_then(|at| self.recheck_after(waits, at, policy))
             {
                 Some(again) => wait = again,
                 None => break,
             }
         }
         Some(total)
+    }
+
+    /// For a request whose `waits`-th pacing wait (its [`take`](Pacer::take) is the first)
+    /// ended at `now`: how long it waits again, the step of every client's pacing loop.
+    /// After each of the first `MAX_WAITS - 2` waits, [`recheck`](Pacer::recheck) (a new
+    /// slot when its window was seen spent meanwhile); after the next to last, the time to
+    /// the reset of the latest window seen spent, taking no slot (or a 429's hold, the
+    /// longer), so that the last wait never ends inside a window this process saw spent;
+    /// after the last, none: the request is sent.
+    ///
+    /// ```
+    /// use std::time::{Duration, SystemTime};
+    /// use overten_errors::{Pacer, RateLimit, RetryPolicy};
+    /// let (policy, now) = (RetryPolicy::default(), SystemTime::UNIX_EPOCH + Duration::from_secs(1_000));
+    /// let pacer = Pacer::new();
+    /// pacer.sent(now);
+    /// pacer.observe_response(&RateLimit { limit: 10, remaining: 0, reset: 1_020 }, 200, now, &policy, &mut || 0);
+    /// assert_eq!(pacer.take(now, &policy), Some(Duration::from_secs(20)));
+    /// // Still inside the spent window after a wait: the next slot (26 s away); as the
+    /// // next to last wait, only as far as the reset (20 s).
+    /// assert_eq!(pacer.recheck_after(1, now, &policy), Some(Duration::from_secs(26)));
+    /// assert_eq!(pacer.recheck_after(Pacer::MAX_WAITS - 1, now, &policy), Some(Duration::from_secs(20)));
+    /// assert_eq!(pacer.recheck_after(Pacer::MAX_WAITS, now, &policy), None);
+    /// ```
+    pub fn recheck_after(
+        &self,
+        waits: usize,
+        now: SystemTime,
+        policy: &RetryPolicy,
+    ) -> Option<Duration> {
+        if waits >= Self::MAX_WAITS {
+            return None;
+        }
+        if waits + 1 < Self::MAX_WAITS {
+            return self.recheck(now, policy);
+        }
+        let now_ms = unix_ms(now);
+        let to_reset = self
+            .slots()
+            .map_or(0, |slots| slots.spent_until_ms.saturating_sub(now_ms));
+        let held = self.hold(now, policy).map_or(0, whole_millis);
+        let wait = to_reset.max(held).min(policy.max_wait_ms);
+        (wait > 0).then(|| Duration::from_millis(wait))
     }
 
     /// For a request whose wait from [`take`](Pacer::take) ended at `now`: how long it

@@ -133,7 +133,9 @@ fn a_key_seen_shared_spreads_its_429s_over_the_next_window() {
     let policy = RetryPolicy::default();
     // A response says 7 of 10 were used, and this process sent none: others use the key.
     let pacer = Pacer::new();
+    assert!(!pacer.is_shared());
     pacer.observe_response(&rl(10, 3, 20), 200, at(0), &policy, &mut low());
+    assert!(pacer.is_shared(), "7 used, none sent");
     assert_eq!(pacer.take(at(0), &policy), None, "room: sent at once");
     pacer.sent(at(0));
     // Then a 429: the first slot anywhere in the next window (here its middle).
@@ -275,10 +277,12 @@ fn a_429_on_a_window_this_process_did_not_spend_marks_the_key_shared() {
         ms(pacer.take(at(0), &policy)),
         Some(20_000 + 59_999 + 6_000)
     );
+    assert!(pacer.is_shared());
     // Ten of its own explain the ten used: a hold (every request together), not slots.
     let alone = Pacer::new();
     send(&alone, 10, at(0));
     alone.observe_response(&rl(10, 0, 20), 429, at(0), &policy, &mut high());
+    assert!(!alone.is_shared(), "ten sent, ten used");
     held_alike(&alone, at(0), &policy);
 }
 
@@ -406,6 +410,7 @@ fn a_key_marked_shared_spreads_its_first_429_and_hold_mode_ignores_the_mark() {
     let policy = RetryPolicy::default();
     let pacer = Pacer::new();
     pacer.mark_shared();
+    assert!(pacer.is_shared());
     // Ten of its own attempts, then a 429: marked shared, so not a hold but slots from a
     // uniform point of the next window (here its middle), one interval (6 s) apart.
     send(&pacer, 10, at(0));
@@ -415,6 +420,10 @@ fn a_key_marked_shared_spreads_its_first_429_and_hold_mode_ignores_the_mark() {
     assert_eq!(ms(pacer.take(at(1_000), &policy)), Some(19_000 + 36_000));
     let hold_mode = Pacer::hold_only();
     hold_mode.mark_shared();
+    assert!(
+        !hold_mode.is_shared(),
+        "hold mode keeps no slots, so no mark"
+    );
     hold_mode.observe_response(&rl(10, 0, 20), 429, at(1_000), &policy, &mut half);
     held_alike(&hold_mode, at(1_000), &policy);
 }
@@ -435,4 +444,82 @@ fn wait_at_is_the_whole_wait_of_a_paced_request() {
     // A hold alone is waited once: at its end nothing holds.
     let held = Pacer::holding(at(10_000));
     assert_eq!(ms(held.wait_at(at(0), &policy)), Some(10_000));
+}
+
+/// A request on a shared key whose every slot lands in a window the process then sees spent
+/// (other requests' 429s, before it wakes) chases windows: new slots after its first,
+/// second and third waits, then, after its fourth (the next to last), only as far as the
+/// latest spent window's reset, so that its last wait never ends inside a window this
+/// process saw spent; after the fifth it is sent. Draws at the middle: a shared key's 429
+/// puts the next slot 30 s past the reset.
+#[test]
+fn a_request_chasing_spent_windows_ends_its_last_wait_at_a_reset() {
+    let policy = RetryPolicy::default();
+    let pacer = Pacer::new();
+    pacer.mark_shared();
+    let mut half = || 1u64 << 63;
+    pacer.observe_response(&rl(10, 0, 20), 429, at(0), &policy, &mut half);
+    assert_eq!(ms(pacer.take(at(0), &policy)), Some(50_000));
+    // (a 429 seen at, the window's reset, when the request wakes, its next wait)
+    let steps = [
+        (30_000, 80, 50_000, 60_000),    // a slot at 110 s
+        (90_000, 140, 110_000, 60_000),  // at 170 s
+        (150_000, 200, 170_000, 60_000), // at 230 s
+        (210_000, 260, 230_000, 30_000), // the next to last: to the reset at 260 s
+    ];
+    for (waits, (seen, reset, wakes, next)) in (1..).zip(steps) {
+        pacer.observe_response(&rl(10, 0, reset), 429, at(seen), &policy, &mut half);
+        assert_eq!(
+            ms(pacer.recheck_after(waits, at(wakes), &policy)),
+            Some(next),
+            "after wait {waits}"
+        );
+    }
+    // Before the fix the fourth step took a slot at 290 s, inside the window [260, 320 s)
+    // that a 429 at 270 s then showed spent: sent there, it earned a 429.
+    assert_eq!(
+        pacer.recheck_after(Pacer::MAX_WAITS, at(260_000), &policy),
+        None,
+        "the fifth wait ends it: sent at the reset, in a window not seen spent"
+    );
+    assert_eq!(
+        pacer.recheck_after(Pacer::MAX_WAITS + 1, at(260_000), &policy),
+        None
+    );
+    // The last wait took no slot: a plain recheck (the steps before it) would still take
+    // the one at 290 s.
+    assert_eq!(ms(pacer.recheck(at(230_000), &policy)), Some(60_000));
+}
+
+/// The last wait is a 429's hold when that is longer than the time to the reset, and none
+/// when neither holds; hold mode has no slots, so its last wait is its hold.
+#[test]
+fn the_last_wait_is_the_longer_of_the_reset_and_a_hold() {
+    let policy = RetryPolicy::default();
+    let last = Pacer::MAX_WAITS - 1;
+    let idle = Pacer::new();
+    assert_eq!(idle.recheck_after(last, at(0), &policy), None);
+    let held = Pacer::holding(at(45_000));
+    assert_eq!(ms(held.recheck_after(last, at(0), &policy)), Some(45_000));
+    let both = own_spent(&policy);
+    assert_eq!(
+        ms(both.recheck_after(last, at(5_000), &policy)),
+        Some(15_000)
+    );
+    let hold_mode = Pacer::hold_only();
+    hold_mode.observe(&rl(10, 0, 20), at(0), &policy, &mut low());
+    assert_eq!(
+        ms(hold_mode.recheck_after(last, at(0), &policy)),
+        Some(20_000)
+    );
+    // At most max_wait.
+    let minute = minute_max_wait();
+    let far = Pacer::holding(at(90_000));
+    assert_eq!(
+        far.recheck_after(last, at(0), &minute),
+        None,
+        "a hold past max_wait is not waited"
+    );
+    let spent = own_spent_until(&minute, 50);
+    assert_eq!(ms(spent.recheck_after(last, at(0), &minute)), Some(50_000));
 }

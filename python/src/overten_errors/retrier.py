@@ -91,6 +91,14 @@ class Pacer:
             with self._lock:
                 self._shared = True
 
+    @property
+    def is_shared(self) -> bool:
+        """Whether the key was seen shared (slot mode; never in hold mode): a response
+        reported more of its window used than this process sent in it, or `mark_shared`
+        said so. Sticky."""
+        with self._lock:
+            return self._shared
+
     def sent(self, now_ms: int) -> None:
         """Counts an attempt sent at `now_ms` with this key (slot mode)."""
         if self._hold_only:
@@ -190,17 +198,33 @@ class Pacer:
             spent = not self._hold_only and now_ms < self._spent_until_ms
         return self.take(now_ms, policy) if spent else self.hold_ms(now_ms, policy)
 
+    def recheck_after(self, waits: int, now_ms: int, policy: Policy) -> int | None:
+        """For a request whose `waits`-th pacing wait (its `take` is the first) ended at
+        `now_ms`: how long it waits again. After each of the first `MAX_WAITS - 2` waits,
+        `recheck`; after the next to last, the time to the reset of the latest window seen
+        spent, taking no slot (or a 429's hold, the longer), so that the last wait never
+        ends inside a window this process saw spent; after the last, None: it is sent."""
+        if waits >= MAX_WAITS:
+            return None
+        if waits + 1 < MAX_WAITS:
+            return self.recheck(now_ms, policy)
+        with self._lock:
+            to_reset = 0 if self._hold_only else max(0, self._spent_until_ms - now_ms)
+        held = self.hold_ms(now_ms, policy) or 0
+        wait = min(max(to_reset, held), policy.max_wait_ms)
+        return wait if wait > 0 else None
+
     def wait_at(self, now_ms: int, policy: Policy) -> int | None:
         """How long in all a request about to be sent at `now_ms` waits: `take`, then
-        `recheck` at the end of each wait, at most `MAX_WAITS` waits (the clock moved by
-        the waits alone). None: sent at once."""
+        `recheck_after` at the end of each wait, at most `MAX_WAITS` waits (the clock moved
+        by the waits alone). None: sent at once."""
         wait = self.take(now_ms, policy)
         if wait is None:
             return None
         total = 0
-        for _ in range(MAX_WAITS):
+        for waits in range(1, MAX_WAITS + 1):
             total += wait
-            again = self.recheck(now_ms + total, policy)
+            again = self.recheck_after(waits, now_ms + total, policy)
             if again is None:
                 break
             wait = again
@@ -356,6 +380,7 @@ class Retrier:
         """How long a request of this pacer's key waits before it is sent (its slot)."""
         return pacer.take(self.clock(), self.policy)
 
-    def recheck_ms(self, pacer: Pacer) -> int | None:
-        """After that wait: how long it waits again (its window seen spent meanwhile)."""
-        return pacer.recheck(self.clock(), self.policy)
+    def recheck_ms(self, pacer: Pacer, waits: int) -> int | None:
+        """After its `waits`-th wait: how long it waits again (its window seen spent
+        meanwhile; `Pacer.recheck_after`)."""
+        return pacer.recheck_after(waits, self.clock(), self.policy)

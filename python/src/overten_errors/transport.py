@@ -142,11 +142,11 @@ def attempts(retrier: Retrier, request: httpx.Request) -> Flow[httpx.Response]:
     while True:
         # Its slot (or hold), then again while its window was seen spent meanwhile.
         wait = r.take_ms(pacer)
-        for _ in range(MAX_WAITS):
+        for waits in range(1, MAX_WAITS + 1):
             if not wait:
                 break
             yield Sleep(wait)
-            wait = r.recheck_ms(pacer)
+            wait = r.recheck_ms(pacer, waits)
         r.sent(pacer)
         try:
             response: httpx.Response = yield Send(request)

@@ -192,7 +192,8 @@ impl<S: Sleep> Retrier<S> {
 
     /// [`Retrier::pace`] on `pacer` (from [`Retrier::pacer_for`]). In slot mode the request
     /// takes its slot ([`Pacer::take`]) and, after its wait, waits again while its window
-    /// was seen spent meanwhile ([`Pacer::recheck`], at most four more waits).
+    /// was seen spent meanwhile ([`Pacer::recheck_after`]: at most four more waits, the
+    /// last to the window's reset).
     pub async fn pace_on(&self, pacer: &Pacer) -> Option<Duration> {
         if !pacer.is_slotted() {
             // A key never held needs no clock read (the common case, on every request).
@@ -203,10 +204,10 @@ impl<S: Sleep> Retrier<S> {
         }
         let mut wait = pacer.take((self.clock)(), &self.policy)?;
         let mut total = Duration::ZERO;
-        for _ in 0..Pacer::MAX_WAITS {
+        for waits in 1..=Pacer::MAX_WAITS {
             self.sleep.sleep(wait).await;
             total = total.saturating_add(wait);
-            match pacer.recheck((self.clock)(), &self.policy) {
+            match pacer.recheck_after(waits, (self.clock)(), &self.policy) {
                 Some(again) => wait = again,
                 None => break,
             }
@@ -592,6 +593,64 @@ mod tests {
             d.take(at, retrier.policy()),
             Some(first + Duration::from_secs(6))
         );
+    }
+
+    /// A request on a shared key whose slot lands, each time, in a window another
+    /// request's 429 shows spent before it wakes: new slots after its first three waits,
+    /// then only as far as the reset, so that it is sent at a reset, never inside a window
+    /// seen spent (worked by hand as `pacing.rs`'s chasing test: draws at the middle put
+    /// each slot 30 s past a reset).
+    #[test]
+    fn a_request_chasing_spent_windows_is_sent_at_a_reset() {
+        use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+        const T0: u64 = 1_713_312_280_000; // ms; 20 s before a minute
+        let clock = Arc::new(AtomicU64::new(T0));
+        let pacer = Arc::new(Pacer::new());
+        pacer.mark_shared();
+        let policy = RetryPolicy::default();
+        let half = || 1u64 << 63;
+        let seen_spent = |pacer: &Pacer, at_ms: u64| {
+            let reset = (at_ms / 60_000 + 1) * 60;
+            let spent = overten_errors::RateLimit {
+                limit: 10,
+                remaining: 0,
+                reset,
+            };
+            let at = SystemTime::UNIX_EPOCH + Duration::from_millis(at_ms);
+            pacer.observe_response(&spent, 429, at, &RetryPolicy::default(), &mut { half });
+        };
+        seen_spent(&pacer, T0);
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (logged, advanced, observed) =
+            (Arc::clone(&log), Arc::clone(&clock), Arc::clone(&pacer));
+        let sleeps = Arc::new(AtomicUsize::new(0));
+        let sleep = move |wait: Duration| {
+            logged.lock().unwrap().push(wait);
+            let woke = advanced
+                .fetch_add(u64::try_from(wait.as_millis()).unwrap(), Ordering::SeqCst)
+                + u64::try_from(wait.as_millis()).unwrap();
+            // Before each of its first four wakes, the window it wakes in is seen spent.
+            if sleeps.fetch_add(1, Ordering::SeqCst) < 4 {
+                seen_spent(&observed, woke - 1);
+            }
+            std::future::ready(())
+        };
+        let read = Arc::clone(&clock);
+        let retrier = Retrier::new(policy, sleep)
+            .with_clock(move || {
+                SystemTime::UNIX_EPOCH + Duration::from_millis(read.load(Ordering::SeqCst))
+            })
+            .with_pacer(Arc::clone(&pacer));
+        let waited = block_on(retrier.pace()).unwrap();
+        let secs = |s: u64| Duration::from_secs(s);
+        assert_eq!(
+            *log.lock().unwrap(),
+            [secs(50), secs(60), secs(60), secs(60), secs(30)]
+        );
+        assert_eq!(waited, secs(260));
+        // Sent at T0 + 260 s: the reset of the last window seen spent, a minute boundary.
+        assert_eq!((T0 + 260_000) % 60_000, 0);
+        assert_eq!(clock.load(Ordering::SeqCst), T0 + 260_000);
     }
 
     fn now_of(clock: &std::sync::atomic::AtomicU64) -> SystemTime {
