@@ -1152,7 +1152,7 @@ fn pacing() -> Vec<Fixture> {
         ),
         fixture(
             "pacing-on-an-error",
-            "A 429 (Remaining 0) on a key never seen shared, whose 60 used are this process's 60 attempts, holds it until the reset, 18 s, lengthened by up to half of it (spread), one draw: every request leaves then.",
+            "A 429 (Remaining 0) on a key never seen shared, whose 60 used are this process's 60 attempts (a request sent before the response that spent the window came back): its own requests spent it, so its next requests take slots 1 s apart from the reset (18 s) plus a point of one interval, as after its own success with Remaining 0, not a hold that would send them all together.",
             429,
             limited.clone(),
             own,

@@ -126,12 +126,6 @@ pub(crate) fn retry_md() -> String {
             overten_errors::Pacer::MAX_WAITS.to_string(),
         ),
         (
-            "max_pacing_waits_next_to_last",
-            overten_errors::Pacer::MAX_WAITS
-                .saturating_sub(1)
-                .to_string(),
-        ),
-        (
             "rate_limit_default_wait_ms",
             (RATE_LIMIT_DEFAULT_WAIT_SECONDS * 1000).to_string(),
         ),

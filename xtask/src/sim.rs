@@ -389,8 +389,13 @@ const WINDOW_MS: f64 = 60_000.0;
 
 impl Policy for Ours {
     fn next(&mut self, r: &Resp, attempts: u32, now_ms: u64, rng: &mut SplitMix64) -> Option<u64> {
-        if r.status == 429 && !self.retry_shared_429 && self.pacer.is_shared() {
-            return None;
+        if r.status == 429 && !self.retry_shared_429 {
+            // The client reads this response before it decides (its arrival reads it again,
+            // which changes nothing more: the window is already recorded).
+            self.observe(r, now_ms, rng);
+            if self.pacer.is_shared() {
+                return None;
+            }
         }
         let code = r.code.map_or(Code::Missing, Code::parse);
         let mut err = ApiError::received(code, r.status, "simulated");
@@ -776,6 +781,35 @@ struct Event {
     waits: u8,
 }
 
+/// A response on its way back to its client (read for pacing when it arrives).
+#[derive(Debug, Clone, Copy)]
+struct Arrival {
+    at: u64,
+    seq: u64,
+    client: u32,
+    resp: Resp,
+}
+
+impl PartialEq for Arrival {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+
+impl Eq for Arrival {}
+
+impl PartialOrd for Arrival {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Arrival {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
 /// The bounded queue: when the API is next free, in ms.
 struct Queue {
     free_at: f64,
@@ -853,7 +887,17 @@ pub fn run(fleet: Fleet, scenario: &Scenario, model: ServerModel, policy_name: &
     // Tickets of retries waiting to be sent, and the slots free for reuse.
     let mut tickets: Vec<Option<RetryTicket>> = Vec::new();
     let mut free_tickets: Vec<u32> = Vec::new();
+    // Responses on their way back: a client reads a response's window (pacing) when it
+    // arrives, not when the API answers it.
+    let mut on_the_way: BinaryHeap<Reverse<Arrival>> = BinaryHeap::new();
     while let Some(Reverse(mut e)) = queue.pop() {
+        while let Some(Reverse(a)) = on_the_way.peek().copied() {
+            if a.at > e.at {
+                break;
+            }
+            on_the_way.pop();
+            policies[a.client as usize].observe(&a.resp, a.at, &mut rng);
+        }
         let sec = (e.at / 1000) as usize;
         if sec >= seconds {
             continue;
@@ -998,8 +1042,16 @@ pub fn run(fleet: Fleet, scenario: &Scenario, model: ServerModel, policy_name: &
                 }
             }
         }
+        if resp.rate_limit.is_some() {
+            seq += 1;
+            on_the_way.push(Reverse(Arrival {
+                at: done,
+                seq,
+                client: e.client,
+                resp,
+            }));
+        }
         let policy = &mut policies[e.client as usize];
-        policy.observe(&resp, done, &mut rng);
         if let Some(rl) = resp.rate_limit.filter(|rl| rl.remaining == 0) {
             let window = (rl.reset / 60).saturating_sub(1);
             let seen = &mut seen_spent[e.client as usize];

@@ -984,14 +984,14 @@ impl RetryPolicy {
 /// requests take slots one `window / X-RateLimit-Limit` apart instead of leaving together
 /// at the reset:
 ///
-/// - a response that is not a 429 with `Remaining: 0` (this process's own requests spent
-///   the window) puts the first slot at the reset plus a uniform point of one interval;
-/// - a 429 holds the key until the reset, spread like a wait the server named (the hold of
-///   [`observe`](Pacer::observe)), unless the key was seen shared (a response, a 429
-///   included, whose used count, `Limit - Remaining`, is above the attempts this process
-///   [`sent`](Pacer::sent) in that window; it stays shared): then its first slot is a
-///   uniform point of the whole next window, so that the clients sharing it do not meet
-///   at the reset;
+/// - a response with `Remaining: 0` on a key this process uses alone (its own requests
+///   spent the window: a success, or a 429 to a request sent before the success that spent
+///   it had come back) puts the first slot at the reset plus a uniform point of one
+///   interval;
+/// - a 429 on a key seen shared (a response, a 429 included, whose used count,
+///   `Limit - Remaining`, is above the attempts this process [`sent`](Pacer::sent) in that
+///   window; it stays shared) puts its first slot at a uniform point of the whole next
+///   window, so that the clients sharing it do not meet at the reset;
 /// - a request ([`take`](Pacer::take)) takes the next slot, never before the latest reset
 ///   seen spent; after its wait, [`recheck`](Pacer::recheck) holds it again if its window
 ///   was seen spent meanwhile; a response with room ends the slots once no slot is due;
@@ -1093,8 +1093,8 @@ impl Pacer {
 
     /// Marks the key as shared by other processes (slot mode; nothing in hold mode), as if
     /// a response had reported more requests used than this process sent: a 429 then
-    /// spreads the key's requests over the next window instead of holding them until its
-    /// reset. For a key the caller knows is shared (workers of one service), and for the
+    /// spreads the key's requests over the next window instead of starting their slots
+    /// within one interval of its reset. For a key the caller knows is shared (workers of one service), and for the
     /// `pacing` fixtures' `seen_shared`.
     pub fn mark_shared(&self) {
         if let Some(mut slots) = self.slots() {
@@ -1174,11 +1174,6 @@ impl Pacer {
         if u64::from(rate_limit.limit.saturating_sub(rate_limit.remaining)) > own {
             slots.shared = true;
         }
-        if status == 429 && !slots.shared {
-            drop(slots);
-            self.observe(rate_limit, now, policy, rng);
-            return;
-        }
         if rate_limit.remaining != 0 {
             if slots.active && slots.next_ms <= now_ms {
                 slots.active = false;
@@ -1190,7 +1185,11 @@ impl Pacer {
             return;
         }
         let interval = (WINDOW_MS / u64::from(rate_limit.limit.max(1))).max(1);
-        let phase = if status == 429 { WINDOW_MS } else { interval };
+        let phase = if status == 429 && slots.shared {
+            WINDOW_MS
+        } else {
+            interval
+        };
         slots.spent_until_ms = slots.spent_until_ms.max(reset_ms);
         if !slots.active || slots.next_ms < reset_ms {
             #[allow(
@@ -1207,7 +1206,8 @@ impl Pacer {
     }
 
     /// How long a request about to be sent at `now` waits, taking its slot in slot mode
-    /// (the hold of a 429 first); [`hold`](Pacer::hold) in hold mode. `None`: sent at once.
+    /// (a hold first: [`holding`](Pacer::holding), [`observe`](Pacer::observe));
+    /// [`hold`](Pacer::hold) in hold mode. `None`: sent at once.
     pub fn take(&self, now: SystemTime, policy: &RetryPolicy) -> Option<Duration> {
         if let Some(held) = self.hold(now, policy) {
             return Some(held);
@@ -1268,8 +1268,8 @@ impl Pacer {
     /// ended at `now`: how long it waits again, the step of every client's pacing loop.
     /// After each of the first `MAX_WAITS - 2` waits, [`recheck`](Pacer::recheck) (a new
     /// slot when its window was seen spent meanwhile); after the next to last, the time to
-    /// the reset of the latest window seen spent, taking no slot (or a 429's hold, the
-    /// longer), so that the last wait never ends inside a window this process saw spent;
+    /// the reset of the latest window seen spent, taking no slot (or a hold's end, the
+    /// later), so that the last wait never ends inside a window this process saw spent;
     /// after the last, none: the request is sent.
     ///
     /// ```
@@ -1308,8 +1308,8 @@ impl Pacer {
     }
 
     /// For a request whose wait from [`take`](Pacer::take) ended at `now`: how long it
-    /// waits again (its window was seen spent meanwhile, or a 429's hold came), taking a
-    /// new slot only then; [`hold`](Pacer::hold) in hold mode.
+    /// waits again (its window was seen spent meanwhile, or a hold came), taking a new
+    /// slot only then; [`hold`](Pacer::hold) in hold mode.
     pub fn recheck(&self, now: SystemTime, policy: &RetryPolicy) -> Option<Duration> {
         let spent = self
             .slots()

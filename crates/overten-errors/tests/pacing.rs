@@ -115,17 +115,24 @@ fn room_ends_the_slots_only_once_no_slot_is_due() {
 }
 
 #[test]
-fn a_429_on_a_key_used_alone_holds_it_as_hold_mode_does() {
+fn a_429_on_a_key_used_alone_gives_slots_as_its_own_spent_window_does() {
     let policy = RetryPolicy::default();
     let slotted = Pacer::new();
-    let default = Pacer::hold_only();
-    // Ten attempts of its own in the window, then a 429: nobody else used the key.
+    let hold_mode = Pacer::hold_only();
+    // Ten attempts of its own in the window, then a 429 (an eleventh request sent before
+    // the tenth's response came back): nobody else used the key.
     send(&slotted, 10, at(0));
     slotted.observe_response(&rl(10, 0, 20), 429, at(1_000), &policy, &mut high());
-    default.observe_response(&rl(10, 0, 20), 429, at(1_000), &policy, &mut high());
-    // A hold, not slots, and hold mode's: every request leaves together.
-    let held = held_alike(&default, at(1_000), &policy);
-    assert_eq!(held_alike(&slotted, at(1_000), &policy), held);
+    hold_mode.observe_response(&rl(10, 0, 20), 429, at(1_000), &policy, &mut high());
+    assert!(!slotted.is_shared());
+    // Slots, as after its own success with Remaining: 0: the first at the reset (20 s) plus
+    // a point of one interval (the draw high: 5,999 ms), then one interval (6 s) apart; no
+    // hold that would send them all together when it ends.
+    assert_eq!(ms(slotted.take(at(1_000), &policy)), Some(19_000 + 5_999));
+    assert_eq!(ms(slotted.take(at(1_000), &policy)), Some(19_000 + 11_999));
+    assert_eq!(slotted.held_until(), None);
+    // Hold mode holds every request until the reset, spread.
+    held_alike(&hold_mode, at(1_000), &policy);
 }
 
 #[test]
@@ -166,14 +173,16 @@ fn only_this_windows_own_attempts_explain_its_used_count() {
         "then the next"
     );
     // The same seven in this window explain the used count of 7: not shared. Three more of
-    // its own spend the window; a 429 on the eleventh is then a hold, as on a key used
-    // alone.
+    // its own spend the window; a 429 on the eleventh then starts slots within one
+    // interval of the reset, as on a key used alone (the draw low: at the reset).
     let alone = Pacer::new();
     send(&alone, 7, at(0));
     alone.observe_response(&rl(10, 3, 20), 200, at(0), &policy, &mut low());
     send(&alone, 4, at(500));
     alone.observe_response(&rl(10, 0, 20), 429, at(1_000), &policy, &mut low());
-    held_alike(&alone, at(1_000), &policy);
+    assert!(!alone.is_shared());
+    assert_eq!(ms(alone.take(at(1_000), &policy)), Some(19_000));
+    assert_eq!(ms(alone.take(at(1_000), &policy)), Some(25_000));
 }
 
 #[test]
@@ -278,12 +287,13 @@ fn a_429_on_a_window_this_process_did_not_spend_marks_the_key_shared() {
         Some(20_000 + 59_999 + 6_000)
     );
     assert!(pacer.is_shared());
-    // Ten of its own explain the ten used: a hold (every request together), not slots.
+    // Ten of its own explain the ten used: not shared, so slots within one interval of the
+    // reset (the draw high: 5,999 ms past it), not over the whole next window.
     let alone = Pacer::new();
     send(&alone, 10, at(0));
     alone.observe_response(&rl(10, 0, 20), 429, at(0), &policy, &mut high());
     assert!(!alone.is_shared(), "ten sent, ten used");
-    held_alike(&alone, at(0), &policy);
+    assert_eq!(ms(alone.take(at(0), &policy)), Some(20_000 + 5_999));
 }
 
 #[test]

@@ -34,8 +34,9 @@ MAX_WAITS = PACING.max_waits
 class Pacer:
     """One API key's pacing (`docs/retry.md`, *Pacing*). By default in slot mode: once the
     key's window is spent, its requests take slots one `window / X-RateLimit-Limit` apart
-    instead of leaving together at the reset; a 429 on a key never seen shared holds it
-    until the reset (spread, one draw). `Pacer(hold_only=True)` is the previous default:
+    instead of leaving together at the reset: from within one interval of the reset when
+    its own requests spent it, from a uniform point of the whole next window after a 429
+    on a key seen shared. `Pacer(hold_only=True)` is the previous default:
     every held request leaves at the reset. Safe to share between threads."""
 
     __slots__ = (
@@ -146,9 +147,6 @@ class Pacer:
             if max(0, rate_limit.limit - rate_limit.remaining) > own:
                 self._shared = True
             shared = self._shared
-        if status == 429 and not shared:
-            self.observe(rate_limit, now_ms, policy, draw)
-            return
         with self._lock:
             if rate_limit.remaining != 0:
                 if self._active and self._next_ms <= now_ms:
@@ -158,7 +156,7 @@ class Pacer:
             if wait == 0 or wait > policy.max_wait_ms:
                 return
             interval = max(1, _WINDOW_MS // max(1, rate_limit.limit))
-            phase = _WINDOW_MS if status == 429 else interval
+            phase = _WINDOW_MS if status == 429 and shared else interval
             self._spent_until_ms = max(self._spent_until_ms, reset_ms)
             if not self._active or self._next_ms < reset_ms:
                 point = min(math.floor(phase * unit(draw())), phase - 1)
@@ -202,7 +200,7 @@ class Pacer:
         """For a request whose `waits`-th pacing wait (its `take` is the first) ended at
         `now_ms`: how long it waits again. After each of the first `MAX_WAITS - 2` waits,
         `recheck`; after the next to last, the time to the reset of the latest window seen
-        spent, taking no slot (or a 429's hold, the longer), so that the last wait never
+        spent, taking no slot (or a hold's end, the later), so that the last wait never
         ends inside a window this process saw spent; after the last, None: it is sent."""
         if waits >= MAX_WAITS:
             return None

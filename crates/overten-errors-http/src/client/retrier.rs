@@ -569,15 +569,22 @@ mod tests {
                 .as_secs();
             window_to(remaining, &(secs / 60 * 60 + 60).to_string())
         };
-        // A 429 on a key whose ten used are this process's ten attempts in that window holds
-        // it: hold mode's wait.
+        // A 429 on a key whose ten used are this process's ten attempts in that window:
+        // not shared, so slots from within one interval of the reset, one interval apart
+        // (no hold that would send them together).
         let c = retrier.pacer_for(Some("sk_live_c"));
         for _ in 0..10 {
             retrier.sent_on(&c);
         }
         retrier.observe_status_on(&c, http::StatusCode::TOO_MANY_REQUESTS, &next("0"));
-        let held = c.hold(now_of(&clock), retrier.policy()).unwrap();
-        assert_eq!(block_on(retrier.pace_on(&c)), Some(held));
+        assert!(!c.is_shared());
+        assert_eq!(c.held_until(), None);
+        let at = now_of(&clock);
+        let first = c.take(at, retrier.policy()).unwrap();
+        assert_eq!(
+            c.take(at, retrier.policy()),
+            Some(first + Duration::from_secs(6))
+        );
         // Three requests of key d counted as sent explain the three used its next response
         // reports: not shared. Its 429 then reports ten used, seven not its own: shared,
         // so its requests take slots (two requests, two waits one interval apart).
