@@ -100,7 +100,7 @@ fn svg_fallback(scenario: &Scenario) -> String {
 /// exactly the multiple (9 attempts against 1.5 × 6/s) must meet it, though the rate, a sum
 /// of 100 clients' rates in `f64`, lands a few ulps under (5.99999999999999/s: 9 attempts
 /// read as 1.5000000000000024×).
-const RATIO_TOLERANCE: f64 = 1e-9;
+pub const RATIO_TOLERANCE: f64 = 1e-9;
 
 /// Whether a peak `ratio` meets `bound` (within [`RATIO_TOLERANCE`]).
 pub fn at_most(ratio: f64, bound: f64) -> bool {
