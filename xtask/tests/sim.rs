@@ -119,9 +119,16 @@ fn goodput_in_the_run_leaves_out_the_drain() {
     assert!(ours.drain_share() > 0.05, "{}", ours.drain_share());
     assert!(ours.succeeded > ours.succeeded_in_run);
     // Pacing: once a response said the window is spent, the key waits for the reset, so
-    // the default earns no 429 at all; a client that does not pace (no retries) earns many.
-    assert_eq!(ours.rejected_429, 0);
-    assert!(none.rejected_429 > 0);
+    // the default earns no 429 after that; only a request sent before that response came
+    // back (50 ms) can meet one, hardly ever. A client that does not pace earns many.
+    assert_eq!(ours.rejected_after_seen, 0);
+    assert!(
+        ours.rejected_429 * 1000 < ours.offered,
+        "{} of {}",
+        ours.rejected_429,
+        ours.offered
+    );
+    assert!(none.rejected_429 * 10 > none.offered);
     assert!(ours.peak_over_limits.unwrap() > 1.0);
     // Under the limit hardly anything is refused.
     let s = scenario("rate-limit-pro-under");
