@@ -1094,8 +1094,8 @@ impl Pacer {
     /// Marks the key as shared by other processes (slot mode; nothing in hold mode), as if
     /// a response had reported more requests used than this process sent: a 429 then
     /// spreads the key's requests over the next window instead of starting their slots
-    /// within one interval of its reset. For a key the caller knows is shared (workers of one service), and for the
-    /// `pacing` fixtures' `seen_shared`.
+    /// within one interval of its reset. For a key the caller knows is shared (workers of
+    /// one service), and for the `pacing` fixtures' `seen_shared`.
     pub fn mark_shared(&self) {
         if let Some(mut slots) = self.slots() {
             slots.shared = true;
