@@ -8,9 +8,7 @@
 //!
 //! The figures the page's *one key shared* paragraph cites.
 
-use xtask::sim::{
-    Fleet, Outcome, SHARED_DEMAND, ServerModel, VARIANT_NO_SHARED_RETRY, run, scenarios,
-};
+use xtask::sim::{Fleet, Outcome, ServerModel, VARIANT_NO_SHARED_RETRY, run, scenarios};
 use xtask::storms::{FLEET, SEEDS};
 
 fn range(xs: &[f64], scale: f64, digits: usize) -> String {
@@ -30,11 +28,7 @@ fn main() {
     // page's): the page's case first.
     for (demand, capacity) in [(1.5, 1.0), (1.5, 2.0), (1.5, 4.0), (1.0, 1.0), (0.8, 1.0)] {
         for scenario in scenarios().iter().filter(|s| s.incident.shared()) {
-            let scenario = xtask::sim::Scenario {
-                headroom: scenario.headroom * capacity * SHARED_DEMAND / demand,
-                rate_per_client: scenario.rate_per_client * demand / SHARED_DEMAND,
-                ..scenario.clone()
-            };
+            let scenario = scenario.shared_at(demand, capacity);
             println!(
                 "\n{}, demand {demand}× the key's limit, the API's capacity {}× the key's demand",
                 scenario.name, scenario.headroom

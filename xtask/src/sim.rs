@@ -159,6 +159,30 @@ impl Scenario {
         }
     }
 
+    /// A shared-key scenario at another load: demand `demand` times the key's limit (the
+    /// page's is [`SHARED_DEMAND`]) on an API `capacity` times as large as the page's (in
+    /// requests a second, whatever the demand). Named after the page's scenario, with
+    /// `-demand-{demand}x` and `-capacity-{headroom}x` where they differ from it.
+    #[must_use]
+    pub fn shared_at(&self, demand: f64, capacity: f64) -> Scenario {
+        let headroom = self.headroom * capacity * SHARED_DEMAND / demand;
+        let mut name = self.name.clone();
+        #[allow(clippy::float_cmp, reason = "constants compared with themselves")]
+        if demand != SHARED_DEMAND {
+            name = format!("{name}-demand-{demand:.1}x");
+        }
+        #[allow(clippy::float_cmp, reason = "constants compared with themselves")]
+        if capacity != 1.0 {
+            name = format!("{name}-capacity-{headroom}x");
+        }
+        Scenario {
+            name,
+            rate_per_client: self.rate_per_client * demand / SHARED_DEMAND,
+            headroom,
+            ..self.clone()
+        }
+    }
+
     /// When the trigger ends (none for rate limits).
     pub fn trigger_end(&self) -> Option<u64> {
         match self.incident {

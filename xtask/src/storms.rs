@@ -707,26 +707,14 @@ pub fn held_out(ours: &'static str) -> String {
     // the API's capacity at 4x the fleet's demand, which for one free key is 1 request/s),
     // and with demand at and under the key's limit (the page's is 1.5x).
     let shared_page: Vec<&Scenario> = page.iter().filter(|s| s.incident.shared()).collect();
-    let mut shared_roomy = Vec::new();
-    let mut shared_demand = Vec::new();
-    for s in &shared_page {
-        for headroom in [8.0, 16.0] {
-            shared_roomy.push(Scenario {
-                name: format!("{}-capacity-{headroom}x", s.name),
-                headroom,
-                ..(*s).clone()
-            });
-        }
-        for demand in [0.8, 1.0] {
-            shared_demand.push(Scenario {
-                name: format!("{}-demand-{demand:.1}x", s.name),
-                rate_per_client: s.rate_per_client * demand / SHARED_DEMAND,
-                // The API's capacity stays the page's.
-                headroom: s.headroom * SHARED_DEMAND / demand,
-                ..(*s).clone()
-            });
-        }
-    }
+    let shared_roomy: Vec<Scenario> = shared_page
+        .iter()
+        .flat_map(|s| [2.0, 4.0].map(|capacity| s.shared_at(SHARED_DEMAND, capacity)))
+        .collect();
+    let shared_demand: Vec<Scenario> = shared_page
+        .iter()
+        .flat_map(|s| [0.8, 1.0].map(|demand| s.shared_at(demand, 1.0)))
+        .collect();
     let ten_seeds: Vec<u64> = SEEDS.iter().chain(&other_seeds).copied().collect();
     let runs: [(&str, Fleet, &[Scenario], &[u64]); 7] = [
         (

@@ -256,3 +256,25 @@ fn shared_keys_are_offered_the_stated_demand() {
         );
     }
 }
+
+/// `Scenario::shared_at`: the demand scales the clients' rate against the key's limit, the
+/// capacity scales the API's requests a second, whatever the demand.
+#[test]
+fn a_shared_key_at_another_load_keeps_or_scales_the_apis_capacity() {
+    let page = scenario("rate-limit-free-shared");
+    let api = |s: &Scenario| s.rate_per_client * 100.0 * s.headroom;
+    let lower = page.shared_at(0.8, 1.0);
+    assert!(
+        (lower.rate_per_client * 100.0 * 60.0 - 8.0).abs() < 1e-9,
+        "0.8 of 10/min"
+    );
+    assert!((api(&lower) - api(&page)).abs() < 1e-9);
+    assert_eq!(lower.name, "rate-limit-free-shared-demand-0.8x");
+    let larger = page.shared_at(xtask::sim::SHARED_DEMAND, 4.0);
+    assert!((api(&larger) - 4.0 * api(&page)).abs() < 1e-9);
+    assert_eq!(
+        larger.rate_per_client.to_bits(),
+        page.rate_per_client.to_bits()
+    );
+    assert_eq!(larger.name, "rate-limit-free-shared-capacity-16x");
+}
